@@ -1,0 +1,366 @@
+"""The config models: ODEON's train-tool JSON (seed 004), key for key, plus landseg's extensions.
+
+Every key of 004 keeps its documented name, type and default, so an existing ODEON config runs
+unchanged. Checks that need only the config live here (as validators); checks that need the
+registries live in :mod:`landseg.config.checks`, and checks that need the data in
+:mod:`landseg.data.checks`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Band = Annotated[int, Field(ge=1, description="1-based band index, as in rasterio")]
+
+
+class StrictModel(BaseModel):
+    """Rejects unknown keys, so a misspelt key is an error and not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data_source
+
+
+class SplitStats(StrictModel):
+    """Per-band mean and standard deviation, in the 0-1 range."""
+
+    mean: list[float] = Field(min_length=1, description="Per-band mean, in the 0-1 range.")
+    std: list[Annotated[float, Field(gt=0)]] = Field(
+        min_length=1, description="Per-band standard deviation (> 0), in the 0-1 range."
+    )
+
+    @model_validator(mode="after")
+    def _same_length(self) -> SplitStats:
+        if len(self.mean) != len(self.std):
+            raise ValueError(
+                f"mean has {len(self.mean)} values but std has {len(self.std)}; "
+                "give one of each per image band"
+            )
+        return self
+
+
+class NormalizationWeights(StrictModel):
+    """Mean/std per split. A split without stats uses the train stats, else dtype scaling."""
+
+    train: SplitStats | None = None
+    val: SplitStats | None = None
+    test: SplitStats | None = None
+
+    def for_split(self, split: str) -> SplitStats | None:
+        return getattr(self, split) or self.train
+
+
+class DataAugmentation(StrictModel):
+    """Augmentation names per split. 004: augmentation applies to the training set only."""
+
+    train: list[str] = Field(
+        default_factory=list,
+        description="Names from: rotation90, rotation, radiometry (see the augmentations).",
+    )
+    val: list[str] = Field(default_factory=list, description="Must stay empty (train only).")
+    test: list[str] = Field(default_factory=list, description="Must stay empty (train only).")
+
+    @field_validator("train", "val", "test", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("val", "test")
+    @classmethod
+    def _train_only(cls, value: list[str]) -> list[str]:
+        if value:
+            raise ValueError(
+                "data augmentation applies to the train split only (ODEON rule); "
+                "leave val and test empty"
+            )
+        return value
+
+
+Resolution = float | list[float]
+
+
+class DataSource(StrictModel):
+    """Where the data is and how to read it (004, section Data source)."""
+
+    train_file: Path = Field(
+        description="CSV of `image,mask` rows for training; paths relative to the CSV's folder."
+    )
+    val_file: Path | None = Field(
+        default=None,
+        description="CSV for validation. Without it, percentage_val of train_file is held out.",
+    )
+    test_file: Path | None = Field(
+        default=None, description="CSV for the test split, evaluated after fitting."
+    )
+    percentage_val: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="Share of train_file held out for validation when val_file is absent; "
+        "the split is reproducible from train_setup.random_seed.",
+    )
+    image_bands: list[Band] | None = Field(
+        default=None, min_length=1, description="1-based image bands to use; default all."
+    )
+    mask_bands: list[Band] | None = Field(
+        default=None,
+        min_length=1,
+        description="1-based mask bands, one per class (one-hot masks); default all. "
+        "Ignored for single-band class-index masks.",
+    )
+    class_labels: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description='One name per class; default "class 1" .. "class n".',
+    )
+    resolution: Resolution | dict[Literal["train", "val", "test"], Resolution] | None = Field(
+        default=None,
+        description="Pixel size, for the whole dataset or per split (recorded, not resampled).",
+    )
+    normalization_weights: NormalizationWeights | None = Field(
+        default=None,
+        description="Mean/std per split in the 0-1 range; default scales by the dtype's range.",
+    )
+    data_augmentation: DataAugmentation | None = Field(
+        default=None, description="Augmentations per split (train only)."
+    )
+    pixel_range: float | None = Field(
+        default=None,
+        gt=0,
+        description="landseg: the pixel value that maps to 1.0 before mean/std normalisation. "
+        "Default: 255 for uint8, 1.0 (used as is) for float rasters; required for other "
+        "integer types (uint16, int16, ...), which are never silently divided by 255.",
+    )
+    ignore_index: int | None = Field(
+        default=None,
+        description="landseg: a class-index mask value to ignore besides the mask's nodata.",
+    )
+
+    @field_validator("class_labels")
+    @classmethod
+    def _unique_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            dupes = sorted({v for v in value if value.count(v) > 1})
+            raise ValueError(f"class labels must be unique; repeated: {', '.join(dupes)}")
+        return value
+
+
+# --------------------------------------------------------------------------- train_setup
+
+
+class OptimizerConfig(BaseModel):
+    """``optimizer`` names the optimiser; every other key is passed to its constructor."""
+
+    model_config = ConfigDict(extra="allow")
+
+    optimizer: str = Field(
+        default="adam",
+        description="adam, radam, adamax, sgd, rmsprop or adamw; other keys are its "
+        "parameters (checked against the torch.optim signature).",
+    )
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SchedulerConfig(BaseModel):
+    """``scheduler`` names the scheduler; every other key is passed to its constructor."""
+
+    model_config = ConfigDict(extra="allow")
+
+    scheduler: str = Field(
+        default="reducelronplateau",
+        description="reducelronplateau, cycliclr, cosineannealinglr or "
+        "cosineannealingwarmrestarts; other keys are its parameters.",
+    )
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EarlyStopping(StrictModel):
+    """Stop when the monitored metric stops improving; the direction follows the metric."""
+
+    monitor: Literal["val_loss", "val_miou"] = Field(
+        default="val_loss", description="val_loss (minimised) or val_miou (maximised)."
+    )
+    patience: int = Field(default=30, ge=0, description="Validations without improvement.")
+    min_delta: float = Field(default=0.0, ge=0, description="Smallest change that counts.")
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.monitor == "val_loss" else "max"
+
+
+class TrainSetup(StrictModel):
+    """Model and optimisation (004, section Train setup)."""
+
+    model_name: str = Field(
+        description="unet, lightunet, resnet18/34/50/101/152, deeplab, or "
+        "smp:<Architecture> (any segmentation-models-pytorch architecture)."
+    )
+    model_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="landseg: extra model options (e.g. decoder_mode, output_stride, "
+        "encoder_name, encoder_weights); checked against the model.",
+    )
+    epochs: PositiveInt = Field(default=1000, description="Number of epochs.")
+    batch_size: PositiveInt = Field(default=3, description="Samples per mini-batch.")
+    lr: float = Field(default=0.001, gt=0, description="Starting learning rate.")
+    loss: str = Field(
+        default="ce", description="ce, bce, focal, combo (0.75 BCE + 0.25 Jaccard), dice, jaccard."
+    )
+    class_imbalance: list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None,
+        description="One weight per class for the loss (ce, focal); 0 drops a class. "
+        'The doc\'s "class imbalance" is this key.',
+    )
+    optimizer_config: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler_config: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    early_stopping: EarlyStopping | None = Field(
+        default=None, description="Early stopping; absent means train every epoch."
+    )
+    continue_training: bool = Field(
+        default=False, description="Resume this version from its latest checkpoint."
+    )
+    export_checkpoint: str | list[str] | None = Field(
+        default=None, description="Extra formats for saved models: pth, torchscript."
+    )
+    val_check_interval: float | int = Field(
+        default=1.0,
+        gt=0,
+        description="Float in (0, 1]: fraction of an epoch; int: every N training batches.",
+    )
+    deterministic: bool = Field(default=False, description="Use deterministic algorithms.")
+    random_seed: int = Field(default=42, ge=0, description="Seed for every random generator.")
+    testing: bool = Field(
+        default=False, description="Use a small fixed subset of every split (debugging)."
+    )
+    checkpoint_every_n_steps: PositiveInt | None = Field(
+        default=None,
+        description="landseg: also checkpoint every N training steps, so a crash loses at "
+        "most N steps.",
+    )
+
+    @field_validator("val_check_interval")
+    @classmethod
+    def _fraction_or_batches(cls, value: float | int) -> float | int:
+        if isinstance(value, float) and value > 1 and not value.is_integer():
+            raise ValueError("a float val_check_interval is a fraction of an epoch in (0, 1]")
+        if isinstance(value, float) and value > 1:
+            return int(value)
+        return value
+
+
+# --------------------------------------------------------------------------- output_setup
+
+
+class OutputSetup(StrictModel):
+    """Where and what to write (004, section Output setup)."""
+
+    output_folder: Path = Field(description="Folder holding experiments and their versions.")
+    model_filename: str | None = Field(
+        default=None, description="Base name of saved models; default the model name."
+    )
+    model_out_ext: Literal[".ckpt", ".pth", "ckpt", "pth"] | None = Field(
+        default=None, description=".ckpt (default, Lightning checkpoints) or .pth."
+    )
+    name_exp_log: str | None = Field(
+        default=None, description="Experiment folder name; default the launch date YYYY-MM-DD."
+    )
+    version_name: str | None = Field(
+        default=None, description="Version folder name; default the launch time HH-MM-SS."
+    )
+    get_prediction: bool = Field(
+        default=False, description="Write GeoTIFF predictions of the test split."
+    )
+    prediction_output_type: Literal["bit", "uint8", "float32"] = Field(
+        default="uint8",
+        description="bit: one-hot class bands (0/1); uint8: per-class probabilities x 255; "
+        "float32: per-class probabilities.",
+    )
+    use_tensorboard: bool = Field(default=True, description="Write TensorBoard logs.")
+    use_wandb: bool = Field(
+        default=False, description="Write offline W&B files (needs the wandb extra)."
+    )
+    log_learning_rate: bool = Field(default=False, description="Log learning rate and momentum.")
+    save_history: bool = Field(default=True, description="Write the per-epoch history JSON.")
+    save_top_k: int = Field(
+        default=3, ge=0, description="Checkpoints kept per monitored metric (val_loss, val_miou)."
+    )
+    progress: int = Field(default=1, ge=0, description="Progress bar refresh rate; 0 = off.")
+    layout: Literal["odeon", "datamodule_model"] = Field(
+        default="odeon",
+        description="odeon: <output_folder>/<name_exp_log>/<version>; datamodule_model: "
+        "<output_folder>/<datamodule>/<model>/<version> (seed 003).",
+    )
+
+    @property
+    def extension(self) -> str:
+        ext = self.model_out_ext or ".ckpt"
+        return ext if ext.startswith(".") else f".{ext}"
+
+    @field_validator("name_exp_log", "version_name")
+    @classmethod
+    def _one_folder_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "/" in value or value in {".", ".."}):
+            raise ValueError("must be a single folder name (no '/', not empty)")
+        return value
+
+
+# --------------------------------------------------------------------------- device_setup
+
+
+class DeviceSetup(StrictModel):
+    """Hardware (004, section Device setup), mapped onto Lightning's Trainer."""
+
+    accelerator: str | None = Field(
+        default=None, description="cpu, gpu, cuda, mps, tpu, auto; default auto."
+    )
+    device: int | str | list[int] | None = Field(
+        default=None,
+        description="Number of devices (int), an id (\"0\") or ids ([0, 1]); 0 means the CPU.",
+    )
+    num_nodes: PositiveInt = Field(default=1, description="Nodes for distributed training.")
+    num_workers: int = Field(default=4, ge=0, description="Data-loading worker processes.")
+    num_processes: PositiveInt = Field(
+        default=1, description="Processes for distributed training on the CPU."
+    )
+    strategy: str | None = Field(default=None, description="auto, ddp, ddp_spawn, ...")
+
+
+# --------------------------------------------------------------------------- root
+
+
+class LandsegConfig(StrictModel):
+    """A whole train config: ODEON's four sections."""
+
+    data_source: DataSource
+    train_setup: TrainSetup
+    output_setup: OutputSetup
+    device_setup: DeviceSetup = Field(default_factory=DeviceSetup)
+
+    def resolve_paths(self, base: Path) -> LandsegConfig:
+        """Relative paths in the config are relative to the config file's folder."""
+        data = self.data_source
+        for key in ("train_file", "val_file", "test_file"):
+            value = getattr(data, key)
+            if value is not None and not value.is_absolute():
+                setattr(data, key, (base / value).resolve())
+        out = self.output_setup
+        if not out.output_folder.is_absolute():
+            out.output_folder = (base / out.output_folder).resolve()
+        return self

@@ -1,0 +1,1 @@
+"""Reading rasters listed in CSV files into tensors for training."""
