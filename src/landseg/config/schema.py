@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,7 +27,7 @@ Band = Annotated[int, Field(ge=1, description="1-based band index, as in rasteri
 class StrictModel(BaseModel):
     """Rejects unknown keys, so a misspelt key is an error and not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 # --------------------------------------------------------------------------- data_source
@@ -225,6 +226,7 @@ class TrainSetup(StrictModel):
     )
     class_imbalance: list[Annotated[float, Field(ge=0)]] | None = Field(
         default=None,
+        validation_alias=AliasChoices("class_imbalance", "class imbalance"),
         description="One weight per class for the loss (ce, focal); 0 drops a class. "
         'The doc\'s "class imbalance" is this key.',
     )
@@ -332,7 +334,7 @@ class DeviceSetup(StrictModel):
     )
     device: int | str | list[int] | None = Field(
         default=None,
-        description="Number of devices (int), an id (\"0\") or ids ([0, 1]); 0 means the CPU.",
+        description='Number of devices (int), an id ("0") or ids ([0, 1]); 0 means the CPU.',
     )
     num_nodes: PositiveInt = Field(default=1, description="Nodes for distributed training.")
     num_workers: int = Field(default=4, ge=0, description="Data-loading worker processes.")

@@ -1,0 +1,46 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+# Both create .venv (with uv, installed on the fly if missing) from the lock file.
+
+PYTHON ?= python3
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo
+
+.PHONY: install demo test lint format docs clean
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install -q uv
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra mpi
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/landseg demo-data $(DEMO_DIR)
+	$(BIN)/landseg validate -c $(DEMO_DIR)/demo.json
+	$(BIN)/landseg train -c $(DEMO_DIR)/demo.json
+	@echo "TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_DIR)/runs"
+
+# pytest exits 5 when it collects no test: that must fail, not pass silently.
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+format: install
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+docs: install
+	$(BIN)/python -m landseg.config.docs > docs/configuration.md
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache

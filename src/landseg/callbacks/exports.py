@@ -1,0 +1,73 @@
+"""ODEON's ``.pth`` outputs: model, optimiser and training-state files, kept at the best val_loss.
+
+With ``model_out_ext: .pth`` 004 writes ``<name>.pth`` (model state_dict),
+``optimizer_<name>.pth`` (optimiser state_dict) and ``train_<name>.pth`` (epoch, step, loss,
+learning rate), overwritten when the model improves. All three load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from landseg.io import atomic_path
+
+
+def save_torch(obj: Any, destination: Path) -> None:
+    with atomic_path(destination) as tmp:
+        torch.save(obj, tmp)
+
+
+class PthExport(Callback):
+    def __init__(self, dirpath: Path, name: str):
+        self.dirpath = dirpath
+        self.name = name
+        self.best = math.inf
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val_loss")
+        if trainer.sanity_checking or loss is None or float(loss) >= self.best:
+            return
+        self.best = float(loss)
+        if not trainer.is_global_zero:
+            return
+        save_torch(pl_module.model.state_dict(), self.dirpath / f"{self.name}.pth")
+        save_torch(trainer.optimizers[0].state_dict(), self.dirpath / f"optimizer_{self.name}.pth")
+        info = {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "val_loss": self.best,
+            "learning_rate": trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        save_torch(info, self.dirpath / f"train_{self.name}.pth")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best", math.inf)
+
+
+def export_model(module: pl.LightningModule, fmt: str, destination_stem: Path) -> Path:
+    """Write the module's network in an extra format (``export_checkpoint``)."""
+    model = module.model.eval().cpu()
+    if fmt == "pth":
+        path = destination_stem.with_suffix(".pth")
+        save_torch(model.state_dict(), path)
+        return path
+    if fmt == "torchscript":
+        path = destination_stem.with_suffix(".torchscript.pt")
+        bands = module.hparams.in_channels
+        example = torch.zeros(1, bands, 64, 64)
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example)
+        with atomic_path(path) as tmp:
+            traced.save(str(tmp))
+        return path
+    raise ValueError(f"unknown export format {fmt}")

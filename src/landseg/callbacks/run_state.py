@@ -1,0 +1,26 @@
+"""Keeps ``run.json`` current: epochs done and best metrics, after every validation."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from landseg.runs import RunFolder
+
+
+class RunStateUpdater(Callback):
+    def __init__(self, run: RunFolder):
+        self.run = run
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        state = self.run.read_state()
+        metrics = trainer.callback_metrics
+        best = dict(state.get("best") or {})
+        loss, miou = metrics.get("val_loss"), metrics.get("val_miou")
+        if loss is not None and float(loss) < best.get("val_loss", float("inf")):
+            best["val_loss"] = float(loss)
+        if miou is not None and float(miou) > best.get("val_miou", float("-inf")):
+            best["val_miou"] = float(miou)
+        self.run.update_state(epochs_done=trainer.current_epoch + 1, best=best)

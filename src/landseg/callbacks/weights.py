@@ -1,0 +1,77 @@
+"""The model itself in TensorBoard: weight histograms per epoch and the graph once.
+
+TensorBoard builds both its "Distributions" and "Histograms" dashboards from the histograms.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from landseg.callbacks.images import model_input
+from landseg.loggers.tensorboard import find_phase_logger
+
+log = logging.getLogger(__name__)
+
+
+def _network(pl_module: pl.LightningModule) -> torch.nn.Module:
+    """The segmentation network (``pl_module.model``), or the module itself if it has none."""
+    model = getattr(pl_module, "model", None)
+    return model if isinstance(model, torch.nn.Module) else pl_module
+
+
+class WeightHistograms(Callback):
+    """Histograms of every parameter in the train run, every ``every_n_epochs`` train epochs.
+
+    Tags follow the module tree (``encoder/layer1/0/conv1/weight``) so TensorBoard groups them by
+    top-level block. Non-finite values (a diverged run) are left out rather than failing.
+    """
+
+    def __init__(self, every_n_epochs: int = 1):
+        if every_n_epochs < 1:
+            raise ValueError("every_n_epochs must be >= 1")
+        self.every_n_epochs = every_n_epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs:
+            return
+        tb = find_phase_logger(trainer)
+        if tb is None:
+            return
+        writer = tb.writer("train")
+        for name, parameter in _network(pl_module).named_parameters():
+            values = parameter.detach().float().flatten()
+            values = values[torch.isfinite(values)].cpu()
+            if values.numel():
+                writer.add_histogram(name.replace(".", "/"), values, trainer.global_step)
+
+
+class ModelGraph(Callback):
+    """Adds the network's graph to the train run once, when fit starts.
+
+    The example input is a ``(1, in_channels, patch_size, patch_size)`` zero tensor, with
+    ``in_channels`` from the module's hyperparameters. A model that cannot be traced only
+    produces a warning: the graph is never worth a failed training.
+    """
+
+    def __init__(self, patch_size: int = 64):
+        self.patch_size = patch_size
+        self._done = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._done or not trainer.is_global_zero:
+            return
+        tb = find_phase_logger(trainer)
+        if tb is None:
+            return
+        self._done = True
+        in_channels = getattr(pl_module.hparams, "in_channels", None)
+        if not in_channels:
+            log.warning("model graph not written to TensorBoard: no in_channels hyperparameter")
+            return
+        model = _network(pl_module)
+        example = torch.zeros(1, int(in_channels), self.patch_size, self.patch_size)
+        tb.log_graph(model, model_input(model, example))

@@ -1,0 +1,155 @@
+"""The ``landseg`` command line.
+
+User errors (bad config, data or output folder) print one line per problem and exit with
+code 2, without a traceback unless ``-v`` is given. Subcommands import their heavy modules
+lazily so that ``landseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from landseg import __version__
+from landseg.errors import LandsegError
+
+log = logging.getLogger("landseg")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, required=True, help="JSON or YAML config")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train_setup.lr=0.01 (repeatable, typed)",
+    )
+
+
+def load_and_check(config_path: Path, overrides: list[str]):
+    """Config file -> validated config -> data summary; every check before any work."""
+    from landseg.config.checks import check_config
+    from landseg.config.load import load_config
+    from landseg.data.checks import check_data
+    from landseg.errors import ConfigError
+    from landseg.models.registry import check_model_params
+
+    config = check_config(load_config(config_path, overrides))
+    summary = check_data(config)
+    train = config.train_setup
+    problems = check_model_params(train.model_name, train.model_params, summary.patch_size)
+    if problems:
+        raise ConfigError(problems)
+    return config, summary
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    _, summary = load_and_check(args.config, args.overrides)
+    print(f"{args.config}: valid")
+    print(
+        f"  {summary.n_classes} classes ({', '.join(summary.class_labels)}), "
+        f"{summary.n_image_bands} image bands, patches {summary.patch_size[0]}x"
+        f"{summary.patch_size[1]}, splits {summary.split_sizes}"
+    )
+    print(f"  {summary.report}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from landseg.tasks.train import resume_from_checkpoint, train
+
+    if args.resume is not None:
+        run_dir = resume_from_checkpoint(args.resume, verbose=args.verbose)
+    else:
+        config, summary = load_and_check(args.config, args.overrides)
+        run_dir = train(config, summary, verbose=args.verbose)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from landseg.config.schema import LandsegConfig
+
+    print(json.dumps(LandsegConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from landseg.data.demo import demo_data_command
+
+    config_path = demo_data_command(args.folder, args.tiles, args.size, args.seed)
+    print(f"demo dataset written; config: {config_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="landseg",
+        description="Train semantic-segmentation models on remote-sensing rasters "
+        "from one config file.",
+    )
+    parser.add_argument("--version", action="version", version=f"landseg {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging and full tracebacks"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str):
+        command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    train = add("train", cmd_train, "train a model from a config file (ODEON's train tool)")
+    train.add_argument("-c", "--config", type=Path, help="JSON or YAML config")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--resume", type=Path, metavar="CKPT", help="resume from a checkpoint alone")
+
+    _add_config_args(add("validate", cmd_validate, "check a config and its data, then exit"))
+    add("schema", cmd_schema, "print the JSON Schema of the config (for editors)")
+    demo = add("demo-data", cmd_demo_data, "write a small generated dataset and demo config")
+    demo.add_argument("folder", type=Path)
+    demo.add_argument("--tiles", type=int, default=48, help="number of tiles (default 48)")
+    demo.add_argument("--size", type=int, default=64, help="tile size in pixels (default 64)")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _console_logging(verbose: bool) -> None:
+    """landseg's own messages on stderr (Lightning prints its own)."""
+    logger = logging.getLogger("landseg")
+    if not any(getattr(h, "_landseg_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._landseg_console = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.config is None and args.resume is None:
+        parser.error("train needs -c CONFIG or --resume CKPT")
+    _console_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except LandsegError as error:
+        if args.verbose:
+            raise
+        for line in error.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Config file -> validated :class:`LandsegConfig`, with every problem reported at once.
+
+Each problem is one line that names the key path (``train_setup.optimizer_config.momentum``),
+what was expected and, for a misspelt key, the closest valid one. Syntax errors name the
+file, line and column.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from landseg.config.schema import LandsegConfig
+from landseg.errors import ConfigError
+from landseg.registry import closest
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a JSON or YAML config file into a dict (no validation yet)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config file: {error}") from error
+    if path.suffix.lower() == ".json":
+        data = _parse_json(text, path)
+    elif path.suffix.lower() in {".yaml", ".yml"}:
+        data = _parse_yaml(text, path)
+    else:  # unknown extension: JSON if it parses, else YAML
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = _parse_yaml(text, path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections, got {_kind(data)}")
+    return data
+
+
+def _parse_json(text: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"{path}:{error.lineno}:{error.colno}: JSON syntax error: {error.msg}"
+        ) from error
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {error.problem}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: YAML syntax error: {error}") from error
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def parse_override_value(text: str) -> Any:
+    """Type a ``--set`` value: JSON first (numbers, booleans, lists), then YAML, then a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, (dict, type(None))) and text.strip() else value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (``--set``) to the raw config, in order."""
+    for override in overrides:
+        key, sep, raw_value = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. train_setup.lr=0.01")
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {override}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = parse_override_value(raw_value)
+    return data
+
+
+def format_location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc`` (for key suggestions)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _first_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _clean_location(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union-member tags (``int``, ``list[int]``...) from an error location.
+
+    Parts are kept while they name fields of the models along the path (or list indices);
+    below a non-model value only indices are kept.
+    """
+    kept: list[Any] = []
+    current: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            kept.append(part)
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            kept.append(part)
+            field = current.model_fields.get(part)
+            current = _first_model(field.annotation) if field else None
+    return tuple(kept)
+
+
+def _first_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_validation_errors(error: ValidationError, root: type[BaseModel]) -> list[str]:
+    """One line per pydantic error: key path, what was expected, what was given."""
+    lines: list[str] = []
+    for item in error.errors(include_url=False):
+        loc = _clean_location(root, tuple(item["loc"]))
+        key = format_location(loc)
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            parent = _model_at(root, loc[:-1])
+            valid = sorted(parent.model_fields) if parent else []
+            hint = closest(str(loc[-1]), valid) if valid else None
+            suggestion = f" (did you mean '{hint}'?)" if hint else ""
+            lines.append(f"{key}: unknown key{suggestion}; valid keys: {', '.join(valid)}")
+        elif kind == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message}, got {_short(item.get('input'))}")
+    # a union (e.g. int | str | list) yields one error per member: keep one line per key.
+    unique: dict[str, str] = {}
+    for line in lines:
+        unique.setdefault(line.split(":", 1)[0], line)
+    return list(unique.values())
+
+
+def validate_config(data: dict[str, Any], source: Path | None = None) -> LandsegConfig:
+    """Validate a raw config; relative paths are taken relative to the config file's folder."""
+    try:
+        config = LandsegConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_errors(error, LandsegConfig)) from error
+    base = source.resolve().parent if source is not None else Path.cwd()
+    return config.resolve_paths(base)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> LandsegConfig:
+    """Read, override and validate a config file (schema only; see ``checks`` for the rest)."""
+    path = Path(path)
+    data = apply_overrides(read_config_file(path), overrides or [])
+    return validate_config(data, path)

@@ -1,0 +1,317 @@
+"""Data checks run before any training: every problem at once, each line naming its culprit.
+
+:func:`check_data` reads the CSV files and the raster *headers* (no pixels), and checks them
+against each other and against the config: files exist and open, image and mask sizes match,
+band selections exist, all patches share one size, all images one band count and dtype, a
+pixel range is known, and the lengths of ``normalization_weights``, ``class_labels`` and
+``class_imbalance`` match the bands and classes. It returns the :class:`DataSummary` that the
+datamodule and the model factory are built from.
+
+Number of classes: ``len(mask_bands)`` (default: all bands) for one-hot masks. For
+single-band class-index masks the header does not tell, so it is ``len(class_labels)`` when
+given; otherwise the mask pixels are read (max class value + 1) but only when there are at
+most :data:`MAX_MASKS_READ` masks, and beyond that ``data_source.class_labels`` is required —
+a check must stay fast on a large dataset, and a class count guessed from a sample of masks
+could silently be wrong.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import rasterio
+
+from landseg.config.schema import LandsegConfig
+from landseg.data.csvfiles import SamplePair, load_splits, testing_subset
+from landseg.data.normalization import resolve_pixel_range
+from landseg.data.raster import (
+    RasterHeader,
+    check_bands,
+    check_mask_bands,
+    index_mask_max,
+    mask_kind,
+    read_header,
+)
+from landseg.data.summary import DataSummary, MaskKind
+from landseg.errors import DataError
+
+#: Index masks whose pixels may be read to count classes when class_labels is absent.
+MAX_MASKS_READ = 200
+#: Lines reported per kind of problem; the rest are counted in one more line.
+MAX_LINES_PER_KIND = 10
+
+
+class _Problems:
+    """Problem lines, capped per kind so a dataset-wide mistake stays readable."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.counts: Counter[str] = Counter()
+
+    def add(self, kind: str, line: str) -> None:
+        self.counts[kind] += 1
+        if self.counts[kind] <= MAX_LINES_PER_KIND:
+            self.lines.append(line)
+
+    def all_lines(self) -> list[str]:
+        extra = [
+            f"... and {count - MAX_LINES_PER_KIND} more problems of this kind ({kind})"
+            for kind, count in self.counts.items()
+            if count > MAX_LINES_PER_KIND
+        ]
+        return self.lines + extra
+
+
+class _Examples:
+    """The first pair seen for each distinct value, to name one culprit per value."""
+
+    def __init__(self) -> None:
+        self.seen: dict[Hashable, str] = {}
+
+    def add(self, value: Hashable, example: str) -> None:
+        self.seen.setdefault(value, example)
+
+    def single(self) -> Hashable | None:
+        return next(iter(self.seen)) if len(self.seen) == 1 else None
+
+    def listing(self) -> str:
+        return ", ".join(f"{value} (e.g. {example})" for value, example in self.seen.items())
+
+
+def check_data(config: LandsegConfig) -> DataSummary:
+    """Check the data named by ``config``; raise one DataError listing every problem."""
+    source, setup = config.data_source, config.train_setup
+    problems = _Problems()
+    csv_lines: list[str] = []
+    splits = load_splits(
+        source.train_file,
+        source.val_file,
+        source.test_file,
+        percentage_val=source.percentage_val,
+        seed=setup.random_seed,
+        problems=csv_lines,
+    )
+    for line in csv_lines:
+        problems.add("csv", line)
+    if source.val_file is None:
+        _check_val_split(splits, config, problems)
+
+    scan = _scan_rasters(splits, config, problems)
+    _require_one(scan.sizes, "patch sizes (height, width) differ across the splits", problems)
+    _require_one(scan.image_bands, "images have different band counts", problems)
+    _require_one(scan.image_dtypes, "images have different dtypes", problems)
+    _require_one(
+        scan.mask_kinds, "masks mix single-band class-index and multi-band one-hot masks", problems
+    )
+    if source.mask_bands is None:
+        _require_one(
+            scan.onehot_bands,
+            "one-hot masks have different band counts; select classes with data_source.mask_bands",
+            problems,
+        )
+
+    n_image_bands = len(source.image_bands) if source.image_bands else scan.image_bands.single()
+    dtype = scan.image_dtypes.single()
+    pixel_range = None
+    if dtype is not None:
+        try:
+            pixel_range = resolve_pixel_range(
+                str(dtype), source.pixel_range, scan.image_dtypes.seen[dtype]
+            )
+        except DataError as err:
+            for line in err.problems:
+                problems.add("pixel_range", line)
+    if n_image_bands is not None:
+        _check_weights(config, int(n_image_bands), problems)
+
+    kind = cast("MaskKind | None", scan.mask_kinds.single())
+    n_classes, basis, pixels_read = _count_classes(
+        config, kind, scan.onehot_bands, scan.headers, problems
+    )
+    if n_classes is not None:
+        _check_class_lengths(config, n_classes, basis, problems)
+
+    rows = sum(len(pairs) for pairs in splits.values())
+    if problems.counts or rows == 0:
+        raise DataError(problems.all_lines() or ["no image,mask rows in the CSV files"])
+    assert n_image_bands is not None and pixel_range is not None and n_classes is not None
+    assert kind is not None and dtype is not None
+
+    n_csv = sum(path is not None for path in (source.train_file, source.val_file, source.test_file))
+    read_note = (
+        f"pixels of {pixels_read} index masks read to count classes"
+        if pixels_read
+        else "no pixels read"
+    )
+    used = testing_subset(splits) if setup.testing else splits
+    return DataSummary(
+        n_image_bands=int(n_image_bands),
+        n_classes=n_classes,
+        class_labels=tuple(source.class_labels or (f"class {i}" for i in range(1, n_classes + 1))),
+        mask_kind=kind,
+        patch_size=cast("tuple[int, int]", scan.sizes.single()),
+        image_dtype=str(dtype),
+        pixel_range=pixel_range,
+        split_sizes={name: len(pairs) for name, pairs in used.items()},
+        report=f"checked {rows} rows in {n_csv} CSV files: headers of "
+        f"{sum(h is not None for h in scan.headers.values())} rasters ({read_note})",
+    )
+
+
+@dataclass
+class _Scan:
+    """What the raster headers of every row say, one example row per distinct value."""
+
+    headers: dict[Path, RasterHeader | None] = field(default_factory=dict)
+    sizes: _Examples = field(default_factory=_Examples)
+    image_bands: _Examples = field(default_factory=_Examples)
+    image_dtypes: _Examples = field(default_factory=_Examples)
+    mask_kinds: _Examples = field(default_factory=_Examples)
+    onehot_bands: _Examples = field(default_factory=_Examples)
+
+
+def _scan_rasters(
+    splits: dict[str, list[SamplePair]], config: LandsegConfig, problems: _Problems
+) -> _Scan:
+    """Read every header once; report missing, unreadable and per-pair problems."""
+    source = config.data_source
+    scan = _Scan()
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):  # no folder listing per open
+        for pair in (pair for pairs in splits.values() for pair in pairs):
+            image = _header(scan.headers, pair, pair.image, "image", problems)
+            mask = _header(scan.headers, pair, pair.mask, "mask", problems)
+            if image is None or mask is None:
+                continue
+            if (image.height, image.width) != (mask.height, mask.width):
+                problems.add(
+                    "size",
+                    f"{pair.where()}: image {image.path} is {image.size} but mask "
+                    f"{mask.path} is {mask.size}",
+                )
+            image_example = f"{image.path}, {pair.where()}"
+            scan.sizes.add((image.height, image.width), image_example)
+            scan.image_bands.add(image.count, image_example)
+            scan.image_dtypes.add(image.dtype, image_example)
+            kind = mask_kind(mask.count)
+            scan.mask_kinds.add(kind, f"{mask.path}, {pair.where()}")
+            if kind == "onehot":
+                scan.onehot_bands.add(mask.count, f"{mask.path}, {pair.where()}")
+            bands_problem = check_bands(
+                "data_source.image_bands", source.image_bands or (), image, "image"
+            )
+            if bands_problem:
+                problems.add("image_bands", bands_problem)
+            mask_problem = check_mask_bands(mask, source.mask_bands)
+            if mask_problem:
+                problems.add("mask_bands", mask_problem)
+    return scan
+
+
+def _header(
+    cache: dict[Path, RasterHeader | None],
+    pair: SamplePair,
+    path: Path,
+    what: str,
+    problems: _Problems,
+) -> RasterHeader | None:
+    """The raster's header, read once per path; None (and a problem) when it cannot be read."""
+    if path not in cache:
+        if not path.is_file():
+            problems.add("missing", f"{pair.where()}: {what} {path} does not exist")
+            cache[path] = None
+        else:
+            try:
+                cache[path] = read_header(path)
+            except DataError as err:
+                problems.add("unreadable", f"{pair.where()}: {err.problems[0]}")
+                cache[path] = None
+    return cache[path]
+
+
+def _require_one(examples: _Examples, message: str, problems: _Problems) -> None:
+    if len(examples.seen) > 1:
+        problems.add("mixed", f"{message}: {examples.listing()}")
+
+
+def _check_val_split(
+    splits: dict[str, list[SamplePair]], config: LandsegConfig, problems: _Problems
+) -> None:
+    n_train, n_val = len(splits["train"]), len(splits["val"])
+    if n_train + n_val and (n_train < 1 or n_val < 1):
+        problems.add(
+            "percentage_val",
+            f"data_source.percentage_val: {config.data_source.percentage_val} of the "
+            f"{n_train + n_val} rows of {config.data_source.train_file} gives {n_val} "
+            f"validation and {n_train} training rows; each needs at least 1 "
+            "(change it or set data_source.val_file)",
+        )
+
+
+def _check_weights(config: LandsegConfig, n_bands: int, problems: _Problems) -> None:
+    weights = config.data_source.normalization_weights
+    for split in ("train", "val", "test"):
+        stats = getattr(weights, split) if weights else None
+        if stats is not None and len(stats.mean) != n_bands:
+            problems.add(
+                "normalization_weights",
+                f"data_source.normalization_weights.{split}.mean has {len(stats.mean)} values "
+                f"but {n_bands} image bands are used",
+            )
+
+
+def _count_classes(
+    config: LandsegConfig,
+    kind: MaskKind | None,
+    onehot_counts: _Examples,
+    headers: dict[Path, RasterHeader | None],
+    problems: _Problems,
+) -> tuple[int | None, str, int]:
+    """(classes, or None when unknown; what the count comes from; masks whose pixels were read)."""
+    source = config.data_source
+    if kind == "onehot" and source.mask_bands:
+        return len(source.mask_bands), "one per band of data_source.mask_bands", 0
+    if kind == "onehot":
+        count = cast("int | None", onehot_counts.single())
+        return count, "one per band of the one-hot masks", 0
+    if kind != "index":
+        return None, "", 0
+    if source.class_labels:
+        return len(source.class_labels), "one per label", 0
+    masks = [h.path for h in headers.values() if h is not None and mask_kind(h.count) == "index"]
+    if len(masks) > MAX_MASKS_READ:
+        problems.add(
+            "class_labels",
+            f"data_source.class_labels is required for single-band class-index masks: there "
+            f"are {len(masks)} masks (landseg counts classes from the pixels of at most "
+            f"{MAX_MASKS_READ}); give one label per class value 0..n-1",
+        )
+        return None, "", 0
+    top = -1
+    for path in masks:
+        try:
+            top = max(top, index_mask_max(path, source.ignore_index))
+        except DataError as err:
+            problems.add("unreadable", err.problems[0])
+    if top < 0:
+        problems.add("class_labels", "the class-index masks hold no class value (all nodata)")
+        return None, "", len(masks)
+    return top + 1, "the largest class value in the masks + 1", len(masks)
+
+
+def _check_class_lengths(
+    config: LandsegConfig, n_classes: int, basis: str, problems: _Problems
+) -> None:
+    source, setup = config.data_source, config.train_setup
+    for key, values in (
+        ("data_source.class_labels", source.class_labels),
+        ("train_setup.class_imbalance", setup.class_imbalance),
+    ):
+        if values is not None and len(values) != n_classes:
+            problems.add(
+                key,
+                f"{key} has {len(values)} values but there are {n_classes} classes ({basis})",
+            )

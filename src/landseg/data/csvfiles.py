@@ -1,0 +1,154 @@
+"""CSV files of ``image,mask`` rows (ODEON 004, section Data source) and the splits built from them.
+
+Rules:
+
+* one row per sample: ``image,mask`` and optionally more columns; no header is needed;
+* a header line is tolerated: the first row counts as a header when none of its cells is an
+  existing file and every cell looks like a column name (``image,mask`` or ``image,mask,zone``);
+  its names then key the extra columns of every row (:attr:`SamplePair.extra`, e.g. ``zone``
+  for group-wise cross-validation); without a header, extra columns are ignored;
+* paths are absolute or relative to the CSV file's own folder (not the working directory);
+* blank lines are skipped.
+
+Problems are :class:`~landseg.errors.DataError` lines naming the CSV file and its 1-based row.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from landseg.errors import DataError
+
+#: ``train_setup.testing: true`` keeps the first this many pairs of every split (after the split).
+TESTING_SUBSET = 8
+
+_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_ -]*$")
+
+
+@dataclass(frozen=True)
+class SamplePair:
+    """One image/mask row; ``row`` is the 1-based line in the CSV, for error messages."""
+
+    image: Path
+    mask: Path
+    row: int
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+    csv: Path | None = field(default=None, compare=False)
+
+    def where(self) -> str:
+        """``file.csv, row N``: how every problem names its row."""
+        return f"{self.csv}, row {self.row}" if self.csv else f"row {self.row}"
+
+
+def _is_header(cells: list[str], folder: Path) -> bool:
+    return all(
+        _COLUMN_NAME.match(cell) and not (folder / cell).is_file() for cell in cells if cell
+    ) and all(cells)
+
+
+def read_pairs(csv_path: str | Path, problems: list[str] | None = None) -> list[SamplePair]:
+    """Read the rows of one CSV file.
+
+    With ``problems`` given, each problem is appended to it and the valid rows are returned,
+    so a caller can report every problem of every file at once; otherwise a
+    :class:`DataError` listing all problems of this file is raised.
+    """
+    csv_path = Path(csv_path).absolute()
+    found: list[str] = []
+    pairs: list[SamplePair] = []
+    if not csv_path.is_file():
+        found.append(f"{csv_path}: CSV file does not exist")
+    else:
+        folder = csv_path.parent
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            rows = [
+                (number, [cell.strip() for cell in cells])
+                for number, cells in enumerate(csv.reader(handle), start=1)
+                if any(cell.strip() for cell in cells)
+            ]
+        names: list[str] = []
+        if rows and _is_header(rows[0][1], folder):
+            names = rows.pop(0)[1]
+        for number, cells in rows:
+            if len(cells) < 2:
+                found.append(f"{csv_path}, row {number}: one column only; expected 'image,mask'")
+            elif not cells[0] or not cells[1]:
+                column = "image" if not cells[0] else "mask"
+                found.append(f"{csv_path}, row {number}: empty {column} cell")
+            else:
+                extra = dict(zip(names[2:], cells[2:], strict=False))
+                pairs.append(
+                    SamplePair(folder / cells[0], folder / cells[1], number, extra, csv_path)
+                )
+        if not rows:
+            found.append(f"{csv_path}: CSV file has no image,mask rows")
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise DataError(found)
+    return pairs
+
+
+def val_size(n_pairs: int, fraction: float) -> int:
+    """How many of ``n_pairs`` the validation split gets: ``fraction`` of them, rounded half up."""
+    return math.floor(n_pairs * fraction + 0.5)
+
+
+def split_pairs(
+    pairs: list[SamplePair], fraction: float, seed: int
+) -> tuple[list[SamplePair], list[SamplePair]]:
+    """Hold out ``fraction`` of ``pairs`` for validation, reproducibly from ``seed``.
+
+    Both splits keep the CSV order, so the result depends only on the rows and the seed.
+    """
+    held_out = set(
+        np.random.default_rng(seed).permutation(len(pairs))[: val_size(len(pairs), fraction)]
+    )
+    train = [pair for i, pair in enumerate(pairs) if i not in held_out]
+    val = [pair for i, pair in enumerate(pairs) if i in held_out]
+    return train, val
+
+
+def testing_subset(splits: dict[str, list[SamplePair]]) -> dict[str, list[SamplePair]]:
+    """The first :data:`TESTING_SUBSET` pairs of every split (``train_setup.testing``)."""
+    return {name: pairs[:TESTING_SUBSET] for name, pairs in splits.items()}
+
+
+def load_splits(
+    train_file: Path,
+    val_file: Path | None,
+    test_file: Path | None,
+    *,
+    percentage_val: float,
+    seed: int,
+    testing: bool = False,
+    problems: list[str] | None = None,
+) -> dict[str, list[SamplePair]]:
+    """The pairs of every split: ``train``, ``val`` and (with a test file) ``test``.
+
+    Without ``val_file`` the validation split is ``percentage_val`` of the train file
+    (:func:`split_pairs`). ``testing`` keeps the first :data:`TESTING_SUBSET` pairs of each
+    split, after the split, so a debug run sees the same few samples every time.
+    ``problems`` behaves as in :func:`read_pairs`.
+    """
+    found: list[str] = []
+    splits = {"train": read_pairs(train_file, found)}
+    if val_file is not None:
+        splits["val"] = read_pairs(val_file, found)
+    else:
+        splits["train"], splits["val"] = split_pairs(splits["train"], percentage_val, seed)
+    if test_file is not None:
+        splits["test"] = read_pairs(test_file, found)
+    if testing:
+        splits = testing_subset(splits)
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise DataError(found)
+    return splits

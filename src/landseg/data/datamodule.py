@@ -1,0 +1,133 @@
+"""Lightning datamodules, by name (seed 003); ``csv`` reads ODEON's CSV files of image/mask rows.
+
+Splits: ``train_file``; ``val_file``, or else ``percentage_val`` of the train file held out
+reproducibly from ``train_setup.random_seed``; ``test_file`` (also used for prediction).
+``train_setup.testing: true`` keeps the first 8 pairs of every split, after the split
+(:data:`~landseg.data.csvfiles.TESTING_SUBSET`). Augmentations apply to the train split only.
+
+Every dataloader uses a :class:`~landseg.data.sampler.SeededSampler` (shuffled for train
+only), which shards itself across distributed ranks: the Trainer must run with
+``use_distributed_sampler=False``. Randomness is per sample, so no ``worker_init_fn`` is needed.
+The train loader is a :class:`~landseg.data.resumable.ResumableDataLoader`, whose state
+(epoch, batches done) Lightning checkpoints, so a resumed epoch skips what was trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from landseg.config.schema import LandsegConfig
+from landseg.data.csvfiles import SamplePair, load_splits
+from landseg.data.dataset import SegmentationDataset
+from landseg.data.resumable import ResumableDataLoader
+from landseg.data.sampler import SeededSampler
+from landseg.data.summary import DataSummary
+from landseg.errors import DataError
+from landseg.registry import Registry
+
+DATAMODULES: Registry[type[L.LightningDataModule]] = Registry("datamodule")
+
+
+@DATAMODULES.register("csv")
+class CsvSegmentationDataModule(L.LightningDataModule):
+    """Train/val/test datasets from the config's CSV files, shaped by the checked summary."""
+
+    def __init__(self, config: LandsegConfig, summary: DataSummary):
+        super().__init__()
+        self.config = config
+        self.summary = summary
+        self.datasets: dict[str, SegmentationDataset] = {}
+        self.samplers: dict[str, SeededSampler] = {}
+
+    # ------------------------------------------------------------------ building
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the CSV files and build every split once (later calls are no-ops)."""
+        if self.datasets:
+            return
+        for split, pairs in self.load_pairs().items():
+            self.datasets[split] = self._dataset(split, pairs)
+            self.samplers[split] = SeededSampler(
+                len(pairs), seed=self.config.train_setup.random_seed, shuffle=split == "train"
+            )
+
+    def load_pairs(self) -> dict[str, list[SamplePair]]:
+        source, train = self.config.data_source, self.config.train_setup
+        return load_splits(
+            source.train_file,
+            source.val_file,
+            source.test_file,
+            percentage_val=source.percentage_val,
+            seed=train.random_seed,
+            testing=train.testing,
+        )
+
+    def _dataset(self, split: str, pairs: list[SamplePair]) -> SegmentationDataset:
+        source = self.config.data_source
+        weights = source.normalization_weights
+        augmentation = source.data_augmentation
+        return SegmentationDataset(
+            pairs,
+            image_bands=source.image_bands,
+            mask_bands=source.mask_bands,
+            n_classes=self.summary.n_classes,
+            pixel_range=self.summary.pixel_range,
+            stats=weights.for_split(split) if weights else None,
+            augmentations=getattr(augmentation, split) if augmentation else (),
+            seed=self.config.train_setup.random_seed,
+            ignore_index=source.ignore_index,
+        )
+
+    # ------------------------------------------------------------------ loaders
+
+    @property
+    def train_sampler(self) -> SeededSampler:
+        """The train sampler, for ``skip_next`` when resuming mid-epoch."""
+        self.setup()
+        return self.samplers["train"]
+
+    @property
+    def train_dataset(self) -> SegmentationDataset:
+        return self._split("train")
+
+    @property
+    def val_dataset(self) -> SegmentationDataset:
+        return self._split("val")
+
+    @property
+    def test_dataset(self) -> SegmentationDataset:
+        return self._split("test")
+
+    def _split(self, split: str) -> SegmentationDataset:
+        self.setup()
+        if split not in self.datasets:
+            raise DataError(f"data_source.{split}_file is not set: there is no {split} split")
+        return self.datasets[split]
+
+    def _loader(self, split: str) -> DataLoader[dict[str, Any]]:
+        # the train loader keeps its place in the epoch across a resume (ResumeTracker)
+        loader_class = ResumableDataLoader if split == "train" else DataLoader
+        return loader_class(
+            self._split(split),
+            batch_size=self.config.train_setup.batch_size,
+            sampler=self.samplers[split],
+            num_workers=self.config.device_setup.num_workers,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("test")

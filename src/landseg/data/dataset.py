@@ -1,0 +1,94 @@
+"""The torch Dataset of image/mask pairs: read, scale to 0-1, augment, standardise.
+
+A sample is a pure function of its pair and its ``sample_seed`` (given by
+:class:`~landseg.data.sampler.SeededSampler`), so it is identical in any worker process, for
+any number of workers, and after a resume. Rasters are opened per read, never kept open, so
+the dataset forks and pickles cleanly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from landseg.config.schema import SplitStats
+from landseg.data.augmentations import build_augmentations
+from landseg.data.csvfiles import SamplePair
+from landseg.data.normalization import scale, standardize
+from landseg.data.raster import read_image, read_mask
+from landseg.data.sampler import derive_seed
+from landseg.errors import ConfigError, DataError
+
+
+class SegmentationDataset(Dataset[dict[str, Any]]):
+    """Samples ``{"image": (C, H, W) float32, "mask": (H, W) int64, "index": int}``.
+
+    Index with an int (seed derived from ``seed`` and the index, as in epoch 0) or with the
+    sampler's ``(index, sample_seed)`` tuple. Mask pixels without a class are
+    :data:`~landseg.data.summary.IGNORE_INDEX`.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[SamplePair],
+        *,
+        image_bands: Sequence[int] | None,
+        mask_bands: Sequence[int] | None,
+        n_classes: int,
+        pixel_range: float,
+        stats: SplitStats | None = None,
+        augmentations: Sequence[str] = (),
+        seed: int = 0,
+        ignore_index: int | None = None,
+    ):
+        self.pairs = list(pairs)
+        self.image_bands = list(image_bands) if image_bands else None
+        self.mask_bands = list(mask_bands) if mask_bands else None
+        self.n_classes = n_classes
+        self.pixel_range = pixel_range
+        self.stats = stats
+        self.augmentation_names = list(augmentations)
+        try:
+            self.augmentations = build_augmentations(self.augmentation_names)
+        except KeyError as err:
+            raise ConfigError(f"data_source.data_augmentation: {err.args[0]}") from err
+        self.seed = seed
+        self.ignore_index = ignore_index
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, sample_seed = key if isinstance(key, tuple) else (key, None)
+        index = int(index)
+        if sample_seed is None:
+            sample_seed = derive_seed(self.seed, 0, index)
+        pair = self.pairs[index]
+        image, mask = self.load(pair)
+        if self.augmentations:
+            rng = np.random.default_rng(sample_seed)
+            for augment in self.augmentations:
+                image, mask = augment(image, mask, rng)
+        image = standardize(image, self.stats)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+            "index": index,
+        }
+
+    def load(self, pair: SamplePair) -> tuple[np.ndarray, np.ndarray]:
+        """The pair's 0-1 float32 image and int64 class mask, before augmentation."""
+        raw = read_image(pair.image, self.image_bands)
+        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+            raise DataError(f"{pair.image}: image has NaN or infinite pixels ({pair.where()})")
+        mask = read_mask(pair.mask, self.mask_bands, self.n_classes, self.ignore_index)
+        if raw.shape[1:] != mask.shape:
+            raise DataError(
+                f"{pair.where()}: image {pair.image} is {raw.shape[2]}x{raw.shape[1]} but "
+                f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]}"
+            )
+        return scale(raw, self.pixel_range), mask

@@ -1,0 +1,318 @@
+"""The run's logger: scalars, arrays and figures of the model's state, on disk and in TensorBoard.
+
+Training code only populates loggers. :class:`RunLogger` is both a set of one-line methods for
+custom hooks (``summarize``, ``buffer``, ``figure``, ``flush``) and a Lightning ``Callback`` that
+calls them at the right moments, and cleans itself up however the run ends. Python's ``logging``
+is for the state of the code; this is for the state of the model.
+
+Files under the run folder::
+
+    logs/scalars.jsonl      one JSON object per line: {"phase", "step", "epoch"?, "time", ...}
+                            (non-finite values written as null)
+    arrays/<name>.npz       {"steps": (N,), "values": (N, ...)}, e.g. confusion_val.npz
+    figures/<name>.png      the latest figure of each name (TensorBoard keeps every step)
+
+Every file is written by rename (:mod:`landseg.io`), except ``scalars.jsonl``, which is appended
+to: one ``write`` of one line, flushed and fsynced. A crash can then only leave the *last* line
+incomplete; :func:`read_scalars` skips such a line, and the next writer ends it with a newline
+before appending, so one torn line never corrupts the lines that follow it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import lightning.pytorch as pl
+import matplotlib.image
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from matplotlib.figure import Figure
+
+from landseg.io import atomic_path, atomic_write_bytes
+from landseg.loggers import figures
+from landseg.loggers.tensorboard import PhaseTensorBoardLogger, check_phase, split_metric
+
+log = logging.getLogger(__name__)
+
+SCALARS_FILE = Path("logs") / "scalars.jsonl"
+ARRAYS_DIR = Path("arrays")
+FIGURES_DIR = Path("figures")
+
+
+def read_scalars(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``logs/scalars.jsonl``, as the run's history now stands.
+
+    A line that does not parse (a write torn by a crash) is skipped. When a resumed run logs a
+    step again, the rows of that phase logged after it by the interrupted run are dropped, so
+    each phase's steps never go backwards.
+    """
+    path = Path(run_dir) / SCALARS_FILE
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number < len(lines):  # a torn *last* line is expected after a crash; others not
+                log.warning("%s:%d: skipped an unreadable line", path, number)
+            continue
+        step = row.get("step")
+        if step is not None:
+            rows = [r for r in rows if r["phase"] != row["phase"] or (r.get("step") or 0) <= step]
+        rows.append(row)
+    return rows
+
+
+class RunLogger(Callback):
+    """Records the model's state for one run folder; also a Lightning callback.
+
+    As a callback it records, on global rank 0 and outside the sanity check: each train epoch's
+    ``train_*`` metrics and learning rate; after each validation (and test) the ``val_*``
+    metrics, the confusion matrix (figures, and ``arrays/confusion_<phase>.npz`` per epoch) and
+    per-class IoU/F1 bars from ``pl_module.last_confusion`` / ``last_report``; the learning
+    curves when fit ends. It flushes and closes itself at teardown and on any exception.
+
+    Args:
+        run_dir: the run folder.
+        tb: where scalars and figures also go; ``None`` for files only.
+    """
+
+    def __init__(self, run_dir: str | Path, tb: PhaseTensorBoardLogger | None = None):
+        self.run_dir = Path(run_dir)
+        self.tb = tb
+        self._buffers: dict[str, list[tuple[int, np.ndarray]]] = {}
+        self._unsaved: set[str] = set()
+        self._scalars: IO[bytes] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ one-line API
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran and nothing was logged since (everything is on disk)."""
+        return self._closed
+
+    @rank_zero_only
+    def summarize(self, step: int, phase: str = "train", **scalars: Any) -> None:
+        """Log scalars of one phase at one step: ``summarize(step, "val", loss=0.3, miou=0.5)``."""
+        check_phase(phase)
+        values = {key: _to_number(value) for key, value in scalars.items()}
+        if self.tb is not None:
+            self.tb.log_metrics({f"{phase}_{key}": value for key, value in values.items()}, step)
+        self._append_row(phase, step, values)
+
+    @rank_zero_only
+    def buffer(self, name: str, array: Any, step: int | None = None) -> None:
+        """Keep ``array`` in memory (with its step) until :meth:`flush` writes ``<name>.npz``.
+
+        Every array of a name must have the same shape. Arrays saved by an interrupted run are
+        loaded first; buffering a step again drops the ones of that step and after (resume).
+        """
+        value = np.array(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
+        entries = self._buffers.get(name)
+        if entries is None:
+            entries = self._buffers[name] = self._load_array(name)
+        if entries and entries[0][1].shape != value.shape:
+            raise ValueError(
+                f"buffer {name!r} holds arrays of shape {entries[0][1].shape}, got {value.shape}"
+            )
+        if step is not None:
+            entries[:] = [(s, v) for s, v in entries if s < step]
+        entries.append((-1 if step is None else step, value))
+        self._unsaved.add(name)
+        self._closed = False
+
+    @rank_zero_only
+    def flush(self) -> None:
+        """Write every changed buffer to ``arrays/<name>.npz`` (compressed, by rename)."""
+        for name in sorted(self._unsaved):
+            entries = self._buffers[name]
+            with atomic_path(self._array_path(name)) as tmp, open(tmp, "wb") as handle:
+                np.savez_compressed(
+                    handle,
+                    steps=np.array([s for s, _ in entries], dtype=np.int64),
+                    values=np.stack([v for _, v in entries]),
+                )
+        self._unsaved.clear()
+        if self.tb is not None:
+            self.tb.save()
+
+    @rank_zero_only
+    def figure(self, name: str, fig: Figure, step: int, phase: str = "val") -> None:
+        """Save ``fig`` as ``figures/<name>.png`` and add it to ``phase``'s TensorBoard run.
+
+        Pass figures from :mod:`landseg.loggers.figures` (outside pyplot); a pyplot figure must
+        still be closed by its caller.
+        """
+        check_phase(phase)
+        rgb = figures.figure_to_rgb(fig)
+        png = io.BytesIO()
+        matplotlib.image.imsave(png, rgb, format="png")
+        atomic_write_bytes(self.run_dir / FIGURES_DIR / f"{name}.png", png.getvalue())
+        if self.tb is not None:
+            self.tb.writer(phase).add_image(name, rgb, step, dataformats="HWC")
+        self._closed = False
+
+    def close(self) -> None:
+        """Write pending arrays and close the scalars file; logging again reopens it."""
+        try:
+            self.flush()
+        finally:
+            if self._scalars is not None:
+                self._scalars.close()
+                self._scalars = None
+            self._closed = True
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        values = _phase_metrics(trainer.callback_metrics, "train")
+        if trainer.optimizers:
+            values["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self._append_row("train", trainer.global_step, values, epoch=trainer.current_epoch)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Not on_validation_epoch_end: callbacks run that hook *before* the module's, which is
+        # where last_confusion and val_miou are computed.
+        if not trainer.sanity_checking and trainer.is_global_zero:
+            self._log_evaluation(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._log_evaluation(trainer, pl_module, "test")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        curves = figures.learning_curves(read_scalars(self.run_dir))
+        self.figure("learning_curves", curves, trainer.global_step, phase="train")
+        self.flush()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.close()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning routes errors and KeyboardInterrupt here before leaving fit/test; a failure
+        # to close must not replace the error the user needs to see.
+        try:
+            self.close()
+        except Exception:
+            log.exception("could not close the run logger of %s", self.run_dir)
+
+    # ------------------------------------------------------------------ internals
+
+    def _log_evaluation(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, phase: str
+    ) -> None:
+        step, epoch = trainer.global_step, trainer.current_epoch
+        self._append_row(phase, step, _phase_metrics(trainer.callback_metrics, phase), epoch=epoch)
+        confusion = getattr(pl_module, "last_confusion", None)
+        labels = list(getattr(pl_module, "class_labels", None) or [])
+        if confusion is not None:
+            labels = labels or [str(i) for i in range(len(confusion))]
+            for normalize, name in ((False, "confusion"), (True, "confusion_normalized")):
+                fig = figures.confusion_matrix_figure(confusion, labels, normalize=normalize)
+                self.figure(f"{name}_{phase}", fig, step, phase)
+            self.buffer(f"confusion_{phase}", confusion, step)
+        report = getattr(pl_module, "last_report", None)
+        if report is not None and labels:
+            self.figure(f"per_class_{phase}", figures.per_class_bars(report, labels), step, phase)
+        self.flush()
+
+    def _append_row(
+        self, phase: str, step: int, values: Mapping[str, Any], epoch: int | None = None
+    ) -> None:
+        row: dict[str, Any] = {"phase": phase, "step": step}
+        if epoch is not None:
+            row["epoch"] = epoch
+        row["time"] = round(time.time(), 3)
+        # NaN/inf as null, as in the history file: the lines stay strict JSON for any reader.
+        row.update({k: None if _non_finite(v) else v for k, v in values.items()})
+        line = json.dumps(row, allow_nan=False).encode("utf-8") + b"\n"
+        handle = self._scalars_handle()
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+        self._closed = False
+
+    def _scalars_handle(self) -> IO[bytes]:
+        """The scalars file opened for appending, after ending any line torn by a crash."""
+        if self._scalars is None:
+            path = self.run_dir / SCALARS_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torn = _last_byte(path) not in (b"", b"\n")
+            self._scalars = open(path, "ab")  # noqa: SIM115 (kept open across calls)
+            if torn:
+                self._scalars.write(b"\n")
+        return self._scalars
+
+    def _array_path(self, name: str) -> Path:
+        return self.run_dir / ARRAYS_DIR / f"{name}.npz"
+
+    def _load_array(self, name: str) -> list[tuple[int, np.ndarray]]:
+        """The entries an earlier (interrupted) run of this folder saved, if any."""
+        path = self._array_path(name)
+        if not path.exists():
+            return []
+        with np.load(path) as saved:
+            return [(int(s), v) for s, v in zip(saved["steps"], saved["values"], strict=True)]
+
+
+def _last_byte(path: Path) -> bytes:
+    if not path.exists() or path.stat().st_size == 0:
+        return b""
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _to_number(value: Any) -> float | int:
+    if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"scalars must be numbers, got {type(value).__name__}")
+    return value
+
+
+def _phase_metrics(metrics: Mapping[str, Any], phase: str) -> dict[str, float | int]:
+    """``{"val_loss": t}`` -> ``{"loss": float}``; Lightning's per-step values are skipped."""
+    values: dict[str, float | int] = {}
+    for key, value in metrics.items():
+        if not key.startswith(f"{phase}_") or key.endswith("_step"):
+            continue
+        values[split_metric(key)[1]] = _to_number(value)
+    return values

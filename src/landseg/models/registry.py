@@ -1,0 +1,203 @@
+"""Model names (seed 004 plus ``smp:<Architecture>``), their parameters and their checks.
+
+Every entry's ``info`` says which ``model_params`` keys it takes (with defaults), which values
+some of them allow, and which multiple the input height and width must be, so a config is
+checked before any training starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import timm
+from segmentation_models_pytorch.encoders import encoders as smp_encoders
+from segmentation_models_pytorch.encoders import get_encoder_names
+from torch import nn
+
+from landseg.errors import ConfigError
+from landseg.models.factory import deeplab, resnet_unet, smp_architectures, smp_model
+from landseg.models.unet import DECODER_MODES, UNET_SIZE_MULTIPLE, UNet
+from landseg.registry import Registry, unknown_name_message
+
+ModelFactory = Callable[..., nn.Module]  # (in_channels, n_classes, **model_params) -> logits
+
+MODELS: Registry[ModelFactory] = Registry("model")
+
+SMP_PREFIX = "smp:"
+#: smp keywords that landseg sets itself (bands, classes) or that would break "returns logits".
+_SMP_RESERVED = {"self", "in_channels", "classes", "activation", "aux_params"}
+_PARAMS_KEY = "train_setup.model_params"
+
+MODELS.add(
+    "unet",
+    partial(UNet, base_width=64),
+    size_multiple=UNET_SIZE_MULTIPLE,
+    params={"decoder_mode": "bilinear", "batch_norm": True},
+    choices={"decoder_mode": DECODER_MODES, "batch_norm": (True, False)},
+)
+MODELS.add(
+    "lightunet",
+    partial(UNet, base_width=8),
+    size_multiple=UNET_SIZE_MULTIPLE,
+    params={"decoder_mode": "bilinear", "batch_norm": False},
+    choices={"decoder_mode": DECODER_MODES, "batch_norm": (True, False)},
+)
+for _depth in (18, 34, 50, 101, 152):
+    MODELS.add(
+        f"resnet{_depth}",
+        partial(resnet_unet, depth=_depth),
+        aliases=("resnet150",) if _depth == 152 else (),  # 004 lists "resnet150", a slip
+        size_multiple=32,
+        params={"decoder_mode": "bilinear", "encoder_weights": None},
+        choices={"decoder_mode": DECODER_MODES},
+        encoder=f"resnet{_depth}",
+    )
+MODELS.add(
+    "deeplab",
+    deeplab,
+    size_multiple=8,
+    size_multiple_fn=lambda params: params["output_stride"],
+    params={"output_stride": 8, "encoder_weights": None},
+    choices={"output_stride": (8, 16)},
+    encoder="mobilenet_v2",
+)
+
+
+def _smp_params(model_class: type[nn.Module]) -> dict[str, Any]:
+    """The keywords an smp class accepts, with defaults; pretrained weights are opt-in."""
+    signature = inspect.signature(model_class.__init__)
+    params = {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if name not in _SMP_RESERVED and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+    params["encoder_weights"] = None
+    return params
+
+
+def _smp_size_multiple(params: dict[str, Any]) -> int:
+    """The encoder's output stride: 2**depth, less when the encoder is dilated."""
+    return min(int(params.get("encoder_output_stride") or 32), 2 ** int(params["encoder_depth"]))
+
+
+for _arch, _class in smp_architectures().items():
+    _defaults = _smp_params(_class)
+    MODELS.add(
+        f"{SMP_PREFIX}{_arch}",
+        partial(smp_model, _arch),
+        size_multiple=_smp_size_multiple(_defaults),
+        size_multiple_fn=_smp_size_multiple,
+        params=_defaults,
+        smp=True,
+    )
+
+
+def model_size_multiple(name: str, params: dict[str, Any] | None = None) -> int:
+    """The multiple that input height and width must be, for this model and these params."""
+    info = MODELS.info(name)
+    size_fn = info.get("size_multiple_fn")
+    return int(size_fn({**info["params"], **(params or {})}) if size_fn else info["size_multiple"])
+
+
+def _unknown_model(name: str) -> str:
+    if name.lower().startswith(SMP_PREFIX):
+        choices = [n for n in MODELS.names() if n.startswith(SMP_PREFIX)]
+        return unknown_name_message("smp architecture", name, choices)
+    return unknown_name_message("model", name, MODELS.names())
+
+
+def _encoder_problems(name: str, info: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """Unknown smp/timm encoder names, and weights the encoder does not offer."""
+    encoder = info.get("encoder") or params.get("encoder_name")
+    if not isinstance(encoder, str):
+        return [f"{_PARAMS_KEY}.encoder_name: must be a string, got {encoder!r}"]
+    is_timm = encoder.startswith("tu-")
+    if is_timm and not timm.is_model(encoder[3:]):
+        return [f"{_PARAMS_KEY}.encoder_name: timm has no model '{encoder[3:]}'"]
+    if not is_timm and encoder not in smp_encoders:
+        return [
+            f"{_PARAMS_KEY}.encoder_name: "
+            + unknown_name_message("smp encoder", encoder, get_encoder_names())
+            + ", or tu-<any timm model>"
+        ]
+    weights = params.get("encoder_weights")
+    if weights is None:
+        return []
+    if is_timm:
+        if weights is not True:
+            return [
+                f"{_PARAMS_KEY}.encoder_weights: timm encoder '{encoder}' takes true or null; "
+                "the pretrained variant is part of its name (tu-<model>.<tag>)"
+            ]
+        return []
+    available = list(smp_encoders[encoder]["pretrained_settings"])
+    if weights not in available:
+        offered = ", ".join(available) or "none"
+        return [
+            f"{_PARAMS_KEY}.encoder_weights: encoder '{encoder}' of model '{name}' has no "
+            f"{weights!r} weights; available: {offered}, or null for random weights"
+        ]
+    return []
+
+
+def check_model_params(
+    name: str, params: dict[str, Any] | None, patch_size: tuple[int, int] | None
+) -> list[str]:
+    """Problems (one line each) with a model name, its params and the tile size, before training."""
+    if name not in MODELS:
+        return [f"train_setup.model_name: {_unknown_model(name)}"]
+    info = MODELS.info(name)
+    defaults: dict[str, Any] = info["params"]
+    params = params or {}
+    problems = [
+        f"{_PARAMS_KEY}.{key}: " + unknown_name_message(f"{name} parameter", key, list(defaults))
+        for key in params
+        if key not in defaults
+    ]
+    effective = {**defaults, **{k: v for k, v in params.items() if k in defaults}}
+    for key, allowed in info.get("choices", {}).items():
+        if effective[key] not in allowed:
+            problems.append(
+                f"{_PARAMS_KEY}.{key}: {effective[key]!r} is not allowed for model '{name}'; "
+                f"choose one of: {', '.join(map(str, allowed))}"
+            )
+    if "encoder_weights" in defaults:
+        problems += _encoder_problems(name, info, effective)
+    if problems or patch_size is None:
+        return problems
+    try:
+        multiple = model_size_multiple(name, effective)
+    except (TypeError, ValueError, KeyError) as err:
+        return [f"{_PARAMS_KEY}: cannot tell the input size model '{name}' needs ({err})"]
+    height, width = patch_size
+    if height % multiple or width % multiple:
+        problems.append(
+            f"train_setup.model_name: model '{name}' needs tile height and width that are "
+            f"multiples of {multiple}, but the tiles are {height}x{width}"
+        )
+    return problems
+
+
+def build_model(
+    name: str, in_channels: int, n_classes: int, params: dict[str, Any] | None = None
+) -> nn.Module:
+    """The named model with random (or opt-in pretrained) weights; bad params -> ConfigError."""
+    params = params or {}
+    problems = check_model_params(name, params, None)
+    if problems:
+        raise ConfigError(problems)
+    if MODELS.is_alias(name):
+        warnings.warn(f"{name} is read as {MODELS.canonical(name)}", UserWarning, stacklevel=2)
+    entry = MODELS.entry(name)
+    try:
+        return entry.factory(in_channels, n_classes, **{**entry.info["params"], **params})
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, AssertionError) as err:
+        raise ConfigError(
+            f"{_PARAMS_KEY}: model '{name}' cannot be built with {params}: {err}"
+        ) from err

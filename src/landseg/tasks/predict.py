@@ -1,0 +1,56 @@
+"""Predictions of a split as GeoTIFFs that keep each input's CRS and transform.
+
+``prediction_output_type`` (004) says what each file holds, one band per class:
+
+- ``float32``: the per-class probabilities (softmax), in [0, 1];
+- ``uint8``: the same probabilities scaled to 0-255 (``round(p * 255)``);
+- ``bit``: one-hot bits, 1 in the band of the most probable class and 0 elsewhere (uint8).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+
+from landseg.io import write_geotiff
+
+
+def encode_probabilities(probabilities: np.ndarray, output_type: str) -> np.ndarray:
+    """(C, H, W) probabilities -> the array written for ``prediction_output_type``."""
+    if output_type == "float32":
+        return probabilities.astype(np.float32)
+    if output_type == "uint8":
+        return np.rint(probabilities * 255).astype(np.uint8)
+    if output_type == "bit":
+        winners = probabilities.argmax(axis=0)
+        return (np.arange(probabilities.shape[0])[:, None, None] == winners).astype(np.uint8)
+    raise ValueError(f"unknown prediction_output_type {output_type}")
+
+
+@torch.no_grad()
+def predict_split(
+    task: Any, datamodule: Any, split: str, out_dir: Path, output_type: str, batch_size: int = 8
+) -> list[Path]:
+    """Predict every tile of ``split`` and write ``out_dir/<image name>.tif``."""
+    dataset = getattr(datamodule, f"{split}_dataset")
+    model = task.model.eval()
+    device = next(model.parameters()).device
+    written: list[Path] = []
+    for start in range(0, len(dataset), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        images = torch.stack([dataset[i]["image"] for i in indices]).to(device)
+        probabilities = torch.softmax(model(images), dim=1).cpu().numpy()
+        for i, probs in zip(indices, probabilities, strict=True):
+            source = Path(dataset.pairs[i].image)
+            with rasterio.open(source) as src:
+                crs, transform = src.crs, src.transform
+            destination = out_dir / f"{source.stem}.tif"
+            write_geotiff(
+                destination, encode_probabilities(probs, output_type), crs=crs, transform=transform
+            )
+            written.append(destination)
+    return written

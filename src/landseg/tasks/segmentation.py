@@ -1,0 +1,153 @@
+"""The LightningModule: one model, one loss, ODEON's metrics, optimiser and scheduler.
+
+Everything it needs to be rebuilt travels in its hyperparameters (the resolved config as
+plain JSON types), so a checkpoint alone is enough to resume or predict.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from landseg.models.registry import build_model
+from landseg.tasks.losses import LOSSES
+from landseg.tasks.metrics import SegmentationMetrics, metrics_from_confusion, miou
+from landseg.tasks.optim import SCHEDULERS, build_optimizer, build_scheduler
+
+
+class SegmentationTask(pl.LightningModule):
+    """Semantic segmentation of multi-band rasters.
+
+    Args:
+        config: the resolved landseg config, as ``LandsegConfig.model_dump(mode="json")``.
+        in_channels: image bands fed to the model.
+        class_labels: one name per class (their count is the number of classes).
+    """
+
+    def __init__(self, config: dict[str, Any], in_channels: int, class_labels: list[str]):
+        super().__init__()
+        self.save_hyperparameters()
+        train = config["train_setup"]
+        self.class_labels = list(class_labels)
+        n_classes = len(self.class_labels)
+        self.model = build_model(train["model_name"], in_channels, n_classes, train["model_params"])
+        self.loss_fn = LOSSES.get(train["loss"])(n_classes, train["class_imbalance"])
+        self.train_metrics = SegmentationMetrics(n_classes)
+        self.val_metrics = SegmentationMetrics(n_classes)
+        self.test_metrics = SegmentationMetrics(n_classes)
+        self.last_confusion: np.ndarray | None = None
+        self.last_report: dict[str, Any] | None = None
+        self._sum_loss: dict[str, torch.Tensor] = {}
+
+    @property
+    def train_setup(self) -> dict[str, Any]:
+        return self.hparams.config["train_setup"]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+    # ------------------------------------------------------------------ steps
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["mask"])
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits.detach(), batch["mask"])
+        self.log(
+            f"{stage}_loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+            sync_dist=stage != "train",
+        )
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return torch.softmax(self(batch["image"]), dim=1)
+
+    def _epoch_end(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        confusion = metrics.compute().cpu().numpy()  # synced across DDP ranks
+        metrics.reset()
+        value = miou(confusion)
+        self.log(f"{stage}_miou", value, prog_bar=stage != "train", sync_dist=False)
+        if stage == "train":
+            return
+        self.last_confusion = confusion
+        self.last_report = metrics_from_confusion(confusion, self.class_labels)
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        train = self.train_setup
+        optimizer_config = dict(train["optimizer_config"])
+        name = optimizer_config.pop("optimizer")
+        optimizer = build_optimizer(name, self.parameters(), train["lr"], optimizer_config)
+        scheduler_config = dict(train["scheduler_config"])
+        scheduler_name = scheduler_config.pop("scheduler")
+        scheduler = build_scheduler(
+            scheduler_name, optimizer, scheduler_config, train["lr"], train["epochs"]
+        )
+        info = SCHEDULERS.info(scheduler_name)
+        lr_scheduler: dict[str, Any] = {"scheduler": scheduler, "interval": info["interval"]}
+        if info.get("needs_monitor"):
+            lr_scheduler["monitor"] = "val_loss"
+            # with several validations per epoch, step on each of them (ODEON's behaviour)
+            lr_scheduler["strict"] = True
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+
+    # ------------------------------------------------------------------ resume
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Random states as plain tensors and lists, so ``weights_only=True`` loads them."""
+        np_state = np.random.get_state()
+        checkpoint["landseg_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": _to_lists(random.getstate()),
+        }
+        if torch.cuda.is_available():
+            checkpoint["landseg_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("landseg_rng")
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        kind, keys, *rest = state["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+        random.setstate(_to_tuples(state["python"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value: Any) -> Any:
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _to_tuples(value: Any) -> Any:
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value

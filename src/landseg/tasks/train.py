@@ -1,0 +1,401 @@
+"""``landseg train``: validated config -> datamodule + task -> Lightning trainer -> run folder.
+
+Only rank 0 writes files. The processes Lightning starts for DDP re-run the same command and
+find the run folder through ``LANDSEG_RUN_DIR``, so every rank uses one folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+)
+
+from landseg.callbacks.exports import PthExport, export_model
+from landseg.callbacks.history import HistoryWriter
+from landseg.callbacks.run_state import RunStateUpdater
+from landseg.config.schema import DeviceSetup, LandsegConfig
+from landseg.data.datamodule import DATAMODULES
+from landseg.data.resumable import ResumeTracker
+from landseg.data.summary import DataSummary
+from landseg.errors import LandsegError
+from landseg.io import atomic_write_json, atomic_write_text
+from landseg.runs import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    RUN_DIR_ENV,
+    TEST_HISTORY_FILE,
+    RunFolder,
+    initial_state,
+    now_iso,
+    resolve_run_folder,
+)
+from landseg.tasks.segmentation import SegmentationTask
+
+log = logging.getLogger("landseg.train")
+
+
+# ---------------------------------------------------------------------------- devices
+
+
+def lightning_device_args(device: DeviceSetup) -> dict[str, Any]:
+    """Map 004's device_setup onto Lightning's accelerator/devices/strategy/num_nodes.
+
+    ``device: 0`` means the CPU (004). On the CPU, ``num_processes`` is the number of
+    processes (DDP with gloo when > 1).
+    """
+    accelerator = (device.accelerator or "auto").lower()
+    value = device.device
+    if value == 0 or (value == "0" and accelerator == "cpu"):
+        accelerator = "cpu"
+    if accelerator == "cpu":
+        devices: Any = device.num_processes
+    elif value is None:
+        devices = "auto"
+    elif isinstance(value, str):
+        devices = [int(part) for part in value.split(",")]
+    else:
+        devices = value
+    strategy = device.strategy or "auto"
+    if strategy == "auto" and accelerator == "cpu" and device.num_processes > 1:
+        strategy = "ddp"
+    return {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": device.num_nodes,
+        "strategy": strategy,
+    }
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_base_name(config: LandsegConfig) -> str:
+    name = config.output_setup.model_filename or config.train_setup.model_name
+    return Path(name.replace(":", "-")).stem
+
+
+def checkpoint_callbacks(config: LandsegConfig, run: RunFolder) -> list[ModelCheckpoint]:
+    """Top-k by lowest val_loss, top-k by highest val_miou, ``last``, and step checkpoints."""
+    base = checkpoint_base_name(config)
+    k = config.output_setup.save_top_k
+    common = {"dirpath": run.checkpoints, "auto_insert_metric_name": False}
+    by_loss = ModelCheckpoint(
+        filename=f"{base}-loss-epoch={{epoch:03d}}-val_loss={{val_loss:.4f}}",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=k,
+        save_last=True,
+        **common,
+    )
+    by_loss.CHECKPOINT_NAME_LAST = f"{base}-last"
+    callbacks = [by_loss]
+    if k > 0:
+        by_miou = ModelCheckpoint(
+            filename=f"{base}-miou-epoch={{epoch:03d}}-val_miou={{val_miou:.4f}}",
+            monitor="val_miou",
+            mode="max",
+            save_top_k=k,
+            **common,
+        )
+        callbacks.append(by_miou)
+    steps = config.train_setup.checkpoint_every_n_steps
+    if steps:
+        periodic = ModelCheckpoint(
+            filename=f"{base}-step={{step:07d}}",
+            every_n_train_steps=steps,
+            save_top_k=1,
+            monitor="step",
+            mode="max",
+            **common,
+        )
+        callbacks.append(periodic)
+    return callbacks
+
+
+def latest_checkpoint(run: RunFolder) -> Path | None:
+    """The checkpoint with the most training steps among ``last`` and the step checkpoints."""
+    candidates = [
+        p for p in run.checkpoints.glob("*.ckpt") if "-last" in p.stem or "-step=" in p.stem
+    ]
+    best: tuple[int, float, Path] | None = None
+    for path in candidates:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # a torn file from a crash: skip it, keep looking
+            log.warning("skipping unreadable checkpoint %s: %s", path, error)
+            continue
+        key = (int(checkpoint.get("global_step", 0)), path.stat().st_mtime, path)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
+
+
+# ---------------------------------------------------------------------------- trainer
+
+
+def build_callbacks(config: LandsegConfig, run: RunFolder) -> list[Callback]:
+    out = config.output_setup
+    callbacks: list[Callback] = [ResumeTracker(), RunStateUpdater(run)]
+    callbacks += checkpoint_callbacks(config, run)
+    if out.save_history:
+        callbacks.append(HistoryWriter(run.path / HISTORY_FILE, run.path / TEST_HISTORY_FILE))
+    if out.extension == ".pth":
+        callbacks.append(PthExport(run.path, checkpoint_base_name(config)))
+    stopping = config.train_setup.early_stopping
+    if stopping is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor=stopping.monitor,
+                mode=stopping.mode,
+                patience=stopping.patience,
+                min_delta=stopping.min_delta,
+            )
+        )
+    if out.log_learning_rate:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch", log_momentum=True))
+    if out.progress > 0:
+        callbacks.append(TQDMProgressBar(refresh_rate=out.progress))
+    if out.use_tensorboard:
+        from landseg.callbacks.images import ImageSamples
+        from landseg.callbacks.weights import ModelGraph, WeightHistograms
+
+        callbacks += [ImageSamples(), WeightHistograms(), ModelGraph()]
+    return callbacks
+
+
+def build_loggers(config: LandsegConfig, run: RunFolder) -> list[Any]:
+    out = config.output_setup
+    loggers: list[Any] = []
+    if out.use_tensorboard:
+        from landseg.loggers.tensorboard import PhaseTensorBoardLogger
+
+        loggers.append(PhaseTensorBoardLogger(run.path / "tensorboard"))
+    if out.use_wandb:
+        from landseg.loggers.wandb import make_wandb_logger
+
+        loggers.append(make_wandb_logger(run.path, run.path.parent.name, run.path.name))
+    return loggers
+
+
+def build_trainer(
+    config: LandsegConfig, run: RunFolder, extra_callbacks: list[Callback] | None = None
+) -> pl.Trainer:
+    train = config.train_setup
+    loggers = build_loggers(config, run)
+    callbacks = build_callbacks(config, run) + list(extra_callbacks or [])
+    if loggers and config.output_setup.use_tensorboard:
+        from landseg.loggers.layer import RunLogger
+
+        tensorboard = loggers[0]
+        callbacks.append(RunLogger(run.path, tensorboard))
+    val_check = train.val_check_interval
+    return pl.Trainer(
+        max_epochs=train.epochs,
+        default_root_dir=run.path,
+        logger=loggers or False,
+        callbacks=callbacks,
+        deterministic="warn" if train.deterministic else None,
+        val_check_interval=val_check,
+        check_val_every_n_epoch=1 if isinstance(val_check, float) else None,
+        num_sanity_val_steps=0,
+        enable_progress_bar=config.output_setup.progress > 0,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the datamodule's sampler shards by rank itself
+        log_every_n_steps=1,
+        **lightning_device_args(config.device_setup),
+    )
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def _setup_file_logging(run: RunFolder, verbose: bool) -> logging.Handler:
+    handler = logging.FileHandler(run.path / "train.log")
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("landseg", "lightning.pytorch"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return handler
+
+
+def _run_is_complete(run: RunFolder, config: LandsegConfig) -> bool:
+    state = run.read_state()
+    if state.get("status") != "finished":
+        return False
+    return (
+        bool(state.get("early_stopped")) or state.get("epochs_done", 0) >= config.train_setup.epochs
+    )
+
+
+def _write_run_files(config: LandsegConfig, run: RunFolder, task: SegmentationTask) -> None:
+    atomic_write_json(run.path / CONFIG_FILE, config.model_dump(mode="json"))
+    atomic_write_text(run.path / "model_summary.txt", f"{task.model}\n\n{_parameter_count(task)}\n")
+    previous = run.read_state()
+    state = initial_state(config)
+    if previous:
+        state["started"] = previous.get("started", state["started"])
+        state["resumed"] = [*previous.get("resumed", []), now_iso()]
+        state["best"] = previous.get("best", {})
+        state["epochs_done"] = previous.get("epochs_done", 0)
+    run.update_state(**state)
+
+
+def _parameter_count(task: SegmentationTask) -> str:
+    total = sum(p.numel() for p in task.model.parameters())
+    trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
+    return f"parameters: {total:,} ({trainable:,} trainable)"
+
+
+def train(
+    config: LandsegConfig,
+    summary: DataSummary,
+    *,
+    verbose: bool = False,
+    run: RunFolder | None = None,
+    checkpoint: Path | None = None,
+    extra_callbacks: list[Callback] | None = None,
+) -> Path:
+    """Train (or continue) one run and return its folder.
+
+    ``run`` and ``checkpoint`` override the folder and checkpoint that the config implies
+    (``--resume`` and cross-validation jobs use them).
+    """
+    run = run or resolve_run_folder(config)
+    rank_zero = RUN_DIR_ENV not in os.environ
+    handler = _setup_file_logging(run, verbose) if rank_zero else None
+    try:
+        return _train_in(run, config, summary, rank_zero, checkpoint, extra_callbacks)
+    finally:
+        if handler is not None:
+            for name in ("landseg", "lightning.pytorch"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+
+
+def _train_in(
+    run: RunFolder,
+    config: LandsegConfig,
+    summary: DataSummary,
+    rank_zero: bool,
+    checkpoint: Path | None,
+    extra_callbacks: list[Callback] | None,
+) -> Path:
+    ckpt_path = checkpoint or (latest_checkpoint(run) if run.resuming else None)
+    if run.resuming and _run_is_complete(run, config):
+        print(f"{run.path}: finished ({config.train_setup.epochs} epochs); nothing left to do")
+        return run.path
+    pl.seed_everything(config.train_setup.random_seed, workers=True, verbose=False)
+    datamodule = DATAMODULES.get("csv")(config, summary)
+    task = SegmentationTask(
+        config.model_dump(mode="json"), summary.n_image_bands, list(summary.class_labels)
+    )
+    if rank_zero:
+        _write_run_files(config, run, task)
+        os.environ[RUN_DIR_ENV] = str(run.path)
+        log.info(
+            "run folder %s%s", run.path, f", resuming from {ckpt_path.name}" if ckpt_path else ""
+        )
+    trainer = build_trainer(config, run, extra_callbacks)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        early = any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks)
+        _after_fit(config, run, trainer, task, datamodule)
+    except (KeyboardInterrupt, SystemExit):
+        if rank_zero:
+            run.update_state(status="interrupted", ended=now_iso())
+        raise
+    except BaseException as error:
+        if rank_zero:
+            run.update_state(
+                status="failed", ended=now_iso(), error=f"{type(error).__name__}: {error}"
+            )
+        raise
+    finally:
+        if rank_zero:
+            os.environ.pop(RUN_DIR_ENV, None)
+    if trainer.is_global_zero:
+        run.update_state(status="finished", ended=now_iso(), early_stopped=early)
+    return run.path
+
+
+def best_loss_checkpoint(trainer: pl.Trainer) -> str | None:
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor == "val_loss" and callback.best_model_path:
+            return callback.best_model_path
+    return None
+
+
+def _after_fit(
+    config: LandsegConfig,
+    run: RunFolder,
+    trainer: pl.Trainer,
+    task: SegmentationTask,
+    datamodule: pl.LightningDataModule,
+) -> None:
+    """Test the best val_loss model, predict the test split, export extra formats."""
+    best = best_loss_checkpoint(trainer)
+    if config.data_source.test_file is not None:
+        trainer.test(task, datamodule=datamodule, ckpt_path=best or "last", weights_only=True)
+    if not trainer.is_global_zero:
+        return
+    if best:
+        task = SegmentationTask.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    if config.output_setup.get_prediction:
+        from landseg.tasks.predict import predict_split
+
+        predict_split(
+            task,
+            datamodule,
+            "test",
+            run.path / "predictions",
+            config.output_setup.prediction_output_type,
+        )
+    exports = config.train_setup.export_checkpoint
+    for fmt in [exports] if isinstance(exports, str) else exports or []:
+        path = export_model(
+            task, fmt.lower().lstrip("."), run.checkpoints / f"{checkpoint_base_name(config)}-best"
+        )
+        log.info("exported %s", path)
+
+
+def resume_from_checkpoint(checkpoint: Path, *, verbose: bool = False) -> Path:
+    """``landseg train --resume CKPT``: the config travels inside the checkpoint.
+
+    The run continues in the folder that holds the checkpoint, from that checkpoint.
+    """
+    from landseg.config.checks import check_config
+    from landseg.config.load import validate_config
+    from landseg.data.checks import check_data
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        raw = state["hyper_parameters"]["config"]
+    except FileNotFoundError as error:
+        raise LandsegError(f"{checkpoint}: checkpoint not found") from error
+    except (KeyError, TypeError) as error:
+        raise LandsegError(f"{checkpoint}: checkpoint holds no landseg config") from error
+    except Exception as error:
+        raise LandsegError(f"{checkpoint}: not a loadable landseg checkpoint: {error}") from error
+    raw["train_setup"]["continue_training"] = True
+    config = check_config(validate_config(raw))
+    summary = check_data(config)
+    run = RunFolder(checkpoint.resolve().parent.parent, resuming=True)
+    return train(config, summary, verbose=verbose, run=run, checkpoint=checkpoint)

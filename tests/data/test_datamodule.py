@@ -1,0 +1,87 @@
+"""The csv datamodule: splits, augmentation on train only, loaders, pickling."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from landseg.data.checks import check_data
+from landseg.data.datamodule import DATAMODULES, CsvSegmentationDataModule
+from landseg.errors import DataError
+
+
+def _module(config) -> CsvSegmentationDataModule:
+    module = DATAMODULES.get("csv")(config, check_data(config))
+    module.setup("fit")
+    return module
+
+
+def test_percentage_val_split_and_train_only_augmentation(
+    tmp_path: Path, make_dataset, make_config
+) -> None:
+    config = make_config(
+        make_dataset(tmp_path, n=10, size=16),
+        tmp_path,
+        percentage_val=0.2,
+        data_augmentation={"train": ["rotation90", "radiometry"]},
+        normalization_weights={"train": {"mean": [0.5] * 3, "std": [0.2] * 3}},
+    )
+    module = _module(config)
+    assert {k: len(v) for k, v in module.datasets.items()} == {"train": 8, "val": 2}
+    assert module.datasets["train"].augmentation_names == ["rotation90", "radiometry"]
+    assert module.datasets["val"].augmentation_names == []
+    assert module.datasets["val"].stats is config.data_source.normalization_weights.train
+    assert module.train_sampler.shuffle and not module.samplers["val"].shuffle
+    batch = next(iter(module.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 16, 16) and batch["mask"].dtype == torch.int64
+    assert len(module.val_dataloader()) == 1
+    with pytest.raises(DataError, match=r"data_source\.test_file is not set"):
+        module.test_dataloader()
+
+
+def test_val_and_test_files_and_testing_subset(tmp_path: Path, make_dataset, make_config) -> None:
+    train = make_dataset(tmp_path, n=10, size=8, name="train")
+    val = make_dataset(tmp_path, n=3, size=8, name="val")
+    test = make_dataset(tmp_path, n=9, size=8, name="test")
+    config = make_config(
+        train, tmp_path, val_file=val, test_file=test, train_setup={"testing": True}
+    )
+    module = _module(config)
+    sizes = {k: len(v) for k, v in module.datasets.items()}
+    assert sizes == {"train": 8, "val": 3, "test": 8}
+    assert check_data(config).split_sizes == sizes
+    predicted = [i for batch in module.predict_dataloader() for i in batch["index"].tolist()]
+    assert predicted == list(range(8))
+
+
+def test_pickles_for_workers_and_spawn(tmp_path: Path, make_dataset, make_config) -> None:
+    config = make_config(
+        make_dataset(tmp_path, n=6, size=8),
+        tmp_path,
+        data_augmentation={"train": ["rotation"]},
+        device_setup={"num_workers": 2},
+    )
+    module = _module(config)
+    module.train_sampler.set_epoch(1)
+    clone = pickle.loads(pickle.dumps(module))
+    assert clone.train_sampler.epoch == 1
+    loader = module.train_dataloader()
+    assert loader.num_workers == 2 and not loader.persistent_workers
+    batches = [b["index"].tolist() for b in loader]
+    assert sorted(i for b in batches for i in b) == sorted(
+        i for b in clone.train_dataloader() for i in b["index"].tolist()
+    )
+
+
+def test_train_loader_resumes_mid_epoch(tmp_path: Path, make_dataset, make_config) -> None:
+    config = make_config(make_dataset(tmp_path, n=6, size=8), tmp_path)
+    module = _module(config)
+    assert module.train_dataset is module.datasets["train"]
+    module.train_sampler.set_epoch(2)
+    full = [b["index"].tolist() for b in module.train_dataloader()]
+    loader = module.train_dataloader()
+    loader.load_state_dict({"epoch": 2, "batches_done": 1})
+    assert [b["index"].tolist() for b in loader] == full[1:]

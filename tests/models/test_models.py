@@ -1,0 +1,150 @@
+"""Models: 004's names build for any band count, keep the input size, and bad params are caught."""
+
+from __future__ import annotations
+
+import time
+
+import huggingface_hub.constants
+import pytest
+import torch
+from torch import nn
+
+from landseg.errors import ConfigError
+from landseg.models.registry import (
+    MODELS,
+    build_model,
+    check_model_params,
+    model_size_multiple,
+)
+
+BANDS, CLASSES = 4, 5
+
+
+def logits_shape(model: nn.Module, size: int) -> tuple[int, ...]:
+    model.eval()
+    with torch.no_grad():
+        return tuple(model(torch.rand(1, BANDS, size, size)).shape)
+
+
+@pytest.fixture(scope="module")
+def unet() -> nn.Module:
+    """The original U-Net is big (31 M parameters): built once for the whole module."""
+    return build_model("unet", BANDS, CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("lightunet", {}),
+        ("lightunet", {"decoder_mode": "transposed"}),
+        ("resnet18", {}),
+        ("resnet18", {"decoder_mode": "transposed"}),
+        ("resnet34", {}),
+        ("deeplab", {}),
+        ("deeplab", {"output_stride": 16}),
+        ("smp:FPN", {"encoder_name": "resnet18"}),
+        ("smp:Unet", {"encoder_name": "resnet18", "decoder_interpolation": "bilinear"}),
+    ],
+)
+def test_model_keeps_input_size(name: str, params: dict) -> None:
+    model = build_model(name, BANDS, CLASSES, params)
+    assert logits_shape(model, 64) == (1, CLASSES, 64, 64)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+def test_big_resnet_unets_on_tiny_input(name: str) -> None:
+    assert logits_shape(build_model(name, BANDS, CLASSES), 32) == (1, CLASSES, 32, 32)
+
+
+def test_resnet150_is_read_as_resnet152() -> None:
+    with pytest.warns(UserWarning, match="resnet150 is read as resnet152"):
+        model = build_model("resnet150", BANDS, CLASSES, {"decoder_mode": "transposed"})
+    assert len(model.encoder.layer3) == 36  # ResNet-152's third stage
+    assert logits_shape(model, 32) == (1, CLASSES, 32, 32)
+
+
+def test_unet_matches_004_printout(unet: nn.Module) -> None:
+    stages = ["inc", "down1", "down2", "down3", "down4", "up1", "up2", "up3", "up4"]
+    widths = [64, 128, 256, 512, 1024, 512, 256, 128, 64]
+    for stage, width in zip(stages, widths, strict=True):
+        convs = [m for m in getattr(unet, stage).modules() if isinstance(m, nn.Conv2d)]
+        assert convs[-1].out_channels == width, stage
+    assert unet.inc.double_conv.double_conv[0].in_channels == BANDS
+    assert unet.outc.conv.out_channels == CLASSES
+    assert any(isinstance(m, nn.BatchNorm2d) for m in unet.modules())
+    assert logits_shape(unet, 32) == (1, CLASSES, 32, 32)
+
+
+def test_lightunet_widths_and_no_batch_norm() -> None:
+    light = build_model("lightunet", BANDS, CLASSES)
+    assert light.inc.double_conv.double_conv[0].out_channels == 8
+    assert light.down4.maxpool_conv[1].double_conv[2].out_channels == 128
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in light.modules())
+    with_bn = build_model("lightunet", BANDS, CLASSES, {"batch_norm": True})
+    assert any(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules())
+
+
+def test_size_multiples() -> None:
+    assert model_size_multiple("unet") == 16
+    assert model_size_multiple("resnet34") == 32
+    assert model_size_multiple("deeplab") == 8
+    assert model_size_multiple("deeplab", {"output_stride": 16}) == 16
+    assert model_size_multiple("smp:pspnet") == 8  # encoder_depth 3
+    assert model_size_multiple("smp:unet", {"encoder_depth": 4}) == 16
+
+
+def test_valid_params_have_no_problems() -> None:
+    assert check_model_params("resnet34", {"decoder_mode": "transposed"}, (256, 256)) == []
+    assert check_model_params("deeplab", {"output_stride": 8}, (72, 72)) == []
+    assert check_model_params("SMP:Segformer", {"encoder_name": "mit_b0"}, (64, 64)) == []
+    assert check_model_params("smp:unet", {"encoder_name": "tu-resnet18"}, (64, 64)) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "patch", "expected"),
+    [
+        ("deeplab", {"output_stride": 32}, None, "model_params.output_stride: 32 is not allowed"),
+        ("deeplab", {"output_stride": 16}, (72, 72), "multiples of 16, but the tiles are 72x72"),
+        ("resnet18", {}, (48, 64), "train_setup.model_name: model 'resnet18' needs"),
+        ("unet", {"decoder_mod": "bilinear"}, None, "(did you mean 'decoder_mode'?)"),
+        ("unet", {"encoder_weights": "imagenet"}, None, "unknown unet parameter"),
+        ("resnet35", {}, None, "train_setup.model_name: unknown model 'resnet35' (did you mean"),
+        ("smp:Unett", {}, None, "unknown smp architecture 'smp:Unett' (did you mean 'smp:unet'?)"),
+        ("smp:unet", {"encoder_name": "resnet33"}, None, "(did you mean 'resnet34'?)"),
+        ("smp:unet", {"encoder_name": "tu-nonexistent"}, None, "timm has no model"),
+        ("smp:unet", {"activation": "softmax"}, None, "model_params.activation: unknown"),
+        ("resnet18", {"encoder_weights": "imagenett"}, None, "available: imagenet"),
+    ],
+)
+def test_check_model_params_problems(
+    name: str, params: dict, patch: tuple[int, int] | None, expected: str
+) -> None:
+    problems = check_model_params(name, params, patch)
+    assert len(problems) == 1, problems
+    assert expected in problems[0]
+    assert problems[0].startswith("train_setup.model_")
+
+
+def test_build_rejects_bad_params() -> None:
+    with pytest.raises(ConfigError, match="output_stride"):
+        build_model("deeplab", BANDS, CLASSES, {"output_stride": 4})
+    with pytest.raises(ConfigError, match=r"train_setup\.model_params: model 'smp:unet' cannot"):
+        build_model("smp:unet", BANDS, CLASSES, {"encoder_depth": 4})  # 5 decoder_channels
+
+
+def test_unavailable_pretrained_weights_fail_fast(monkeypatch, tmp_path) -> None:
+    # offline mode and an empty cache: the same failure as no network, without its retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"train_setup\.model_params\.encoder_weights") as err:
+        build_model("resnet18", BANDS, CLASSES, {"encoder_weights": "imagenet"})
+    assert time.monotonic() - start < 20
+    assert len(err.value.problems) == 1 and "\n" not in err.value.problems[0]
+
+
+def test_every_entry_declares_its_params() -> None:
+    for name in MODELS:
+        info = MODELS.info(name)
+        assert isinstance(info["params"], dict) and info["size_multiple"] >= 1, name
+        assert info["params"].get("encoder_weights") is None, name

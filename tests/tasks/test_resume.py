@@ -1,0 +1,77 @@
+"""A run killed with SIGKILL and continued ends exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import write_config
+
+from landseg.cli import main
+
+
+def final_state(run: Path) -> tuple[dict, dict[str, torch.Tensor], list[str]]:
+    history = json.loads((run / "history.json").read_text())
+    last = torch.load(run / "checkpoints" / "lightunet-last.ckpt", weights_only=True)
+    names = sorted(p.name for p in (run / "checkpoints").glob("*-loss-*.ckpt"))
+    names += sorted(p.name for p in (run / "checkpoints").glob("*-miou-*.ckpt"))
+    return history, last["state_dict"], names
+
+
+def kill_after_first_checkpoint(config_path: Path, run: Path) -> int:
+    """Start `landseg train` in a subprocess and SIGKILL it right after its first checkpoint."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "landseg.cli", "train", "-c", str(config_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if any((run / "checkpoints").glob("*-step=*.ckpt")):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    return process.wait()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
+    demo_config: dict, tmp_path: Path
+) -> None:
+    demo_config["train_setup"].update(
+        epochs=4, batch_size=4, checkpoint_every_n_steps=2, deterministic=True
+    )
+    demo_config["output_setup"].update(
+        name_exp_log="exp", save_top_k=2, use_tensorboard=False, get_prediction=False
+    )
+    demo_config["data_source"]["data_augmentation"] = {"train": ["rotation90", "radiometry"]}
+    demo_config["data_source"].pop("test_file")
+
+    reference = json.loads(json.dumps(demo_config))
+    reference["output_setup"]["version_name"] = "reference"
+    assert main(["train", "-c", str(write_config(tmp_path / "ref.json", reference))]) == 0
+
+    demo_config["output_setup"]["version_name"] = "killed"
+    killed_config = write_config(tmp_path / "killed.json", demo_config)
+    run = tmp_path / "runs" / "exp" / "killed"
+    assert kill_after_first_checkpoint(killed_config, run) == -signal.SIGKILL
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+
+    demo_config["train_setup"]["continue_training"] = True
+    assert main(["train", "-c", str(write_config(tmp_path / "cont.json", demo_config))]) == 0
+
+    ref_history, ref_weights, ref_names = final_state(tmp_path / "runs" / "exp" / "reference")
+    history, weights, names = final_state(run)
+    assert list(history) == ["0", "1", "2", "3"]
+    assert history == ref_history
+    assert names == ref_names
+    for key, value in ref_weights.items():
+        assert torch.equal(weights[key], value), key
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "finished" and len(state["resumed"]) == 1

@@ -1,0 +1,98 @@
+"""`landseg train` end to end on the tiny demo dataset: every output 004 lists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import rasterio
+import torch
+from tests.conftest import write_config
+
+from landseg.cli import main
+
+
+def run_train(config: dict, tmp_path: Path, *extra: str, name: str = "c.json") -> int:
+    return main(["train", "-c", str(write_config(tmp_path / name, config)), *extra])
+
+
+@pytest.fixture
+def small(demo_config: dict) -> dict:
+    demo_config["train_setup"].update(epochs=2, batch_size=8)
+    demo_config["output_setup"].update(name_exp_log="exp", version_name="v1", save_top_k=2)
+    return demo_config
+
+
+@pytest.mark.slow
+def test_train_writes_every_output(small: dict, tmp_path: Path) -> None:
+    small["output_setup"].update(log_learning_rate=True)
+    small["train_setup"]["export_checkpoint"] = ["pth", "torchscript"]
+    assert run_train(small, tmp_path) == 0
+    run = tmp_path / "runs" / "exp" / "v1"
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "finished" and state["epochs_done"] == 2
+    assert set(state["csv"]) == {"train", "val", "test"}
+    assert "torch" in state["versions"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_setup"]["epochs"] == 2 and config["train_setup"]["lr"] == 0.01
+    assert (run / "model_summary.txt").read_text().count("parameters") == 1
+    assert (run / "train.log").stat().st_size > 0
+
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert sum("-loss-" in n for n in ckpts) == 2 and sum("-miou-" in n for n in ckpts) == 2
+    assert "lightunet-last.ckpt" in ckpts
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        state_dict = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+        assert any(k.startswith("model.") for k in state_dict)
+    assert (run / "checkpoints" / "lightunet-best.pth").exists()
+    assert (run / "checkpoints" / "lightunet-best.torchscript.pt").exists()
+
+    history = json.loads((run / "history.json").read_text())
+    assert list(history) == ["0", "1"]
+    entry = history["1"]
+    for key in ("cm_macro", "cm_micro", "Overall/IoU", "Average/F1-Score", "water/Precision"):
+        assert key in entry
+    assert entry["learning rate"] == pytest.approx(0.01) and entry["loss"] > 0
+    test = json.loads((run / "history_test.json").read_text())
+    assert len(test) == 1 and "-loss-" in next(iter(test.values()))["checkpoint"]
+
+    predictions = sorted((run / "predictions").glob("*.tif"))
+    test_rows = (Path(small["data_source"]["test_file"])).read_text().split()
+    assert len(predictions) == len(test_rows)
+    image = Path(small["data_source"]["test_file"]).parent / test_rows[0].split(",")[0]
+    with rasterio.open(image) as src, rasterio.open(run / "predictions" / image.name) as out:
+        assert out.crs == src.crs and out.transform == src.transform
+        assert out.count == 4 and out.dtypes[0] == "uint8"
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {p.parent.name for p in events} >= {"train", "val", "test"}
+
+
+@pytest.mark.slow
+def test_existing_version_is_never_overwritten(small: dict, tmp_path: Path, capsys) -> None:
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(use_tensorboard=False, get_prediction=False)
+    assert run_train(small, tmp_path) == 0
+    run = tmp_path / "runs" / "exp" / "v1"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert run_train(small, tmp_path) == 2
+    assert "output_setup.version_name" in capsys.readouterr().err
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    # continuing a finished run has nothing left to do, and says so
+    small["train_setup"]["continue_training"] = True
+    assert run_train(small, tmp_path) == 0
+    assert "nothing left to do" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_pth_outputs(small: dict, tmp_path: Path) -> None:
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(
+        model_out_ext=".pth", model_filename="mymodel", use_tensorboard=False, get_prediction=False
+    )
+    assert run_train(small, tmp_path) == 0
+    run = tmp_path / "runs" / "exp" / "v1"
+    weights = torch.load(run / "mymodel.pth", weights_only=True)
+    assert any("inc" in k for k in weights)
+    assert "state" in torch.load(run / "optimizer_mymodel.pth", weights_only=True)
+    assert torch.load(run / "train_mymodel.pth", weights_only=True)["epoch"] == 0
