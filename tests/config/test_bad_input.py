@@ -94,6 +94,12 @@ def with_raster(kind: str) -> Mutation:
     return csv_with(rows)
 
 
+def same_split_csvs(config: dict, tmp: Path, demo: Path) -> None:
+    """Validate and test on the broken train CSV too (one dtype everywhere)."""
+    config["data_source"]["val_file"] = config["data_source"]["train_file"]
+    config["data_source"]["test_file"] = None
+
+
 def syntax(text: str, suffix: str = ".json") -> Mutation:
     def mutate(config: dict, tmp: Path, demo: Path) -> None:
         config["__raw__"] = (text, suffix)
@@ -214,7 +220,10 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "truncated raster": (with_raster("truncated"), "bad.tif"),
     "size mismatch": (with_raster("size"), "bad.tif"),
     "band count": (with_raster("bands"), "bad.tif"),
-    "uint16 without pixel_range": (with_raster("uint16"), "pixel_range"),
+    "uint16 without pixel_range": (
+        both(with_raster("uint16"), setkey("output_setup.get_prediction", False), same_split_csvs),
+        "data_source.pixel_range",
+    ),
 }
 
 
