@@ -8,6 +8,7 @@ lazily so that ``landseg --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -18,6 +19,10 @@ from landseg import __version__
 from landseg.errors import LandsegError
 
 log = logging.getLogger("landseg")
+
+#: Modules that add subcommands: each has ``register(add)`` where ``add(name, handler, help)``
+#: returns the new subparser. They import their heavy dependencies inside their handlers.
+COMMAND_MODULES = ("landseg.jobs.commands", "landseg.inference.commands")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tiles", type=int, default=48, help="number of tiles (default 48)")
     demo.add_argument("--size", type=int, default=64, help="tile size in pixels (default 64)")
     demo.add_argument("--seed", type=int, default=0)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(add)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Inference on whole scenes and evaluation of predictions."""
