@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,7 +75,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config, summary = load_and_check(args.config, args.overrides)
         run_dir = train(config, summary, verbose=args.verbose)
-    print(f"run folder: {run_dir}")
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        print(f"run folder: {run_dir}")
+        print(f"TensorBoard: tensorboard --logdir {run_dir.parent.parent}")
     return 0
 
 

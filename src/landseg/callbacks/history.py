@@ -55,6 +55,7 @@ class HistoryWriter(Callback):
         return report
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.callback_metrics  # noqa: B018  (every rank: the read syncs metrics under DDP)
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         self.history[str(trainer.current_epoch)] = self._entry(trainer, pl_module, "val")

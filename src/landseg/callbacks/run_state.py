@@ -13,10 +13,10 @@ class RunStateUpdater(Callback):
         self.run = run
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics  # every rank: the read syncs metrics under DDP
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         state = self.run.read_state()
-        metrics = trainer.callback_metrics
         best = dict(state.get("best") or {})
         loss, miou = metrics.get("val_loss"), metrics.get("val_miou")
         if loss is not None and float(loss) < best.get("val_loss", float("inf")):

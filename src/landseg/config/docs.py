@@ -27,6 +27,7 @@ from landseg.config.schema import (
     SplitStats,
     TrainSetup,
 )
+from landseg.jobs.config import CrossValidation
 
 INTRO = """\
 # Configuration reference
@@ -117,6 +118,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("train_setup.early_stopping", EarlyStopping),
     ("output_setup", OutputSetup),
     ("device_setup", DeviceSetup),
+    ("cross_validation", CrossValidation),
 ]
 
 

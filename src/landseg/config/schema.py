@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from landseg.jobs.config import CrossValidation
+
 PositiveInt = Annotated[int, Field(ge=1)]
 Band = Annotated[int, Field(ge=1, description="1-based band index, as in rasterio")]
 
@@ -354,6 +356,11 @@ class LandsegConfig(StrictModel):
     train_setup: TrainSetup
     output_setup: OutputSetup
     device_setup: DeviceSetup = Field(default_factory=DeviceSetup)
+    cross_validation: CrossValidation | None = Field(
+        default=None,
+        description="landseg: group-wise cross-validation, used by `landseg cv` only "
+        "(see cross_validation.md).",
+    )
 
     def resolve_paths(self, base: Path) -> LandsegConfig:
         """Relative paths in the config are relative to the config file's folder."""

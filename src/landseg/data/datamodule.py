@@ -52,7 +52,10 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         for split, pairs in self.load_pairs().items():
             self.datasets[split] = self._dataset(split, pairs)
             self.samplers[split] = SeededSampler(
-                len(pairs), seed=self.config.train_setup.random_seed, shuffle=split == "train"
+                len(pairs),
+                seed=self.config.train_setup.random_seed,
+                shuffle=split == "train",
+                pad=split == "train",
             )
 
     def load_pairs(self) -> dict[str, list[SamplePair]]:

@@ -36,7 +36,9 @@ class SeededSampler(Sampler[tuple[int, int]]):
 
     ``num_replicas`` and ``rank`` default to ``torch.distributed`` at iteration time (1 and 0
     when it is not initialised). Without ``drop_last`` the order is padded by repeating its
-    head so every rank gets the same count; with it, the tail is dropped instead.
+    head so every rank gets the same count; with it, the tail is dropped instead. Evaluation
+    samplers use ``pad=False``: ranks get uneven shares, so no sample is counted twice in the
+    metrics (validation has no per-step collective that would need equal counts).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class SeededSampler(Sampler[tuple[int, int]]):
         drop_last: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
+        pad: bool = True,
     ):
         self.length = length
         self.seed = seed
@@ -55,6 +58,7 @@ class SeededSampler(Sampler[tuple[int, int]]):
         self.drop_last = drop_last
         self.num_replicas = num_replicas
         self.rank = rank
+        self.pad = pad
         self.epoch = 0
         self._skip = 0
 
@@ -86,13 +90,15 @@ class SeededSampler(Sampler[tuple[int, int]]):
         return replicas, rank
 
     def _total(self, replicas: int) -> int:
+        if not self.pad:
+            return self.length
         if self.drop_last:
             return (self.length // replicas) * replicas
         return math.ceil(self.length / replicas) * replicas
 
     def __len__(self) -> int:
-        replicas, _ = self._replicas()
-        return self._total(replicas) // replicas
+        replicas, rank = self._replicas()
+        return len(range(rank, self._total(replicas), replicas))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         replicas, rank = self._replicas()

@@ -1,10 +1,252 @@
-"""Subcommands of this package, registered into ``landseg``'s parser (see landseg.cli)."""
+"""Subcommands after training: ``runs``, ``archive``, ``report``, ``predict``, ``evaluate``.
+
+Registered into ``landseg``'s parser (see landseg.cli); heavy modules are imported inside the
+handlers so ``landseg --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from landseg.errors import LandsegError
+
+_RUN_HELP = (
+    "a run folder, an archived run's name (e.g. archived_v1_2026-11-22, searched under "
+    "--output-folder) or a .ckpt file"
+)
 
 
 def register(add: Callable[..., Any]) -> None:
     """Add this package's subcommands with ``add(name, handler, help_text)``."""
+    runs = add("runs", cmd_runs, "list the runs of an output folder (both layouts)")
+    runs.add_argument("output_folder", nargs="?", type=Path, default=Path("."))
+    runs.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+    archive = add("archive", cmd_archive, "rename a validated run to archived_vX_yyyy-mm-dd")
+    archive.add_argument("run", help="a run folder (or its name, searched under --output-folder)")
+    _output_folder(archive, "where archive.json is kept (default: from the run's layout)")
+
+    report = add("report", cmd_report, "write RUN/report/index.html: curves, scores, samples")
+    report.add_argument("run", help="a run folder or an archived run's name")
+    _output_folder(report)
+    report.add_argument("--samples", type=int, default=6, help="sample tiles shown (default 6)")
+    report.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    predict = add("predict", cmd_predict, "predict whole scenes of any size into GeoTIFFs")
+    predict.add_argument("--run", required=True, help=_RUN_HELP)
+    predict.add_argument(
+        "--input", required=True, type=Path, help="a raster, a CSV of images, or a folder"
+    )
+    predict.add_argument("--output", required=True, type=Path, help="folder of the predictions")
+    predict.add_argument(
+        "--type",
+        dest="output_type",
+        default="classes",
+        choices=("classes", "uint8", "float32", "bit"),
+        help="class indices (default), or per-class probabilities x255 / float32, or bits",
+    )
+    _prediction_args(predict)
+    _output_folder(predict)
+
+    evaluate = add("evaluate", cmd_evaluate, "score predictions against masks (history format)")
+    evaluate.add_argument("--predictions", type=Path, help="folder of prediction rasters")
+    evaluate.add_argument("--masks", type=Path, help="CSV of image,mask rows")
+    evaluate.add_argument("--run", help=_RUN_HELP + "; predicts --csv first")
+    evaluate.add_argument("--csv", type=Path, help="with --run: CSV of image,mask rows")
+    evaluate.add_argument("--output", type=Path, help="JSON file (default: evaluation.json)")
+    _prediction_args(evaluate)
+    _output_folder(evaluate)
+
+
+def _output_folder(parser: argparse.ArgumentParser, text: str | None = None) -> None:
+    parser.add_argument(
+        "--output-folder",
+        type=Path,
+        default=None,
+        help=text or "where run names are searched (default: the working directory)",
+    )
+
+
+def _prediction_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels (256)")
+    parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (64)")
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (8)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--pixel-range",
+        type=float,
+        default=None,
+        help="value that maps to 1.0 (default: the run's data_source.pixel_range, else by dtype)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ---------------------------------------------------------------------------- runs / archive
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from landseg.catalog import list_runs
+
+    infos = list_runs(args.output_folder)
+    if args.json:
+        print(json.dumps([info.as_json() for info in infos], indent=2))
+        return 0
+    if not infos:
+        print(f"no runs under {args.output_folder}")
+        return 0
+    _print_runs_table(infos, args.output_folder)
+    return 0
+
+
+def _print_runs_table(infos: list[Any], output: Path) -> None:
+    from rich.table import Table
+
+    from landseg.catalog import human_size
+
+    colours = {"finished": "green", "running": "blue", "failed": "red", "interrupted": "yellow"}
+    table = Table(title=f"runs in {output}")
+    for name, justify in (
+        ("experiment", "left"),
+        ("version", "left"),
+        ("model", "left"),
+        ("data", "left"),
+        ("epochs", "right"),
+        ("val_loss", "right"),
+        ("val_miou", "right"),
+        ("status", "left"),
+        ("size", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for info in infos:
+        colour = colours.get(info.status, "white")
+        table.add_row(
+            info.experiment,
+            info.version,
+            info.model or "-",
+            info.data or "-",
+            f"{info.epochs_done}/{info.epochs if info.epochs is not None else '?'}",
+            f"{info.val_loss:.4f}" if info.val_loss is not None else "-",
+            f"{info.val_miou:.4f}" if info.val_miou is not None else "-",
+            f"[{colour}]{info.status}[/{colour}]",
+            human_size(info.size),
+        )
+    _console().print(table)
+
+
+def _console() -> Any:
+    """stdout; piped or captured, wide enough that table cells are never cut."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 160))
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from landseg.catalog import archive_run, resolve_run
+
+    run = resolve_run(args.run, args.output_folder)
+    target = archive_run(run, args.output_folder)
+    print(f"archived {run} as {target.name}: {target}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from landseg.catalog import resolve_run
+    from landseg.inference.report import write_report
+
+    if args.samples < 0:
+        raise LandsegError(f"--samples must be >= 0, got {args.samples}")
+    page = write_report(resolve_run(args.run, args.output_folder), args.samples, args.device)
+    print(f"report: {page}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- predict / evaluate
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from landseg.catalog import resolve_checkpoint
+    from landseg.inference.scene import LoadedModel
+
+    checkpoint = resolve_checkpoint(args.run, args.output_folder)
+    return LoadedModel.load(checkpoint, args.device)
+
+
+def _options(args: argparse.Namespace, output_type: str) -> Any:
+    from landseg.inference.scene import PredictOptions, Tiling
+
+    if args.pixel_range is not None and args.pixel_range <= 0:
+        raise LandsegError(f"--pixel-range must be > 0, got {args.pixel_range}")
+    tiling = Tiling(args.tile, args.overlap, args.batch_size)
+    return PredictOptions(tiling, output_type, args.pixel_range)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from landseg.inference.scene import collect_inputs, predict_files
+
+    inputs = collect_inputs(args.input)
+    options = _options(args, args.output_type)
+    model = _load(args)
+    written = predict_files(model, inputs, args.output, options, not args.no_progress)
+    print(f"{len(written)} prediction(s) written to {args.output} ({model.checkpoint.name})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from landseg.inference.evaluate import EVALUATION_FILE, MaskOptions, evaluate_predictions
+
+    if args.run is not None:
+        if args.csv is None or args.masks is not None:
+            raise LandsegError("evaluate --run needs --csv CSV (image,mask rows), not --masks")
+        from landseg.data.csvfiles import read_pairs
+        from landseg.inference.scene import predict_files
+
+        options = _options(args, "classes")
+        model = _load(args)
+        source = model.config.data_source
+        predictions = args.predictions or (
+            model.checkpoint.parent.parent / "evaluation" / args.csv.stem
+        )
+        images = [pair.image for pair in read_pairs(args.csv)]
+        predict_files(model, images, predictions, options, not args.no_progress)
+        entry = evaluate_predictions(
+            predictions,
+            args.csv,
+            model.class_labels,
+            MaskOptions(source.mask_bands, source.ignore_index),
+        )
+        entry["checkpoint"] = str(model.checkpoint)
+    else:
+        if args.predictions is None or args.masks is None:
+            raise LandsegError(
+                "evaluate needs --predictions DIR --masks CSV, or --run RUN --csv CSV"
+            )
+        predictions = args.predictions
+        entry = evaluate_predictions(predictions, args.masks)
+    from landseg.io import atomic_write_json
+
+    output = args.output or Path(predictions) / EVALUATION_FILE
+    atomic_write_json(output, entry)
+    _print_scores(entry)
+    print(f"written to {output}", file=sys.stderr)
+    return 0
+
+
+def _print_scores(entry: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from landseg.inference.evaluate import TABLE_METRICS, entry_labels
+
+    table = Table(title=f"{entry['files']} file(s), {entry['pixels']:,} labelled pixels")
+    table.add_column("class")
+    for metric in TABLE_METRICS:
+        table.add_column(metric, justify="right")
+    for label in [*entry_labels(entry), "Average", "Overall"]:
+        values = [entry.get(f"{label}/{metric}") for metric in TABLE_METRICS]
+        table.add_row(label, *("-" if v is None else f"{v:.4f}" for v in values))
+    _console().print(table)

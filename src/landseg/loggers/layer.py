@@ -192,9 +192,12 @@ class RunLogger(Callback):
     # ------------------------------------------------------------------ Lightning hooks
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Every rank reads callback_metrics: under DDP that read reduces the epoch metrics
+        # across ranks, and a read on rank 0 alone would wait for the others forever.
+        metrics = trainer.callback_metrics
         if not trainer.is_global_zero:
             return
-        values = _phase_metrics(trainer.callback_metrics, "train")
+        values = _phase_metrics(metrics, "train")
         if trainer.optimizers:
             values["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         self._append_row("train", trainer.global_step, values, epoch=trainer.current_epoch)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import torch
 
 from landseg.io import write_geotiff
 
@@ -31,19 +30,29 @@ def encode_probabilities(probabilities: np.ndarray, output_type: str) -> np.ndar
     raise ValueError(f"unknown prediction_output_type {output_type}")
 
 
-@torch.no_grad()
 def predict_split(
     task: Any, datamodule: Any, split: str, out_dir: Path, output_type: str, batch_size: int = 8
 ) -> list[Path]:
-    """Predict every tile of ``split`` and write ``out_dir/<image name>.tif``."""
+    """Predict every image of ``split`` and write ``out_dir/<image name>.tif``.
+
+    Images that fit in one tile (the usual training tiles) go through the model in batches, as
+    they are; larger ones, of any size, are predicted with the blended tiles of
+    :mod:`landseg.inference.scene`, so a test split of whole scenes works too.
+    """
+    from landseg.inference.scene import LoadedModel, Tiling, predict_array
+
     dataset = getattr(datamodule, f"{split}_dataset")
-    model = task.model.eval()
-    device = next(model.parameters()).device
+    model = LoadedModel.from_task(task)
+    tiling = Tiling(batch_size=batch_size)
     written: list[Path] = []
     for start in range(0, len(dataset), batch_size):
         indices = range(start, min(start + batch_size, len(dataset)))
-        images = torch.stack([dataset[i]["image"] for i in indices]).to(device)
-        probabilities = torch.softmax(model(images), dim=1).cpu().numpy()
+        images = [dataset[i]["image"].numpy() for i in indices]
+        shapes = {image.shape for image in images}
+        if len(shapes) == 1 and max(images[0].shape[1:]) <= tiling.tile:
+            probabilities = list(model.tile_probabilities(np.stack(images), batch_size))
+        else:
+            probabilities = [predict_array(model, image, tiling) for image in images]
         for i, probs in zip(indices, probabilities, strict=True):
             source = Path(dataset.pairs[i].image)
             with rasterio.open(source) as src:

@@ -64,7 +64,7 @@ class SegmentationTask(pl.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=batch["image"].shape[0],
-            sync_dist=stage != "train",
+            sync_dist=True,
         )
         return loss
 
@@ -85,7 +85,8 @@ class SegmentationTask(pl.LightningModule):
         confusion = metrics.compute().cpu().numpy()  # synced across DDP ranks
         metrics.reset()
         value = miou(confusion)
-        self.log(f"{stage}_miou", value, prog_bar=stage != "train", sync_dist=False)
+        # the confusion matrix is already summed over ranks: every rank logs the same value
+        self.log(f"{stage}_miou", value, prog_bar=stage != "train", sync_dist=True)
         if stage == "train":
             return
         self.last_confusion = confusion
@@ -116,8 +117,6 @@ class SegmentationTask(pl.LightningModule):
         lr_scheduler: dict[str, Any] = {"scheduler": scheduler, "interval": info["interval"]}
         if info.get("needs_monitor"):
             lr_scheduler["monitor"] = "val_loss"
-            # with several validations per epoch, step on each of them (ODEON's behaviour)
-            lr_scheduler["strict"] = True
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
 
     # ------------------------------------------------------------------ resume

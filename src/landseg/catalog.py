@@ -1,0 +1,298 @@
+"""The runs of an output folder: list them, archive a validated one, find one by path or name.
+
+A run is any folder holding a ``run.json`` (:data:`~landseg.runs.RUN_FILE`), so both layouts are
+found without being told which: ``<output>/<experiment>/<version>`` (ODEON's, the default) and
+seed 003's ``<output>/<datamodule>/<model>/<version>``. Archiving renames a version in place to
+``archived_vX_yyyy-mm-dd`` (X: the next free number among the archived versions of the same
+parent folder) with one ``os.rename``, records ``archived: {from, date}`` in its ``run.json``
+and appends an entry to ``archive.json`` in the output folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from landseg.errors import LandsegError
+from landseg.io import atomic_write_json
+from landseg.runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, read_run_state
+
+ARCHIVE_INDEX = "archive.json"
+ARCHIVED_NAME = re.compile(r"^archived_v(\d+)_\d{4}-\d{2}-\d{2}$")
+#: ``<base>-loss-epoch=001-val_loss=0.1234[-v1].ckpt`` as written by the val_loss checkpoint.
+_LOSS_CHECKPOINT = re.compile(r"-loss-epoch=(\d+)-val_loss=([0-9.]+|nan|inf)")
+#: Folders never searched for runs (a run's own outputs).
+_SKIP_DIRS = {CHECKPOINT_DIR, "tensorboard", "logs", "arrays", "figures", "predictions", "report"}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of ``landseg runs``: what a run is and where it stands."""
+
+    path: Path
+    experiment: str
+    version: str
+    model: str | None
+    data: str | None
+    epochs_done: int
+    epochs: int | None
+    val_loss: float | None
+    val_miou: float | None
+    status: str
+    size: int
+    started: str | None
+    archived: dict[str, str] | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def effective_status(state: dict[str, Any]) -> str:
+    """``run.json``'s status, but ``interrupted`` for a run whose process died on this host.
+
+    A run killed hard (SIGKILL, power loss) never rewrites its own status; a pid that no longer
+    exists on the host it ran on tells. On another host nothing can be told: it stays running.
+    """
+    status = str(state.get("status") or "unknown")
+    pid = state.get("pid")
+    if (
+        status == "running"
+        and state.get("host") == socket.gethostname()
+        and isinstance(pid, int)
+        and not _pid_alive(pid)
+    ):
+        return "interrupted"
+    return status
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+def find_run_dirs(output: Path) -> list[Path]:
+    """Every folder under ``output`` (itself included) that holds a run.json, sorted."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(output):
+        if RUN_FILE in files:
+            found.append(Path(root))
+            dirs.clear()  # a run's subfolders hold no other run
+        else:
+            dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".")]
+    return sorted(found)
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of every file under ``path`` (symlinks not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # removed meanwhile
+                continue
+    return total
+
+
+def _train_csv_name(state: dict[str, Any]) -> str | None:
+    train = (state.get("csv") or {}).get("train") or {}
+    return Path(train["path"]).name if train.get("path") else None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def run_info(path: Path, output: Path) -> RunInfo:
+    state = read_run_state(path)
+    best = state.get("best") or {}
+    parent = path.parent.relative_to(output) if path != output else Path()
+    return RunInfo(
+        path=path,
+        experiment=parent.as_posix() if parent.parts else ".",
+        version=path.name,
+        model=state.get("model"),
+        data=_train_csv_name(state),
+        epochs_done=int(state.get("epochs_done") or 0),
+        epochs=state.get("epochs"),
+        val_loss=_number(best.get("val_loss")),
+        val_miou=_number(best.get("val_miou")),
+        status=effective_status(state),
+        size=folder_size(path),
+        started=state.get("started"),
+        archived=state.get("archived"),
+    )
+
+
+def list_runs(output: Path) -> list[RunInfo]:
+    """The runs under ``output``, by experiment then start time."""
+    output = Path(output)
+    if not output.is_dir():
+        raise LandsegError(f"{output}: output folder does not exist")
+    infos = [run_info(path, output) for path in find_run_dirs(output)]
+    return sorted(infos, key=lambda info: (info.experiment, info.started or "", info.version))
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def best_checkpoint(run: Path) -> Path | None:
+    """The checkpoint with the lowest val_loss in its name; else ``*-last.ckpt``; else any."""
+    checkpoints = sorted((run / CHECKPOINT_DIR).glob("*.ckpt"))
+    scored = []
+    for path in checkpoints:
+        match = _LOSS_CHECKPOINT.search(path.stem)
+        if match:
+            loss = float(match.group(2))
+            scored.append((loss if loss == loss else float("inf"), -int(match.group(1)), path))
+    if scored:
+        return min(scored)[2]
+    last = [p for p in checkpoints if p.stem.endswith("-last")]
+    return (last or checkpoints or [None])[-1]
+
+
+# ---------------------------------------------------------------------------- resolving
+
+
+def resolve_run(reference: str | Path, search: Path | None = None) -> Path:
+    """A run folder from its path or its folder name (e.g. ``archived_v1_2026-11-22``).
+
+    A name is looked up among the runs under ``search`` (default: the working directory); it
+    must match exactly one.
+    """
+    path = Path(reference)
+    if path.is_dir():
+        if not (path / RUN_FILE).is_file():
+            raise LandsegError(f"{path}: not a run folder (no {RUN_FILE})")
+        return path
+    root = Path(search) if search is not None else Path.cwd()
+    if len(path.parts) != 1 or not root.is_dir():
+        raise LandsegError(f"{reference}: no such run folder or run name under {root}")
+    matches = [run for run in find_run_dirs(root) if run.name == path.name]
+    if not matches:
+        raise LandsegError(f"{reference}: no run of that name under {root} (see landseg runs)")
+    if len(matches) > 1:
+        listing = ", ".join(str(m) for m in matches)
+        raise LandsegError(f"{reference}: several runs have that name under {root}: {listing}")
+    return matches[0]
+
+
+def resolve_checkpoint(reference: str | Path, search: Path | None = None) -> Path:
+    """A ``.ckpt`` path as given, or the best val_loss checkpoint of a run (path or name)."""
+    path = Path(reference)
+    if path.suffix == ".ckpt":
+        if not path.is_file():
+            raise LandsegError(f"{path}: checkpoint not found")
+        return path
+    run = resolve_run(reference, search)
+    checkpoint = best_checkpoint(run)
+    if checkpoint is None:
+        raise LandsegError(f"{run}: the run has no checkpoint in {CHECKPOINT_DIR}/")
+    return checkpoint
+
+
+# ---------------------------------------------------------------------------- archiving
+
+
+def output_folder_of(run: Path) -> Path:
+    """The output folder a run belongs to, from the layout its config.json names."""
+    try:
+        config = json.loads((run / CONFIG_FILE).read_text())
+        layout = config["output_setup"].get("layout", "odeon")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        layout = "odeon"
+    return run.parents[2] if layout == "datamodule_model" else run.parents[1]
+
+
+def next_archive_name(parent: Path, date: dt.date) -> str:
+    numbers = [
+        int(match.group(1))
+        for match in (ARCHIVED_NAME.match(p.name) for p in parent.iterdir())
+        if match
+    ]
+    return f"archived_v{max(numbers, default=0) + 1}_{date.isoformat()}"
+
+
+def archive_run(run: Path, output: Path | None = None, today: dt.date | None = None) -> Path:
+    """Rename a finished run to ``archived_vX_yyyy-mm-dd`` and record it; returns the new path.
+
+    Refuses a run that is still running, has no checkpoint, or is archived already. The rename
+    is one ``os.rename`` within the same folder, so the run is never half moved.
+    """
+    run = Path(run).absolute()
+    state = read_run_state(run)
+    if not state:
+        raise LandsegError(f"{run}: not a run folder (no readable {RUN_FILE})")
+    status = effective_status(state)
+    if status == "running":
+        raise LandsegError(f"{run}: the run is still running (pid {state.get('pid')}); wait for it")
+    if ARCHIVED_NAME.match(run.name) or state.get("archived"):
+        raise LandsegError(f"{run}: already archived")
+    if best_checkpoint(run) is None:
+        raise LandsegError(f"{run}: no checkpoint in {CHECKPOINT_DIR}/; nothing worth archiving")
+    output = Path(output).absolute() if output is not None else output_folder_of(run)
+    date = today or dt.date.today()
+    name = next_archive_name(run.parent, date)
+    target = run.parent / name
+    if target.exists():  # another archive won the race for this number
+        raise LandsegError(f"{target}: already exists; run landseg archive again")
+    os.rename(run, target)
+    record = {"from": _relative(run, output), "date": date.isoformat()}
+    atomic_write_json(target / RUN_FILE, {**state, "archived": record})
+    _add_to_index(output, target, record, state)
+    return target
+
+
+def _add_to_index(output: Path, target: Path, record: dict[str, str], state: dict) -> None:
+    """Append the archived run to ``<output>/archive.json`` (rewritten atomically)."""
+    index_path = output / ARCHIVE_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    entries = [e for e in index.get("archived", []) if isinstance(e, dict)]
+    entries.append(
+        {
+            "name": target.name,
+            "path": _relative(target, output),
+            **record,
+            "model": state.get("model"),
+            "best": state.get("best") or {},
+        }
+    )
+    atomic_write_json(index_path, {"archived": entries})
+
+
+def _relative(path: Path, output: Path) -> str:
+    """``path`` relative to the output folder when inside it (what archive.json records)."""
+    try:
+        return path.relative_to(output).as_posix()
+    except ValueError:
+        return str(path)

@@ -1,0 +1,518 @@
+"""Whole-scene prediction: overlapping tiles, blended, read and written a strip of rows at a time.
+
+How a scene is cut. Tiles of ``tile`` pixels step by ``stride = tile - overlap``; their origins
+lie on a grid of multiples of the stride **anchored to the CRS's pixel grid** (the pixel that
+holds the CRS origin), not to the scene's corner, and every tile that touches the scene is
+predicted (the part outside the scene is filled by reflecting the scene). Each tile's
+per-class probabilities are weighted by a 2D Hann window with a small floor (the weights fall
+to ~0 at the tile border, so no tile edge shows) and the weighted sums are divided by the summed
+weights.
+
+Why shifted scenes agree. Two rasters on the same pixel grid (a scene and any crop of it, at
+any pixel offset) therefore get the *same* tiles over their common area: the same pixels go
+into the model and the same weights blend them. Their probabilities are equal wherever every
+tile covering a pixel lies inside both rasters, i.e. at least ``tile`` pixels from either
+raster's edge; nearer an edge, reflected pixels differ. This holds for a model in eval mode
+(batch norm uses its running statistics, dropout is off), up to float rounding (~1e-6), which
+batching differently may change. A raster without georeferencing (identity transform) anchors
+the grid at its own first pixel.
+
+A scene that fits in one tile is predicted in one pass, padded (by reflection) to the model's
+size multiple only, as the training tiles were. Memory: one strip of ``tile`` rows of the full
+width for the input and the accumulated probabilities, whatever the scene's height.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from landseg.config.schema import LandsegConfig, SplitStats
+from landseg.data.normalization import resolve_pixel_range, scale, standardize
+from landseg.data.raster import open_raster
+from landseg.errors import DataError, LandsegError
+from landseg.io import atomic_path
+from landseg.loggers.figures import class_palette
+from landseg.models.registry import model_size_multiple
+from landseg.tasks.predict import encode_probabilities
+
+OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
+#: Nodata of class and uint8/bit outputs (uint8 probabilities are capped at 254 to keep it free).
+NODATA_UINT8 = 255
+#: Lowest blending weight, relative to a tile's centre: keeps every weight sum positive.
+WEIGHT_FLOOR = 1e-3
+#: GeoTIFF block size of the outputs (GDAL needs multiples of 16).
+BLOCK = 256
+#: Raster files a folder input is searched for.
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+#: ``read_rows(first, stop) -> (normalised (C, rows, W) float32, valid (rows, W) bool or None)``.
+RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready to predict: the model in eval mode on its device, and its config."""
+
+    model: torch.nn.Module
+    config: LandsegConfig
+    class_labels: list[str]
+    in_channels: int
+    size_multiple: int
+    device: torch.device
+    checkpoint: Path | None = None
+
+    @classmethod
+    def from_task(cls, task: Any, checkpoint: Path | None = None) -> LoadedModel:
+        from landseg.config.load import validate_config
+
+        config = validate_config(dict(task.hparams.config))
+        train = config.train_setup
+        return cls(
+            model=task.model.eval(),
+            config=config,
+            class_labels=list(task.class_labels),
+            in_channels=int(task.hparams.in_channels),
+            size_multiple=model_size_multiple(train.model_name, train.model_params),
+            device=next(task.model.parameters()).device,
+            checkpoint=checkpoint,
+        )
+
+    @classmethod
+    def load(cls, checkpoint: Path, device: str = "auto") -> LoadedModel:
+        """Load a landseg checkpoint onto ``device`` (auto: the GPU when there is one)."""
+        from landseg.tasks.segmentation import SegmentationTask
+
+        try:
+            task = SegmentationTask.load_from_checkpoint(
+                checkpoint, map_location="cpu", weights_only=True
+            )
+        except FileNotFoundError as error:
+            raise LandsegError(f"{checkpoint}: checkpoint not found") from error
+        except Exception as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise LandsegError(
+                f"{checkpoint}: not a loadable landseg checkpoint ({reason})"
+            ) from error
+        task.to(choose_device(device))
+        return cls.from_task(task, checkpoint)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_labels)
+
+    def tile_probabilities(self, tiles: np.ndarray, batch_size: int) -> np.ndarray:
+        """Softmax probabilities ``(N, K, h, w)`` of tiles ``(N, C, h, w)``.
+
+        Each tile is padded by reflection up to the model's size multiple, and the
+        prediction cropped back.
+        """
+        n, _, height, width = tiles.shape
+        m = self.size_multiple
+        pad_h, pad_w = -height % m, -width % m
+        if pad_h or pad_w:
+            tiles = np.pad(tiles, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+        out = np.empty((n, self.n_classes, height, width), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
+                logits = self.model(batch.to(self.device, dtype=torch.float32))
+                probs = torch.softmax(logits.float(), dim=1)[:, :, :height, :width]
+                out[start : start + batch_size] = probs.cpu().numpy()
+        return out
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LandsegError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise LandsegError(f"--device {name}: {error}") from error
+
+
+# ---------------------------------------------------------------------------- tiling
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Tile size and overlap in pixels, and the batch of tiles per forward pass."""
+
+    tile: int = 256
+    overlap: int = 64
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.tile < 1:
+            raise LandsegError(f"--tile must be at least 1, got {self.tile}")
+        if not 0 <= self.overlap < self.tile:
+            raise LandsegError(
+                f"--overlap must be >= 0 and smaller than --tile {self.tile}, got {self.overlap}"
+            )
+        if self.batch_size < 1:
+            raise LandsegError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    def starts(self, length: int, anchor: int = 0) -> list[int]:
+        """Local origins of the tiles that touch ``[0, length)``.
+
+        ``anchor`` is the global index of local pixel 0: origins are the global multiples of
+        the stride, so they may be negative (the tile then starts before the raster).
+        """
+        first = -(anchor % self.stride)
+        while first - self.stride + self.tile > 0:
+            first -= self.stride
+        return list(range(first, length, self.stride))
+
+    def check_model(self, model: LoadedModel) -> None:
+        if self.tile < model.size_multiple:
+            raise LandsegError(
+                f"--tile {self.tile} is smaller than the {model.size_multiple} px multiple that "
+                f"model '{model.config.train_setup.model_name}' needs"
+            )
+
+
+def blend_weights(tile: int, floor: float = WEIGHT_FLOOR) -> np.ndarray:
+    """The ``(tile, tile)`` 2D Hann window, ~0 at the borders, 1 at the centre, >= ``floor``."""
+    ramp = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2
+    return (floor + (1.0 - floor) * np.outer(ramp, ramp)).astype(np.float32)
+
+
+def grid_anchor(transform: Affine | None) -> tuple[int, int]:
+    """(row, column) of a raster's first pixel on its CRS's pixel grid (0, 0 if unknown)."""
+    if transform is None or transform.is_identity:
+        return 0, 0
+    linear = Affine(transform.a, transform.b, 0.0, transform.d, transform.e, 0.0)
+    if abs(linear.determinant) < 1e-300:
+        return 0, 0
+    col, row = ~linear @ (transform.c, transform.f)
+    return round(row), round(col)
+
+
+def blended_strips(
+    model: LoadedModel,
+    read_rows: RowReader,
+    height: int,
+    width: int,
+    tiling: Tiling,
+    anchor: tuple[int, int] = (0, 0),
+    advance: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """``(first row, probabilities (K, rows, width), valid)`` strips from top to bottom."""
+    if height <= tiling.tile and width <= tiling.tile:
+        image, valid = read_rows(0, height)
+        probs = model.tile_probabilities(image[np.newaxis], tiling.batch_size)[0]
+        if advance:
+            advance(1)
+        yield 0, probs, valid
+        return
+    t, s = tiling.tile, tiling.stride
+    ys, xs = tiling.starts(height, anchor[0]), tiling.starts(width, anchor[1])
+    weights = blend_weights(t)
+    acc = np.zeros((model.n_classes, t, width), dtype=np.float32)
+    total = np.zeros((t, width), dtype=np.float32)
+    for y0 in ys:
+        r0, r1 = max(y0, 0), min(y0 + t, height)
+        image, valid = read_rows(r0, r1)
+        strip = np.pad(
+            image,
+            ((0, 0), (r0 - y0, y0 + t - r1), (-xs[0], xs[-1] + t - width)),
+            mode="reflect",
+        )
+        for first in range(0, len(xs), tiling.batch_size):
+            batch = xs[first : first + tiling.batch_size]
+            tiles = np.stack([strip[:, :, x - xs[0] : x - xs[0] + t] for x in batch])
+            for x, probs in zip(batch, model.tile_probabilities(tiles, len(batch)), strict=True):
+                c0, c1 = max(x, 0), min(x + t, width)
+                w = weights[:, c0 - x : c1 - x]
+                acc[:, :, c0:c1] += probs[:, :, c0 - x : c1 - x] * w
+                total[:, c0:c1] += w
+            if advance:
+                advance(len(batch))
+        f0, f1 = r0, min(y0 + s, height)  # rows no later tile touches
+        if f1 > f0:
+            rows = slice(f0 - y0, f1 - y0)
+            done = valid[f0 - r0 : f1 - r0] if valid is not None else None
+            yield f0, acc[:, rows] / total[rows], done
+        acc = np.concatenate([acc[:, s:], np.zeros_like(acc[:, :s])], axis=1)
+        total = np.concatenate([total[s:], np.zeros_like(total[:s])], axis=0)
+
+
+def tile_count(height: int, width: int, tiling: Tiling, anchor: tuple[int, int]) -> int:
+    if height <= tiling.tile and width <= tiling.tile:
+        return 1
+    return len(tiling.starts(height, anchor[0])) * len(tiling.starts(width, anchor[1]))
+
+
+def predict_array(
+    model: LoadedModel, image: np.ndarray, tiling: Tiling, anchor: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """Probabilities ``(K, H, W)`` of one normalised in-memory image ``(C, H, W)``."""
+    height, width = image.shape[1:]
+    out = np.empty((model.n_classes, height, width), dtype=np.float32)
+    strips = blended_strips(
+        model, lambda a, b: (image[:, a:b], None), height, width, tiling, anchor
+    )
+    for first, probs, _ in strips:
+        out[:, first : first + probs.shape[1]] = probs
+    return out
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How the run normalised its test split: bands, pixel range, mean/std."""
+
+    bands: list[int] | None
+    pixel_range: float
+    stats: SplitStats | None
+
+    @classmethod
+    def for_raster(
+        cls, config: LandsegConfig, dtype: str, source: Path, pixel_range: float | None = None
+    ) -> Normalization:
+        data = config.data_source
+        weights = data.normalization_weights
+        try:
+            value = resolve_pixel_range(dtype, pixel_range or data.pixel_range, source)
+        except DataError as error:
+            raise LandsegError(
+                f"{source}: {dtype} image and the run's config sets no data_source.pixel_range; "
+                "pass --pixel-range (the value that maps to 1.0, e.g. 255 for 8-bit values)"
+            ) from error
+        return cls(
+            list(data.image_bands) if data.image_bands else None,
+            value,
+            weights.for_split("test") if weights else None,
+        )
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return standardize(scale(raw, self.pixel_range), self.stats)
+
+
+def nodata_free(raw: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """Pixels that are not nodata in every band (None: the raster has no nodata)."""
+    if nodata is None:
+        return None
+    missing = np.isnan(raw) if math.isnan(nodata) else raw == nodata
+    return ~np.all(missing, axis=0)
+
+
+# ---------------------------------------------------------------------------- output rasters
+
+
+def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]:
+    """GeoTIFF profile of a prediction: the input's grid, CRS and transform; tiled; BigTIFF-safe."""
+    if output_type not in OUTPUT_TYPES:
+        raise LandsegError(f"--type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type}")
+    if output_type == "classes" and n_classes > NODATA_UINT8:
+        raise LandsegError(f"--type classes: {n_classes} classes do not fit in uint8 values")
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": src.width,
+        "height": src.height,
+        "count": 1 if output_type == "classes" else n_classes,
+        "dtype": "float32" if output_type == "float32" else "uint8",
+        "nodata": math.nan if output_type == "float32" else NODATA_UINT8,
+        "crs": src.crs,
+        "transform": src.transform,
+        "compress": "deflate",
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "BIGTIFF": "IF_SAFER",
+    }
+    return profile
+
+
+def encode_strip(probs: np.ndarray, valid: np.ndarray | None, output_type: str) -> np.ndarray:
+    """The ``(bands, rows, W)`` values written for ``output_type``; nodata where not valid."""
+    if output_type == "classes":
+        data = probs.argmax(axis=0).astype(np.uint8)[np.newaxis]
+    else:
+        data = encode_probabilities(probs, output_type)
+        if output_type == "uint8":
+            np.minimum(data, NODATA_UINT8 - 1, out=data)
+    if valid is not None:
+        data[:, ~valid] = np.nan if output_type == "float32" else NODATA_UINT8
+    return data
+
+
+def class_colormap(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
+    """The classes' palette, as a GeoTIFF colour table; nodata transparent."""
+    colours = {i: (*map(int, rgb), 255) for i, rgb in enumerate(class_palette(n_classes))}
+    colours[NODATA_UINT8] = (0, 0, 0, 0)
+    return colours
+
+
+def _describe_output(dst: Any, model: LoadedModel, output_type: str) -> None:
+    """Class names travel in the file: evaluate and GIS tools read them back."""
+    tags = {"landseg_class_labels": json.dumps(model.class_labels), "landseg_type": output_type}
+    if model.checkpoint is not None:
+        tags["landseg_checkpoint"] = str(model.checkpoint)
+    dst.update_tags(**tags)
+    if output_type == "classes":
+        dst.write_colormap(1, class_colormap(model.n_classes))
+    else:
+        for band, label in enumerate(model.class_labels, start=1):
+            dst.set_band_description(band, label)
+
+
+# ---------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    tiling: Tiling = Tiling()
+    output_type: str = "classes"
+    pixel_range: float | None = None
+
+
+def predict_scene(
+    model: LoadedModel,
+    source: Path,
+    destination: Path,
+    options: PredictOptions,
+    progress: Any = None,
+) -> Path:
+    """Predict one raster into ``destination`` (written on a temporary path, then renamed)."""
+    tiling = options.tiling
+    tiling.check_model(model)
+    with open_raster(source) as src:
+        normalize = Normalization.for_raster(
+            model.config, src.dtypes[0], source, options.pixel_range
+        )
+        bands = normalize.bands or list(range(1, src.count + 1))
+        if max(bands) > src.count or len(bands) != model.in_channels:
+            raise LandsegError(
+                f"{source}: the model takes {model.in_channels} bands (image_bands "
+                f"{normalize.bands or 'all'}) but the raster has {src.count}"
+            )
+        nodata = src.nodata
+
+        def read_rows(first: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+            raw = src.read(bands, window=Window(0, first, src.width, stop - first))
+            return normalize(raw), nodata_free(raw, nodata)
+
+        anchor = grid_anchor(src.transform)
+        profile = output_profile(src, options.output_type, model.n_classes)
+        task = None
+        if progress is not None:
+            total = tile_count(src.height, src.width, tiling, anchor)
+            task = progress.add_task(source.name, total=total)
+        with atomic_path(destination) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            strips = blended_strips(
+                model,
+                read_rows,
+                src.height,
+                src.width,
+                tiling,
+                anchor,
+                (lambda n: progress.advance(task, n)) if task is not None else None,
+            )
+            for first, probs, valid in strips:
+                data = encode_strip(probs, valid, options.output_type)
+                dst.write(data, window=Window(0, first, src.width, data.shape[1]))
+            _describe_output(dst, model, options.output_type)
+    return destination
+
+
+def collect_inputs(path: Path) -> list[Path]:
+    """The rasters to predict: one raster, the first column of a CSV, or a folder's GeoTIFFs."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+        if not found:
+            raise LandsegError(f"{path}: no .tif or .tiff raster in this folder")
+        return found
+    if not path.is_file():
+        raise LandsegError(f"{path}: input not found (a raster, a CSV file or a folder)")
+    if path.suffix.lower() == ".csv":
+        return _csv_images(path)
+    return [path]
+
+
+def _csv_images(path: Path) -> list[Path]:
+    """The image column of a CSV (``image[,mask,...]``), relative to the CSV's folder."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        cells = [row[0].strip() for row in csv.reader(handle) if row and row[0].strip()]
+    if cells and cells[0].lower() == "image" and not (path.parent / cells[0]).is_file():
+        cells = cells[1:]  # a header line
+    if not cells:
+        raise LandsegError(f"{path}: CSV file has no image rows")
+    images = [path.parent / cell for cell in cells]
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise LandsegError(f"{path}: image {missing[0]} does not exist ({len(missing)} missing)")
+    return images
+
+
+def prediction_path(out_dir: Path, source: Path) -> Path:
+    return Path(out_dir) / f"{source.stem}.tif"
+
+
+def make_progress(enabled: bool) -> Any:
+    """A rich progress bar on stderr (a no-op context when disabled)."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tiles"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def predict_files(
+    model: LoadedModel,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    options: PredictOptions,
+    show_progress: bool = True,
+) -> list[Path]:
+    """Predict every input raster into ``out_dir/<input stem>.tif``."""
+    stems = [p.stem for p in inputs]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise LandsegError(f"inputs share file names ({', '.join(repeated)}): outputs would clash")
+    options.tiling.check_model(model)
+    written = []
+    with make_progress(show_progress) as progress:
+        for source in inputs:
+            destination = prediction_path(out_dir, source)
+            written.append(predict_scene(model, source, destination, options, progress))
+    return written

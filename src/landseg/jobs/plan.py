@@ -1,0 +1,495 @@
+"""The plan of a cross-validation job: groups, test subjects, tasks, and each task's own config.
+
+A *group* is a set of tiles (a zone). A *test subject* is one group, or several held out together
+(seed 000's subject pairs). A *task* is one (test subject, validation groups) pair: a full
+``landseg train`` run whose CSV files are written into its own folder. Everything here is a pure
+function of the config and the rows, so every launch of a job (and every worker) derives the same
+task ids, CSV files and config hashes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from landseg.config.schema import LandsegConfig
+from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
+from landseg.data.summary import DataSummary
+from landseg.errors import ConfigError, DataError, LandsegError
+from landseg.io import atomic_write_json, atomic_write_text
+from landseg.jobs.config import CrossValidation
+
+JOB_FILE = "job.json"
+ROWS_FILE = "rows.csv"
+TASKS_DIR = "tasks"
+#: Bumped when job.json changes shape, so an old job folder is refused rather than misread.
+JOB_FORMAT = 1
+#: Task ids longer than this are cut and made unique with a hash (folder names stay short).
+MAX_ID_LENGTH = 100
+log = logging.getLogger("landseg.cv")
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort ``zone2`` before ``zone10``: digit runs compare as numbers."""
+    parts = re.split(r"(\d+)", name)
+    return tuple(int(part) if i % 2 else part.lower() for i, part in enumerate(parts))
+
+
+def sanitize(raw: str) -> str:
+    """A folder-safe, stable id: unsafe characters become ``_`` plus a hash of the raw text.
+
+    The hash is added only when the text had to change, so ids of plain group names stay
+    readable, and two raw names that sanitise alike never share an id.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._+=-]", "_", raw)
+    if safe == raw and len(raw) <= MAX_ID_LENGTH:
+        return raw
+    digest = hashlib.sha1(raw.encode("utf-8")).hexdigest()[:8]
+    return f"{safe[:MAX_ID_LENGTH]}-{digest}"
+
+
+@dataclass(frozen=True)
+class Row:
+    image: Path
+    mask: Path
+    group: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One fold: train on ``train``, stop early on ``val``, test on ``test`` (group names).
+
+    ``val`` empty means the validation set is data_source.percentage_val of the training rows.
+    """
+
+    id: str
+    subject: str
+    rotation: int  # 1-based, within the subject
+    rotations: int
+    test: tuple[str, ...]
+    val: tuple[str, ...]
+    train: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Task:
+        return cls(
+            **{
+                **data,
+                "test": tuple(data["test"]),
+                "val": tuple(data["val"]),
+                "train": tuple(data["train"]),
+            }
+        )
+
+
+def subject_name(groups: Sequence[str]) -> str:
+    return "+".join(groups)
+
+
+def task_id(test: Sequence[str], val: Sequence[str]) -> str:
+    return sanitize(f"test-{subject_name(test)}__val-{subject_name(val) or 'split'}")
+
+
+# ---------------------------------------------------------------------------- rows and groups
+
+
+def group_rows(pairs: Iterable[SamplePair], cv: CrossValidation, csv_path: Path) -> list[Row]:
+    """Each row with its group, from the CSV column or the pattern on the image path."""
+    rows: list[Row] = []
+    problems: list[str] = []
+    pattern = re.compile(cv.group_pattern) if cv.group_pattern else None
+    for pair in pairs:
+        if pattern is not None:
+            match = pattern.search(str(pair.image))
+            group = match.group(1) if match else None
+            if not group:
+                problems.append(
+                    f"{pair.where()}: cross_validation.group_pattern {cv.group_pattern!r} "
+                    f"finds no group in {pair.image}"
+                )
+                continue
+        else:
+            group = pair.extra.get(str(cv.group_column), "").strip()
+            if not pair.extra:
+                raise DataError(
+                    f"{csv_path}: cross_validation.group_column {cv.group_column!r} needs a "
+                    "header line naming the columns, e.g. image,mask,zone"
+                )
+            if cv.group_column not in pair.extra:
+                names = ", ".join(["image", "mask", *pair.extra])
+                raise DataError(
+                    f"{csv_path}: no column {cv.group_column!r} for "
+                    f"cross_validation.group_column; columns: {names}"
+                )
+            if not group:
+                problems.append(f"{pair.where()}: empty {cv.group_column} cell")
+                continue
+        rows.append(Row(pair.image, pair.mask, group))
+    if problems:
+        extra = len(problems) - 10
+        raise DataError(problems[:10] + ([f"... and {extra} more rows"] if extra > 0 else []))
+    return rows
+
+
+def _select_groups(rows: list[Row], cv: CrossValidation) -> list[str]:
+    found = sorted({row.group for row in rows}, key=natural_key)
+    if cv.groups is None:
+        selected = found
+    else:
+        unknown = [g for g in cv.groups if g not in found]
+        if unknown:
+            raise ConfigError(
+                f"cross_validation.groups: unknown group(s) {', '.join(unknown)}; "
+                f"the file has: {', '.join(found)}"
+            )
+        selected = sorted(set(cv.groups), key=natural_key)
+    if len(selected) < 2:
+        raise ConfigError(
+            f"cross_validation: needs at least 2 groups, found {len(selected)} "
+            f"({', '.join(selected) or 'none'})"
+        )
+    return selected
+
+
+def _subjects(cv: CrossValidation, groups: list[str]) -> list[tuple[str, ...]]:
+    subjects = cv.subjects() or [(g,) for g in groups]
+    seen: set[tuple[str, ...]] = set()
+    for subject in subjects:
+        unknown = [g for g in subject if g not in groups]
+        if unknown:
+            raise ConfigError(
+                f"cross_validation.test_groups: unknown group(s) {', '.join(unknown)}; "
+                f"the job's groups: {', '.join(groups)}"
+            )
+        if subject in seen or len(set(subject)) != len(subject):
+            raise ConfigError(
+                f"cross_validation.test_groups: {subject_name(subject)} is given twice"
+            )
+        seen.add(subject)
+    return subjects
+
+
+def _validation_sets(
+    cv: CrossValidation, groups: list[str], subject: tuple[str, ...]
+) -> list[tuple[str, ...]]:
+    """The validation groups of each task of one test subject (``()``: percentage_val)."""
+    remaining = [g for g in groups if g not in subject]
+    name = subject_name(subject)
+    if not remaining:
+        raise ConfigError(
+            f"cross_validation.test_groups: {name} holds every group; nothing is left to train on"
+        )
+    if cv.validation == "rotations":
+        # one remaining group: it trains, and validates on percentage_val of its own rows
+        return [()] if len(remaining) == 1 else [(g,) for g in remaining]
+    k = int(cv.validation)
+    if k == 0:
+        return [()]
+    if k >= len(remaining):
+        raise ConfigError(
+            f"cross_validation.validation: {k} validation groups leave no training group for "
+            f"test subject {name} ({len(remaining)} groups remain)"
+        )
+    start = groups.index(subject[0])
+    following = [groups[(start + i) % len(groups)] for i in range(1, len(groups))]
+    chosen = [g for g in following if g not in subject][:k]
+    return [tuple(sorted(chosen, key=natural_key))]
+
+
+@dataclass(frozen=True)
+class Plan:
+    groups: tuple[str, ...]
+    tasks: tuple[Task, ...]
+
+    @property
+    def subjects(self) -> dict[str, tuple[str, ...]]:
+        """Test subject name -> its groups, in plan order."""
+        return {task.subject: task.test for task in self.tasks}
+
+    def task(self, task_id: str) -> Task:
+        for task in self.tasks:
+            if task.id == task_id:
+                return task
+        raise LandsegError(f"task {task_id} is not part of this job")
+
+
+def build_plan(
+    rows: list[Row], cv: CrossValidation, percentage_val: float
+) -> tuple[Plan, list[Row]]:
+    """Every task of the job, in order (test subject, then rotation), and the rows it uses."""
+    groups = _select_groups(rows, cv)
+    used = [row for row in rows if row.group in groups]
+    counts = {g: sum(row.group == g for row in used) for g in groups}
+    tasks: list[Task] = []
+    for subject in _subjects(cv, groups):
+        val_sets = _validation_sets(cv, groups, subject)
+        for rotation, val in enumerate(val_sets, start=1):
+            train = tuple(g for g in groups if g not in subject and g not in val)
+            if not val:
+                _check_share(sum(counts[g] for g in train), percentage_val, subject)
+            tasks.append(
+                Task(
+                    id=task_id(subject, val),
+                    subject=subject_name(subject),
+                    rotation=rotation,
+                    rotations=len(val_sets),
+                    test=subject,
+                    val=val,
+                    train=train,
+                )
+            )
+    ids = [task.id for task in tasks]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"cross_validation: task ids collide: {', '.join(duplicates)}")
+    return Plan(tuple(groups), tuple(tasks)), used
+
+
+def _check_share(n_train: int, fraction: float, subject: tuple[str, ...]) -> None:
+    n_val = val_size(n_train, fraction)
+    if n_val < 1 or n_val >= n_train:
+        raise ConfigError(
+            f"data_source.percentage_val: {fraction} of the {n_train} training rows of test "
+            f"subject {subject_name(subject)} leaves an empty split; validate on groups instead "
+            "(cross_validation.validation) or change percentage_val"
+        )
+
+
+# ---------------------------------------------------------------------------- task files
+
+
+def csv_text(rows: Iterable[Row], header: Sequence[str] | None = None) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(header)
+    for row in rows:
+        writer.writerow([row.image, row.mask, *([row.group] if header else [])])
+    return buffer.getvalue()
+
+
+def task_csvs(task: Task, rows: list[Row]) -> dict[str, str]:
+    """The task's CSV texts (absolute paths, no header); no ``val`` when it is a share."""
+    members = {"train": task.train, "val": task.val, "test": task.test}
+    return {
+        split: csv_text(row for row in rows if row.group in groups)
+        for split, groups in members.items()
+        if groups
+    }
+
+
+def job_folder(config: LandsegConfig) -> Path:
+    """``<output_folder>/<name_exp_log or "cv">``: stable, so re-running the command resumes."""
+    out = config.output_setup
+    return out.output_folder / (out.name_exp_log or "cv")
+
+
+def task_config(config: LandsegConfig, task: Task, folder: Path) -> LandsegConfig:
+    """The plain train config of one task: its own CSV files, and its folder as the run folder."""
+    data = config.model_dump(mode="json", exclude={"cross_validation"})
+    task_dir = folder / TASKS_DIR / task.id
+    data["data_source"].update(
+        train_file=str(task_dir / "train.csv"),
+        val_file=str(task_dir / "val.csv") if task.val else None,
+        test_file=str(task_dir / "test.csv"),
+    )
+    data["output_setup"].update(
+        output_folder=str(folder), name_exp_log=TASKS_DIR, version_name=task.id, layout="odeon"
+    )
+    data["train_setup"]["continue_training"] = False
+    return LandsegConfig.model_validate(data)
+
+
+def task_hash(config: LandsegConfig, csvs: dict[str, str]) -> str:
+    """What a task's results depend on: its config (less hardware and display) and its rows.
+
+    device_setup and output_setup.progress may change between launches (another machine,
+    more data-loading workers) without invalidating finished tasks.
+    """
+    data = config.model_dump(mode="json", exclude={"device_setup": True})
+    data["output_setup"].pop("progress", None)
+    text = json.dumps({"config": data, "csv": csvs}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def split_sizes(task: Task, rows: list[Row], config: LandsegConfig) -> dict[str, int]:
+    """Rows per split of one task, as the datamodule will build them (for its data summary)."""
+    members = {"train": task.train, "val": task.val, "test": task.test}
+    size = {split: sum(row.group in groups for row in rows) for split, groups in members.items()}
+    if not task.val:
+        size["val"] = val_size(size["train"], config.data_source.percentage_val)
+        size["train"] -= size["val"]
+    if config.train_setup.testing:
+        size = {split: min(n, TESTING_SUBSET) for split, n in size.items()}
+    return size
+
+
+# ---------------------------------------------------------------------------- the job file
+
+
+@dataclass(frozen=True)
+class Job:
+    """A planned job: what every worker needs, saved as ``job.json`` in the job folder."""
+
+    folder: Path
+    config: LandsegConfig  # the user's config, paths resolved
+    csv_file: Path
+    plan: Plan
+    summary: DataSummary  # of every row of the job
+    hashes: dict[str, str]  # task id -> task_hash
+    split_sizes: dict[str, dict[str, int]]  # task id -> split sizes
+
+    def task_dir(self, task: Task) -> Path:
+        return self.folder / TASKS_DIR / task.id
+
+    def task_config(self, task: Task) -> LandsegConfig:
+        return task_config(self.config, task, self.folder)
+
+    def task_summary(self, task: Task) -> DataSummary:
+        return dataclasses.replace(self.summary, split_sizes=self.split_sizes[task.id])
+
+    def save(self) -> None:
+        atomic_write_json(
+            self.folder / JOB_FILE,
+            {
+                "format": JOB_FORMAT,
+                "config": self.config.model_dump(mode="json"),
+                "csv_file": str(self.csv_file),
+                "groups": list(self.plan.groups),
+                "tasks": [
+                    {
+                        **task.to_json(),
+                        "hash": self.hashes[task.id],
+                        "split_sizes": self.split_sizes[task.id],
+                    }
+                    for task in self.plan.tasks
+                ],
+                "data_summary": dataclasses.asdict(self.summary),
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> Job:
+        path = folder / JOB_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise LandsegError(f"{path}: not a readable cross-validation job file") from error
+        if data.get("format") != JOB_FORMAT:
+            raise LandsegError(f"{path}: job file format {data.get('format')}, expected 1")
+        tasks = [
+            Task.from_json({k: v for k, v in item.items() if k not in ("hash", "split_sizes")})
+            for item in data["tasks"]
+        ]
+        summary = data["data_summary"]
+        return cls(
+            folder=folder,
+            config=LandsegConfig.model_validate(data["config"]),
+            csv_file=Path(data["csv_file"]),
+            plan=Plan(tuple(data["groups"]), tuple(tasks)),
+            summary=DataSummary(
+                **{
+                    **summary,
+                    "class_labels": tuple(summary["class_labels"]),
+                    "patch_size": tuple(summary["patch_size"]),
+                }
+            ),
+            hashes={item["id"]: item["hash"] for item in data["tasks"]},
+            split_sizes={item["id"]: item["split_sizes"] for item in data["tasks"]},
+        )
+
+
+def write_task_files(job: Job, rows: list[Row]) -> None:
+    """Each task's CSV files, written once: a finished task keeps the files it trained on."""
+    for task in job.plan.tasks:
+        for split, text in task_csvs(task, rows).items():
+            path = job.task_dir(task) / f"{split}.csv"
+            if not (path.is_file() and path.read_text() == text):
+                atomic_write_text(path, text)
+
+
+# ---------------------------------------------------------------------------- preparing a job
+
+
+def cv_section(config: LandsegConfig, source: Path) -> CrossValidation:
+    if config.cross_validation is None:
+        raise ConfigError(
+            f"{source}: no cross_validation section; landseg cv needs one "
+            "(see docs/cross_validation.md)"
+        )
+    return config.cross_validation
+
+
+def _job_csv(config: LandsegConfig, cv: CrossValidation, config_path: Path) -> Path:
+    """cross_validation.file (relative to the config file's folder), else train_file."""
+    if cv.file is None:
+        return config.data_source.train_file
+    return cv.file if cv.file.is_absolute() else (config_path.resolve().parent / cv.file)
+
+
+def _note_ignored_keys(config: LandsegConfig) -> None:
+    data, out = config.data_source, config.output_setup
+    ignored = [key for key in ("val_file", "test_file") if getattr(data, key) is not None]
+    if ignored:
+        log.warning(
+            "data_source.%s not used by landseg cv: each task's splits come from its groups",
+            " and ".join(ignored),
+        )
+    if out.version_name is not None or out.layout != "odeon":
+        log.warning(
+            "output_setup.version_name and layout are not used by landseg cv: tasks live in "
+            "<job folder>/tasks/<task id>"
+        )
+
+
+def whole_data_config(config: LandsegConfig, rows_csv: Path) -> LandsegConfig:
+    """The config that checks every row of the job at once (each task's test split included)."""
+    data = config.model_dump(mode="json", exclude={"cross_validation"})
+    data["data_source"].update(train_file=str(rows_csv), val_file=None, test_file=str(rows_csv))
+    return LandsegConfig.model_validate(data)
+
+
+def prepare_job(config_path: Path, overrides: list[str]) -> tuple[Job, list[Row]]:
+    """Config file -> planned, checked job: every check (config, data, model) before any work.
+
+    The data are checked once for the whole job (one read of each raster header), through
+    ``rows.csv``: every row of the job with its group, written to the job folder.
+    """
+    from landseg.config.checks import check_config
+    from landseg.config.load import load_config
+    from landseg.data.checks import check_data
+    from landseg.data.csvfiles import read_pairs
+    from landseg.models.registry import check_model_params
+
+    config = load_config(config_path, overrides)
+    cv = cv_section(config, config_path)
+    csv_file = _job_csv(config, cv, config_path)
+    _note_ignored_keys(config)
+    rows = group_rows(read_pairs(csv_file), cv, csv_file)
+    plan, used = build_plan(rows, cv, config.data_source.percentage_val)
+    folder = job_folder(config)
+    whole = check_config(whole_data_config(config, folder / ROWS_FILE))
+    atomic_write_text(folder / ROWS_FILE, csv_text(used, header=("image", "mask", "group")))
+    summary = check_data(whole)
+    train = config.train_setup
+    problems = check_model_params(train.model_name, train.model_params, summary.patch_size)
+    if problems:
+        raise ConfigError(problems)
+    hashes, sizes = {}, {}
+    for task in plan.tasks:
+        hashes[task.id] = task_hash(task_config(config, task, folder), task_csvs(task, used))
+        sizes[task.id] = split_sizes(task, used, config)
+    job = Job(folder, config, csv_file, plan, summary, hashes, sizes)
+    return job, used

@@ -1,0 +1,421 @@
+"""The job log: what a cross-validation job has done and what it still has to do (seed 000).
+
+One SQLite file, ``job.sqlite`` in the job folder, instead of 000's pickled dict: people and
+tools read it (``sqlite3 job.sqlite 'select * from tasks'``), every change is one atomic
+transaction, and several local worker processes may write it at once (WAL mode, a busy
+timeout, ``BEGIN IMMEDIATE`` for claims). Under MPI only rank 0 opens it.
+
+What 000 lists, and where it is:
+
+* test subjects still to train: ``subjects`` (``finished = 0``; view ``subjects_to_train``);
+* finished per task: ``tasks.status`` (``pending``, ``running``, ``finished``, ``failed``);
+* the current rotation per test subject: ``subjects.current_rotation``;
+* each fold's information: the ``tasks`` row (groups, worker, host and pid, config hash,
+  start and end, best metrics, error), and every claim, reset and result in ``events``.
+
+A claim is guarded by its attempt number: a worker may record the result of a task only while
+the task is still its claim, so a task handed to another worker (after its first worker was
+declared dead) is never recorded twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from landseg.errors import LandsegError
+from landseg.runs import now_iso
+
+LOG_FILE = "job.sqlite"
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "finished", "failed")
+#: Seconds a writer waits for another's transaction before giving up.
+BUSY_TIMEOUT_S = 120
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS job (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subjects (
+    subject TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    groups TEXT NOT NULL,
+    rotations INTEGER NOT NULL,
+    current_rotation INTEGER,
+    finished INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    subject TEXT NOT NULL REFERENCES subjects (subject),
+    rotation INTEGER NOT NULL,
+    test_groups TEXT NOT NULL,
+    val_groups TEXT NOT NULL,
+    train_groups TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN {STATUSES}),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    host TEXT,
+    pid INTEGER,
+    pid_start TEXT,
+    session TEXT,
+    started TEXT,
+    ended TEXT,
+    best TEXT,
+    error TEXT,
+    run_dir TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    task_id TEXT,
+    event TEXT NOT NULL,
+    worker TEXT,
+    detail TEXT
+);
+CREATE VIEW IF NOT EXISTS subjects_to_train AS
+    SELECT subject, groups, current_rotation, rotations FROM subjects
+    WHERE finished = 0 ORDER BY position;
+"""
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Who runs a task: a name for people (``main``, ``local-2``, ``rank-3``), host and pid."""
+
+    name: str
+    host: str
+    pid: int
+    session: str
+
+    @classmethod
+    def here(cls, name: str, session: str) -> Worker:
+        return cls(name, socket.gethostname(), os.getpid(), session)
+
+
+@dataclass(frozen=True)
+class Claim:
+    task_id: str
+    attempt: int
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a process (Linux ``/proc``), so a reused pid is not taken as alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def pid_alive(pid: int, start: str | None) -> bool:
+    """Whether ``pid`` is the same live process that claimed a task on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if start is None:
+        return True
+    current = process_start(pid)
+    return current is None or current == start
+
+
+class JobLog:
+    """The SQLite job log of one job folder. Open one per process (connections are not shared)."""
+
+    def __init__(self, path: Path, *, create: bool = True):
+        if not create and not path.is_file():
+            raise LandsegError(f"{path}: no job log (has this job been started?)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+        if create:
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
+            self.db.execute(
+                "INSERT OR IGNORE INTO job VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        version = self.meta("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise LandsegError(f"{path}: job log schema {version}, expected {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> JobLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: ``BEGIN IMMEDIATE`` takes the write lock up front (no deadlock)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _event(self, task_id: str | None, event: str, worker: str | None, detail: Any) -> None:
+        text = detail if isinstance(detail, str) or detail is None else json.dumps(detail)
+        self.db.execute(
+            "INSERT INTO events (time, task_id, event, worker, detail) VALUES (?, ?, ?, ?, ?)",
+            (now_iso(), task_id, event, worker, text),
+        )
+
+    # ------------------------------------------------------------------ reading
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM job WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row["value"]
+
+    def tasks(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM tasks ORDER BY position").fetchall()
+        return [_decode(dict(row)) for row in rows]
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise LandsegError(f"{self.path}: no task {task_id}")
+        return _decode(dict(row))
+
+    def subjects(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM subjects ORDER BY position").fetchall()
+        return [{**dict(row), "groups": json.loads(row["groups"])} for row in rows]
+
+    def events(self, task_id: str | None = None) -> list[dict[str, Any]]:
+        if task_id is None:
+            rows = self.db.execute("SELECT * FROM events ORDER BY id").fetchall()
+        else:
+            query = "SELECT * FROM events WHERE task_id = ? ORDER BY id"
+            rows = self.db.execute(query, (task_id,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
+        found = {row["status"]: row["n"] for row in rows}
+        return {status: found.get(status, 0) for status in STATUSES}
+
+    # ------------------------------------------------------------------ planning
+
+    def sync_plan(self, tasks: list[dict[str, Any]], session: str) -> None:
+        """Add the plan's tasks (``Task.to_json()`` + ``hash`` + ``run_dir``); check old ones.
+
+        A task already in the log must have the same config hash: its checkpoints and results
+        belong to that config. Tasks of the log that the plan no longer names are kept.
+        """
+        with self.transaction() as db:
+            known = {
+                row["task_id"]: row["config_hash"]
+                for row in db.execute("SELECT task_id, config_hash FROM tasks")
+            }
+            planned = {t["id"] for t in tasks}
+            dropped = sorted(set(known) - planned)
+            if dropped:
+                raise LandsegError(
+                    f"{self.path.parent}: the job has task {dropped[0]} that the config no "
+                    "longer plans; restore cross_validation, or set output_setup.name_exp_log "
+                    "to start a new job"
+                )
+            changed = [t["id"] for t in tasks if t["id"] in known and known[t["id"]] != t["hash"]]
+            if changed:
+                raise LandsegError(
+                    f"{self.path.parent}: task {changed[0]} was started with another config or "
+                    "other rows; set output_setup.name_exp_log to start a new job, or restore "
+                    "the config"
+                )
+            start = len(known)
+            for task in tasks:
+                subject_position = db.execute("SELECT COUNT(*) FROM subjects").fetchone()[0]
+                db.execute(
+                    "INSERT OR IGNORE INTO subjects (subject, position, groups, rotations) "
+                    "VALUES (?, ?, ?, ?)",
+                    (
+                        task["subject"],
+                        subject_position,
+                        json.dumps(task["test"]),
+                        task["rotations"],
+                    ),
+                )
+                if task["id"] in known:
+                    continue
+                db.execute(
+                    "INSERT INTO tasks (task_id, position, subject, rotation, test_groups, "
+                    "val_groups, train_groups, config_hash, run_dir) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        task["id"],
+                        start,
+                        task["subject"],
+                        task["rotation"],
+                        json.dumps(task["test"]),
+                        json.dumps(task["val"]),
+                        json.dumps(task["train"]),
+                        task["hash"],
+                        task["run_dir"],
+                    ),
+                )
+                start += 1
+                self._event(task["id"], "planned", None, None)
+            db.execute(
+                "INSERT INTO job VALUES ('created', ?) ON CONFLICT (key) DO NOTHING", (now_iso(),)
+            )
+            db.execute(
+                "INSERT INTO job VALUES ('session', ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value",
+                (session,),
+            )
+            self._event(None, "launch", None, {"session": session, "host": socket.gethostname()})
+
+    # ------------------------------------------------------------------ claims
+
+    def reclaim(
+        self, session: str, alive: Callable[[int, str | None], bool] = pid_alive
+    ) -> list[str]:
+        """Reset to pending the running tasks whose worker is gone; return their ids.
+
+        On this host a worker is gone when its pid is dead. A task claimed on another host is
+        reset when it belongs to an earlier launch (its session): the job was restarted, and
+        that host's pid cannot be checked from here.
+        """
+        host = socket.gethostname()
+        reset: list[str] = []
+        with self.transaction() as db:
+            for row in db.execute("SELECT * FROM tasks WHERE status = 'running'").fetchall():
+                if row["host"] == host:
+                    gone = not alive(row["pid"], row["pid_start"])
+                    why = f"pid {row['pid']} on {host} is dead"
+                else:
+                    gone = row["session"] != session
+                    why = f"claimed on {row['host']} by an earlier launch of the job"
+                if gone:
+                    self._release(row["task_id"], why)
+                    reset.append(row["task_id"])
+        return reset
+
+    def _release(self, task_id: str, why: str) -> None:
+        self.db.execute(
+            "UPDATE tasks SET status = 'pending', worker = NULL, host = NULL, pid = NULL, "
+            "pid_start = NULL, session = NULL WHERE task_id = ?",
+            (task_id,),
+        )
+        self._event(task_id, "reset", None, why)
+
+    def release(self, claim: Claim, why: str) -> None:
+        """Give a claimed task back (interrupted, or its worker died): it will be resumed."""
+        with self.transaction() as db:
+            if self._owns(db, claim):
+                self._release(claim.task_id, why)
+
+    def release_pid(self, pid: int, why: str) -> list[str]:
+        """Give back the tasks a dead local worker process held."""
+        host = socket.gethostname()
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT task_id FROM tasks WHERE status = 'running' AND host = ? AND pid = ?",
+                (host, pid),
+            ).fetchall()
+            for row in rows:
+                self._release(row["task_id"], why)
+        return [row["task_id"] for row in rows]
+
+    def retry_failed(self) -> list[str]:
+        """Make the failed tasks pending again (``landseg cv --retry-failed``)."""
+        with self.transaction() as db:
+            rows = db.execute("SELECT task_id FROM tasks WHERE status = 'failed'").fetchall()
+            for row in rows:
+                db.execute(
+                    "UPDATE tasks SET status = 'pending' WHERE task_id = ?", (row["task_id"],)
+                )
+                self._event(row["task_id"], "retry", None, None)
+        return [row["task_id"] for row in rows]
+
+    def claim(self, worker: Worker) -> Claim | None:
+        """Take the first pending task (in plan order) for ``worker``; None when none is left."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT task_id, subject, rotation FROM tasks WHERE status = 'pending' "
+                "ORDER BY position LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, worker = ?, "
+                "host = ?, pid = ?, pid_start = ?, session = ?, started = ?, ended = NULL, "
+                "error = NULL WHERE task_id = ?",
+                (
+                    worker.name,
+                    worker.host,
+                    worker.pid,
+                    process_start(worker.pid) if worker.host == socket.gethostname() else None,
+                    worker.session,
+                    now_iso(),
+                    row["task_id"],
+                ),
+            )
+            db.execute(
+                "UPDATE subjects SET current_rotation = ? WHERE subject = ?",
+                (row["rotation"], row["subject"]),
+            )
+            attempt = db.execute(
+                "SELECT attempts FROM tasks WHERE task_id = ?", (row["task_id"],)
+            ).fetchone()[0]
+            self._event(row["task_id"], "claimed", worker.name, f"{worker.host} pid {worker.pid}")
+            return Claim(row["task_id"], attempt)
+
+    @staticmethod
+    def _owns(db: sqlite3.Connection, claim: Claim) -> bool:
+        row = db.execute(
+            "SELECT status, attempts FROM tasks WHERE task_id = ?", (claim.task_id,)
+        ).fetchone()
+        return row is not None and row["status"] == "running" and row["attempts"] == claim.attempt
+
+    def finish(self, claim: Claim, best: dict[str, Any], worker: str) -> bool:
+        """Record a finished task; False (and nothing changed) if it is no longer this claim."""
+        with self.transaction() as db:
+            if not self._owns(db, claim):
+                self._event(claim.task_id, "stale-result", worker, "finished")
+                return False
+            db.execute(
+                "UPDATE tasks SET status = 'finished', ended = ?, best = ? WHERE task_id = ?",
+                (now_iso(), json.dumps(best), claim.task_id),
+            )
+            self._event(claim.task_id, "finished", worker, best)
+            db.execute(
+                "UPDATE subjects SET finished = NOT EXISTS (SELECT 1 FROM tasks WHERE "
+                "tasks.subject = subjects.subject AND tasks.status != 'finished')"
+            )
+            return True
+
+    def fail(self, claim: Claim, error: str, worker: str) -> bool:
+        """Record a failed task with its error; the job goes on with the others."""
+        with self.transaction() as db:
+            if not self._owns(db, claim):
+                self._event(claim.task_id, "stale-result", worker, error)
+                return False
+            db.execute(
+                "UPDATE tasks SET status = 'failed', ended = ?, error = ? WHERE task_id = ?",
+                (now_iso(), error, claim.task_id),
+            )
+            self._event(claim.task_id, "failed", worker, error)
+            return True
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("test_groups", "val_groups", "train_groups", "best"):
+        if row.get(key) is not None:
+            row[key] = json.loads(row[key])
+    return row

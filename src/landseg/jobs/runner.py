@@ -1,0 +1,324 @@
+"""Running a cross-validation job: each task is a full ``landseg train`` run in its own folder.
+
+Sequential by default; ``--workers N`` runs N worker processes on this machine (spawn context,
+one GPU each when there are GPUs); under ``mpiexec`` see :mod:`landseg.jobs.mpi`. Every worker
+takes the next pending task from the job log, so tasks are handed out dynamically and each is
+claimed by one worker at a time. Re-running the command resumes the job: finished tasks are
+skipped, and an interrupted task continues from its latest checkpoint (``train`` with a resuming
+run folder), with its optimiser, scheduler, early-stopping and random state.
+
+This module imports no torch at import time: spawned workers set ``CUDA_VISIBLE_DEVICES``
+before anything initialises CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from landseg.config.schema import DeviceSetup
+from landseg.errors import LandsegError
+from landseg.io import atomic_write_text
+from landseg.jobs.plan import Job, Row, Task, write_task_files
+from landseg.jobs.progress import LOG_FILE, Claim, JobLog, Worker
+from landseg.runs import RUN_DIR_ENV, RunFolder, read_run_state
+
+log = logging.getLogger("landseg.cv")
+
+#: Seconds an idle worker waits before looking again for tasks that others still run.
+POLL_S = 2.0
+ERROR_FILE = "error.txt"
+
+
+def new_session() -> str:
+    """One id per launch of the job: tasks claimed by an earlier launch are told apart."""
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+# ---------------------------------------------------------------------------- one task
+
+
+def task_checkpoint(task_id: str, dirpath: Path, every_n_epochs: int) -> Any:
+    """``<task_id>-epoch=NNN.ckpt`` every n epochs and after the task's last epoch."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class TaskCheckpoint(ModelCheckpoint):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            super().on_train_epoch_end(trainer, pl_module)
+            epoch = trainer.current_epoch
+            last = trainer.should_stop or epoch + 1 >= (trainer.max_epochs or 0)
+            if last and (epoch + 1) % every_n_epochs:  # not saved by the period above
+                trainer.save_checkpoint(self.format_checkpoint_name({"epoch": epoch}))
+
+    return TaskCheckpoint(
+        dirpath=dirpath,
+        filename=f"{task_id}-epoch={{epoch:03d}}",
+        every_n_epochs=every_n_epochs,
+        save_top_k=-1,
+        save_on_train_epoch_end=True,
+        auto_insert_metric_name=False,
+    )
+
+
+def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
+    """Train (or continue) one task in its folder, from its latest checkpoint if it has one.
+
+    Also the entry point of the extra processes that DDP starts for a task: they re-run the
+    ``landseg cv`` command and find their task through ``LANDSEG_RUN_DIR``.
+    """
+    from landseg.tasks.train import train
+
+    run = RunFolder(job.task_dir(task), resuming=True)
+    cv = job.config.cross_validation
+    every = cv.checkpoint_every_n_epochs if cv is not None else 1
+    return train(
+        job.task_config(task),
+        job.task_summary(task),
+        verbose=verbose,
+        run=run,
+        extra_callbacks=[task_checkpoint(task.id, run.checkpoints, every)],
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # finished or failed
+    best: dict[str, Any]
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "best": self.best, "error": self.error}
+
+
+def attempt(job: Job, task: Task, *, verbose: bool = False) -> Outcome:
+    """Run a task; an error fails this task only (recorded, with its traceback in error.txt).
+
+    KeyboardInterrupt and SystemExit propagate: the task is interrupted, not failed.
+    """
+    log.info("task %s: test %s, validation %s", task.id, task.test, task.val or "share")
+    folder = job.task_dir(task)
+    (folder / ERROR_FILE).unlink(missing_ok=True)
+    try:
+        train_task(job, task, verbose=verbose)
+        state = read_run_state(folder)
+        if state.get("status") != "finished":
+            raise LandsegError(f"{folder}: training ended with status {state.get('status')}")
+        return Outcome("finished", dict(state.get("best") or {}))
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"
+        log.error("task %s failed: %s", task.id, message.splitlines()[0])
+        atomic_write_text(job.task_dir(task) / ERROR_FILE, traceback.format_exc())
+        return Outcome("failed", {}, message)
+
+
+def record(log_db: JobLog, claim: Claim, outcome: Outcome, worker: str) -> None:
+    if outcome.status == "finished":
+        log_db.finish(claim, outcome.best, worker)
+    else:
+        log_db.fail(claim, outcome.error or "unknown error", worker)
+
+
+# ---------------------------------------------------------------------------- the work loop
+
+
+def next_claim(log_db: JobLog, worker: Worker) -> Claim | float | None:
+    """The next task for ``worker``; a number of seconds to wait; or None: nothing is left.
+
+    With nothing pending, tasks whose worker is gone are reset and handed out; an idle worker
+    waits while others still run tasks (one of them may die and leave its task to resume).
+    """
+    claim = log_db.claim(worker)
+    if claim is None and log_db.reclaim(worker.session):
+        claim = log_db.claim(worker)
+    if claim is not None:
+        return claim
+    return POLL_S if log_db.counts()["running"] else None
+
+
+def work(
+    job: Job, log_db: JobLog, worker: Worker, *, verbose: bool = False, parent: int | None = None
+) -> None:
+    """Take tasks until none is left. A worker whose parent died takes no new task."""
+    while parent is None or os.getppid() == parent:
+        claim = next_claim(log_db, worker)
+        if claim is None:
+            return
+        if isinstance(claim, float):
+            time.sleep(claim)
+            continue
+        task = job.plan.task(claim.task_id)
+        try:
+            outcome = attempt(job, task, verbose=verbose)
+        except BaseException:
+            log_db.release(claim, f"interrupted in {worker.name}")
+            raise
+        record(log_db, claim, outcome, worker.name)
+
+
+# ---------------------------------------------------------------------------- local workers
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (NVML: no CUDA init)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and not d.strip().startswith("-")]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def pin_gpu(index: int, gpus: list[str]) -> None:
+    """Give worker ``index`` one GPU (round robin); before anything initialises CUDA."""
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+
+
+def console_logging(verbose: bool) -> None:
+    """landseg's messages on stderr in a worker process (the CLI does it in the main one)."""
+    logger = logging.getLogger("landseg")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _local_worker(
+    folder: str, index: int, session: str, gpus: list[str], verbose: bool, parent: int
+) -> None:
+    """Entry point of a ``--workers`` process: its GPU first, then the work loop."""
+    pin_gpu(index, gpus)
+    console_logging(verbose)
+    job = Job.load(Path(folder))
+    with JobLog(job.folder / LOG_FILE, create=False) as log_db:
+        worker = Worker.here(f"local-{index + 1}", session)
+        try:
+            work(job, log_db, worker, verbose=verbose, parent=parent)
+        except KeyboardInterrupt:
+            return
+
+
+def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: bool) -> None:
+    """N worker processes (spawn: no state inherited from this process); wait for them all.
+
+    A worker that dies (killed, out of memory) gives its task back at once, so a live worker
+    continues it from its checkpoint.
+    """
+    context = multiprocessing.get_context("spawn")
+    gpus = visible_gpus()
+    processes = [
+        context.Process(
+            target=_local_worker,
+            args=(str(job.folder), i, session, gpus, verbose, os.getpid()),
+            name=f"landseg-cv-{i + 1}",
+        )
+        for i in range(n)
+    ]
+    for process in processes:
+        process.start()
+    alive = {process.sentinel: process for process in processes}
+    try:
+        while alive:
+            for sentinel in wait(list(alive)):
+                process = alive.pop(sentinel)
+                process.join()
+                if process.exitcode and process.pid is not None:
+                    given_back = log_db.release_pid(
+                        process.pid, f"worker {process.name} exited with code {process.exitcode}"
+                    )
+                    log.warning(
+                        "worker %s exited with code %s; tasks given back: %s",
+                        process.name,
+                        process.exitcode,
+                        ", ".join(given_back) or "none",
+                    )
+    except BaseException:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        raise
+
+
+# ---------------------------------------------------------------------------- a job
+
+
+def multi_process_task(device: DeviceSetup) -> bool:
+    """Whether one task would start DDP processes of its own."""
+    value = device.device
+    many = (
+        (isinstance(value, int) and value > 1)
+        or (isinstance(value, list) and len(value) > 1)
+        or (isinstance(value, str) and "," in value)
+    )
+    strategy = (device.strategy or "").lower()
+    return many or device.num_processes > 1 or device.num_nodes > 1 or strategy.startswith("ddp")
+
+
+def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) -> JobLog:
+    """Record the plan in the job log, write the task files, reset tasks of dead workers."""
+    log_db = JobLog(job.folder / LOG_FILE)
+    try:
+        log_db.sync_plan(
+            [
+                {**task.to_json(), "hash": job.hashes[task.id], "run_dir": str(job.task_dir(task))}
+                for task in job.plan.tasks
+            ],
+            session,
+        )
+        write_task_files(job, rows)
+        job.save()
+        if retry_failed:
+            log_db.retry_failed()
+        for task_id in log_db.reclaim(session):
+            log.info("task %s: its worker is gone; it will resume from its checkpoint", task_id)
+    except BaseException:
+        log_db.close()
+        raise
+    return log_db
+
+
+def run_job(
+    job: Job,
+    rows: list[Row],
+    *,
+    workers: int = 1,
+    retry_failed: bool = False,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) every task of the job on this machine; write and return the summary."""
+    from landseg.jobs.summary import write_summary
+
+    session = new_session()
+    with start_job(job, rows, session, retry_failed=retry_failed) as log_db:
+        if workers <= 1:
+            work(job, log_db, Worker.here("main", session), verbose=verbose)
+        else:
+            run_local_workers(job, log_db, session, workers, verbose)
+        return write_summary(job, log_db)
+
+
+def ddp_rank_task() -> Path | None:
+    """The task folder when this process is an extra DDP process of a task, else None.
+
+    Lightning starts a task's other DDP processes by re-running this command line; the first
+    process of the task names its folder in ``LANDSEG_RUN_DIR``.
+    """
+    inherited = os.environ.get(RUN_DIR_ENV)
+    return Path(inherited) if inherited else None
+
+
+def run_ddp_rank(task_dir: Path, verbose: bool) -> None:
+    """Join the DDP group of the task in ``task_dir`` (its first process writes every file)."""
+    job = Job.load(task_dir.parent.parent)
+    train_task(job, job.plan.task(task_dir.name), verbose=verbose)

@@ -1,0 +1,110 @@
+"""``landseg evaluate``: predictions against masks, in the history format of training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.inference.test_scene import (
+    LABELS,
+    demo_task,
+    read,
+    save_checkpoint,
+    scene_pixels,
+    write_scene,
+)
+
+from landseg.cli import main
+from landseg.errors import LandsegError
+from landseg.inference.evaluate import evaluate_predictions
+from landseg.inference.scene import LoadedModel, PredictOptions, Tiling, predict_scene
+
+TILING = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def setup(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two scenes, their class/probability predictions, and masks that differ a little."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    task = demo_task(demo_dir, tmp)
+    model = LoadedModel.from_task(task)
+    rows, expected = [], np.zeros((4, 4), np.int64)
+    for index, name in enumerate(("s1", "s2")):
+        pixels = scene_pixels(70, 60, seed=index)
+        pixels[:, :4, :4] = 255  # input nodata: no prediction there
+        image = write_scene(tmp / "img" / f"{name}.tif", pixels)
+        for kind in ("classes", "float32", "uint8"):
+            options = PredictOptions(Tiling(32, 8), kind)
+            predict_scene(model, image, tmp / kind / f"{name}.tif", options)
+        predicted = read(tmp / "classes" / f"{name}.tif")[0]
+        truth = predicted.copy()
+        truth[10:20, 10:30] = (truth[10:20, 10:30] + 1) % 4  # 200 wrong pixels
+        truth[40:45, :] = 255  # unlabelled
+        write_scene(tmp / "msk" / f"{name}_mask.tif", truth[None])
+        keep = (predicted != 255) & (truth != 255)
+        np.add.at(expected, (truth[keep].astype(int), predicted[keep].astype(int)), 1)
+        rows.append(f"img/{name}.tif,msk/{name}_mask.tif")
+    (tmp / "pairs.csv").write_text("\n".join(rows) + "\n")
+    checkpoint = save_checkpoint(task, tmp / "run" / "checkpoints" / "m-last.ckpt")
+    return {"tmp": tmp, "expected": expected, "checkpoint": checkpoint}
+
+
+@pytest.mark.parametrize("kind", ["classes", "float32", "uint8"])
+def test_scores_match_the_confusion(setup: dict, kind: str) -> None:
+    tmp = setup["tmp"]
+    entry = evaluate_predictions(tmp / kind, tmp / "pairs.csv")
+    assert entry["cm_macro"] == setup["expected"].tolist()
+    assert entry["files"] == 2 and entry["pixels"] == setup["expected"].sum()
+    assert [k for k in entry if k.endswith("/IoU")][2:] == [f"{label}/IoU" for label in LABELS]
+    assert 0 < entry["Overall/IoU"] < 1
+
+
+def test_evaluate_command_writes_json(setup: dict, capsys) -> None:
+    tmp = setup["tmp"]
+    args = ["evaluate", "--predictions", str(tmp / "classes"), "--masks", str(tmp / "pairs.csv")]
+    assert main(args) == 0
+    written = json.loads((tmp / "classes" / "evaluation.json").read_text())
+    assert written["cm_macro"] == setup["expected"].tolist()
+    out = capsys.readouterr().out
+    assert "Overall" in out and "building" in out
+
+    output = tmp / "scores.json"
+    assert main([*args, "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["Average/IoU"] == written["Average/IoU"]
+
+
+def test_evaluate_run_predicts_first(setup: dict) -> None:
+    tmp = setup["tmp"]
+    args = ["evaluate", "--run", str(setup["checkpoint"]), "--csv", str(tmp / "pairs.csv")]
+    assert main([*args, *TILING]) == 0
+    folder = tmp / "run" / "evaluation" / "pairs"
+    entry = json.loads((folder / "evaluation.json").read_text())
+    assert entry["cm_macro"] == setup["expected"].tolist()
+    assert entry["checkpoint"] == str(setup["checkpoint"])
+    assert sorted(p.name for p in folder.glob("*.tif")) == ["s1.tif", "s2.tif"]
+
+
+def test_missing_prediction_names_the_row(setup: dict, tmp_path: Path, capsys) -> None:
+    tmp = setup["tmp"]
+    (tmp_path / "s1.tif").write_bytes((tmp / "classes" / "s1.tif").read_bytes())
+    with pytest.raises(LandsegError, match=r"pairs.csv, row 2: no prediction s2.tif"):
+        evaluate_predictions(tmp_path, tmp / "pairs.csv")
+    assert main(["evaluate", "--predictions", str(tmp_path)]) == 2
+    assert "--predictions DIR --masks CSV" in capsys.readouterr().err
+
+
+def test_onehot_masks_of_the_demo(demo_dir: Path, setup: dict, tmp_path: Path) -> None:
+    """Demo tiles: one-hot masks whose all-zero holes count nowhere."""
+    checkpoint = str(setup["checkpoint"])
+    test_csv = demo_dir / "test.csv"
+    assert main(["predict", "--run", checkpoint, "--input", str(test_csv), "--output",
+                 str(tmp_path), *TILING]) == 0  # fmt: skip
+    entry = evaluate_predictions(tmp_path, test_csv)
+    rows = test_csv.read_text().split()
+    masks = [read(demo_dir / row.split(",")[1]) for row in rows]
+    labelled = sum(int(m.any(axis=0).sum()) for m in masks)
+    assert entry["pixels"] == labelled < sum(m[0].size for m in masks)
+    # class names come from the prediction files' tags
+    assert "water/IoU" in entry

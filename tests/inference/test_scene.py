@@ -1,0 +1,312 @@
+"""Whole-scene prediction: tiling, blending without seams, grid/nodata/dtype of the outputs.
+
+The model is an untrained lightunet (no batch norm) with fixed random weights: what is tested
+is the machinery, which does not depend on the weights being good.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from landseg.cli import main
+from landseg.errors import LandsegError
+from landseg.inference.scene import (
+    LoadedModel,
+    PredictOptions,
+    Tiling,
+    blend_weights,
+    blended_strips,
+    grid_anchor,
+    predict_array,
+    predict_scene,
+)
+
+CRS = "EPSG:32631"
+TRANSFORM = Affine(0.5, 0.0, 640_003.0, 0.0, -0.5, 6_860_001.0)
+LABELS = ["water", "vegetation", "bare soil", "building"]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def demo_task(demo_dir: Path, tmp: Path, **data_source: object):
+    """An untrained SegmentationTask with the demo's config (4 bands, 4 classes), seeded."""
+    from landseg.config.load import validate_config
+    from landseg.tasks.segmentation import SegmentationTask
+
+    raw = json.loads((demo_dir / "demo.json").read_text())
+    raw["output_setup"]["output_folder"] = str(tmp / "runs")
+    raw["data_source"].update(data_source)
+    config = validate_config(raw, demo_dir / "demo.json").model_dump(mode="json")
+    torch.manual_seed(0)
+    task = SegmentationTask(config, 4, LABELS)
+    return task.eval()
+
+
+def save_checkpoint(task, path: Path) -> Path:
+    """A checkpoint that ``SegmentationTask.load_from_checkpoint`` reads, without training."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": task.state_dict(),
+            "hyper_parameters": dict(task.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    return path
+
+
+def scene_pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A (4, H, W) uint8 landscape with structure at several scales, never 255."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = 110 + 60 * np.sin(x / 7.0)[None] * np.cos(y / 11.0)[None]
+    bands = base + rng.normal(0, 20, (4, height, width)) + np.arange(4)[:, None, None] * 10
+    return np.clip(bands, 0, 250).astype(np.uint8)
+
+
+def write_scene(
+    path: Path,
+    pixels: np.ndarray,
+    transform: Affine = TRANSFORM,
+    nodata: float | None = 255,
+    dtype: str | None = None,
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = {
+        "driver": "GTiff",
+        "count": pixels.shape[0],
+        "height": pixels.shape[1],
+        "width": pixels.shape[2],
+        "dtype": dtype or pixels.dtype.name,
+        "crs": CRS,
+        "transform": transform,
+        "nodata": nodata,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(pixels.astype(profile["dtype"]))
+    return path
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+@pytest.fixture(scope="module")
+def task(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    return demo_task(demo_dir, tmp_path_factory.mktemp("task"))
+
+
+@pytest.fixture(scope="module")
+def model(task) -> LoadedModel:
+    return LoadedModel.from_task(task)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 x 90 (not a multiple of 16), with a nodata corner (every band 255)."""
+    pixels = scene_pixels(90, 100)
+    pixels[:, :5, :7] = 255
+    return write_scene(tmp_path_factory.mktemp("scene") / "scene.tif", pixels)
+
+
+# ---------------------------------------------------------------------------- tiling
+
+
+@pytest.mark.parametrize("anchor", [0, 8, 13, -5, 1_280_006])
+def test_tiles_cover_every_pixel_on_the_global_grid(anchor: int) -> None:
+    tiling = Tiling(32, 16)
+    starts = tiling.starts(100, anchor)
+    assert all((s + anchor) % 16 == 0 for s in starts)
+    coverage = [sum(s <= p < s + 32 for s in starts) for p in range(100)]
+    assert coverage == [2] * 100  # tile / stride tiles over every pixel, edges included
+    assert starts[0] > -32 and starts[-1] < 100
+
+
+def test_blend_weights_fall_to_the_floor_at_borders() -> None:
+    weights = blend_weights(32)
+    assert weights.shape == (32, 32) and np.allclose(weights, weights.T)
+    assert weights.min() >= 1e-3 and weights[0, 0] < 0.01 and weights[16, 16] > 0.99
+
+
+def test_grid_anchor_follows_the_transform() -> None:
+    assert grid_anchor(Affine.identity()) == (0, 0)
+    assert grid_anchor(TRANSFORM) == (-13_720_002, 1_280_006)
+    shifted = TRANSFORM @ Affine.translation(8, 3)
+    assert grid_anchor(shifted) == (-13_720_002 + 3, 1_280_006 + 8)
+
+
+def test_bad_tiling_is_a_user_error(model: LoadedModel) -> None:
+    with pytest.raises(LandsegError, match="--overlap"):
+        Tiling(32, 32)
+    with pytest.raises(LandsegError, match="16 px multiple"):
+        Tiling(8, 0).check_model(model)
+
+
+def test_rows_are_read_a_strip_at_a_time(model: LoadedModel) -> None:
+    image = np.random.default_rng(1).normal(size=(4, 150, 70)).astype(np.float32)
+    asked: list[tuple[int, int]] = []
+
+    def read_rows(first: int, stop: int):
+        asked.append((first, stop))
+        return image[:, first:stop], None
+
+    strips = list(blended_strips(model, read_rows, 150, 70, Tiling(32, 16)))
+    assert max(stop - first for first, stop in asked) <= 32
+    rows = [first for first, _, _ in strips]
+    assert rows == sorted(rows) and sum(p.shape[1] for _, p, _ in strips) == 150
+    assert np.allclose(np.concatenate([p for _, p, _ in strips], axis=1).sum(axis=0), 1, atol=1e-5)
+
+
+def test_small_image_is_one_forward_pass(model: LoadedModel) -> None:
+    image = np.random.default_rng(2).normal(size=(4, 32, 32)).astype(np.float32)
+    direct = torch.softmax(model.model(torch.from_numpy(image)[None]), dim=1)[0]
+    assert np.allclose(predict_array(model, image, Tiling(64, 16)), direct.detach().numpy())
+
+
+# ---------------------------------------------------------------------------- seams
+
+
+def test_no_seams_scene_equals_shifted_crop(model: LoadedModel, tmp_path: Path) -> None:
+    """A crop shifted by 8 px (half a stride) gets the same tiles, so the same probabilities.
+
+    Equal where every tile covering a pixel lies inside both rasters: at least one tile size
+    (32 px) from the crop's edges. Without the grid anchored to the CRS the tiles would be
+    shifted by 8 px against the scene's and the values would differ.
+    """
+    pixels = scene_pixels(128, 144, seed=3)
+    big = write_scene(tmp_path / "big.tif", pixels)
+    dy, dx, h, w = 8, 8, 96, 120
+    crop = write_scene(
+        tmp_path / "crop.tif",
+        pixels[:, dy : dy + h, dx : dx + w],
+        transform=rasterio.windows.transform(Window(dx, dy, w, h), TRANSFORM),
+    )
+    options = PredictOptions(Tiling(32, 16, batch_size=5), "float32")
+    a = read(predict_scene(model, big, tmp_path / "out" / "big.tif", options))
+    b = read(predict_scene(model, crop, tmp_path / "out" / "crop.tif", options))
+    margin = 32
+    inner_a = a[:, dy + margin : dy + h - margin, dx + margin : dx + w - margin]
+    inner_b = b[:, margin : h - margin, margin : w - margin]
+    assert inner_a.size > 0
+    assert np.abs(inner_a - inner_b).max() < 1e-4
+
+    # the same crop read as a raster without georeferencing: tiles no longer aligned
+    unaligned = predict_array(
+        model, pixels[:, dy : dy + h, dx : dx + w].astype(np.float32) / 255, Tiling(32, 16)
+    )
+    assert np.abs(unaligned[:, margin : h - margin, margin : w - margin] - inner_b).max() > 1e-4
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def test_outputs_keep_grid_and_nodata(model: LoadedModel, scene: Path, tmp_path: Path) -> None:
+    tiling = Tiling(32, 8, batch_size=3)
+    paths = {
+        kind: predict_scene(model, scene, tmp_path / kind / "p.tif", PredictOptions(tiling, kind))
+        for kind in ("classes", "uint8", "float32")
+    }
+    with rasterio.open(scene) as src:
+        grid = (src.crs, src.transform, src.width, src.height)
+    for kind, path in paths.items():
+        with rasterio.open(path) as out:
+            assert (out.crs, out.transform, out.width, out.height) == grid, kind
+            assert out.count == (1 if kind == "classes" else 4)
+            assert json.loads(out.tags()["landseg_class_labels"]) == LABELS
+    with rasterio.open(paths["classes"]) as out:
+        classes = out.read(1)
+        assert out.nodata == 255 and out.dtypes[0] == "uint8"
+        assert out.colormap(1)[255] == (0, 0, 0, 0) and out.colormap(1)[0][3] == 255
+    probs = read(paths["float32"])
+    scaled = read(paths["uint8"])
+    nodata = np.zeros(classes.shape, bool)
+    nodata[:5, :7] = True
+    assert (classes[nodata] == 255).all() and (classes[~nodata] < 4).all()
+    assert np.isnan(probs[:, nodata]).all() and np.allclose(probs[:, ~nodata].sum(0), 1, atol=1e-5)
+    assert (scaled[:, nodata] == 255).all() and scaled[:, ~nodata].max() <= 254
+    assert (probs[:, ~nodata].argmax(0) == classes[~nodata]).all()
+    assert (np.abs(scaled[:, ~nodata] - probs[:, ~nodata] * 255) <= 1).all()
+
+
+def test_uint16_scene_needs_a_pixel_range(model: LoadedModel, scene: Path, tmp_path: Path) -> None:
+    wide = write_scene(tmp_path / "wide.tif", read(scene), dtype="uint16")
+    options = PredictOptions(Tiling(32, 16), "float32")
+    with pytest.raises(LandsegError, match="--pixel-range"):
+        predict_scene(model, wide, tmp_path / "a.tif", options)
+    ranged = PredictOptions(Tiling(32, 16), "float32", pixel_range=255)
+    a = read(predict_scene(model, wide, tmp_path / "a.tif", ranged))
+    b = read(predict_scene(model, scene, tmp_path / "b.tif", options))
+    assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_tile_not_a_multiple_of_the_model(model: LoadedModel, scene: Path, tmp_path: Path) -> None:
+    out = predict_scene(model, scene, tmp_path / "p.tif", PredictOptions(Tiling(40, 12)))
+    assert read(out).shape == (1, 90, 100)
+
+
+def test_predict_split_of_whole_scenes(task, scene: Path, tmp_path: Path) -> None:
+    """The test split may hold whole scenes of any size (here 100 x 90)."""
+    from landseg.data.csvfiles import SamplePair
+    from landseg.data.dataset import SegmentationDataset
+    from landseg.tasks.predict import predict_split
+
+    pixels = read(scene)
+    pixels[:, :5, :7] = 0
+    image = write_scene(tmp_path / "img" / "s.tif", pixels)
+    mask = write_scene(tmp_path / "msk" / "s.tif", np.zeros((1, 90, 100), np.uint8))
+    dataset = SegmentationDataset(
+        [SamplePair(image, mask, 1)],
+        image_bands=None,
+        mask_bands=None,
+        n_classes=4,
+        pixel_range=255,
+    )
+    written = predict_split(
+        task, SimpleNamespace(test_dataset=dataset), "test", tmp_path / "p", "bit"
+    )
+    with rasterio.open(written[0]) as out:
+        assert (out.count, out.height, out.width, out.transform) == (4, 90, 100, TRANSFORM)
+        assert (out.read().sum(axis=0) == 1).all()
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def test_predict_command(task, scene: Path, tmp_path: Path, capsys) -> None:
+    checkpoint = save_checkpoint(task, tmp_path / "run" / "checkpoints" / "m-last.ckpt")
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"status": "finished"}))
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):
+        (folder / name).write_bytes(scene.read_bytes())
+    common = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
+    args = ["predict", "--run", str(tmp_path / "run"), "--input", str(folder)]
+    assert main([*args, "--output", str(tmp_path / "out"), *common]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.tif"]
+    assert np.array_equal(read(tmp_path / "out" / "a.tif"), read(tmp_path / "out" / "b.tif"))
+
+    csv = folder / "list.csv"
+    csv.write_text("image,mask\na.tif,a.tif\n")
+    args = ["predict", "--run", str(checkpoint), "--input", str(csv), "--type", "uint8"]
+    assert main([*args, "--output", str(tmp_path / "csv_out"), *common]) == 0
+    assert read(tmp_path / "csv_out" / "a.tif").shape == (4, 90, 100)
+
+    capsys.readouterr()
+    bad = ["predict", "--run", str(checkpoint), "--input", str(tmp_path / "none.tif")]
+    assert main([*bad, "--output", str(tmp_path / "x"), *common]) == 2
+    assert "none.tif: input not found" in capsys.readouterr().err
+    assert main([*args, "--output", str(tmp_path / "x"), "--tile", "8", "--overlap", "0"]) == 2
+    assert "--tile 8" in capsys.readouterr().err

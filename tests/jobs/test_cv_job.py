@@ -1,0 +1,192 @@
+"""`landseg cv` end to end on the demo data: sequential, killed and resumed, workers, MPI.
+
+One job (zone 1 held out; zones 2 and 3 take turns as validation set: 2 tasks of 2 epochs) is
+run once without interruption; every other way of running it must give the same results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import write_config
+from tests.jobs.conftest import cv_config
+
+from landseg.cli import main
+
+pytestmark = pytest.mark.slow
+
+TASKS = ["test-1__val-2", "test-1__val-3"]
+
+
+@pytest.fixture(scope="module")
+def reference(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted sequential job; returns its job folder."""
+    folder = tmp_path_factory.mktemp("reference")
+    config = write_config(folder / "cv.json", cv_config(demo_dir, folder / "runs"))
+    assert main(["cv", "-c", str(config)]) == 0
+    return folder / "runs" / "job"
+
+
+def summary(job: Path) -> dict:
+    return json.loads((job / "summary.json").read_text())
+
+
+def task_files(job: Path, task: str) -> tuple[dict, dict, list[str]]:
+    """History, test history and checkpoint names (the val_miou top-k ones left out: a
+    resumed run may keep one more of those, see the report of the cv job)."""
+    run = job / "tasks" / task
+    names = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt") if "-miou-" not in p.name)
+    history = json.loads((run / "history.json").read_text())
+    return history, json.loads((run / "history_test.json").read_text()), names
+
+
+def log_rows(job: Path, query: str) -> list[tuple]:
+    db = sqlite3.connect(f"file:{job / 'job.sqlite'}?mode=ro", uri=True)
+    try:
+        return db.execute(query).fetchall()
+    finally:
+        db.close()
+
+
+def test_sequential_job_writes_every_output(reference: Path, capsys) -> None:
+    result = summary(reference)
+    assert result["complete"] and result["tasks_finished"] == 2
+    assert list(result["tasks"]) == TASKS
+    assert set(result["test_subjects"]) == {"1"}
+    assert result["test_subjects"]["1"]["metrics"]["Average/IoU"]["n"] == 2
+    for name in ("summary.md", "summary.png", "job.json", "rows.csv", "job.sqlite"):
+        assert (reference / name).is_file()
+    for task in TASKS:
+        run = reference / "tasks" / task
+        history, test, names = task_files(reference, task)
+        assert list(history) == ["0", "1"] and len(test) == 1
+        assert f"{task}-epoch=000.ckpt" in names and f"{task}-epoch=001.ckpt" in names
+        state = json.loads((run / "run.json").read_text())
+        assert state["status"] == "finished" and state.get("resumed", []) == []
+        config = json.loads((run / "config.json").read_text())
+        assert config["output_setup"]["version_name"] == task
+        assert config["data_source"]["val_file"] == str(run / "val.csv")
+        ckpt = torch.load(run / "checkpoints" / f"{task}-epoch=001.ckpt", weights_only=True)
+        assert ckpt["epoch"] == 1
+    rows = log_rows(reference, "SELECT task_id, status, attempts, worker FROM tasks")
+    assert rows == [(task, "finished", 1, "main") for task in TASKS]
+    assert log_rows(reference, "SELECT subject, finished FROM subjects") == [("1", 1)]
+
+    started = time.monotonic()
+    config = reference.parent.parent / "cv.json"
+    assert main(["cv", "-c", str(config)]) == 0  # nothing left: no task runs again
+    assert time.monotonic() - started < 60
+    assert log_rows(reference, "SELECT SUM(attempts) FROM tasks") == [(2,)]
+    assert "| overall" in capsys.readouterr().out
+
+
+def run_until(config: Path, job: Path, moment: Callable[[Path], bool]) -> int:
+    """Start `landseg cv` in a subprocess and SIGKILL it as soon as ``moment(job)`` is true."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "landseg.cli", "cv", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if moment(job):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    return process.wait()
+
+
+def first_checkpoint(job: Path) -> bool:
+    return (job / "tasks" / TASKS[0] / "checkpoints" / f"{TASKS[0]}-epoch=000.ckpt").exists()
+
+
+def first_task_trained(job: Path) -> bool:
+    try:
+        state = json.loads((job / "tasks" / TASKS[0] / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("status") == "finished"
+
+
+def test_sigkill_twice_then_rerun_equals_uninterrupted(
+    reference: Path, make_cv_config, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "cv.json", make_cv_config())
+    job = tmp_path / "runs" / "job"
+    assert run_until(config, job, first_checkpoint) == -signal.SIGKILL  # mid-task
+    assert log_rows(job, "SELECT status FROM tasks WHERE task_id = 'test-1__val-2'") == [
+        ("running",)
+    ]
+    assert run_until(config, job, first_task_trained) == -signal.SIGKILL  # after its end
+    assert main(["cv", "-c", str(config)]) == 0
+
+    assert summary(job) == summary(reference)
+    for task in TASKS:
+        assert task_files(job, task) == task_files(reference, task)
+        history = (job / "tasks" / task / "history.json").read_text()
+        assert history.count('"step"') == 2  # no epoch twice
+        state = json.loads((job / "tasks" / task / "run.json").read_text())
+        assert state["status"] == "finished"
+        assert len(state.get("resumed", [])) == (1 if task == TASKS[0] else 0)
+    finished = log_rows(
+        job, "SELECT task_id, COUNT(*) FROM events WHERE event = 'finished' GROUP BY task_id"
+    )
+    assert finished == [(task, 1) for task in sorted(TASKS)]
+    assert log_rows(job, "SELECT status, COUNT(*) FROM tasks GROUP BY status") == [("finished", 2)]
+    resets = log_rows(job, "SELECT DISTINCT task_id FROM events WHERE event = 'reset'")
+    assert ("test-1__val-2",) in resets
+
+
+def means(job: Path) -> dict[str, float]:
+    """Each test subject's mean of each metric (NaN for a metric without a value)."""
+    return {
+        f"{subject}:{key}": float("nan") if value["mean"] is None else value["mean"]
+        for subject, stats in summary(job)["test_subjects"].items()
+        for key, value in stats["metrics"].items()
+    }
+
+
+def same_results(job: Path, reference: Path) -> None:
+    assert summary(job)["complete"] and list(summary(job)["tasks"]) == TASKS
+    assert means(job) == pytest.approx(means(reference), rel=1e-5, nan_ok=True)
+
+
+def test_two_local_workers(reference: Path, make_cv_config, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cv.json", make_cv_config())
+    job = tmp_path / "runs" / "job"
+    assert main(["cv", "-c", str(config), "--workers", "2"]) == 0
+    same_results(job, reference)
+    workers = log_rows(job, "SELECT DISTINCT worker FROM tasks ORDER BY worker")
+    assert workers == [("local-1",), ("local-2",)]
+    assert log_rows(job, "SELECT SUM(attempts) FROM tasks") == [(2,)]
+
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
+def test_mpiexec_three_ranks(reference: Path, make_cv_config, tmp_path: Path) -> None:
+    pytest.importorskip("mpi4py")
+    config = write_config(tmp_path / "cv.json", make_cv_config())
+    job = tmp_path / "runs" / "job"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_"))}
+    command = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "landseg.cli", "cv", "-c"]
+    done = subprocess.run(
+        [*command, str(config)], env=env, capture_output=True, text=True, timeout=500
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| overall") == 1  # only rank 0 reports
+    same_results(job, reference)
+    workers = {w for (w,) in log_rows(job, "SELECT worker FROM tasks")}
+    assert workers == {"rank-1", "rank-2"}
+    assert log_rows(job, "SELECT SUM(attempts) FROM tasks") == [(2,)]
