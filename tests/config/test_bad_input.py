@@ -8,15 +8,16 @@ named.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import write_config
 
 from landseg.cli import main
 from landseg.io import write_geotiff
+from tests.conftest import write_config
 
 Mutation = Callable[[dict, Path, Path], None]
 
@@ -100,6 +101,10 @@ def same_split_csvs(config: dict, tmp: Path, demo: Path) -> None:
     config["data_source"]["test_file"] = None
 
 
+def no_wandb(config: dict, tmp: Path, demo: Path) -> None:
+    config["__no_wandb__"] = True  # the test hides the wandb package
+
+
 def syntax(text: str, suffix: str = ".json") -> Mutation:
     def mutate(config: dict, tmp: Path, demo: Path) -> None:
         config["__raw__"] = (text, suffix)
@@ -176,7 +181,7 @@ CASES: dict[str, tuple[Mutation, str]] = {
         ),
         "model_params.output_stride",
     ),
-    "wandb missing": (setkey("output_setup.use_wandb", True), "output_setup.use_wandb"),
+    "wandb missing": (both(setkey("output_setup.use_wandb", True), no_wandb), "use_wandb"),
     # --- cross-field rules
     "labels vs bands": (
         setkey("data_source.class_labels", ["a", "b"]),
@@ -229,11 +234,18 @@ CASES: dict[str, tuple[Mutation, str]] = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_rejected_with_its_culprit(
-    case: str, demo_config: dict, demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    case: str,
+    demo_config: dict,
+    demo_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     mutation, culprit = CASES[case]
     mutation(demo_config, tmp_path, demo_dir)
     raw = demo_config.pop("__raw__", None)
+    if demo_config.pop("__no_wandb__", False):
+        monkeypatch.setitem(sys.modules, "wandb", None)
     if raw:
         path = tmp_path / f"config{raw[1]}"
         path.write_text(raw[0])

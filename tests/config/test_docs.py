@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import REPO
-
 from landseg.cli import main
 from landseg.config.docs import render
+from tests.conftest import REPO
 
 
 def test_configuration_reference_is_current() -> None:

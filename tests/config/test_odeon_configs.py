@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO
 
 from landseg.cli import main
+from tests.conftest import REPO
 
 EXAMPLES = REPO / "examples"
 

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from landseg.cli import main
+from landseg.errors import LandsegError
+from landseg.inference.evaluate import evaluate_predictions
+from landseg.inference.scene import LoadedModel, PredictOptions, Tiling, predict_scene
 from tests.inference.test_scene import (
     LABELS,
     demo_task,
@@ -15,11 +20,6 @@ from tests.inference.test_scene import (
     scene_pixels,
     write_scene,
 )
-
-from landseg.cli import main
-from landseg.errors import LandsegError
-from landseg.inference.evaluate import evaluate_predictions
-from landseg.inference.scene import LoadedModel, PredictOptions, Tiling, predict_scene
 
 TILING = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
 

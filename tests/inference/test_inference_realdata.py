@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window
-from tests.conftest import write_config
 
 from landseg.cli import main
+from tests.conftest import write_config
 
 pytestmark = pytest.mark.realdata
 

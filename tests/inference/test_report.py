@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import write_config
 
 from landseg.cli import main
 from landseg.inference.report import curve_rows
+from tests.conftest import write_config
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None

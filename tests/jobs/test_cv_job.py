@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import write_config
-from tests.jobs.conftest import cv_config
 
 from landseg.cli import main
+from tests.conftest import write_config
+from tests.jobs.conftest import cv_config
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.conftest import write_config
 
 from landseg.cli import main
 from landseg.config.load import load_config, validate_config
@@ -23,6 +22,7 @@ from landseg.jobs.plan import (
     task_config,
     task_csvs,
 )
+from tests.conftest import write_config
 
 
 def rows(groups: dict[str, int]) -> list[Row]:

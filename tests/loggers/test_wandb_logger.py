@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from landseg.loggers.wandb import make_wandb_logger
 WANDB_INSTALLED = importlib.util.find_spec("wandb") is not None
 
 
-@pytest.mark.skipif(WANDB_INSTALLED, reason="wandb is installed")
-def test_missing_wandb_is_a_config_error(tmp_path: Path) -> None:
+def test_missing_wandb_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if the extra were not installed
     with pytest.raises(ConfigError) as error:
         make_wandb_logger(tmp_path, "exp", "v0")
     assert error.value.problems == [

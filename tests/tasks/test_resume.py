@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import write_config
 
 from landseg.cli import main
+from tests.conftest import write_config
 
 
 def final_state(run: Path) -> tuple[dict, dict[str, torch.Tensor], list[str]]:

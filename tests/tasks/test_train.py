@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import rasterio
 import torch
-from tests.conftest import write_config
 
 from landseg.cli import main
+from tests.conftest import write_config
 
 
 def run_train(config: dict, tmp_path: Path, *extra: str, name: str = "c.json") -> int:
@@ -96,3 +96,12 @@ def test_pth_outputs(small: dict, tmp_path: Path) -> None:
     assert any("inc" in k for k in weights)
     assert "state" in torch.load(run / "optimizer_mymodel.pth", weights_only=True)
     assert torch.load(run / "train_mymodel.pth", weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.slow
+def test_wandb_writes_offline_files_in_the_run_folder(small: dict, tmp_path: Path) -> None:
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(use_wandb=True, use_tensorboard=False, get_prediction=False)
+    assert run_train(small, tmp_path) == 0
+    offline = list((tmp_path / "runs" / "exp" / "v1" / "wandb").rglob("offline-run-*"))
+    assert offline, "no offline W&B run in the run folder"
