@@ -27,8 +27,6 @@ ARCHIVE_INDEX = "archive.json"
 ARCHIVED_NAME = re.compile(r"^archived_v(\d+)_\d{4}-\d{2}-\d{2}$")
 #: ``<base>-loss-epoch=001-val_loss=0.1234[-v1].ckpt`` as written by the val_loss checkpoint.
 _LOSS_CHECKPOINT = re.compile(r"-loss-epoch=(\d+)-val_loss=([0-9.]+|nan|inf)")
-#: Folders never searched for runs (a run's own outputs).
-_SKIP_DIRS = {CHECKPOINT_DIR, "tensorboard", "logs", "arrays", "figures", "predictions", "report"}
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ def find_run_dirs(output: Path) -> list[Path]:
             found.append(Path(root))
             dirs.clear()  # a run's subfolders hold no other run
         else:
-            dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".")]
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
     return sorted(found)
 
 

@@ -118,6 +118,17 @@ def test_curves_fall_back_on_the_history(tmp_path: Path) -> None:
     assert [r["lr"] for r in rows if "lr" in r] == [0.01, 0.005]
 
 
+def test_report_of_a_run_without_history(tmp_path: Path) -> None:
+    """A run that died before its first validation still gets a page, saying what is missing."""
+    run = tmp_path / "exp" / "v1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "failed", "error": "OSError: disk"}))
+    assert main(["report", str(run)]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "No confusion matrix" in page and "No sample tiles" in page and "OSError" in page
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 1  # empty curves
+
+
 def test_archive_then_use_by_name(trained: Path, demo_dir: Path, tmp_path: Path, capsys) -> None:
     runs = tmp_path / "runs"
     shutil.copytree(trained.parents[1], runs)

@@ -109,7 +109,7 @@ class LoadedModel:
                 f"{checkpoint}: not a loadable landseg checkpoint ({reason})"
             ) from error
         task.to(choose_device(device))
-        return cls.from_task(task, checkpoint)
+        return cls.from_task(task, Path(checkpoint).absolute())
 
     @property
     def n_classes(self) -> int:
