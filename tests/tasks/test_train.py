@@ -19,7 +19,7 @@ def run_train(config: dict, tmp_path: Path, *extra: str, name: str = "c.json") -
 
 @pytest.fixture
 def small(demo_config: dict) -> dict:
-    demo_config["train_setup"].update(epochs=2, batch_size=8)
+    demo_config["train_setup"].update(epochs=2, batch_size=8, lr=0.01)
     demo_config["output_setup"].update(name_exp_log="exp", version_name="v1", save_top_k=2)
     return demo_config
 

@@ -101,7 +101,8 @@ def check_data(config: LandsegConfig) -> DataSummary:
         _check_val_split(splits, config, problems)
 
     scan = _scan_rasters(splits, config, problems)
-    _require_one(scan.sizes, "patch sizes (height, width) differ across the splits", problems)
+    _require_one(scan.sizes, "patch sizes (height, width) differ in train and val", problems)
+    _require_one(scan.test_sizes, "patch sizes (height, width) differ in the test split", problems)
     _require_one(scan.image_bands, "images have different band counts", problems)
     _require_one(scan.image_dtypes, "images have different dtypes", problems)
     _require_one(
@@ -167,7 +168,8 @@ class _Scan:
     """What the raster headers of every row say, one example row per distinct value."""
 
     headers: dict[Path, RasterHeader | None] = field(default_factory=dict)
-    sizes: _Examples = field(default_factory=_Examples)
+    sizes: _Examples = field(default_factory=_Examples)  # train and val: batched together
+    test_sizes: _Examples = field(default_factory=_Examples)  # test: its own size (scenes)
     image_bands: _Examples = field(default_factory=_Examples)
     image_dtypes: _Examples = field(default_factory=_Examples)
     mask_kinds: _Examples = field(default_factory=_Examples)
@@ -181,7 +183,7 @@ def _scan_rasters(
     source = config.data_source
     scan = _Scan()
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):  # no folder listing per open
-        for pair in (pair for pairs in splits.values() for pair in pairs):
+        for split, pair in ((split, pair) for split, pairs in splits.items() for pair in pairs):
             image = _header(scan.headers, pair, pair.image, "image", problems)
             mask = _header(scan.headers, pair, pair.mask, "mask", problems)
             if image is None or mask is None:
@@ -193,7 +195,8 @@ def _scan_rasters(
                     f"{mask.path} is {mask.size}",
                 )
             image_example = f"{image.path}, {pair.where()}"
-            scan.sizes.add((image.height, image.width), image_example)
+            sizes = scan.test_sizes if split == "test" else scan.sizes
+            sizes.add((image.height, image.width), image_example)
             scan.image_bands.add(image.count, image_example)
             scan.image_dtypes.add(image.dtype, image_example)
             kind = mask_kind(mask.count)

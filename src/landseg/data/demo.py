@@ -140,9 +140,9 @@ def _demo_config(n_classes: int) -> dict[str, Any]:
         },
         "train_setup": {
             "model_name": "lightunet",
-            "epochs": 3,
-            "batch_size": 8,
-            "lr": 0.01,
+            "epochs": 12,
+            "batch_size": 4,
+            "lr": 0.005,
             "loss": "ce",
             "optimizer_config": {"optimizer": "adam"},
             "random_seed": 42,

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from landseg.models.registry import build_model
+from landseg.models.registry import build_model, model_size_multiple
 from landseg.tasks.losses import LOSSES
 from landseg.tasks.metrics import SegmentationMetrics, metrics_from_confusion, miou
 from landseg.tasks.optim import SCHEDULERS, build_optimizer, build_scheduler
@@ -35,6 +35,7 @@ class SegmentationTask(pl.LightningModule):
         self.class_labels = list(class_labels)
         n_classes = len(self.class_labels)
         self.model = build_model(train["model_name"], in_channels, n_classes, train["model_params"])
+        self.size_multiple = model_size_multiple(train["model_name"], train["model_params"])
         self.loss_fn = LOSSES.get(train["loss"])(n_classes, train["class_imbalance"])
         self.train_metrics = SegmentationMetrics(n_classes)
         self.val_metrics = SegmentationMetrics(n_classes)
@@ -48,7 +49,15 @@ class SegmentationTask(pl.LightningModule):
         return self.hparams.config["train_setup"]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image)
+        """Logits at the input's size, whatever it is: inputs that the network's strides do
+        not divide (a whole test scene, say) are mirror-padded, then the logits cropped."""
+        height, width = image.shape[-2:]
+        pad_h, pad_w = -height % self.size_multiple, -width % self.size_multiple
+        if not pad_h and not pad_w:
+            return self.model(image)
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        padded = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+        return self.model(padded)[..., :height, :width]
 
     # ------------------------------------------------------------------ steps
 
