@@ -41,8 +41,9 @@ def kill_after_first_checkpoint(config_path: Path, run: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["continue_training", "resume_checkpoint"])
 def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
-    demo_config: dict, tmp_path: Path
+    how: str, demo_config: dict, tmp_path: Path
 ) -> None:
     demo_config["train_setup"].update(
         epochs=4, batch_size=4, checkpoint_every_n_steps=2, deterministic=True
@@ -63,8 +64,12 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
     assert kill_after_first_checkpoint(killed_config, run) == -signal.SIGKILL
     assert json.loads((run / "run.json").read_text())["status"] == "running"
 
-    demo_config["train_setup"]["continue_training"] = True
-    assert main(["train", "-c", str(write_config(tmp_path / "cont.json", demo_config))]) == 0
+    if how == "continue_training":
+        demo_config["train_setup"]["continue_training"] = True
+        assert main(["train", "-c", str(write_config(tmp_path / "cont.json", demo_config))]) == 0
+    else:  # the checkpoint alone: its config travels inside it
+        step_checkpoint = next((run / "checkpoints").glob("*-step=*.ckpt"))
+        assert main(["train", "--resume", str(step_checkpoint)]) == 0
 
     ref_history, ref_weights, ref_names = final_state(tmp_path / "runs" / "exp" / "reference")
     history, weights, names = final_state(run)

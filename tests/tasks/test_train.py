@@ -105,3 +105,24 @@ def test_wandb_writes_offline_files_in_the_run_folder(small: dict, tmp_path: Pat
     assert run_train(small, tmp_path) == 0
     offline = list((tmp_path / "runs" / "exp" / "v1" / "wandb").rglob("offline-run-*"))
     assert offline, "no offline W&B run in the run folder"
+
+
+@pytest.mark.slow
+def test_training_options_reach_lightning(small: dict, tmp_path: Path) -> None:
+    """val_check_interval, scheduler, optimiser and early stopping on val_miou."""
+    small["train_setup"].update(
+        epochs=3,
+        val_check_interval=0.5,
+        optimizer_config={"optimizer": "sgd", "momentum": 0.9},
+        scheduler_config={"scheduler": "cosineannealinglr"},
+        early_stopping={"monitor": "val_miou", "patience": 5},
+    )
+    small["output_setup"].update(use_tensorboard=False, get_prediction=False)
+    assert run_train(small, tmp_path) == 0
+    run = tmp_path / "runs" / "exp" / "v1"
+    history = json.loads((run / "history.json").read_text())
+    assert list(history) == ["0", "1", "2"]
+    rates = [entry["learning rate"] for entry in history.values()]
+    assert rates[0] == pytest.approx(0.01) and rates[2] < rates[1] < rates[0]  # cosine decay
+    # 14 train tiles, batch 8: 2 steps per epoch, validated after each; the last one is kept
+    assert [entry["step"] for entry in history.values()] == [2, 4, 6]

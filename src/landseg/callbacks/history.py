@@ -36,6 +36,12 @@ class HistoryWriter(Callback):
         self.val_path = val_path
         self.test_path = test_path
         self.history: dict[str, dict[str, Any]] = {}
+        self.epoch_lr: float | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the rate the epoch trains with: epoch schedulers step before the end-of-epoch
+        # validation, so reading it there would give the next epoch's
+        self.epoch_lr = _learning_rate(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # loops are restored by now: drop what the restored checkpoint does not cover
@@ -50,7 +56,7 @@ class HistoryWriter(Callback):
         report = dict(getattr(pl_module, "last_report", None) or {})
         loss = trainer.callback_metrics.get(f"{stage}_loss")
         report["loss"] = float(loss) if loss is not None else None
-        report["learning rate"] = _learning_rate(trainer)
+        report["learning rate"] = self.epoch_lr if stage == "val" else _learning_rate(trainer)
         report["step"] = trainer.global_step
         return report
 

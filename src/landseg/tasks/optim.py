@@ -9,6 +9,7 @@ and the message names the config key.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -83,48 +84,55 @@ def build_scheduler(
     return SCHEDULERS.get(name)(optimizer, **scheduler_kwargs(name, params, lr, epochs))
 
 
-def _unknown_keys(cls: type, given: dict[str, Any], fixed: set[str]) -> tuple[list[str], list[str]]:
+def _constructor_problems(
+    registry: Registry[Any],
+    kind: str,
+    name: str,
+    params: dict[str, Any],
+    fixed: set[str],
+    build: Callable[[], Any],
+) -> list[str]:
+    """Problems with ``<kind>_config``: unknown name, unknown keys, values torch rejects."""
+    key = f"train_setup.{kind}_config"
+    if name not in registry:
+        return [f"{key}.{kind}: " + unknown_name_message(kind, name, registry.names())]
+    cls = registry.get(name)
     accepted = [p for p in inspect.signature(cls).parameters if p not in fixed]
-    return [key for key in given if key not in accepted], accepted
+    unknown = [k for k in params if k not in accepted]
+    if unknown:
+        return [
+            f"{key}.{k}: not a parameter of {cls.__name__}; valid: {', '.join(accepted)}"
+            for k in unknown
+        ]
+    try:
+        build()
+    except (TypeError, ValueError) as error:
+        culprit = _culprit(str(error), params)
+        return [f"{key}{'.' + culprit if culprit else ''}: {cls.__name__} rejects it: {error}"]
+    return []
+
+
+def _dummy_parameters() -> list[torch.nn.Parameter]:
+    return [torch.nn.Parameter(torch.zeros(1))]
 
 
 def optimizer_problems(name: str, params: dict[str, Any], lr: float) -> list[str]:
-    key = "train_setup.optimizer_config"
-    if name not in OPTIMIZERS:
-        return [f"{key}.optimizer: " + unknown_name_message("optimizer", name, OPTIMIZERS.names())]
-    cls = OPTIMIZERS.get(name)
-    unknown, accepted = _unknown_keys(cls, params, _OPTIMIZER_FIXED)
-    if unknown:
-        return [
-            f"{key}.{k}: not a parameter of {cls.__name__}; valid: {', '.join(accepted)}"
-            for k in unknown
-        ]
-    try:
-        build_optimizer(name, [torch.nn.Parameter(torch.zeros(1))], lr, params)
-    except (TypeError, ValueError) as error:
-        culprit = _culprit(str(error), params)
-        return [f"{key}{'.' + culprit if culprit else ''}: {cls.__name__} rejects it: {error}"]
-    return []
+    return _constructor_problems(
+        OPTIMIZERS,
+        "optimizer",
+        name,
+        params,
+        _OPTIMIZER_FIXED,
+        lambda: build_optimizer(name, _dummy_parameters(), lr, params),
+    )
 
 
 def scheduler_problems(name: str, params: dict[str, Any], lr: float, epochs: int) -> list[str]:
-    key = "train_setup.scheduler_config"
-    if name not in SCHEDULERS:
-        return [f"{key}.scheduler: " + unknown_name_message("scheduler", name, SCHEDULERS.names())]
-    cls = SCHEDULERS.get(name)
-    unknown, accepted = _unknown_keys(cls, params, _SCHEDULER_FIXED)
-    if unknown:
-        return [
-            f"{key}.{k}: not a parameter of {cls.__name__}; valid: {', '.join(accepted)}"
-            for k in unknown
-        ]
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr, momentum=0.9)
-    try:
-        build_scheduler(name, optimizer, params, lr, epochs)
-    except (TypeError, ValueError) as error:
-        culprit = _culprit(str(error), params)
-        return [f"{key}{'.' + culprit if culprit else ''}: {cls.__name__} rejects it: {error}"]
-    return []
+    def build() -> Any:
+        optimizer = torch.optim.SGD(_dummy_parameters(), lr=lr, momentum=0.9)
+        return build_scheduler(name, optimizer, params, lr, epochs)
+
+    return _constructor_problems(SCHEDULERS, "scheduler", name, params, _SCHEDULER_FIXED, build)
 
 
 def _culprit(message: str, params: dict[str, Any]) -> str | None:
