@@ -42,10 +42,9 @@ def summary(job: Path) -> dict:
 
 
 def task_files(job: Path, task: str) -> tuple[dict, dict, list[str]]:
-    """History, test history and checkpoint names (the val_miou top-k ones left out: a
-    resumed run may keep one more of those, see the report of the cv job)."""
+    """History, test history and checkpoint names (top-k by val_loss and val_miou, last)."""
     run = job / "tasks" / task
-    names = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt") if "-miou-" not in p.name)
+    names = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     history = json.loads((run / "history.json").read_text())
     return history, json.loads((run / "history_test.json").read_text()), names
 
@@ -162,10 +161,14 @@ def same_results(job: Path, reference: Path) -> None:
 
 
 def test_two_local_workers(reference: Path, make_cv_config, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "cv.json", make_cv_config())
+    # a period longer than the run: each task checkpoints only after its last epoch
+    config = write_config(tmp_path / "cv.json", make_cv_config(checkpoint_every_n_epochs=3))
     job = tmp_path / "runs" / "job"
     assert main(["cv", "-c", str(config), "--workers", "2"]) == 0
     same_results(job, reference)
+    for task in TASKS:
+        names = {p.name for p in (job / "tasks" / task / "checkpoints").glob(f"{task}-*")}
+        assert names == {f"{task}-epoch=001.ckpt"}
     workers = log_rows(job, "SELECT DISTINCT worker FROM tasks ORDER BY worker")
     assert workers == [("local-1",), ("local-2",)]
     assert log_rows(job, "SELECT SUM(attempts) FROM tasks") == [(2,)]

@@ -216,3 +216,18 @@ def test_cv_needs_its_section(make_cv_config, tmp_path: Path, capsys) -> None:
     with pytest.raises(ConfigError):
         prepare_job(path, [])
     assert load_config(path).cross_validation is None
+
+
+def test_data_problems_name_the_row_of_the_job_csv(
+    make_cv_config, demo_dir: Path, tmp_path: Path
+) -> None:
+    header, *rows = (demo_dir / "zones.csv").read_text().splitlines()
+    absolute = [f"{demo_dir}/{image},{demo_dir}/{mask},{zone}" for image, mask, zone in (
+        row.split(",") for row in rows
+    )]  # fmt: skip
+    broken = f"{demo_dir}/img/nope.tif,{demo_dir}/msk/nope.tif,3"
+    (tmp_path / "zones.csv").write_text("\n".join([header, *absolute, broken]) + "\n")
+    config = make_cv_config(file=str(tmp_path / "zones.csv"))
+    with pytest.raises(DataError) as info:
+        prepare_job(write_config(tmp_path / "cv.json", config), [])
+    assert info.value.problems[0].startswith(f"{tmp_path / 'zones.csv'}, row 26: image ")

@@ -129,11 +129,12 @@ def test_a_changed_config_is_refused(
 ) -> None:
     config = make_cv_config()
     assert main(["cv", "-c", str(write_config(tmp_path / "a.json", config))]) == 0
-    config["train_setup"]["lr"] = 0.5
+    lr = config["train_setup"]["lr"]
+    config["train_setup"]["lr"] = lr * 2
     config["device_setup"]["num_workers"] = 2  # hardware settings may change
     assert main(["cv", "-c", str(write_config(tmp_path / "b.json", config))]) == 2
     assert "was started with another config" in capsys.readouterr().err
-    config["train_setup"]["lr"] = 0.01
+    config["train_setup"]["lr"] = lr
     assert main(["cv", "-c", str(write_config(tmp_path / "c.json", config))]) == 0
 
 
@@ -141,3 +142,19 @@ def test_test_metrics_reads_scalars_only(tmp_path: Path) -> None:
     assert task_test_metrics(tmp_path) is None
     (tmp_path / "history_test.json").write_text('{"3": {"a": 1, "b": [1], "c": true, "d": null}}')
     assert task_test_metrics(tmp_path) == {"a": 1, "d": None}
+
+
+def test_each_task_gets_a_fresh_process_state(monkeypatch) -> None:
+    import os
+
+    import torch
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "1234")
+    threads = torch.get_num_threads()
+    with runner.isolated_task():  # what a DDP task leaves behind
+        os.environ["LOCAL_RANK"] = "0"
+        os.environ["MASTER_PORT"] = "5678"
+        torch.set_num_threads(1)
+    assert "LOCAL_RANK" not in os.environ and os.environ["MASTER_PORT"] == "1234"
+    assert torch.get_num_threads() == threads

@@ -16,12 +16,11 @@ GroupName = Annotated[str, Field(min_length=1)]
 
 
 class CrossValidation(BaseModel):
-    """Group-wise cross-validation (``landseg cv``): each test subject is held out in turn.
+    """`landseg cv` (see cross_validation.md): each test subject is held out in turn."""
 
-    A group is a set of tiles (a zone); a test subject is one group, or several groups held out
-    together (seed 000's "subject pairs"). The rows come from one CSV file;
-    data_source.val_file and test_file are not used.
-    """
+    # A group is a set of tiles (a zone); a test subject is one group, or several groups held
+    # out together (seed 000's "subject pairs"). The rows come from one CSV file;
+    # data_source.val_file and test_file are not used.
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -61,7 +60,7 @@ class CrossValidation(BaseModel):
     checkpoint_every_n_epochs: int = Field(
         default=1,
         ge=1,
-        description="Each task saves <task_id>-epoch=NNN.ckpt every N epochs and after its "
+        description="Each task saves TASK_ID-epoch=NNN.ckpt every N epochs and after its "
         "last epoch.",
     )
 

@@ -42,6 +42,8 @@ log = logging.getLogger("landseg.cv")
 #: Set by mpiexec/mpirun of MPICH, Intel MPI and Open MPI in every rank.
 MPI_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALRANKID")
 REQUEST, REPLY, SETUP = 1, 2, 3
+#: Seconds between two looks for a message (latency is irrelevant next to a training task).
+RECV_POLL_S = 0.05
 
 
 def launched_by_mpi() -> bool:
@@ -55,10 +57,13 @@ def _send(comm: Any, message: dict[str, Any], dest: int, tag: int) -> None:
 
 
 def _recv(comm: Any, source: int, tag: int) -> tuple[dict[str, Any], int]:
+    """Wait for a message by polling: a blocking MPI receive spins a core at 100 %, which
+    would slow down the training of the other ranks on the same node."""
     from mpi4py import MPI
 
     status = MPI.Status()
-    comm.Probe(source=source, tag=tag, status=status)
+    while not comm.Iprobe(source=source, tag=tag, status=status):
+        time.sleep(RECV_POLL_S)
     buffer = bytearray(status.Get_count(MPI.BYTE))
     comm.Recv([buffer, MPI.BYTE], source=status.Get_source(), tag=tag)
     return json.loads(buffer.decode("utf-8")), status.Get_source()
@@ -142,10 +147,12 @@ def _coordinate(
 
 def _work(comm: Any, index: int, verbose: bool) -> None:
     """A worker rank: ask rank 0 for a task, run it, report, ask again."""
+    pin_gpu(index, visible_gpus())
+    import landseg.tasks.train  # noqa: F401  (the slow imports, while rank 0 plans the job)
+
     setup, _ = _recv(comm, 0, SETUP)
     if "error" in setup:
         raise SystemExit(2)
-    pin_gpu(index, visible_gpus())
     console_logging(verbose)
     job = Job.load(Path(setup["job"]))
     me = {"host": socket.gethostname(), "pid": os.getpid()}

@@ -454,18 +454,20 @@ def _note_ignored_keys(config: LandsegConfig) -> None:
         )
 
 
-def whole_data_config(config: LandsegConfig, rows_csv: Path) -> LandsegConfig:
+def whole_data_config(config: LandsegConfig, csv_file: Path) -> LandsegConfig:
     """The config that checks every row of the job at once (each task's test split included)."""
     data = config.model_dump(mode="json", exclude={"cross_validation"})
-    data["data_source"].update(train_file=str(rows_csv), val_file=None, test_file=str(rows_csv))
+    data["data_source"].update(train_file=str(csv_file), val_file=None, test_file=str(csv_file))
     return LandsegConfig.model_validate(data)
 
 
 def prepare_job(config_path: Path, overrides: list[str]) -> tuple[Job, list[Row]]:
     """Config file -> planned, checked job: every check (config, data, model) before any work.
 
-    The data are checked once for the whole job (one read of each raster header), through
-    ``rows.csv``: every row of the job with its group, written to the job folder.
+    The data are checked once for the whole job (one read of each raster header): through the
+    job's CSV file, so problems name its rows, or through ``rows.csv`` (every row of the job
+    with its group, always written to the job folder) when cross_validation.groups leaves
+    rows out.
     """
     from landseg.config.checks import check_config
     from landseg.config.load import load_config
@@ -480,7 +482,8 @@ def prepare_job(config_path: Path, overrides: list[str]) -> tuple[Job, list[Row]
     rows = group_rows(read_pairs(csv_file), cv, csv_file)
     plan, used = build_plan(rows, cv, config.data_source.percentage_val)
     folder = job_folder(config)
-    whole = check_config(whole_data_config(config, folder / ROWS_FILE))
+    checked = csv_file if len(used) == len(rows) else folder / ROWS_FILE
+    whole = check_config(whole_data_config(config, checked))
     atomic_write_text(folder / ROWS_FILE, csv_text(used, header=("image", "mask", "group")))
     summary = check_data(whole)
     train = config.train_setup

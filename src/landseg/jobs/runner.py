@@ -13,11 +13,13 @@ before anything initialises CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -80,13 +82,42 @@ def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
     run = RunFolder(job.task_dir(task), resuming=True)
     cv = job.config.cross_validation
     every = cv.checkpoint_every_n_epochs if cv is not None else 1
-    return train(
-        job.task_config(task),
-        job.task_summary(task),
-        verbose=verbose,
-        run=run,
-        extra_callbacks=[task_checkpoint(task.id, run.checkpoints, every)],
-    )
+    with isolated_task():
+        return train(
+            job.task_config(task),
+            job.task_summary(task),
+            verbose=verbose,
+            run=run,
+            extra_callbacks=[task_checkpoint(task.id, run.checkpoints, every)],
+        )
+
+
+#: What Lightning's DDP launcher leaves in the environment of the process that ran a task.
+DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def isolated_task() -> Iterator[None]:
+    """Run one task as if it had the process to itself, so the next task starts afresh.
+
+    After a DDP task, Lightning leaves ``LOCAL_RANK`` set (the next task would not start its
+    DDP processes), the process group open and fewer torch threads (a different result).
+    """
+    import torch
+
+    saved = {name: os.environ.get(name) for name in DDP_ENV}
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        torch.set_num_threads(threads)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @dataclass(frozen=True)
