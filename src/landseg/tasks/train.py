@@ -87,41 +87,49 @@ def checkpoint_base_name(config: LandsegConfig) -> str:
 
 
 def checkpoint_callbacks(config: LandsegConfig, run: RunFolder) -> list[ModelCheckpoint]:
-    """Top-k by lowest val_loss, top-k by highest val_miou, ``last``, and step checkpoints."""
+    """Top-k by lowest val_loss, top-k by highest val_miou, step checkpoints, then ``last``.
+
+    ``last`` comes after the top-k callbacks so that it records their bookkeeping for the
+    same validation: a run resumed from it keeps exactly the right top-k files.
+    """
     base = checkpoint_base_name(config)
     k = config.output_setup.save_top_k
     common = {"dirpath": run.checkpoints, "auto_insert_metric_name": False}
-    by_loss = ModelCheckpoint(
-        filename=f"{base}-loss-epoch={{epoch:03d}}-val_loss={{val_loss:.4f}}",
-        monitor="val_loss",
-        mode="min",
-        save_top_k=k,
-        save_last=True,
-        **common,
-    )
-    by_loss.CHECKPOINT_NAME_LAST = f"{base}-last"
-    callbacks = [by_loss]
+    callbacks = []
     if k > 0:
-        by_miou = ModelCheckpoint(
-            filename=f"{base}-miou-epoch={{epoch:03d}}-val_miou={{val_miou:.4f}}",
-            monitor="val_miou",
-            mode="max",
-            save_top_k=k,
-            **common,
+        callbacks.append(
+            ModelCheckpoint(
+                filename=f"{base}-loss-epoch={{epoch:03d}}-val_loss={{val_loss:.4f}}",
+                monitor="val_loss",
+                mode="min",
+                save_top_k=k,
+                **common,
+            )
         )
-        callbacks.append(by_miou)
+        callbacks.append(
+            ModelCheckpoint(
+                filename=f"{base}-miou-epoch={{epoch:03d}}-val_miou={{val_miou:.4f}}",
+                monitor="val_miou",
+                mode="max",
+                save_top_k=k,
+                **common,
+            )
+        )
     steps = config.train_setup.checkpoint_every_n_steps
     if steps:
-        periodic = ModelCheckpoint(
-            filename=f"{base}-step={{step:07d}}",
-            every_n_train_steps=steps,
-            save_top_k=1,
-            monitor="step",
-            mode="max",
-            **common,
+        callbacks.append(
+            ModelCheckpoint(
+                filename=f"{base}-step={{step:07d}}",
+                every_n_train_steps=steps,
+                save_top_k=1,
+                monitor="step",
+                mode="max",
+                **common,
+            )
         )
-        callbacks.append(periodic)
-    return callbacks
+    last = ModelCheckpoint(save_top_k=0, save_last=True, **common)
+    last.CHECKPOINT_NAME_LAST = f"{base}-last"
+    return [*callbacks, last]
 
 
 def latest_checkpoint(run: RunFolder) -> Path | None:
@@ -140,6 +148,27 @@ def latest_checkpoint(run: RunFolder) -> Path | None:
         if best is None or key[:2] > best[:2]:
             best = key
     return best[2] if best else None
+
+
+def prune_checkpoints_after(run: RunFolder, resumed_from: Path | None) -> list[Path]:
+    """Remove checkpoints written after the one a run resumes from.
+
+    They belong to the part of the run that is about to be trained again, and the restored
+    top-k bookkeeping does not know them: kept, they would stay as stale "best" files, or
+    make Lightning version the names of their recomputed twins (``-v1``).
+    """
+    if not run.checkpoints.is_dir():
+        return []
+    cutoff = resumed_from.stat().st_mtime_ns if resumed_from is not None else -1
+    stale = [
+        path
+        for path in run.checkpoints.glob("*.ckpt")
+        if path != resumed_from and path.stat().st_mtime_ns > cutoff
+    ]
+    for path in stale:
+        log.info("removing %s, written after the checkpoint the run resumes from", path.name)
+        path.unlink()
+    return stale
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -304,6 +333,8 @@ def _train_in(
         config.model_dump(mode="json"), summary.n_image_bands, list(summary.class_labels)
     )
     if rank_zero:
+        if run.resuming:
+            prune_checkpoints_after(run, ckpt_path)
         _write_run_files(config, run, task)
         os.environ[RUN_DIR_ENV] = str(run.path)
         log.info(
@@ -337,6 +368,7 @@ def _train_in(
 
 
 def best_loss_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best val_loss checkpoint (None with save_top_k 0: the caller uses ``last``)."""
     for callback in trainer.checkpoint_callbacks:
         if callback.monitor == "val_loss" and callback.best_model_path:
             return callback.best_model_path
