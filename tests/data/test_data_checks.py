@@ -94,7 +94,7 @@ def test_every_problem_at_once(tmp_path: Path, make_dataset, make_config) -> Non
         f"{val}, row 3: image {tmp_path / 'val' / 'img' / '2.tif'} is 8x8 but mask",
         "data_source.image_bands: band 4 but image",
         "data_source.mask_bands: band 5 but mask",
-        "patch sizes (height, width) differ across the splits: (16, 16) (e.g. ",
+        "patch sizes (height, width) differ in train and val: (16, 16) (e.g. ",
         "data_source.normalization_weights.val.mean has 3 values but 2 image bands are used",
         "data_source.class_labels has 2 values but there are 4 classes",
         "train_setup.class_imbalance has 3 values but there are 4 classes",

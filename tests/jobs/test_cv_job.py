@@ -191,5 +191,6 @@ def test_mpiexec_three_ranks(reference: Path, make_cv_config, tmp_path: Path) ->
     assert done.stdout.count("| overall") == 1  # only rank 0 reports
     same_results(job, reference)
     workers = {w for (w,) in log_rows(job, "SELECT worker FROM tasks")}
-    assert workers == {"rank-1", "rank-2"}
+    # a dynamic queue: which worker rank gets which task depends on timing; rank 0 only hands out
+    assert workers and workers <= {"rank-1", "rank-2"}
     assert log_rows(job, "SELECT SUM(attempts) FROM tasks") == [(2,)]

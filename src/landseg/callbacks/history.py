@@ -56,9 +56,17 @@ class HistoryWriter(Callback):
         report = dict(getattr(pl_module, "last_report", None) or {})
         loss = trainer.callback_metrics.get(f"{stage}_loss")
         report["loss"] = float(loss) if loss is not None else None
-        report["learning rate"] = self.epoch_lr if stage == "val" else _learning_rate(trainer)
+        epoch_lr = self.epoch_lr if self.epoch_lr is not None else _learning_rate(trainer)
+        report["learning rate"] = epoch_lr if stage == "val" else _learning_rate(trainer)
         report["step"] = trainer.global_step
         return report
+
+    def state_dict(self) -> dict[str, Any]:
+        # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
+        return {"epoch_lr": self.epoch_lr}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch_lr = state_dict.get("epoch_lr")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.callback_metrics  # noqa: B018  (every rank: the read syncs metrics under DDP)
