@@ -42,7 +42,7 @@ from landseg.config.schema import LandsegConfig, SplitStats
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
 from landseg.data.raster import open_raster
 from landseg.errors import DataError, LandsegError
-from landseg.io import atomic_path
+from landseg.io import atomic_path, checkpoint_error_line, load_checkpoint
 from landseg.loggers.figures import class_palette
 from landseg.models.registry import model_size_multiple
 from landseg.tasks.predict import encode_probabilities
@@ -98,16 +98,12 @@ class LoadedModel:
         from landseg.tasks.segmentation import SegmentationTask
 
         try:
+            load_checkpoint(checkpoint)  # refuses a crafted file with one clear line
             task = SegmentationTask.load_from_checkpoint(
                 checkpoint, map_location="cpu", weights_only=True
             )
-        except FileNotFoundError as error:
-            raise LandsegError(f"{checkpoint}: checkpoint not found") from error
         except Exception as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise LandsegError(
-                f"{checkpoint}: not a loadable landseg checkpoint ({reason})"
-            ) from error
+            raise LandsegError(checkpoint_error_line(checkpoint, error)) from error
         task.to(choose_device(device))
         return cls.from_task(task, Path(checkpoint).absolute())
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
@@ -30,7 +29,13 @@ from landseg.data.datamodule import DATAMODULES
 from landseg.data.resumable import ResumeTracker
 from landseg.data.summary import DataSummary
 from landseg.errors import LandsegError
-from landseg.io import atomic_write_json, atomic_write_text
+from landseg.io import (
+    UnsafeCheckpointError,
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_error_line,
+    load_checkpoint,
+)
 from landseg.runs import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -140,7 +145,9 @@ def latest_checkpoint(run: RunFolder) -> Path | None:
     best: tuple[int, float, Path] | None = None
     for path in candidates:
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            checkpoint = load_checkpoint(path)
+        except UnsafeCheckpointError as error:  # never skip past a crafted file silently
+            raise LandsegError(str(error)) from error
         except Exception as error:  # a torn file from a crash: skip it, keep looking
             log.warning("skipping unreadable checkpoint %s: %s", path, error)
             continue
@@ -418,14 +425,13 @@ def resume_from_checkpoint(checkpoint: Path, *, verbose: bool = False) -> Path:
     from landseg.data.checks import check_data
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        state = load_checkpoint(checkpoint)
+    except Exception as error:
+        raise LandsegError(checkpoint_error_line(checkpoint, error)) from error
+    try:
         raw = state["hyper_parameters"]["config"]
-    except FileNotFoundError as error:
-        raise LandsegError(f"{checkpoint}: checkpoint not found") from error
     except (KeyError, TypeError) as error:
         raise LandsegError(f"{checkpoint}: checkpoint holds no landseg config") from error
-    except Exception as error:
-        raise LandsegError(f"{checkpoint}: not a loadable landseg checkpoint: {error}") from error
     raw["train_setup"]["continue_training"] = True
     config = check_config(validate_config(raw))
     summary = check_data(config)
