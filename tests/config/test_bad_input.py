@@ -1,19 +1,27 @@
 """The bad-input corpus: every broken config or dataset gives exit 2 and names its culprit.
 
-Each case mutates the (valid) demo config or its data, runs ``landseg validate`` and checks:
-exit code 2, no traceback, every stderr line one problem, and the culprit (key, file or row)
-named.
+Each case of :data:`CASES` mutates the (valid) demo config or its data, runs ``landseg
+validate`` and checks: exit code 2, no traceback, every stderr line one problem, and the culprit
+(key, file or row) named. :data:`TRAIN_CASES` (output folders) need ``landseg train``: the run
+folder is only resolved there. Pixel problems (NaN or infinite image values, mask values out of
+range) are only visible once pixels are read, during training: a NaN stops the run cleanly
+with its last checkpoint intact; an out-of-range mask value is ignored (docs/design.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
+import torch
 
 from landseg.cli import main
 from landseg.io import write_geotiff
@@ -54,6 +62,31 @@ def both(*mutations: Mutation) -> Mutation:
     return mutate
 
 
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """``landseg ARGS`` in this process: (exit code, captured stderr).
+
+    landseg's and Lightning's console log handlers are made once per process, bound to the
+    ``sys.stderr`` of that moment (an earlier test's capture, closed since): point them at ours.
+    """
+    for name in ("landseg", "lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.stream = sys.stderr
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Torch on one thread while a test trains (fast and steady on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def demo_rows(demo: Path, csv: str = "train.csv") -> list[list[str]]:
     rows = [line.split(",") for line in (demo / csv).read_text().splitlines() if line.strip()]
     return [[str(demo / cell) for cell in row] for row in rows]
@@ -71,7 +104,8 @@ def csv_with(rows_fn: Callable[[Path, Path], list[str]], key: str = "train_file"
 
 
 def with_raster(kind: str) -> Mutation:
-    """Replace the first train image by a broken raster of the given kind."""
+    """Replace the first train image (or, for ``mask ...`` kinds, its mask; for ``small pair``
+    both) by a broken raster of the given kind."""
 
     def rows(tmp: Path, demo: Path) -> list[str]:
         lines = [",".join(r) for r in demo_rows(demo)]
@@ -79,7 +113,7 @@ def with_raster(kind: str) -> Mutation:
         bad = tmp / "bad.tif"
         if kind == "empty":
             bad.write_bytes(b"")
-        elif kind == "garbage":
+        elif kind in ("garbage", "mask garbage"):
             bad.write_bytes(b"this is not a tiff" * 10)
         elif kind == "truncated":
             bad.write_bytes(Path(image).read_bytes()[:100])
@@ -87,9 +121,19 @@ def with_raster(kind: str) -> Mutation:
             write_geotiff(bad, np.zeros((4, 16, 16), np.uint8))
         elif kind == "bands":
             write_geotiff(bad, np.zeros((2, 32, 32), np.uint8))
-        elif kind == "uint16":
+        elif kind in ("uint16", "mixed dtypes"):
             write_geotiff(bad, np.zeros((4, 32, 32), np.uint16))
-        lines[0] = f"{bad},{mask}"
+        elif kind == "mask index":
+            write_geotiff(bad, np.zeros((1, 32, 32), np.uint8))
+        elif kind == "small pair":
+            write_geotiff(bad, np.ones((4, 16, 16), np.uint8))
+            write_geotiff(tmp / "bad_mask.tif", np.ones((4, 16, 16), np.uint8))
+        elif kind == "folder":
+            bad.mkdir()
+        if kind.startswith("mask"):
+            lines[0] = f"{image},{bad}"
+        else:
+            lines[0] = f"{bad},{tmp / 'bad_mask.tif' if kind == 'small pair' else mask}"
         return lines[:1] if kind == "uint16" else lines  # one dtype, so only pixel_range fails
 
     return csv_with(rows)
@@ -105,9 +149,27 @@ def no_wandb(config: dict, tmp: Path, demo: Path) -> None:
     config["__no_wandb__"] = True  # the test hides the wandb package
 
 
-def syntax(text: str, suffix: str = ".json") -> Mutation:
+def syntax(text: str | bytes, suffix: str = ".json") -> Mutation:
     def mutate(config: dict, tmp: Path, demo: Path) -> None:
         config["__raw__"] = (text, suffix)
+
+    return mutate
+
+
+def config_path(path: str) -> Mutation:
+    """Give ``landseg validate -c`` this path instead of the written config."""
+
+    def mutate(config: dict, tmp: Path, demo: Path) -> None:
+        config["__path__"] = path.format(tmp=tmp, demo=demo)
+
+    return mutate
+
+
+def csv_bytes(data: bytes) -> Mutation:
+    def mutate(config: dict, tmp: Path, demo: Path) -> None:
+        path = tmp / "broken_train_file.csv"
+        path.write_bytes(data)
+        config["data_source"]["train_file"] = str(path)
 
     return mutate
 
@@ -229,10 +291,74 @@ CASES: dict[str, tuple[Mutation, str]] = {
         both(with_raster("uint16"), setkey("output_setup.get_prediction", False), same_split_csvs),
         "data_source.pixel_range",
     ),
+    # --- config files
+    "config file missing": (config_path("{tmp}/nope/config.json"), "nope/config.json"),
+    "config is a folder": (config_path("{demo}"), "config file not found"),
+    "config file empty": (syntax(""), "config.json:1:1"),
+    "config not utf-8": (syntax(b"\xff\xfe\x00{garbage\x80"), "config.json"),
+    "lr NaN": (setkey("train_setup.lr", float("nan")), "train_setup.lr"),
+    "image_bands empty": (setkey("data_source.image_bands", []), "data_source.image_bands"),
+    "std zero": (
+        setkey("data_source.normalization_weights", {"train": {"mean": [0.5] * 4, "std": [0] * 4}}),
+        "normalization_weights.train.std",
+    ),
+    "class labels repeated": (
+        setkey("data_source.class_labels", ["a", "a", "b", "c"]),
+        "data_source.class_labels",
+    ),
+    "mask bands repeated": (setkey("data_source.mask_bands", [1, 1, 2, 3]), "mask_bands"),
+    "version ..": (setkey("output_setup.version_name", ".."), "output_setup.version_name"),
+    "experiment ../..": (setkey("output_setup.name_exp_log", "../.."), "name_exp_log"),
+    # --- CSV files
+    "missing val csv": (setkey("data_source.val_file", "/nonexistent/val.csv"), "val.csv"),
+    "csv is a folder": (setkey("data_source.train_file", "/"), "CSV file does not exist"),
+    "csv header only": (csv_with(lambda tmp, demo: ["image,mask"]), "broken_train_file.csv"),
+    "csv not utf-8": (csv_bytes(b"\xff\xfe\x00\x80img.tif,\x81msk.tif\n"), "broken_train_file"),
+    "empty mask cell": (
+        csv_with(lambda tmp, demo: [f"{demo_rows(demo)[0][0]},"]),
+        "broken_train_file.csv, row 1",
+    ),
+    "missing mask": (
+        csv_with(lambda tmp, demo: [f"{demo_rows(demo)[0][0]},{tmp}/nope_mask.tif"]),
+        "nope_mask.tif",
+    ),
+    # --- rasters
+    "image is a folder": (with_raster("folder"), "bad.tif"),
+    "garbage mask": (with_raster("mask garbage"), "bad.tif"),
+    "mixed dtypes": (with_raster("mixed dtypes"), "images have different dtypes"),
+    "mixed patch sizes": (with_raster("small pair"), "patch sizes"),
+    "index mask among one-hot": (
+        both(with_raster("mask index"), delkey("data_source.mask_bands")),
+        "masks mix single-band class-index and multi-band one-hot masks",
+    ),
+}
+
+#: Cases landseg does not yet reject cleanly (strict: fixing one makes its test fail, so the
+#: entry is removed then).
+KNOWN_GAPS = {
+    "csv not utf-8": "read_pairs() lets UnicodeDecodeError escape: a traceback, exit 1",
+    "mask bands repeated": "mask_bands [1, 1, 2, 3] is accepted: two classes read one band",
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+def assert_rejected(code: int, err: str, culprit: str) -> None:
+    """Exit 2, no traceback, every stderr line one ``error:`` naming a problem, culprit named."""
+    assert code == 2, err
+    assert culprit in err, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines), err
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[case]))
+        if case in KNOWN_GAPS
+        else case
+        for case in sorted(CASES)
+    ],
+)
 def test_bad_input_is_rejected_with_its_culprit(
     case: str,
     demo_config: dict,
@@ -244,24 +370,207 @@ def test_bad_input_is_rejected_with_its_culprit(
     mutation, culprit = CASES[case]
     mutation(demo_config, tmp_path, demo_dir)
     raw = demo_config.pop("__raw__", None)
+    given_path = demo_config.pop("__path__", None)
     if demo_config.pop("__no_wandb__", False):
         monkeypatch.setitem(sys.modules, "wandb", None)
-    if raw:
+    if given_path:
+        path = Path(given_path)
+    elif raw:
         path = tmp_path / f"config{raw[1]}"
-        path.write_text(raw[0])
+        text = raw[0]
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
     else:
         path = write_config(tmp_path / "config.json", demo_config)
-    code = main(["validate", "-c", str(path)])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert culprit in err, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert lines and all(line.startswith("error: ") for line in lines), err
+    assert_rejected(*run_cli(["validate", "-c", str(path)], capsys), culprit)
 
 
 def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 50
+    assert len(CASES) + len(TRAIN_CASES) >= 80
+
+
+# ---------------------------------------------------------------------------- output folders
+
+
+def existing_version(config: dict, tmp: Path, demo: Path) -> None:
+    run = Path(config["output_setup"]["output_folder"]) / "exp" / "v1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+
+
+def read_only_output(config: dict, tmp: Path, demo: Path) -> None:
+    folder = tmp / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    # root ignores permissions: sysfs refuses new folders to everyone
+    config["output_setup"]["output_folder"] = "/sys/landseg" if os.geteuid() == 0 else str(folder)
+
+
+def output_is_a_file(config: dict, tmp: Path, demo: Path) -> None:
+    (tmp / "a-file").write_text("")
+    config["output_setup"]["output_folder"] = str(tmp / "a-file")
+
+
+TRAIN_CASES: dict[str, tuple[Mutation, str]] = {
+    "existing version": (existing_version, "already exists"),
+    "continue a missing version": (
+        setkey("train_setup.continue_training", True),
+        "train_setup.continue_training: no run to continue",
+    ),
+    "continue an empty experiment": (
+        both(
+            setkey("train_setup.continue_training", True), setkey("output_setup.version_name", None)
+        ),
+        "train_setup.continue_training: no run to continue",
+    ),
+    "read-only output folder": (read_only_output, "output_setup.output_folder: cannot write"),
+    "output folder is a file": (output_is_a_file, "output_setup.output_folder: cannot write"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_bad_output_folder_is_rejected_by_train(
+    case: str, demo_config: dict, demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    demo_config["output_setup"].update(name_exp_log="exp", version_name="v1")
+    mutation, culprit = TRAIN_CASES[case]
+    mutation(demo_config, tmp_path, demo_dir)
+    config = write_config(tmp_path / "config.json", demo_config)
+    assert_rejected(*run_cli(["train", "-c", str(config)], capsys), culprit)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+# ---------------------------------------------------------------------------- pixels
+
+
+def float_dataset(demo_config: dict, demo: Path, tmp: Path) -> list[Path]:
+    """Point the config at float32 copies (0-1) of the demo images; returns the val images."""
+    source = demo_config["data_source"]
+    for split in ("train", "val"):
+        lines = []
+        for image, mask in demo_rows(demo, f"{split}.csv"):
+            copy = tmp / "float" / Path(image).name
+            with rasterio.open(image) as src:
+                write_geotiff(copy, src.read().astype(np.float32) / 255, crs=src.crs)
+            lines.append(f"{copy},{mask}")
+        (tmp / f"{split}.csv").write_text("\n".join(lines) + "\n")
+        source[f"{split}_file"] = str(tmp / f"{split}.csv")
+    source.pop("test_file")
+    return [Path(line.split(",")[0]) for line in (tmp / "val.csv").read_text().splitlines()]
+
+
+def poison(image: Path, value: float) -> np.ndarray:
+    """Set one pixel of ``image`` to ``value``; returns the original pixels."""
+    with rasterio.open(image) as src:
+        pixels, crs = src.read(), src.crs
+    bad = pixels.copy()
+    bad[0, 5, 7] = value
+    write_geotiff(image, bad, crs=crs)
+    return pixels
+
+
+def pixel_run_config(demo_config: dict, tmp: Path, workers: int) -> Path:
+    demo_config["train_setup"].update(epochs=2, checkpoint_every_n_steps=1)
+    demo_config["output_setup"].update(
+        name_exp_log="exp", version_name="v1", use_tensorboard=False, get_prediction=False
+    )
+    demo_config["device_setup"]["num_workers"] = workers
+    return write_config(tmp / "config.json", demo_config)
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_pixel_stops_the_run_with_its_last_checkpoint_intact(
+    value: float,
+    demo_config: dict,
+    demo_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The NaN is in a validation image: the first validation fails, after 4 training steps."""
+    val_images = float_dataset(demo_config, demo_dir, tmp_path)
+    original = poison(val_images[1], value)
+    config = pixel_run_config(demo_config, tmp_path, workers=0)
+    assert run_cli(["validate", "-c", str(config)], capsys)[0] == 0  # headers: nothing to see
+    with single_thread():
+        code, err = run_cli(["train", "-c", str(config)], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    [line] = error_lines(err)
+    assert val_images[1].name in line and "NaN or infinite" in line and "row 2" in line, line
+    run = tmp_path / "runs" / "exp" / "v1"
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "failed" and "NaN" in state["error"]
+    [step] = run.glob("checkpoints/*-step=*.ckpt")
+    assert torch.load(step, weights_only=True)["global_step"] == 4
+
+    write_geotiff(val_images[1], original, crs="EPSG:32631")  # fixed: the run continues
+    demo_config["train_setup"]["continue_training"] = True
+    with single_thread():
+        fixed = write_config(tmp_path / "fixed.json", demo_config)
+        assert run_cli(["train", "-c", str(fixed)], capsys)[0] == 0
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="a DataError raised in a DataLoader worker comes back as DataError(torch's 'Caught "
+    "DataError in DataLoader worker process 0. Original Traceback ...'): the CLI prints the "
+    "worker's traceback; landseg should keep the original problem line (e.g. re-raise "
+    "DataError(error.problems) from the worker message, or catch it in the dataset wrapper)",
+)
+def test_non_finite_pixel_read_by_a_worker_is_one_clean_line(
+    demo_config: dict,
+    demo_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    val_images = float_dataset(demo_config, demo_dir, tmp_path)
+    poison(val_images[1], float("nan"))
+    config = pixel_run_config(demo_config, tmp_path, workers=2)
+    with single_thread():
+        code, err = run_cli(["train", "-c", str(config)], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    [line] = error_lines(err)
+    assert val_images[1].name in line and "NaN or infinite" in line, line
+
+
+def test_out_of_range_mask_values_are_ignored(
+    demo_config: dict, demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Class-index mask values >= the number of classes (here 9 and 200, with 4 labels) are
+    not rejected (the check reads headers only); the pixels are ignored, never a class."""
+    from landseg.data.datamodule import CsvSegmentationDataModule
+
+    lines = []
+    for i, (image, onehot) in enumerate(demo_rows(demo_dir)):
+        with rasterio.open(onehot) as src:
+            classes = src.read().argmax(axis=0).astype(np.uint8)
+        classes[:2, :3] = 9 if i % 2 else 200
+        index_mask = tmp_path / f"index_{i}.tif"
+        write_geotiff(index_mask, classes)
+        lines.append(f"{image},{index_mask}")
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    source = demo_config["data_source"]
+    source.update(train_file=str(tmp_path / "train.csv"), val_file=str(tmp_path / "train.csv"))
+    source.pop("mask_bands")
+    source.pop("test_file")
+    demo_config["output_setup"]["get_prediction"] = False
+    config = write_config(tmp_path / "config.json", demo_config)
+    code, err = run_cli(["validate", "-c", str(config)], capsys)
+    assert code == 0, err
+    from landseg.cli import load_and_check
+
+    checked, summary = load_and_check(config, [])
+    assert summary.n_classes == 4
+    sample = CsvSegmentationDataModule(checked, summary).train_dataset[0]
+    assert (sample["mask"][:2, :3] == -1).all()
+    assert int(sample["mask"].max()) < 4
 
 
 def test_every_problem_is_reported_at_once(

@@ -91,6 +91,33 @@ def checkpoint_base_name(config: LandsegConfig) -> str:
     return Path(name.replace(":", "-")).stem
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """Checkpoints every N training steps, except on a step that a validation follows.
+
+    A checkpoint taken there would resume past the validation without running it; the
+    validation's own checkpoints (top-k, last) follow within moments anyway.
+    """
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        batch_idx = kwargs.get("batch_idx", args[-1] if args else 0)
+        done = batch_idx + 1
+        val_every = trainer.val_check_batch
+        if done >= trainer.num_training_batches or (
+            isinstance(val_every, int) and done % val_every == 0
+        ):
+            return
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+
+def keep_newest_step_checkpoint(run: RunFolder) -> None:
+    """Drop older step checkpoints: Lightning never deletes the one a run resumed from."""
+    steps = sorted(run.checkpoints.glob("*-step=*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    for path in steps[:-1]:
+        path.unlink(missing_ok=True)
+
+
 def checkpoint_callbacks(config: LandsegConfig, run: RunFolder) -> list[ModelCheckpoint]:
     """Top-k by lowest val_loss, top-k by highest val_miou, step checkpoints, then ``last``.
 
@@ -123,7 +150,7 @@ def checkpoint_callbacks(config: LandsegConfig, run: RunFolder) -> list[ModelChe
     steps = config.train_setup.checkpoint_every_n_steps
     if steps:
         callbacks.append(
-            ModelCheckpoint(
+            StepCheckpoint(
                 filename=f"{base}-step={{step:07d}}",
                 every_n_train_steps=steps,
                 save_top_k=1,
@@ -370,6 +397,7 @@ def _train_in(
         if rank_zero:
             os.environ.pop(RUN_DIR_ENV, None)
     if trainer.is_global_zero:
+        keep_newest_step_checkpoint(run)
         run.update_state(status="finished", ended=now_iso(), early_stopped=early)
     return run.path
 

@@ -1,0 +1,208 @@
+"""GPU throughput: images/s of a ResNet-34 U-Net on 512x512 tiles, landseg against a hand loop.
+
+Needs one CUDA GPU (not run on the 2-core CPU machine where the other benchmarks ran; see
+README.md for how to run it). Data: ``landseg demo-data``'s generator at 512x512 (4-band uint8
+GeoTIFFs, 4-class one-hot masks), written once to a temporary folder. Variants, each a fresh
+model trained for ``--epochs`` epochs (the first is warm-up and left out):
+
+* ``landseg``: ``landseg train`` (``model_name: resnet34``) with all logging on, fp32;
+* ``landseg-bf16-cl``: the same with bf16 autocast (Lightning ``precision="bf16-mixed"``) and
+  a channels-last model. landseg has no config key for either yet, so this benchmark passes
+  ``precision`` to the Trainer and converts the model in a callback;
+* ``hand``, ``hand-bf16``, ``hand-cl``, ``hand-bf16-cl``: the hand-written loop of
+  :func:`benchmarks.common.hand_fit` on the same model, data, batch size and workers.
+
+Images/s counts the train tiles of an epoch over its whole time (training, validation on
+``--val`` tiles, and for landseg its checkpoints and loggers), with ``cuda.synchronize`` at
+each stamp. GPU utilisation is sampled with ``nvidia-smi`` every 0.5 s during the steady
+epochs; peak memory is ``torch.cuda.max_memory_allocated``.
+
+    python -m benchmarks.bench_gpu --tiles 128 --val 16 --batch-size 16 --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from benchmarks.common import (
+    Clock,
+    EpochClock,
+    bare_loader,
+    hand_fit,
+    load_average,
+    median,
+    report,
+)
+
+VARIANTS = ("landseg", "landseg-bf16-cl", "hand", "hand-bf16", "hand-cl", "hand-bf16-cl")
+
+
+class GpuSampler:
+    """``nvidia-smi`` utilisation (%) and memory (MiB) every ``period`` s, in a thread."""
+
+    def __init__(self, period: float = 0.5):
+        self.period = period
+        self.samples: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        query = "--query-gpu=utilization.gpu,memory.used"
+        command = ["nvidia-smi", query, "--format=csv,noheader,nounits", "--id=0"]
+        while not self._stop.wait(self.period):
+            out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
+            try:
+                util, memory = (float(v) for v in out.strip().split(","))
+            except ValueError:
+                continue
+            self.samples.append((time.perf_counter(), util, memory))
+
+    def __enter__(self) -> GpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mean_between(self, start: float, end: float) -> dict[str, float]:
+        inside = [(u, m) for t, u, m in self.samples if start <= t <= end]
+        if not inside:
+            return {"gpu_util_pct": float("nan"), "gpu_mem_mib": float("nan")}
+        return {
+            "gpu_util_pct": round(sum(u for u, _ in inside) / len(inside), 1),
+            "gpu_mem_mib": max(m for _, m in inside),
+        }
+
+
+class ChannelsLast(Callback):
+    """Converts the LightningModule to channels-last memory format when fit starts."""
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        pl_module.to(memory_format=torch.channels_last)
+
+
+def make_data(folder: Path, args: argparse.Namespace) -> tuple[list, list]:
+    """Writes the tiles and their demo config; (image, mask) rows of train and val."""
+    from landseg.data.demo import write_demo_dataset
+
+    write_demo_dataset(folder, n_tiles=args.tiles + args.val, size=args.size)
+    rows = [
+        (folder / image, folder / mask)
+        for image, mask in (
+            line.split(",")[:2] for line in (folder / "zones.csv").read_text().splitlines()[1:]
+        )
+    ]
+    return rows[: args.tiles], rows[args.tiles :]
+
+
+def landseg_variant(
+    folder: Path, args: argparse.Namespace, train_rows: list, val_rows: list, fast: bool
+) -> Clock:
+    from landseg.cli import load_and_check
+    from landseg.tasks.train import train
+
+    config = json.loads((folder / "data" / "demo.json").read_text())
+    for split, rows in (("train", train_rows), ("val", val_rows)):
+        csv = folder / f"{split}.csv"
+        csv.write_text("".join(f"{image},{mask}\n" for image, mask in rows))
+        config["data_source"][f"{split}_file"] = str(csv)
+    config["data_source"].pop("test_file")
+    config["train_setup"].update(
+        model_name="resnet34", epochs=args.epochs, batch_size=args.batch_size, deterministic=False
+    )
+    config["output_setup"].update(
+        output_folder=str(folder / "runs"),
+        version_name="bf16-cl" if fast else "fp32",
+        get_prediction=False,
+        progress=0,
+    )
+    config["device_setup"] = {"accelerator": "gpu", "device": 1, "num_workers": args.workers}
+    path = folder / "gpu.json"
+    path.write_text(json.dumps(config))
+    checked, summary = load_and_check(path, [])
+    clock = EpochClock(sync=torch.cuda.synchronize)
+    extra: list[Callback] = [clock, ChannelsLast()] if fast else [clock]
+    trainer = partial(pl.Trainer, precision="bf16-mixed") if fast else pl.Trainer
+    with mock.patch.object(pl, "Trainer", trainer):
+        train(checked, summary, extra_callbacks=extra)
+    return clock.clock
+
+
+def hand_variant(args: argparse.Namespace, train_rows: list, val_rows: list, name: str) -> Clock:
+    from landseg.models.registry import build_model
+
+    torch.manual_seed(0)
+    clock = Clock(sync=torch.cuda.synchronize)
+    hand_fit(
+        build_model("resnet34", 4, 4, {}),
+        bare_loader(train_rows, args.batch_size, args.workers, shuffle=True),
+        bare_loader(val_rows, args.batch_size, args.workers, shuffle=False),
+        epochs=args.epochs,
+        n_classes=4,
+        device="cuda",
+        bf16="bf16" in name,
+        channels_last=name.endswith("-cl"),
+        clock=clock,
+    )
+    return clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiles", type=int, default=128, help="train tiles")
+    parser.add_argument("--val", type=int, default=16, help="val tiles")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=4, help="per variant; the first is skipped")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gpu needs a CUDA GPU")
+    load_before = load_average()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp, GpuSampler() as sampler:
+        folder = Path(tmp)
+        train_rows, val_rows = make_data(folder / "data", args)
+        for name in args.variants:
+            torch.cuda.reset_peak_memory_stats()
+            if name.startswith("landseg"):
+                clock = landseg_variant(folder, args, train_rows, val_rows, name != "landseg")
+            else:
+                clock = hand_variant(args, train_rows, val_rows, name)
+            walls = [wall for wall, _ in clock.intervals()]
+            steady_start, end = clock.stamps[1][0], clock.stamps[-1][0]
+            results[name] = {
+                "images_per_s": round(len(train_rows) / median(walls), 1),
+                "s_per_epoch": round(median(walls), 3),
+                **sampler.mean_between(steady_start, end),
+                "peak_alloc_mib": round(torch.cuda.max_memory_allocated() / 2**20),
+            }
+            print(name, results[name], flush=True)
+    for name in ("landseg", "landseg-bf16-cl"):
+        hand = "hand" + name.removeprefix("landseg")
+        if name in results and hand in results:
+            results[f"{name}_vs_{hand}"] = round(
+                results[name]["images_per_s"] / results[hand]["images_per_s"], 3
+            )
+    setup = {k: getattr(args, k) for k in ("tiles", "val", "size", "batch_size", "epochs")}
+    setup.update(model="resnet34 U-Net (24.4M parameters)", gpu=torch.cuda.get_device_name(0))
+    report("gpu", {"setup": setup, "results": results}, load_before)
+
+
+if __name__ == "__main__":
+    main()

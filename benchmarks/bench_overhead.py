@@ -1,0 +1,158 @@
+"""``landseg train`` against a minimal hand-written PyTorch loop: seconds per epoch.
+
+Same network (lightunet, built by landseg's registry for both), same Dubai tiles, batch size,
+workers, epochs and optimiser. landseg runs with all its logging on (history, TensorBoard with
+images, histograms and figures, top-k checkpoints, ``last``, run.json); the hand loop is Adam,
+cross-entropy with ``ignore_index=-1`` and a validation pass with a bincount confusion matrix.
+
+Epochs are timed from inside: a callback stamps each train-epoch start and the end of training
+(so an epoch includes validation, checkpoints and every logger), the hand loop stamps the same
+points. The first epoch of each run is left out (warm-up), runs alternate between the two, and
+the figure is the median over runs of each run's median epoch. Wall and process CPU time are
+both reported (CPU time is less sensitive to other jobs on a shared machine).
+
+    python -m benchmarks.bench_overhead --train 32 --val 8 --runs 3 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.profilers import SimpleProfiler
+
+from benchmarks.common import (
+    DUBAI_CLASSES,
+    Clock,
+    EpochClock,
+    add_threads_argument,
+    apply_threads,
+    bare_loader,
+    dubai_config,
+    dubai_rows,
+    hand_fit,
+    load_average,
+    median,
+    report,
+)
+
+
+def landseg_epochs(
+    folder: Path, config: dict[str, Any], version: str, profiler: SimpleProfiler | None = None
+) -> list[tuple[float, float]]:
+    """Train with landseg (what ``landseg train -c`` runs); (wall, cpu) of the steady epochs."""
+    from landseg.cli import load_and_check
+    from landseg.tasks.train import train
+
+    path = folder / f"{version}.json"
+    path.write_text(json.dumps(config))
+    checked, summary = load_and_check(path, [f"output_setup.version_name={version}"])
+    clock = EpochClock()
+    trainer = partial(pl.Trainer, profiler=profiler) if profiler else pl.Trainer
+    with mock.patch.object(pl, "Trainer", trainer):
+        train(checked, summary, extra_callbacks=[clock])
+    return clock.clock.intervals()
+
+
+def hand_epochs(args: argparse.Namespace, train_rows: list, val_rows: list) -> list:
+    """The same training by the hand-written loop; (wall, cpu) of the steady epochs."""
+    from landseg.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lightunet", 3, len(DUBAI_CLASSES), {})
+    clock = Clock()
+    hand_fit(
+        model,
+        bare_loader(train_rows, args.batch_size, args.workers, shuffle=True),
+        bare_loader(val_rows, args.batch_size, args.workers, shuffle=False),
+        epochs=args.epochs,
+        n_classes=len(DUBAI_CLASSES),
+        clock=clock,
+    )
+    return clock.intervals()
+
+
+def profile_breakdown(profiler: SimpleProfiler, epochs: int, top: int = 14) -> dict[str, float]:
+    """Seconds per epoch of the costliest Lightning actions and callback hooks."""
+    totals: dict[str, float] = defaultdict(float)
+    for action, durations in profiler.recorded_durations.items():
+        totals[action] += sum(durations)
+    ranked = sorted(totals.items(), key=lambda item: -item[1])[:top]
+    return {action: round(total / epochs, 3) for action, total in ranked}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=32, help="Dubai train tiles")
+    parser.add_argument("--val", type=int, default=8, help="Dubai val tiles")
+    parser.add_argument("--epochs", type=int, default=3, help="per run (the first is skipped)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument(
+        "--profile-epochs", type=int, default=2, help="an extra profiled landseg run (0: none)"
+    )
+    add_threads_argument(parser)
+    args = parser.parse_args()
+    apply_threads(args.threads)
+    load_before = load_average()
+    train_rows, val_rows = dubai_rows("train", args.train), dubai_rows("val", args.val)
+    times: dict[str, list[list[tuple[float, float]]]] = {"landseg": [], "hand": []}
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        folder = Path(tmp)
+        config = dubai_config(
+            folder,
+            train_rows,
+            val_rows,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+        for run in range(args.runs):  # alternate, so a change of load hits both alike
+            times["landseg"].append(landseg_epochs(folder, config, f"run{run}"))
+            times["hand"].append(hand_epochs(args, train_rows, val_rows))
+            print(f"run {run}: load {load_average()}", flush=True)
+        breakdown: dict[str, float] = {}
+        if args.profile_epochs:
+            profiler = SimpleProfiler(dirpath=folder, filename="profile")
+            profiled = {**config, "train_setup": {**config["train_setup"]}}
+            profiled["train_setup"]["epochs"] = args.profile_epochs
+            landseg_epochs(folder, profiled, "profiled", profiler)
+            breakdown = profile_breakdown(profiler, args.profile_epochs)
+
+    result: dict[str, Any] = {
+        "setup": {
+            "train_tiles": args.train,
+            "val_tiles": args.val,
+            "tile": "256x256x3 uint8, 6 classes",
+            "model": "lightunet",
+            **{k: getattr(args, k) for k in ("epochs", "runs", "batch_size", "workers")},
+        }
+    }
+    for kind in ("wall", "cpu"):
+        index = 0 if kind == "wall" else 1
+        per_run = {
+            name: [median([t[index] for t in run]) for run in runs] for name, runs in times.items()
+        }
+        landseg_s, hand_s = median(per_run["landseg"]), median(per_run["hand"])
+        result[f"{kind}_s_per_epoch"] = {
+            "landseg": round(landseg_s, 3),
+            "hand": round(hand_s, 3),
+            "ratio": round(landseg_s / hand_s, 4),
+            "overhead_s": round(landseg_s - hand_s, 3),
+            "per_run": {name: [round(v, 3) for v in values] for name, values in per_run.items()},
+        }
+    result["landseg_profile_s_per_epoch"] = breakdown
+    report("overhead", result, load_before)
+
+
+if __name__ == "__main__":
+    main()

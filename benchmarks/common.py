@@ -1,0 +1,316 @@
+"""What the benchmarks share: the machine's description, the Dubai subset, the bare rasterio
+reader and the hand-written PyTorch loop that landseg is measured against, and epoch clocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from lightning.pytorch.callbacks import Callback
+from rasterio.errors import NotGeoreferencedWarning
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DUBAI = SHARED_DATA / "dubai-aerial"
+DUBAI_CLASSES = ["building", "land", "road", "vegetation", "water", "unlabeled"]
+IGNORE = -1
+Row = tuple[Path, Path]
+
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # Dubai tiles have no CRS
+
+
+# ---------------------------------------------------------------------------- the machine
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, as ``uptime`` prints them."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def machine() -> dict[str, Any]:
+    """Where a figure was measured: date, cores, CPU model, RAM, load, versions."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "date": dt.date.today().isoformat(),
+        "nproc": os.cpu_count(),
+        "cpu": cpu or platform.processor(),
+        "ram_gib": round(ram, 1),
+        "load_1_5_15": load_average(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def report(name: str, result: dict[str, Any], load_before: str) -> None:
+    """Print one benchmark's result as JSON, with the machine and its load before and after."""
+    info = machine()
+    info["load_before"] = load_before
+    print(json.dumps({"benchmark": name, "machine": info, **result}, indent=2, default=str))
+
+
+def bytecode_env(cache: Path) -> dict[str, str]:
+    """The environment for child interpreters, with Python bytecode cached under ``cache``.
+
+    Some environments (this project's sandbox among them) set ``PYTHONDONTWRITEBYTECODE`` and
+    ship no ``.pyc`` files, so every new interpreter compiles torch, Lightning and timm again
+    (about 25 s of CPU). A normal install caches bytecode; this makes child processes do so
+    too, without writing into the virtual environment.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads here and in child processes (default: torch's own); on a "
+        "loaded 2-core machine 1 is faster and steadier than 2",
+    )
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's CPU threads, for this process and (through OMP_NUM_THREADS) its children."""
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------- the data
+
+
+def dubai_rows(split: str, count: int) -> list[Row]:
+    """``count`` rows of the Dubai ``split`` CSV, evenly spaced through it, absolute paths."""
+    csv = DUBAI / f"{split}.csv"
+    if not csv.exists():
+        raise SystemExit(f"{csv} is absent: these benchmarks need ../shared/data/dubai-aerial")
+    rows = [line.split(",") for line in csv.read_text().splitlines() if line.strip()]
+    step = max(1, len(rows) // count)
+    return [(DUBAI / image, DUBAI / mask) for image, mask in rows[::step][:count]]
+
+
+def write_csv(rows: Sequence[Row], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{image},{mask}\n" for image, mask in rows))
+    return path
+
+
+def dubai_config(
+    folder: Path,
+    train: Sequence[Row],
+    val: Sequence[Row],
+    *,
+    model: str = "lightunet",
+    epochs: int = 3,
+    batch_size: int = 8,
+    workers: int = 0,
+    logging: bool = True,
+) -> dict[str, Any]:
+    """A landseg config on these rows; ``logging``: history, TensorBoard, top-k checkpoints."""
+    return {
+        "data_source": {
+            "train_file": str(write_csv(train, folder / "train.csv")),
+            "val_file": str(write_csv(val, folder / "val.csv")),
+            "image_bands": [1, 2, 3],
+            "mask_bands": [1, 2, 3, 4, 5, 6],
+            "class_labels": DUBAI_CLASSES,
+        },
+        "train_setup": {
+            "model_name": model,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": 0.001,
+            "loss": "ce",
+            "optimizer_config": {"optimizer": "adam"},
+            "random_seed": 0,
+        },
+        "output_setup": {
+            "output_folder": str(folder / "runs"),
+            "name_exp_log": "bench",
+            "use_tensorboard": logging,
+            "save_history": logging,
+            "log_learning_rate": logging,
+            "save_top_k": 2 if logging else 0,
+            "get_prediction": False,
+            "progress": 0,
+        },
+        "device_setup": {"accelerator": "cpu", "num_workers": workers},
+    }
+
+
+def read_pair(image: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Raw pixels: the image's bands and the one-hot mask's bands, as stored."""
+    with rasterio.open(image) as src:
+        pixels = src.read()
+    with rasterio.open(mask) as src:
+        onehot = src.read()
+    return pixels, onehot
+
+
+def onehot_to_index(onehot: np.ndarray) -> np.ndarray:
+    """Class of every pixel from a one-hot mask, :data:`IGNORE` where no band is set."""
+    classes = onehot.argmax(axis=0).astype(np.int64)
+    classes[onehot.max(axis=0) == 0] = IGNORE
+    return classes
+
+
+class BareTiles(Dataset):
+    """The baseline reader: rasterio, uint8 / 255, one-hot -> index; nothing else."""
+
+    def __init__(self, rows: Sequence[Row]):
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels, onehot = read_pair(*self.rows[index])
+        image = torch.from_numpy(pixels.astype(np.float32) / np.float32(255))
+        return image, torch.from_numpy(onehot_to_index(onehot))
+
+
+def bare_loader(
+    rows: Sequence[Row], batch_size: int, workers: int, shuffle: bool, seed: int = 0
+) -> DataLoader:
+    return DataLoader(
+        BareTiles(rows),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+class Clock:
+    """Wall and process-CPU time stamps; intervals between consecutive stamps."""
+
+    def __init__(self, sync: Callable[[], None] | None = None):
+        self.stamps: list[tuple[float, float]] = []
+        self.sync = sync
+
+    def stamp(self) -> None:
+        if self.sync is not None:
+            self.sync()
+        self.stamps.append((time.perf_counter(), time.process_time()))
+
+    def intervals(self, skip: int = 1) -> list[tuple[float, float]]:
+        """(wall, cpu) of each interval, the first ``skip`` left out (warm-up)."""
+        pairs = list(zip(self.stamps, self.stamps[1:], strict=False))[skip:]
+        return [(b[0] - a[0], b[1] - a[1]) for a, b in pairs]
+
+
+class EpochClock(Callback):
+    """Stamps the start of every train epoch and the end of training, from inside landseg.
+
+    An epoch then spans training, validation, checkpoints, history and every logger, as the
+    hand-written loop's epoch spans its training and validation passes.
+    """
+
+    def __init__(self, sync: Callable[[], None] | None = None):
+        self.clock = Clock(sync)
+        self.first_step: float | None = None
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.clock.stamp()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        if self.first_step is None:
+            self.first_step = time.time()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.clock.stamp()
+
+
+# ---------------------------------------------------------------------------- the hand loop
+
+
+def confusion(prediction: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The (target, prediction) confusion matrix of the labelled pixels, by bincount."""
+    valid = target != IGNORE
+    codes = target[valid] * n_classes + prediction[valid]
+    return torch.bincount(codes, minlength=n_classes**2).reshape(n_classes, n_classes)
+
+
+def mean_iou(matrix: torch.Tensor) -> float:
+    matrix = matrix.double()
+    union = matrix.sum(0) + matrix.sum(1) - matrix.diag()
+    present = union > 0
+    return float((matrix.diag()[present] / union[present]).mean()) if present.any() else 0.0
+
+
+def hand_fit(
+    model: torch.nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    *,
+    epochs: int,
+    n_classes: int,
+    lr: float = 0.001,
+    device: str = "cpu",
+    bf16: bool = False,
+    channels_last: bool = False,
+    clock: Clock | None = None,
+) -> list[float]:
+    """The minimal PyTorch loop: Adam, cross-entropy (ignore -1), a validation pass with a
+    confusion matrix. Stamps ``clock`` at each epoch start and at the end; returns val mIoU."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    scores = []
+    for _ in range(epochs):
+        if clock is not None:
+            clock.stamp()
+        model.train()
+        for image, mask in train_loader:
+            image = image.to(device, non_blocking=True, memory_format=memory)
+            mask = mask.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = criterion(model(image), mask)
+            loss.backward()
+            optimizer.step()
+        if val_loader is None:
+            continue
+        model.eval()
+        matrix = torch.zeros(n_classes, n_classes, dtype=torch.long, device=device)
+        with torch.no_grad(), autocast:
+            for image, mask in val_loader:
+                image = image.to(device, non_blocking=True, memory_format=memory)
+                mask = mask.to(device, non_blocking=True)
+                logits = model(image)
+                criterion(logits.float(), mask)
+                matrix += confusion(logits.argmax(1), mask, n_classes)
+        scores.append(mean_iou(matrix.cpu()))
+    if clock is not None:
+        clock.stamp()
+    return scores

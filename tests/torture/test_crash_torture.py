@@ -1,0 +1,49 @@
+"""Crash torture, short: ``landseg train`` SIGKILLed three times, then finished, equals an
+uninterrupted run. ``python -m benchmarks.torture`` is the long version (many random kills,
+``landseg cv`` too); both share the code in ``benchmarks/torture.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from benchmarks.common import bytecode_env
+from benchmarks.torture import Report, torture_train
+
+pytestmark = pytest.mark.slow
+
+#: One kill while the interpreter starts, one the moment a checkpoint is being written (its
+#: temporary file appears), one just after a history write; the delays come from the seed.
+TRIGGERS = ("startup", "checkpoint", "history")
+CHECKPOINT_SET = "checkpoints differ"
+
+
+@pytest.fixture(scope="module")
+def tortured(tmp_path_factory: pytest.TempPathFactory) -> Report:
+    """The torture, run once for the tests below (about a minute)."""
+    # children cache their bytecode (this environment ships none): restarts stay cheap
+    env = bytecode_env(tmp_path_factory.getbasetemp() / "pycache")
+    return torture_train(
+        tmp_path_factory.mktemp("torture"),
+        kills=3,
+        seed=6,
+        env=env,
+        epochs=3,
+        full=False,
+        finish_here=True,
+        triggers=TRIGGERS,
+        log=lambda line: None,
+    )
+
+
+def test_three_sigkills_then_continue_equals_uninterrupted(tortured: Report) -> None:
+    """Every file reads after every kill; history (each epoch once), scalars and the last
+    weights equal the uninterrupted run's; run.json says finished."""
+    assert [kill.trigger for kill in tortured.kills] == list(TRIGGERS)
+    assert all(kill.at is not None for kill in tortured.kills)
+    problems = [p for p in tortured.problems if CHECKPOINT_SET not in p]
+    assert not problems, "\n".join(problems)
+
+
+def test_three_sigkills_leave_the_same_checkpoint_files(tortured: Report) -> None:
+    problems = [p for p in tortured.problems if CHECKPOINT_SET in p]
+    assert not problems, "\n".join(problems)
