@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,9 @@ VARIANTS = ("landseg", "landseg-bf16-cl", "hand", "hand-bf16", "hand-cl", "hand-
 class GpuSampler:
     """``nvidia-smi`` utilisation (%) and memory (MiB) every ``period`` s, in a thread."""
 
-    def __init__(self, period: float = 0.5):
+    def __init__(self, period: float = 0.5, enabled: bool = True):
         self.period = period
+        self.enabled = enabled
         self.samples: list[tuple[float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -71,12 +73,14 @@ class GpuSampler:
             self.samples.append((time.perf_counter(), util, memory))
 
     def __enter__(self) -> GpuSampler:
-        self._thread.start()
+        if self.enabled:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self.enabled:
+            self._thread.join()
 
     def mean_between(self, start: float, end: float) -> dict[str, float]:
         inside = [(u, m) for t, u, m in self.samples if start <= t <= end]
@@ -109,6 +113,10 @@ def make_data(folder: Path, args: argparse.Namespace) -> tuple[list, list]:
     return rows[: args.tiles], rows[args.tiles :]
 
 
+def synchronizer(args: argparse.Namespace) -> Callable[[], None] | None:
+    return torch.cuda.synchronize if args.device == "cuda" else None
+
+
 def landseg_variant(
     folder: Path, args: argparse.Namespace, train_rows: list, val_rows: list, fast: bool
 ) -> Clock:
@@ -130,11 +138,15 @@ def landseg_variant(
         get_prediction=False,
         progress=0,
     )
-    config["device_setup"] = {"accelerator": "gpu", "device": 1, "num_workers": args.workers}
+    config["device_setup"] = (
+        {"accelerator": "gpu", "device": 1, "num_workers": args.workers}
+        if args.device == "cuda"
+        else {"accelerator": "cpu", "num_workers": args.workers}
+    )
     path = folder / "gpu.json"
     path.write_text(json.dumps(config))
     checked, summary = load_and_check(path, [])
-    clock = EpochClock(sync=torch.cuda.synchronize)
+    clock = EpochClock(sync=synchronizer(args))
     extra: list[Callback] = [clock, ChannelsLast()] if fast else [clock]
     trainer = partial(pl.Trainer, precision="bf16-mixed") if fast else pl.Trainer
     with mock.patch.object(pl, "Trainer", trainer):
@@ -146,14 +158,14 @@ def hand_variant(args: argparse.Namespace, train_rows: list, val_rows: list, nam
     from landseg.models.registry import build_model
 
     torch.manual_seed(0)
-    clock = Clock(sync=torch.cuda.synchronize)
+    clock = Clock(sync=synchronizer(args))
     hand_fit(
         build_model("resnet34", 4, 4, {}),
         bare_loader(train_rows, args.batch_size, args.workers, shuffle=True),
         bare_loader(val_rows, args.batch_size, args.workers, shuffle=False),
         epochs=args.epochs,
         n_classes=4,
-        device="cuda",
+        device=args.device,
         bf16="bf16" in name,
         channels_last=name.endswith("-cl"),
         clock=clock,
@@ -170,16 +182,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="per variant; the first is skipped")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="cpu: a dry run of this script on a machine without a GPU (use tiny sizes)",
+    )
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_gpu needs a CUDA GPU")
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench_gpu needs a CUDA GPU (or --device cpu for a dry run)")
     load_before = load_average()
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp, GpuSampler() as sampler:
+    sampler = GpuSampler(enabled=cuda)
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp, sampler:
         folder = Path(tmp)
         train_rows, val_rows = make_data(folder / "data", args)
         for name in args.variants:
-            torch.cuda.reset_peak_memory_stats()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             if name.startswith("landseg"):
                 clock = landseg_variant(folder, args, train_rows, val_rows, name != "landseg")
             else:
@@ -190,7 +211,9 @@ def main() -> None:
                 "images_per_s": round(len(train_rows) / median(walls), 1),
                 "s_per_epoch": round(median(walls), 3),
                 **sampler.mean_between(steady_start, end),
-                "peak_alloc_mib": round(torch.cuda.max_memory_allocated() / 2**20),
+                "peak_alloc_mib": round(torch.cuda.max_memory_allocated() / 2**20)
+                if cuda
+                else None,
             }
             print(name, results[name], flush=True)
     for name in ("landseg", "landseg-bf16-cl"):
@@ -200,7 +223,8 @@ def main() -> None:
                 results[name]["images_per_s"] / results[hand]["images_per_s"], 3
             )
     setup = {k: getattr(args, k) for k in ("tiles", "val", "size", "batch_size", "epochs")}
-    setup.update(model="resnet34 U-Net (24.4M parameters)", gpu=torch.cuda.get_device_name(0))
+    device = torch.cuda.get_device_name(0) if cuda else "cpu (dry run)"
+    setup.update(model="resnet34 U-Net (24.4M parameters)", device=device)
     report("gpu", {"setup": setup, "results": results}, load_before)
 
 
