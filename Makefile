@@ -23,7 +23,6 @@ demo: install
 	$(BIN)/landseg demo-data $(DEMO_DIR)
 	$(BIN)/landseg validate -c $(DEMO_DIR)/demo.json
 	$(BIN)/landseg train -c $(DEMO_DIR)/demo.json
-	@echo "TensorBoard: $(BIN)/tensorboard --logdir $(DEMO_DIR)/runs"
 
 # pytest exits 5 when it collects no test: that must fail, not pass silently.
 test: install
