@@ -59,6 +59,7 @@ THREADS = 1
 class Kill:
     trigger: str
     delay: float
+    changes: int = 1  # watched-file changes to wait for before the delay starts
     at: float | None = None  # seconds after launch when the signal was sent
 
 
@@ -98,11 +99,16 @@ class Report:
 
 
 def kill_plan(
-    count: int, seed: int, span: float, triggers: Sequence[str] | None = None
+    count: int,
+    seed: int,
+    span: float,
+    triggers: Sequence[str] | None = None,
+    changes: int = 1,
 ) -> list[Kill]:
     """``count`` kills from a seeded RNG; ``span``: an uninterrupted run's duration (s).
 
-    Triggers are drawn from :data:`TRIGGERS`, or taken in turn from ``triggers``.
+    Triggers are drawn from :data:`TRIGGERS`, or taken in turn from ``triggers``; file
+    triggers fire at the ``changes``-th change of their files after each start.
     """
     rng = random.Random(seed)
     plan = []
@@ -114,7 +120,7 @@ def kill_plan(
             delay = rng.uniform(0.0, span)
         else:
             delay = rng.choice([0.0, rng.uniform(0.0, 0.005), rng.uniform(0.0, 0.05)])
-        plan.append(Kill(trigger, delay))
+        plan.append(Kill(trigger, delay, changes))
     return plan
 
 
@@ -153,10 +159,15 @@ def launch_and_kill(
         start_new_session=True,  # its own process group: the kill takes DataLoader workers too
     )
     fire_at = launched + kill.delay if kill.trigger == "startup" else None
+    changes = 0
     while process.poll() is None:
         now = time.monotonic()
-        if fire_at is None and snapshot(target.folder, patterns, watch_tmp) != before:
-            fire_at = now + kill.delay
+        if fire_at is None:
+            seen = snapshot(target.folder, patterns, watch_tmp)
+            if seen != before:
+                before, changes = seen, changes + 1
+                if changes >= kill.changes:
+                    fire_at = now + kill.delay
         if fire_at is not None and now >= fire_at:
             os.killpg(process.pid, signal.SIGKILL)
             kill.at = round(now - launched, 3)
@@ -207,6 +218,8 @@ def inspect(folder: Path) -> list[str]:
             problems.append(json_problem(path) or "")
         elif path.name == "job.sqlite":
             problems.append(sqlite_problem(path) or "")
+    for history in folder.rglob("history.json"):
+        problems.append(progress_problem(history.parent) or "")
     for scalars in folder.rglob(SCALARS_FILE.name):
         lines = scalars.read_bytes().split(b"\n")[:-1]  # a torn last line is allowed
         for number, line in enumerate(lines[:-1], start=1):
@@ -215,6 +228,34 @@ def inspect(folder: Path) -> list[str]:
             except ValueError:
                 problems.append(f"{scalars}:{number}: torn line in the middle of the file")
     return [p for p in problems if p]
+
+
+def progress_problem(run: Path) -> str | None:
+    """Work a restart would redo: the history is more than one validation ahead of the newest
+    checkpoint a resume starts from (``-last`` or ``-step=``). History is written just before
+    the checkpoints of its validation, so one validation ahead is allowed."""
+    import torch
+
+    try:
+        steps = sorted(
+            entry["step"] for entry in json.loads((run / "history.json").read_text()).values()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # unreadable files are reported by inspect()
+    covered = 0
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        if "-last" in path.stem or "-step=" in path.stem:
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:
+                continue
+            covered = max(covered, int(checkpoint.get("global_step", 0)))
+    if len(steps) < 2 or covered >= steps[-2]:
+        return None
+    return (
+        f"{run}: the history reaches step {steps[-1]} but the newest checkpoint a resume starts "
+        f"from (-last or -step=) is at step {covered}: a restart redoes that work"
+    )
 
 
 def sqlite_problem(path: Path) -> str | None:
@@ -369,14 +410,20 @@ def demo_data(folder: Path, env: dict[str, str]) -> Path:
     return folder / "demo.json"
 
 
-def train_config(demo: Path, output: Path, epochs: int, full: bool) -> dict[str, Any]:
-    """The demo config, deterministic, with step checkpoints; ``full``: TensorBoard, test split."""
+def train_config(
+    demo: Path, output: Path, epochs: int, full: bool, step_checkpoints: bool = True
+) -> dict[str, Any]:
+    """The demo config, deterministic, with step checkpoints (every step) unless told not;
+    ``full``: TensorBoard, test split and predictions."""
     config = json.loads(demo.read_text())
     for key in ("train_file", "val_file", "test_file"):
         config["data_source"][key] = str(demo.parent / config["data_source"][key])
     config["data_source"]["data_augmentation"] = {"train": ["rotation90", "radiometry"]}
     config["train_setup"].update(
-        epochs=epochs, batch_size=4, checkpoint_every_n_steps=1, deterministic=True
+        epochs=epochs,
+        batch_size=4,
+        checkpoint_every_n_steps=1 if step_checkpoints else None,
+        deterministic=True,
     )
     config["output_setup"].update(
         output_folder=str(output),
@@ -438,6 +485,8 @@ def torture_train(
     full: bool = True,
     finish_here: bool = False,
     triggers: Sequence[str] | None = None,
+    changes: int = 1,
+    step_checkpoints: bool = True,
     log: Callable[[str], None] = print,
 ) -> Report:
     """Torture ``landseg train`` in ``work``: reference run, kills, checks."""
@@ -445,7 +494,7 @@ def torture_train(
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**env, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": str(THREADS)}
     demo = demo_data(work / "demo", env)
-    config = train_config(demo, work / "runs", epochs, full)
+    config = train_config(demo, work / "runs", epochs, full, step_checkpoints)
     reference = {**config, "output_setup": {**config["output_setup"], "version_name": "ref"}}
     span = timed(["train", "-c", str(write(work / "reference.json", reference))])
     config["output_setup"]["version_name"] = "tortured"
@@ -454,7 +503,7 @@ def torture_train(
     resume = write(work / "resume.json", config)
     run, ref = work / "runs" / "torture" / "tortured", work / "runs" / "torture" / "ref"
     target = Target("train", ["train", "-c", str(start)], ["train", "-c", str(resume)], run, epochs)
-    plan = kill_plan(kills, seed, span, triggers)
+    plan = kill_plan(kills, seed, span, triggers, changes)
     return torture(
         target,
         plan,

@@ -5,6 +5,8 @@ uninterrupted run. ``python -m benchmarks.torture`` is the long version (many ra
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from benchmarks.common import bytecode_env
 from benchmarks.torture import Report, torture_train
@@ -47,3 +49,25 @@ def test_three_sigkills_then_continue_equals_uninterrupted(tortured: Report) -> 
 def test_three_sigkills_leave_the_same_checkpoint_files(tortured: Report) -> None:
     problems = [p for p in tortured.problems if CHECKPOINT_SET in p]
     assert not problems, "\n".join(problems)
+
+
+def test_sigkill_after_two_epochs_without_step_checkpoints_loses_no_epoch(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Killed just after the second validation's history write: the restart must resume from
+    a checkpoint that covers at least the first epoch (checked after the kill)."""
+    report = torture_train(
+        tmp_path,
+        kills=1,
+        seed=0,
+        env=bytecode_env(tmp_path_factory.getbasetemp() / "pycache"),
+        epochs=3,
+        full=False,
+        finish_here=True,
+        triggers=("history",),
+        changes=2,
+        step_checkpoints=False,
+        log=lambda line: None,
+    )
+    assert len(report.kills) == 1
+    assert not report.problems, "\n".join(report.problems)

@@ -111,6 +111,30 @@ class StepCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``<name>-last`` after every validation (or epoch, without one).
+
+    Lightning's own ``save_last`` writes ``last`` only at a step where the same callback
+    also saved a top-k file, which a callback that keeps no top-k never does.
+    """
+
+    def __init__(self, dirpath: Path, name: str):
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True)
+        self.CHECKPOINT_NAME_LAST = name
+
+    def _save_last_now(self, trainer: pl.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_now(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_now(trainer)
+
+
 def keep_newest_step_checkpoint(run: RunFolder) -> None:
     """Drop older step checkpoints: Lightning never deletes the one a run resumed from."""
     steps = sorted(run.checkpoints.glob("*-step=*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
@@ -159,9 +183,7 @@ def checkpoint_callbacks(config: LandsegConfig, run: RunFolder) -> list[ModelChe
                 **common,
             )
         )
-    last = ModelCheckpoint(save_top_k=0, save_last=True, **common)
-    last.CHECKPOINT_NAME_LAST = f"{base}-last"
-    return [*callbacks, last]
+    return [*callbacks, LastCheckpoint(run.checkpoints, f"{base}-last")]
 
 
 def latest_checkpoint(run: RunFolder) -> Path | None:
