@@ -545,6 +545,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
+    parser.add_argument(
+        "--step-checkpoints",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train with checkpoint_every_n_steps: 1 (default) or resume from -last alone",
+    )
     args = parser.parse_args()
     print(f"load before: {load_average()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="landseg-torture-") as tmp:
@@ -552,7 +558,16 @@ def main() -> None:
         env = bytecode_env(Path(tmp) / "pycache")
         reports = []
         if args.kills:
-            reports.append(torture_train(work, args.kills, args.seed, env, epochs=args.epochs))
+            reports.append(
+                torture_train(
+                    work,
+                    args.kills,
+                    args.seed,
+                    env,
+                    epochs=args.epochs,
+                    step_checkpoints=args.step_checkpoints,
+                )
+            )
         if args.cv_kills:
             reports.append(torture_cv(work, args.cv_kills, args.seed + 1, env))
     for report in reports:

@@ -143,10 +143,10 @@ def keep_newest_step_checkpoint(run: RunFolder) -> None:
 
 
 def checkpoint_callbacks(config: LandsegConfig, run: RunFolder) -> list[ModelCheckpoint]:
-    """Top-k by lowest val_loss, top-k by highest val_miou, step checkpoints, then ``last``.
+    """Top-k by lowest val_loss, top-k by highest val_miou, step checkpoints.
 
-    ``last`` comes after the top-k callbacks so that it records their bookkeeping for the
-    same validation: a run resumed from it keeps exactly the right top-k files.
+    ``last`` is added by :func:`build_trainer` after all of them, so that it records their
+    bookkeeping for the same validation: a run resumed from it keeps the right top-k files.
     """
     base = checkpoint_base_name(config)
     k = config.output_setup.save_top_k
@@ -183,7 +183,7 @@ def checkpoint_callbacks(config: LandsegConfig, run: RunFolder) -> list[ModelChe
                 **common,
             )
         )
-    return [*callbacks, LastCheckpoint(run.checkpoints, f"{base}-last")]
+    return callbacks
 
 
 def latest_checkpoint(run: RunFolder) -> Path | None:
@@ -280,6 +280,9 @@ def build_trainer(
     train = config.train_setup
     loggers = build_loggers(config, run)
     callbacks = build_callbacks(config, run) + list(extra_callbacks or [])
+    # ``last`` after every other checkpoint (the callers' too): it records their state for
+    # the same validation, so nothing a resume starts from is newer than it
+    callbacks.append(LastCheckpoint(run.checkpoints, f"{checkpoint_base_name(config)}-last"))
     if loggers and config.output_setup.use_tensorboard:
         from landseg.loggers.layer import RunLogger
 
