@@ -12,8 +12,28 @@ class LandsegError(Exception):
     exit_code = 2
 
     def __init__(self, problems: str | list[str]):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if isinstance(problems, str):
+            problems = _problems_from_worker(type(self), problems) or [problems]
+        self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def _problems_from_worker(kind: type[LandsegError], message: str) -> list[str] | None:
+    """The original problem lines when ``message`` is a DataLoader worker's re-raise.
+
+    torch re-raises an error from a worker process as ``kind(message)``, where ``message`` is
+    "Caught DataError in DataLoader worker process 0. Original Traceback ..." ending with
+    ``landseg.errors.DataError: <problems>``; the user needs those problems, not the worker's
+    traceback.
+    """
+    if not message.startswith("Caught ") or "\nOriginal Traceback" not in message:
+        return None
+    marker = f"{kind.__module__}.{kind.__qualname__}: "
+    start = message.rfind(marker)
+    if start < 0:
+        return None
+    lines = message[start + len(marker) :].strip().splitlines()
+    return lines or None
 
 
 class ConfigError(LandsegError):

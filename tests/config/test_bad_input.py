@@ -306,14 +306,20 @@ CASES: dict[str, tuple[Mutation, str]] = {
         setkey("data_source.class_labels", ["a", "a", "b", "c"]),
         "data_source.class_labels",
     ),
-    "mask bands repeated": (setkey("data_source.mask_bands", [1, 1, 2, 3]), "mask_bands"),
+    "mask bands repeated": (
+        setkey("data_source.mask_bands", [1, 1, 2, 3]),
+        "data_source.mask_bands: values must be unique; repeated: 1",
+    ),
     "version ..": (setkey("output_setup.version_name", ".."), "output_setup.version_name"),
     "experiment ../..": (setkey("output_setup.name_exp_log", "../.."), "name_exp_log"),
     # --- CSV files
     "missing val csv": (setkey("data_source.val_file", "/nonexistent/val.csv"), "val.csv"),
     "csv is a folder": (setkey("data_source.train_file", "/"), "CSV file does not exist"),
     "csv header only": (csv_with(lambda tmp, demo: ["image,mask"]), "broken_train_file.csv"),
-    "csv not utf-8": (csv_bytes(b"\xff\xfe\x00\x80img.tif,\x81msk.tif\n"), "broken_train_file"),
+    "csv not utf-8": (
+        csv_bytes(b"\xff\xfe\x00\x80img.tif,\x81msk.tif\n"),
+        "broken_train_file.csv, row 1: not UTF-8",
+    ),
     "empty mask cell": (
         csv_with(lambda tmp, demo: [f"{demo_rows(demo)[0][0]},"]),
         "broken_train_file.csv, row 1",
@@ -333,13 +339,6 @@ CASES: dict[str, tuple[Mutation, str]] = {
     ),
 }
 
-#: Cases landseg does not yet reject cleanly (strict: fixing one makes its test fail, so the
-#: entry is removed then).
-KNOWN_GAPS = {
-    "csv not utf-8": "read_pairs() lets UnicodeDecodeError escape: a traceback, exit 1",
-    "mask bands repeated": "mask_bands [1, 1, 2, 3] is accepted: two classes read one band",
-}
-
 
 def assert_rejected(code: int, err: str, culprit: str) -> None:
     """Exit 2, no traceback, every stderr line one ``error:`` naming a problem, culprit named."""
@@ -352,12 +351,7 @@ def assert_rejected(code: int, err: str, culprit: str) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[case]))
-        if case in KNOWN_GAPS
-        else case
-        for case in sorted(CASES)
-    ],
+    sorted(CASES),
 )
 def test_bad_input_is_rejected_with_its_culprit(
     case: str,
@@ -517,13 +511,6 @@ def test_non_finite_pixel_stops_the_run_with_its_last_checkpoint_intact(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a DataError raised in a DataLoader worker comes back as DataError(torch's 'Caught "
-    "DataError in DataLoader worker process 0. Original Traceback ...'): the CLI prints the "
-    "worker's traceback; landseg should keep the original problem line (e.g. re-raise "
-    "DataError(error.problems) from the worker message, or catch it in the dataset wrapper)",
-)
 def test_non_finite_pixel_read_by_a_worker_is_one_clean_line(
     demo_config: dict,
     demo_dir: Path,

@@ -150,12 +150,13 @@ class DataSource(StrictModel):
         description="landseg: a class-index mask value to ignore besides the mask's nodata.",
     )
 
-    @field_validator("class_labels")
+    @field_validator("class_labels", "mask_bands")
     @classmethod
-    def _unique_labels(cls, value: list[str] | None) -> list[str] | None:
+    def _no_repeats(cls, value: list[Any] | None) -> list[Any] | None:
+        """A repeated label is ambiguous; a repeated mask band makes two classes of one band."""
         if value is not None and len(set(value)) != len(value):
-            dupes = sorted({v for v in value if value.count(v) > 1})
-            raise ValueError(f"class labels must be unique; repeated: {', '.join(dupes)}")
+            dupes = sorted({str(v) for v in value if value.count(v) > 1})
+            raise ValueError(f"values must be unique; repeated: {', '.join(dupes)}")
         return value
 
 

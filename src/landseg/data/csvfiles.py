@@ -66,12 +66,20 @@ def read_pairs(csv_path: str | Path, problems: list[str] | None = None) -> list[
         found.append(f"{csv_path}: CSV file does not exist")
     else:
         folder = csv_path.parent
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            rows = [
-                (number, [cell.strip() for cell in cells])
-                for number, cells in enumerate(csv.reader(handle), start=1)
-                if any(cell.strip() for cell in cells)
-            ]
+        try:
+            with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+                rows = [
+                    (number, [cell.strip() for cell in cells])
+                    for number, cells in enumerate(csv.reader(handle), start=1)
+                    if any(cell.strip() for cell in cells)
+                ]
+        except UnicodeDecodeError as error:
+            line = csv_path.read_bytes()[: error.start].count(b"\n") + 1
+            found.append(f"{csv_path}, row {line}: not UTF-8 text (byte {error.start})")
+            rows = []
+        except OSError as error:
+            found.append(f"{csv_path}: cannot read CSV file ({error.strerror or error})")
+            rows = []
         names: list[str] = []
         if rows and _is_header(rows[0][1], folder):
             names = rows.pop(0)[1]
@@ -86,7 +94,7 @@ def read_pairs(csv_path: str | Path, problems: list[str] | None = None) -> list[
                 pairs.append(
                     SamplePair(folder / cells[0], folder / cells[1], number, extra, csv_path)
                 )
-        if not rows:
+        if not rows and not found:
             found.append(f"{csv_path}: CSV file has no image,mask rows")
     if problems is not None:
         problems.extend(found)
