@@ -56,6 +56,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that killed writers left under ``folder``; return them.
+
+    Only for a folder no live process writes to (a run about to resume): the files are those
+    :func:`atomic_path` names, ``.<destination name>.<random>.tmp``.
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(destination) as tmp:
         tmp.write_bytes(data)

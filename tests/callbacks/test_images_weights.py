@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities.parsing import AttributeDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from landseg.callbacks.cadence import VisualCadence
 from landseg.callbacks.images import ImageSamples, image_grid, predict_classes
 from landseg.callbacks.weights import ModelGraph, WeightHistograms
 from landseg.loggers import PhaseTensorBoardLogger
@@ -76,7 +77,7 @@ def test_image_samples_skipped(tmp_path: Path) -> None:
     module, trainer, _ = setup(tmp_path, sanity_checking=True)
     ImageSamples().on_validation_end(trainer, module)
     trainer.sanity_checking, trainer.current_epoch = False, 1
-    ImageSamples(every_n_epochs=2).on_validation_end(trainer, module)
+    ImageSamples(cadence=VisualCadence(every_n_epochs=2)).on_validation_end(trainer, module)
     trainer.is_global_zero, trainer.current_epoch = False, 0
     ImageSamples().on_validation_end(trainer, module)
     assert not (tmp_path / "tb").exists()
@@ -110,7 +111,7 @@ def test_weight_histograms(tmp_path: Path) -> None:
         module.model[0].bias[0] = float("nan")  # a diverged value is left out, not fatal
     WeightHistograms().on_train_epoch_end(trainer, module)
     trainer.current_epoch = 1
-    WeightHistograms(every_n_epochs=2).on_train_epoch_end(trainer, module)
+    WeightHistograms(VisualCadence(every_n_epochs=2)).on_train_epoch_end(trainer, module)
     tb.finalize("success")
     histograms = read(tmp_path / "tb" / "train")
     assert set(histograms.Tags()["histograms"]) == {"0/weight", "0/bias", "1/weight", "1/bias"}

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, Dataset
 
+from landseg.callbacks.cadence import VisualCadence
 from landseg.callbacks.images import ImageSamples
 from landseg.callbacks.weights import ModelGraph, WeightHistograms
 from landseg.loggers import PhaseTensorBoardLogger, RunLogger, read_scalars
@@ -114,12 +115,20 @@ class FakeTask(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
 
-def fit(run_dir: Path, task: FakeTask, epochs: int = 2, test: bool = False) -> RunLogger:
+def fit(
+    run_dir: Path,
+    task: FakeTask,
+    epochs: int = 2,
+    test: bool = False,
+    cadence: VisualCadence | None = None,
+    max_steps: int = -1,
+) -> RunLogger:
     tb = PhaseTensorBoardLogger(run_dir / "tensorboard")
-    run_logger = RunLogger(run_dir, tb)
+    run_logger = RunLogger(run_dir, tb, cadence)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
+        max_steps=max_steps,
         limit_train_batches=2,
         limit_val_batches=2,
         num_sanity_val_steps=1,
@@ -127,8 +136,8 @@ def fit(run_dir: Path, task: FakeTask, epochs: int = 2, test: bool = False) -> R
         logger=tb,
         callbacks=[
             run_logger,
-            ImageSamples(n_samples=2),
-            WeightHistograms(),
+            ImageSamples(n_samples=2, cadence=cadence),
+            WeightHistograms(cadence),
             ModelGraph(patch_size=SIZE),
             LearningRateMonitor(log_momentum=True),
         ],
@@ -224,3 +233,20 @@ def test_run_logger_closed_when_training_stops(tmp_path: Path, error: type[BaseE
     with np.load(tmp_path / "arrays" / "confusion_val.npz") as saved:
         assert saved["values"].shape == (1, N_CLASSES, N_CLASSES)
     assert [r["phase"] for r in read_scalars(tmp_path)] == ["val", "train"]
+
+
+def test_pictures_follow_the_cadence_numbers_do_not(tmp_path: Path) -> None:
+    # 3 epochs of 2 steps, stopped by max_steps (the cadence cannot know epoch 2 is the last):
+    # every 5 epochs draws epoch 0, then the final state when fit ends
+    fit(tmp_path, FakeTask(), epochs=10, cadence=VisualCadence(every_n_epochs=5), max_steps=6)
+    with np.load(tmp_path / "arrays" / "confusion_val.npz") as saved:
+        assert saved["steps"].tolist() == [2, 4, 6]  # every validation
+    assert [r["step"] for r in read_scalars(tmp_path) if r["phase"] == "val"] == [2, 4, 6]
+    val, train = (
+        events(tmp_path / "tensorboard" / "val"),
+        events(tmp_path / "tensorboard" / "train"),
+    )
+    assert [i.step for i in val.Images("confusion_val")] == [2, 6]
+    assert [i.step for i in val.Images("per_class_val")] == [2, 6]
+    assert [i.step for i in val.Images("samples/image_mask_prediction")] == [2, 6]
+    assert [h.step for h in train.Histograms("weight")] == [2, 6]

@@ -59,10 +59,19 @@ def test_resumed_steps_replace_rolled_back_rows(tmp_path: Path) -> None:
     rows = read_scalars(tmp_path)
     assert [(r["phase"], r["step"], r["loss"]) for r in rows] == [
         ("val", 1, 1.0),
-        ("val", 2, 2.0),
         ("train", 3, 3.0),
         ("val", 2, 20.0),
     ]
+
+
+def test_rows_of_one_step_with_other_scalars_are_all_kept(tmp_path: Path) -> None:
+    with RunLogger(tmp_path) as run_logger:
+        run_logger.summarize(5, "train", loss=0.5)
+        run_logger.summarize(5, "train", grad_norm=2.0)  # a custom hook, same step
+        run_logger.summarize(5, "val", loss=0.7)
+    rows = read_scalars(tmp_path)
+    assert [(r["phase"], r["step"]) for r in rows] == [("train", 5), ("train", 5), ("val", 5)]
+    assert rows[1]["grad_norm"] == 2.0 and "loss" not in rows[1]
 
 
 def test_buffer_flush_npz(tmp_path: Path) -> None:

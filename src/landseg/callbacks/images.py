@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
 from landseg.loggers.figures import class_palette, colorize, display_image
 from landseg.loggers.tensorboard import find_phase_logger
 
@@ -58,7 +59,10 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
 
 
 class ImageSamples(Callback):
-    """After each validation, logs the first ``n_samples`` validation samples as a grid.
+    """After validations, logs the first ``n_samples`` validation samples as a grid.
+
+    On the epochs of ``cadence`` (every epoch by default), and the final model at fit end if
+    the last validation was skipped.
 
     One row per sample: the image (``display_bands``, default the first three bands, or the
     first as grey), the true mask, the prediction; masks in :func:`class_palette` colours,
@@ -69,22 +73,35 @@ class ImageSamples(Callback):
     def __init__(
         self,
         n_samples: int = 4,
-        every_n_epochs: int = 1,
+        cadence: VisualCadence | None = None,
         display_bands: Sequence[int] | None = None,
     ):
-        if n_samples < 1 or every_n_epochs < 1:
-            raise ValueError("n_samples and every_n_epochs must be >= 1")
+        if n_samples < 1:
+            raise ValueError("n_samples must be >= 1")
         self.n_samples = n_samples
-        self.every_n_epochs = every_n_epochs
+        self.schedule = DrawsOnCadence(cadence)
         self.display_bands = tuple(display_bands) if display_bands is not None else None
         self._samples: tuple[torch.Tensor, torch.Tensor] | None = None
         self._no_samples = False
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.schedule.cadence.start()
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if trainer.current_epoch % self.every_n_epochs:
-            return
+        if self.schedule.should_draw(trainer):
+            self._log_grid(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.schedule.owes():  # the final model, drawn once
+            self._log_grid(trainer, pl_module)
+
+    def _log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with self.schedule.drawing():
+            self._draw(trainer, pl_module)
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tb = find_phase_logger(trainer)
         samples = self._fixed_samples(trainer) if tb is not None else None
         if tb is None or samples is None:

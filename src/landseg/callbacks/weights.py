@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
 from landseg.callbacks.images import model_input
 from landseg.loggers.tensorboard import find_phase_logger
 
@@ -24,20 +25,30 @@ def _network(pl_module: pl.LightningModule) -> torch.nn.Module:
 
 
 class WeightHistograms(Callback):
-    """Histograms of every parameter in the train run, every ``every_n_epochs`` train epochs.
+    """Histograms of every parameter in the train run, after the train epochs of ``cadence``.
 
-    Tags follow the module tree (``encoder/layer1/0/conv1/weight``) so TensorBoard groups them by
+    Every epoch by default; the final weights at fit end if the last epoch was skipped. Tags
+    follow the module tree (``encoder/layer1/0/conv1/weight``) so TensorBoard groups them by
     top-level block. Non-finite values (a diverged run) are left out rather than failing.
     """
 
-    def __init__(self, every_n_epochs: int = 1):
-        if every_n_epochs < 1:
-            raise ValueError("every_n_epochs must be >= 1")
-        self.every_n_epochs = every_n_epochs
+    def __init__(self, cadence: VisualCadence | None = None):
+        self.schedule = DrawsOnCadence(cadence)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.schedule.cadence.start()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs:
-            return
+        if trainer.is_global_zero and self.schedule.should_draw(trainer):
+            with self.schedule.drawing():
+                self._histograms(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.schedule.owes():
+            with self.schedule.drawing():
+                self._histograms(trainer, pl_module)
+
+    def _histograms(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tb = find_phase_logger(trainer)
         if tb is None:
             return

@@ -307,6 +307,14 @@ class OutputSetup(StrictModel):
         default=3, ge=0, description="Checkpoints kept per monitored metric (val_loss, val_miou)."
     )
     progress: int = Field(default=1, ge=0, description="Progress bar refresh rate; 0 = off.")
+    figures_every_n_epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description="landseg: which epochs get drawn outputs (confusion and per-class figures, "
+        "TensorBoard image grids and weight histograms). auto: an epoch is drawn while "
+        "drawing has taken under 2 % of the training time so far; N: every N epochs. Either "
+        "way the first epoch and the final state are drawn. Numbers (scalars, history, "
+        "confusion arrays, checkpoints) are written after every validation regardless.",
+    )
     layout: Literal["odeon", "datamodule_model"] = Field(
         default="odeon",
         description="odeon: <output_folder>/<name_exp_log>/<version>; datamodule_model: "

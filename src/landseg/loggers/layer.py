@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from matplotlib.figure import Figure
 
+from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
 from landseg.io import atomic_path, atomic_write_bytes
 from landseg.loggers import figures
 from landseg.loggers.tensorboard import PhaseTensorBoardLogger, check_phase, split_metric
@@ -55,7 +56,9 @@ def read_scalars(run_dir: str | Path) -> list[dict[str, Any]]:
 
     A line that does not parse (a write torn by a crash) is skipped. When a resumed run logs a
     step again, the rows of that phase logged after it by the interrupted run are dropped, so
-    each phase's steps never go backwards.
+    each phase's steps never go backwards, and so are the rows of that very step that hold any
+    of the same scalars (the interrupted run's values of them); rows of the same step with
+    other scalars (two ``summarize`` calls of one step) are kept.
     """
     path = Path(run_dir) / SCALARS_FILE
     if not path.exists():
@@ -73,7 +76,7 @@ def read_scalars(run_dir: str | Path) -> list[dict[str, Any]]:
             continue
         step = row.get("step")
         if step is not None:
-            rows = [r for r in rows if r["phase"] != row["phase"] or (r.get("step") or 0) <= step]
+            rows = [r for r in rows if not _replaced_by(r, row, step)]
         rows.append(row)
     return rows
 
@@ -87,14 +90,27 @@ class RunLogger(Callback):
     per-class IoU/F1 bars from ``pl_module.last_confusion`` / ``last_report``; the learning
     curves when fit ends. It flushes and closes itself at teardown and on any exception.
 
+    Figures of validations follow ``cadence`` (every epoch by default); the numbers behind
+    them (rows, arrays) are recorded after every validation regardless, and a skipped final
+    validation is drawn when fit ends.
+
     Args:
         run_dir: the run folder.
         tb: where scalars and figures also go; ``None`` for files only.
+        cadence: which epochs' validations get figures (shared with the other drawing
+            callbacks); ``None`` for every epoch.
     """
 
-    def __init__(self, run_dir: str | Path, tb: PhaseTensorBoardLogger | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tb: PhaseTensorBoardLogger | None = None,
+        cadence: VisualCadence | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.tb = tb
+        self._figures = DrawsOnCadence(cadence)
+        self._skipped_step = 0
         self._buffers: dict[str, list[tuple[int, np.ndarray]]] = {}
         self._unsaved: set[str] = set()
         self._scalars: IO[bytes] | None = None
@@ -212,9 +228,15 @@ class RunLogger(Callback):
         if trainer.is_global_zero:
             self._log_evaluation(trainer, pl_module, "test")
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._figures.cadence.start()
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        if self._figures.owes():  # the final validation was not drawn: draw it now
+            with self._figures.drawing():
+                self._draw_evaluation(pl_module, "val", self._skipped_step)
         curves = figures.learning_curves(read_scalars(self.run_dir))
         self.figure("learning_curves", curves, trainer.global_step, phase="train")
         self.flush()
@@ -240,17 +262,27 @@ class RunLogger(Callback):
         step, epoch = trainer.global_step, trainer.current_epoch
         self._append_row(phase, step, _phase_metrics(trainer.callback_metrics, phase), epoch=epoch)
         confusion = getattr(pl_module, "last_confusion", None)
+        if confusion is not None:
+            self.buffer(f"confusion_{phase}", confusion, step)
+        if phase != "val" or self._figures.should_draw(trainer):
+            with self._figures.drawing():
+                self._draw_evaluation(pl_module, phase, step)
+        else:
+            self._skipped_step = step
+        self.flush()
+
+    def _draw_evaluation(self, pl_module: pl.LightningModule, phase: str, step: int) -> None:
+        """Confusion-matrix figures and per-class bars of the module's latest evaluation."""
+        confusion = getattr(pl_module, "last_confusion", None)
         labels = list(getattr(pl_module, "class_labels", None) or [])
         if confusion is not None:
             labels = labels or [str(i) for i in range(len(confusion))]
             for normalize, name in ((False, "confusion"), (True, "confusion_normalized")):
                 fig = figures.confusion_matrix_figure(confusion, labels, normalize=normalize)
                 self.figure(f"{name}_{phase}", fig, step, phase)
-            self.buffer(f"confusion_{phase}", confusion, step)
         report = getattr(pl_module, "last_report", None)
         if report is not None and labels:
             self.figure(f"per_class_{phase}", figures.per_class_bars(report, labels), step, phase)
-        self.flush()
 
     def _append_row(
         self, phase: str, step: int, values: Mapping[str, Any], epoch: int | None = None
@@ -289,6 +321,20 @@ class RunLogger(Callback):
             return []
         with np.load(path) as saved:
             return [(int(s), v) for s, v in zip(saved["steps"], saved["values"], strict=True)]
+
+
+def _replaced_by(old: dict[str, Any], new: dict[str, Any], step: int) -> bool:
+    """Whether ``new`` (logged at ``step``) supersedes ``old``, a row an interrupted run wrote."""
+    if old["phase"] != new["phase"]:
+        return False
+    old_step = old.get("step") or 0
+    if old_step != step:
+        return old_step > step
+    return bool((old.keys() & new.keys()) - _ROW_FIELDS)
+
+
+#: Keys of a scalars row that are not scalars.
+_ROW_FIELDS = frozenset({"phase", "step", "epoch", "time"})
 
 
 def _last_byte(path: Path) -> bytes:

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 
+from landseg.callbacks.cadence import VisualCadence
 from landseg.callbacks.exports import PthExport, export_model
 from landseg.callbacks.history import HistoryWriter
 from landseg.callbacks.run_state import RunStateUpdater
@@ -35,6 +36,7 @@ from landseg.io import (
     atomic_write_text,
     checkpoint_error_line,
     load_checkpoint,
+    remove_stale_temporaries,
 )
 from landseg.runs import (
     CONFIG_FILE,
@@ -46,6 +48,7 @@ from landseg.runs import (
     now_iso,
     resolve_run_folder,
 )
+from landseg.tasks.checkpoint_io import AtomicCheckpointIO
 from landseg.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger("landseg.train")
@@ -230,8 +233,17 @@ def prune_checkpoints_after(run: RunFolder, resumed_from: Path | None) -> list[P
 # ---------------------------------------------------------------------------- trainer
 
 
-def build_callbacks(config: LandsegConfig, run: RunFolder) -> list[Callback]:
+def visual_cadence(config: LandsegConfig) -> VisualCadence:
+    """When the run's figures, image grids and histograms are drawn (``figures_every_n_epochs``)."""
+    every = config.output_setup.figures_every_n_epochs
+    return VisualCadence(every_n_epochs=None if every == "auto" else every)
+
+
+def build_callbacks(
+    config: LandsegConfig, run: RunFolder, cadence: VisualCadence | None = None
+) -> list[Callback]:
     out = config.output_setup
+    cadence = cadence or visual_cadence(config)
     callbacks: list[Callback] = [ResumeTracker(), RunStateUpdater(run)]
     callbacks += checkpoint_callbacks(config, run)
     if out.save_history:
@@ -256,7 +268,7 @@ def build_callbacks(config: LandsegConfig, run: RunFolder) -> list[Callback]:
         from landseg.callbacks.images import ImageSamples
         from landseg.callbacks.weights import ModelGraph, WeightHistograms
 
-        callbacks += [ImageSamples(), WeightHistograms(), ModelGraph()]
+        callbacks += [ImageSamples(cadence=cadence), WeightHistograms(cadence), ModelGraph()]
     return callbacks
 
 
@@ -279,7 +291,8 @@ def build_trainer(
 ) -> pl.Trainer:
     train = config.train_setup
     loggers = build_loggers(config, run)
-    callbacks = build_callbacks(config, run) + list(extra_callbacks or [])
+    cadence = visual_cadence(config)  # one for every drawing callback: they draw together
+    callbacks = build_callbacks(config, run, cadence) + list(extra_callbacks or [])
     # ``last`` after every other checkpoint (the callers' too): it records their state for
     # the same validation, so nothing a resume starts from is newer than it
     callbacks.append(LastCheckpoint(run.checkpoints, f"{checkpoint_base_name(config)}-last"))
@@ -287,7 +300,7 @@ def build_trainer(
         from landseg.loggers.layer import RunLogger
 
         tensorboard = loggers[0]
-        callbacks.append(RunLogger(run.path, tensorboard))
+        callbacks.append(RunLogger(run.path, tensorboard, cadence))
     val_check = train.val_check_interval
     return pl.Trainer(
         max_epochs=train.epochs,
@@ -302,6 +315,7 @@ def build_trainer(
         enable_model_summary=False,
         use_distributed_sampler=False,  # the datamodule's sampler shards by rank itself
         log_every_n_steps=1,
+        plugins=[AtomicCheckpointIO()],
         **lightning_device_args(config.device_setup),
     )
 
@@ -394,6 +408,8 @@ def _train_in(
     if rank_zero:
         if run.resuming:
             prune_checkpoints_after(run, ckpt_path)
+            for path in remove_stale_temporaries(run.path):
+                log.info("removing %s, left by an interrupted write", path.relative_to(run.path))
         _write_run_files(config, run, task)
         os.environ[RUN_DIR_ENV] = str(run.path)
         log.info(

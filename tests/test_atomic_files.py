@@ -1,0 +1,47 @@
+"""Atomic writes: checkpoints through Lightning's plugin slot; the leftovers of killed writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from landseg.io import atomic_write_text, remove_stale_temporaries
+from landseg.tasks.checkpoint_io import AtomicCheckpointIO
+
+
+def test_checkpoint_is_written_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "checkpoints" / "model-last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"weights": torch.ones(3)}, path)
+    assert torch.equal(io.load_checkpoint(path, weights_only=True)["weights"], torch.ones(3))
+
+    def torn_save(obj: object, target: Path) -> None:  # a crash half way through the write
+        Path(target).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"weights": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model-last.ckpt"]
+
+
+def test_storage_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="storage_options"):
+        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "a.ckpt", storage_options={"x": 1})
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "history.json", "{}")
+    left = [tmp_path / ".history.json.k3j_x.tmp", tmp_path / "checkpoints" / ".m.ckpt.a1.tmp"]
+    kept = [tmp_path / ".hidden", tmp_path / "notes.tmp", tmp_path / "history.json"]
+    for path in left + kept[:2]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert remove_stale_temporaries(tmp_path) == sorted(left)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in left)
