@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +37,25 @@ def demo_config(demo_dir: Path, tmp_path: Path) -> dict:
     config["output_setup"]["output_folder"] = str(tmp_path / "runs")
     config["output_setup"]["progress"] = 0
     return config
+
+
+def sigkill_when(command: list[str], moment: Callable[[], bool], timeout: float = 300) -> int:
+    """Run ``landseg COMMAND`` in a subprocess, SIGKILL it as soon as ``moment()`` is true.
+
+    Returns the exit status (``-SIGKILL`` when killed; the command's own if it ended first).
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "landseg.cli", *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if moment():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    return process.wait()
 
 
 def write_config(path: Path, config: dict) -> Path:

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from landseg.cli import main
-from tests.conftest import write_config
+from tests.conftest import sigkill_when, write_config
 from tests.jobs.conftest import cv_config
 
 pytestmark = pytest.mark.slow
@@ -91,18 +91,7 @@ def test_sequential_job_writes_every_output(reference: Path, capsys) -> None:
 
 def run_until(config: Path, job: Path, moment: Callable[[Path], bool]) -> int:
     """Start `landseg cv` in a subprocess and SIGKILL it as soon as ``moment(job)`` is true."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli", "cv", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if moment(job):
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    return process.wait()
+    return sigkill_when(["cv", "-c", str(config)], lambda: moment(job))
 
 
 def first_checkpoint(job: Path) -> bool:

@@ -4,40 +4,32 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from landseg.cli import main
-from tests.conftest import write_config
+from landseg.loggers import read_scalars
+from tests.conftest import sigkill_when, write_config
 
 
-def final_state(run: Path) -> tuple[dict, dict[str, torch.Tensor], list[str]]:
+def final_state(run: Path) -> tuple[dict, dict[str, torch.Tensor], list[str], list[dict]]:
     history = json.loads((run / "history.json").read_text())
     last = torch.load(run / "checkpoints" / "lightunet-last.ckpt", weights_only=True)
     names = sorted(p.name for p in (run / "checkpoints").glob("*-loss-*.ckpt"))
     names += sorted(p.name for p in (run / "checkpoints").glob("*-miou-*.ckpt"))
-    return history, last["state_dict"], names
+    scalars = [{k: v for k, v in row.items() if k != "time"} for row in read_scalars(run)]
+    return history, last["state_dict"], names, scalars
 
 
 def kill_after_first_checkpoint(config_path: Path, run: Path) -> int:
     """Start `landseg train` in a subprocess and SIGKILL it right after its first checkpoint."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli", "train", "-c", str(config_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    return sigkill_when(
+        ["train", "-c", str(config_path)],
+        lambda: any((run / "checkpoints").glob("*-step=*.ckpt")),
+        timeout=120,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if any((run / "checkpoints").glob("*-step=*.ckpt")):
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    return process.wait()
 
 
 @pytest.mark.slow
@@ -63,6 +55,8 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
     run = tmp_path / "runs" / "exp" / "killed"
     assert kill_after_first_checkpoint(killed_config, run) == -signal.SIGKILL
     assert json.loads((run / "run.json").read_text())["status"] == "running"
+    stale = run / "checkpoints" / ".lightunet-last.ckpt.x1y2.tmp"  # as a killed write leaves it
+    stale.write_bytes(b"half a checkpoint")
 
     if how == "continue_training":
         demo_config["train_setup"]["continue_training"] = True
@@ -71,12 +65,17 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
         step_checkpoint = next((run / "checkpoints").glob("*-step=*.ckpt"))
         assert main(["train", "--resume", str(step_checkpoint)]) == 0
 
-    ref_history, ref_weights, ref_names = final_state(tmp_path / "runs" / "exp" / "reference")
-    history, weights, names = final_state(run)
+    reference_run = tmp_path / "runs" / "exp" / "reference"
+    ref_history, ref_weights, ref_names, ref_scalars = final_state(reference_run)
+    history, weights, names, scalars = final_state(run)
     assert list(history) == ["0", "1", "2", "3"]
     assert history == ref_history
     assert names == ref_names
+    # the train loss and mIoU of the epoch cut mid-way cover all its batches, not only the
+    # ones after the resume (the metric states travel in the step checkpoint)
+    assert scalars == ref_scalars
     for key, value in ref_weights.items():
         assert torch.equal(weights[key], value), key
     state = json.loads((run / "run.json").read_text())
     assert state["status"] == "finished" and len(state["resumed"]) == 1
+    assert not stale.exists() and not list(run.rglob(".*.tmp"))

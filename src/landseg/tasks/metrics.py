@@ -89,6 +89,36 @@ class SegmentationMetrics(Metric):
         return self.confmat.clone()
 
 
+class LossMean(Metric):
+    """The epoch's loss: the mean of the batch losses weighted by batch size, summed over ranks.
+
+    A metric rather than Lightning's own epoch mean so that its state travels in checkpoints
+    (made persistent by the task): a run resumed mid-epoch reports the mean over *every* batch
+    of that epoch. A NaN batch loss keeps the mean NaN, so a diverged epoch shows as such
+    (torchmetrics' ``MeanMetric`` either drops NaNs or, with NaN checks off, ignores weights).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    total: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("total", default=zero, dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, loss: torch.Tensor, batch_size: int) -> None:
+        self.total += loss.detach().to(torch.float64) * batch_size
+        self.count += batch_size
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).to(torch.float32)
+
+
 def _counts(cm: np.ndarray | torch.Tensor) -> np.ndarray:
     """A square int64 count matrix from a numpy array or a tensor on any device."""
     if isinstance(cm, torch.Tensor):

@@ -12,10 +12,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from torchmetrics import Metric
 
 from landseg.models.registry import build_model, model_size_multiple
 from landseg.tasks.losses import LOSSES
-from landseg.tasks.metrics import SegmentationMetrics, metrics_from_confusion, miou
+from landseg.tasks.metrics import LossMean, SegmentationMetrics, metrics_from_confusion, miou
 from landseg.tasks.optim import SCHEDULERS, build_optimizer, build_scheduler
 
 
@@ -40,9 +41,18 @@ class SegmentationTask(pl.LightningModule):
         self.train_metrics = SegmentationMetrics(n_classes)
         self.val_metrics = SegmentationMetrics(n_classes)
         self.test_metrics = SegmentationMetrics(n_classes)
+        self.train_loss_mean = LossMean()
+        self.val_loss_mean = LossMean()
+        self.test_loss_mean = LossMean()
+        for metric in self._metrics():
+            # In the checkpoints: a run resumed mid-epoch ends that epoch with the metrics of
+            # all its batches, not only of those after the resume.
+            metric.persistent(True)
         self.last_confusion: np.ndarray | None = None
         self.last_report: dict[str, Any] | None = None
-        self._sum_loss: dict[str, torch.Tensor] = {}
+
+    def _metrics(self) -> list[Metric]:
+        return [module for module in self.modules() if isinstance(module, Metric)]
 
     @property
     def train_setup(self) -> dict[str, Any]:
@@ -66,14 +76,17 @@ class SegmentationTask(pl.LightningModule):
         loss = self.loss_fn(logits, batch["mask"])
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), batch["mask"])
+        batch_size = batch["image"].shape[0]
+        loss_mean = getattr(self, f"{stage}_loss_mean")
+        loss_mean(loss, batch_size)  # forward: this batch's value for the step log, and update
+        # A logged Metric is computed (summed over ranks) and reset by Lightning at epoch end.
         self.log(
             f"{stage}_loss",
-            loss,
+            loss_mean,
             on_step=stage == "train",
             on_epoch=True,
             prog_bar=True,
-            batch_size=batch["image"].shape[0],
-            sync_dist=True,
+            batch_size=batch_size,
         )
         return loss
 
@@ -130,6 +143,15 @@ class SegmentationTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ resume
 
+    def _metric_states(self) -> dict[str, torch.Tensor]:
+        """The state-dict entries of the metrics (their accumulated states)."""
+        names = {name for name, module in self.named_modules() if isinstance(module, Metric)}
+        return {
+            key: value
+            for key, value in self.state_dict().items()
+            if key.rpartition(".")[0] in names
+        }
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Random states as plain tensors and lists, so ``weights_only=True`` loads them."""
         np_state = np.random.get_state()
@@ -142,6 +164,11 @@ class SegmentationTask(pl.LightningModule):
             checkpoint["landseg_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before metric states were saved start those metrics empty.
+        weights = checkpoint.get("state_dict")
+        if isinstance(weights, dict):
+            for key, value in self._metric_states().items():
+                weights.setdefault(key, value)
         state = checkpoint.get("landseg_rng")
         if not state:
             return
