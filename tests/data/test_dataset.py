@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from landseg.config.schema import SplitStats
 from landseg.data.csvfiles import read_pairs
 from landseg.data.dataset import SegmentationDataset
+from landseg.data.raster import read_image
 from landseg.data.sampler import SeededSampler
 from landseg.errors import ConfigError, DataError
 from landseg.io import write_geotiff
@@ -112,3 +113,24 @@ def test_size_mismatch_names_the_row(tmp_path: Path, make_dataset) -> None:
 def test_unknown_augmentation_is_a_config_error(tmp_path: Path, make_dataset) -> None:
     with pytest.raises(ConfigError, match=r"data_source\.data_augmentation: unknown augmentation"):
         _dataset(make_dataset(tmp_path, n=1), augmentations=["flip"])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nodata"), [("uint8", 255), ("float32", float("nan")), ("uint16", 0)]
+)
+def test_image_nodata_pixels_are_ignored_and_blacked_out(
+    tmp_path: Path, make_dataset, dtype: str, nodata: float
+) -> None:
+    csv_path = make_dataset(tmp_path, n=1, dtype=dtype, mask="index")
+    [pair] = read_pairs(csv_path)
+    image = read_image(pair.image)
+    image[:, 2, :] = nodata  # row 2: nodata in every band
+    if not np.isnan(nodata):  # (a NaN in one band only is an error, tested elsewhere)
+        image[0, 3, :] = nodata  # row 3: in one band only, still data
+    write_geotiff(pair.image, image, nodata=nodata)
+    pixel_range = {"uint8": 255.0, "float32": 1.0, "uint16": 4095.0}[dtype]
+    sample = _dataset(csv_path, pixel_range=pixel_range)[0]
+    assert (sample["mask"][2] == -1).all()
+    assert (sample["mask"][3] >= 0).all() and (sample["mask"][4:] >= 0).all()
+    assert (sample["image"][:, 2] == 0).all()
+    assert torch.isfinite(sample["image"]).all()

@@ -19,8 +19,9 @@ from landseg.config.schema import SplitStats
 from landseg.data.augmentations import build_augmentations
 from landseg.data.csvfiles import SamplePair
 from landseg.data.normalization import scale, standardize
-from landseg.data.raster import read_image, read_mask
+from landseg.data.raster import read_image_and_nodata, read_mask
 from landseg.data.sampler import derive_seed
+from landseg.data.summary import IGNORE_INDEX
 from landseg.errors import ConfigError, DataError
 
 
@@ -81,8 +82,15 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         }
 
     def load(self, pair: SamplePair) -> tuple[np.ndarray, np.ndarray]:
-        """The pair's 0-1 float32 image and int64 class mask, before augmentation."""
-        raw = read_image(pair.image, self.image_bands)
+        """The pair's 0-1 float32 image and int64 class mask, before augmentation.
+
+        Image nodata pixels (every band at the image's nodata value) are ignored like
+        unlabelled mask pixels, and their pixel values are set to 0 (black), whatever the
+        nodata value was (255 would otherwise read as bright white, NaN as an error).
+        """
+        raw, missing = read_image_and_nodata(pair.image, self.image_bands)
+        if missing is not None and missing.any():
+            raw[:, missing] = 0
         if raw.dtype.kind == "f" and not np.isfinite(raw).all():
             raise DataError(f"{pair.image}: image has NaN or infinite pixels ({pair.where()})")
         mask = read_mask(pair.mask, self.mask_bands, self.n_classes, self.ignore_index)
@@ -91,4 +99,6 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
                 f"{pair.where()}: image {pair.image} is {raw.shape[2]}x{raw.shape[1]} but "
                 f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]}"
             )
+        if missing is not None:
+            mask[missing] = IGNORE_INDEX
         return scale(raw, self.pixel_range), mask

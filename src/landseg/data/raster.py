@@ -98,9 +98,29 @@ def check_bands(key: str, bands: Sequence[int], header: RasterHeader, what: str)
 
 def read_image(path: str | Path, bands: Sequence[int] | None = None) -> np.ndarray:
     """The (C, H, W) pixels of ``bands`` (1-based; None = all), in the file's dtype."""
+    return read_image_and_nodata(path, bands)[0]
+
+
+def read_image_and_nodata(
+    path: str | Path, bands: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_image` and the image's nodata pixels (see :func:`nodata_pixels`)."""
     with open_raster(path) as src:
         _raise(check_bands("data_source.image_bands", bands or (), _header(src, path), "image"))
-        return src.read(list(bands) if bands else None)
+        raw = src.read(list(bands) if bands else None)
+        return raw, nodata_pixels(raw, src.nodata)
+
+
+def nodata_pixels(raw: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """``(H, W)``: True where every band of ``raw`` equals ``nodata`` (NaN: is NaN).
+
+    None when the raster declares no nodata. A pixel with only some bands at the nodata value
+    is data (a dark pixel in one band is common); GDAL's dataset mask follows the same rule.
+    """
+    if nodata is None:
+        return None
+    missing = np.isnan(raw) if np.isnan(nodata) else raw == nodata
+    return np.all(missing, axis=0)
 
 
 def read_mask(

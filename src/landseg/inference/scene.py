@@ -40,7 +40,7 @@ from rasterio.windows import Window
 
 from landseg.config.schema import LandsegConfig, SplitStats
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
-from landseg.data.raster import open_raster
+from landseg.data.raster import nodata_pixels, open_raster
 from landseg.errors import DataError, LandsegError
 from landseg.io import atomic_path, checkpoint_error_line, load_checkpoint
 from landseg.loggers.figures import class_palette
@@ -309,10 +309,8 @@ class Normalization:
 
 def nodata_free(raw: np.ndarray, nodata: float | None) -> np.ndarray | None:
     """Pixels that are not nodata in every band (None: the raster has no nodata)."""
-    if nodata is None:
-        return None
-    missing = np.isnan(raw) if math.isnan(nodata) else raw == nodata
-    return ~np.all(missing, axis=0)
+    missing = nodata_pixels(raw, nodata)
+    return None if missing is None else ~missing
 
 
 # ---------------------------------------------------------------------------- output rasters
