@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from landseg import __version__
 from landseg.errors import LandsegError
@@ -131,13 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record, not the one of the first call.
+
+    ``main`` may run many times in one process (tests, notebooks, a job runner) with
+    ``sys.stderr`` replaced in between; a handler bound once would write to a stale stream.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; sys.stderr wins
+        pass
+
+
 def _console_logging(verbose: bool) -> None:
     """landseg's own messages on stderr (Lightning prints its own)."""
     logger = logging.getLogger("landseg")
-    if not any(getattr(h, "_landseg_console", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler._landseg_console = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
