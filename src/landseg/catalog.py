@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 import socket
@@ -19,9 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from landseg.errors import LandsegError
+from landseg.errors import LandsegError, RunFolderError
 from landseg.io import atomic_write_json
-from landseg.runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, read_run_state
+from landseg.runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, process_start, read_run_state
+
+log = logging.getLogger(__name__)
 
 ARCHIVE_INDEX = "archive.json"
 ARCHIVED_NAME = re.compile(r"^archived_v(\d+)_\d{4}-\d{2}-\d{2}$")
@@ -54,6 +57,15 @@ class RunInfo:
 # ---------------------------------------------------------------------------- status
 
 
+def _process_alive(pid: int, started: str | None) -> bool:
+    """Whether the process that wrote a run.json still runs (same pid *and* start time)."""
+    if not _pid_alive(pid):
+        return False
+    if started is None:  # recorded where /proc could not tell (another OS): the pid must do
+        return True
+    return process_start(pid) == started  # None once it has ended (a zombie included)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -78,10 +90,37 @@ def effective_status(state: dict[str, Any]) -> str:
         status == "running"
         and state.get("host") == socket.gethostname()
         and isinstance(pid, int)
-        and not _pid_alive(pid)
+        and not _process_alive(pid, state.get("process_start"))
     ):
         return "interrupted"
     return status
+
+
+def refuse_live_run(run: Path) -> None:
+    """Raise if another live process of this host trains ``run``: two writers would corrupt it.
+
+    A run that says ``running`` on another host cannot be checked from here; it is most often
+    a cluster job killed on one node and continued on another, so it is continued, with a
+    warning.
+    """
+    state = read_run_state(run)
+    pid = state.get("pid")
+    if effective_status(state) != "running" or pid == os.getpid():
+        return
+    host = state.get("host")
+    if host != socket.gethostname():
+        log.warning(
+            "%s: run.json says running (pid %s on host %s), which cannot be checked from "
+            "here; continuing it. Make sure that process has ended.",
+            run,
+            pid,
+            host,
+        )
+        return
+    raise RunFolderError(
+        f"{run}: the run is still being trained (pid {pid} on this host); stop that process "
+        "or wait for it to end before continuing it"
+    )
 
 
 # ---------------------------------------------------------------------------- listing

@@ -147,6 +147,24 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def process_start(pid: int) -> str | None:
+    """What tells process ``pid`` from a later one given the same pid: boot id and start time.
+
+    Read from Linux's ``/proc``; None where it cannot be read (another OS, no such process) or
+    the process has ended.
+    Containers restart with small pids, so a pid alone would make a dead run look alive.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the name may hold spaces; fields 3.. follow it
+    if len(fields) <= 19 or fields[0] == "Z":  # a zombie has ended, only not been waited for
+        return None
+    return f"{boot}:{fields[19]}"  # field 22: the start time
+
+
 def initial_state(config: LandsegConfig) -> dict[str, Any]:
     data = config.data_source
     csvs = {
@@ -163,6 +181,7 @@ def initial_state(config: LandsegConfig) -> dict[str, Any]:
         "started": now_iso(),
         "ended": None,
         "pid": os.getpid(),
+        "process_start": process_start(os.getpid()),
         "host": socket.gethostname(),
         "command": sys.argv,
         "model": config.train_setup.model_name,

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from landseg.cli import main
 from landseg.io import write_geotiff
+from landseg.runs import process_start
 from tests.conftest import write_config
 
 Mutation = Callable[[dict, Path, Path], None]
@@ -391,6 +393,16 @@ def existing_version(config: dict, tmp: Path, demo: Path) -> None:
     (run / "run.json").write_text("{}")
 
 
+def live_run(config: dict, tmp: Path, demo: Path) -> None:
+    """A run folder whose run.json names a live process of this host (pytest's parent)."""
+    run = Path(config["output_setup"]["output_folder"]) / "exp" / "v1"
+    run.mkdir(parents=True)
+    pid = os.getppid()
+    state = {"status": "running", "pid": pid, "host": socket.gethostname()}
+    (run / "run.json").write_text(json.dumps({**state, "process_start": process_start(pid)}))
+    config["train_setup"]["continue_training"] = True
+
+
 def read_only_output(config: dict, tmp: Path, demo: Path) -> None:
     folder = tmp / "read-only"
     folder.mkdir()
@@ -416,6 +428,7 @@ TRAIN_CASES: dict[str, tuple[Mutation, str]] = {
         ),
         "train_setup.continue_training: no run to continue",
     ),
+    "continue a live run": (live_run, f"still being trained (pid {os.getppid()} on this host)"),
     "read-only output folder": (read_only_output, "output_setup.output_folder: cannot write"),
     "output folder is a file": (output_is_a_file, "output_setup.output_folder: cannot write"),
 }

@@ -21,6 +21,7 @@ from landseg.catalog import (
 )
 from landseg.cli import main
 from landseg.errors import LandsegError
+from landseg.runs import process_start
 
 TODAY = dt.date(2026, 11, 22)
 
@@ -99,6 +100,16 @@ def test_status_of_a_live_or_foreign_process() -> None:
     assert effective_status({}) == "unknown"
 
 
+def test_a_reused_pid_is_not_the_run_s_process() -> None:
+    import os
+
+    here, pid = socket.gethostname(), os.getppid()  # a live process, started before this one
+    running = {"status": "running", "host": here, "pid": pid}
+    assert effective_status({**running, "process_start": process_start(pid)}) == "running"
+    # the same pid, but another process (a container restarted, the pid handed out again)
+    assert effective_status({**running, "process_start": "other-boot:1"}) == "interrupted"
+
+
 def test_archive_renames_and_records(output: Path) -> None:
     target = archive_run(output / "exp" / "v1", today=TODAY)
     assert target == (output / "exp" / "archived_v1_2026-11-22").absolute()
@@ -172,3 +183,19 @@ def test_best_checkpoint_prefers_lowest_val_loss(tmp_path: Path) -> None:
     assert best_checkpoint(run).name == "m-loss-epoch=005-val_loss=0.3000-v1.ckpt"
     only_last = make_run(tmp_path / "s", checkpoints=("m-last.ckpt",))
     assert best_checkpoint(only_last).name == "m-last.ckpt"
+
+
+def test_a_killed_run_not_yet_waited_for_is_interrupted() -> None:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = process_start(process.pid)
+        state = {"status": "running", "host": socket.gethostname(), "pid": process.pid}
+        assert effective_status({**state, "process_start": started}) == "running"
+        process.kill()
+        deadline = dt.datetime.now() + dt.timedelta(seconds=10)
+        while process_start(process.pid) is not None and dt.datetime.now() < deadline:
+            pass  # the kernel makes it a zombie: its pid still answers kill(pid, 0)
+        assert effective_status({**state, "process_start": started}) == "interrupted"
+    finally:
+        process.kill()
+        process.wait()

@@ -25,6 +25,7 @@ from landseg.callbacks.cadence import VisualCadence
 from landseg.callbacks.exports import PthExport, export_model
 from landseg.callbacks.history import HistoryWriter
 from landseg.callbacks.run_state import RunStateUpdater
+from landseg.catalog import refuse_live_run
 from landseg.config.schema import DeviceSetup, LandsegConfig
 from landseg.data.datamodule import DATAMODULES
 from landseg.data.resumable import ResumeTracker
@@ -378,6 +379,8 @@ def train(
     """
     run = run or resolve_run_folder(config)
     rank_zero = RUN_DIR_ENV not in os.environ
+    if rank_zero and run.resuming:
+        refuse_live_run(run.path)
     handler = _setup_file_logging(run, verbose) if rank_zero else None
     try:
         return _train_in(run, config, summary, rank_zero, checkpoint, extra_callbacks)
