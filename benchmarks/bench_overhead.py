@@ -8,8 +8,10 @@ cross-entropy with ``ignore_index=-1`` and a validation pass with a bincount con
 Epochs are timed from inside: a callback stamps each train-epoch start and the end of training
 (so an epoch includes validation, checkpoints and every logger), the hand loop stamps the same
 points. The first epoch of each run is left out (warm-up), runs alternate between the two, and
-the figure is the median over runs of each run's median epoch. Wall and process CPU time are
-both reported (CPU time is less sensitive to other jobs on a shared machine).
+the figure is the median over runs of each run's median epoch; the whole run (every epoch
+summed, the first included) is reported too, since drawn outputs (figures, grids, histograms)
+are made on some epochs only (``figures_every_n_epochs``). Wall and process CPU time are both
+reported (CPU time is less sensitive to other jobs on a shared machine).
 
     python -m benchmarks.bench_overhead --train 32 --val 8 --runs 3 --epochs 3
 """
@@ -48,7 +50,7 @@ from benchmarks.common import (
 def landseg_epochs(
     folder: Path, config: dict[str, Any], version: str, profiler: SimpleProfiler | None = None
 ) -> list[tuple[float, float]]:
-    """Train with landseg (what ``landseg train -c`` runs); (wall, cpu) of the steady epochs."""
+    """Train with landseg (what ``landseg train -c`` runs); (wall, cpu) of every epoch."""
     from landseg.cli import load_and_check
     from landseg.tasks.train import train
 
@@ -59,11 +61,11 @@ def landseg_epochs(
     trainer = partial(pl.Trainer, profiler=profiler) if profiler else pl.Trainer
     with mock.patch.object(pl, "Trainer", trainer):
         train(checked, summary, extra_callbacks=[clock])
-    return clock.clock.intervals()
+    return clock.clock.intervals(skip=0)
 
 
 def hand_epochs(args: argparse.Namespace, train_rows: list, val_rows: list) -> list:
-    """The same training by the hand-written loop; (wall, cpu) of the steady epochs."""
+    """The same training by the hand-written loop; (wall, cpu) of every epoch."""
     from landseg.models.registry import build_model
 
     torch.manual_seed(0)
@@ -77,7 +79,7 @@ def hand_epochs(args: argparse.Namespace, train_rows: list, val_rows: list) -> l
         n_classes=len(DUBAI_CLASSES),
         clock=clock,
     )
-    return clock.intervals()
+    return clock.intervals(skip=0)
 
 
 def profile_breakdown(profiler: SimpleProfiler, epochs: int, top: int = 14) -> dict[str, float]:
@@ -139,17 +141,27 @@ def main() -> None:
     }
     for kind in ("wall", "cpu"):
         index = 0 if kind == "wall" else 1
-        per_run = {
-            name: [median([t[index] for t in run]) for run in runs] for name, runs in times.items()
-        }
-        landseg_s, hand_s = median(per_run["landseg"]), median(per_run["hand"])
-        result[f"{kind}_s_per_epoch"] = {
-            "landseg": round(landseg_s, 3),
-            "hand": round(hand_s, 3),
-            "ratio": round(landseg_s / hand_s, 4),
-            "overhead_s": round(landseg_s - hand_s, 3),
-            "per_run": {name: [round(v, 3) for v in values] for name, values in per_run.items()},
-        }
+        # per epoch: each run's median steady epoch (the first left out), median over runs;
+        # whole run: each run's every epoch summed (first epoch, drawings, graph included)
+        for label, steady in (("s_per_epoch", True), ("s_whole_run", False)):
+            per_run = {
+                name: [
+                    median([t[index] for t in run[1:]]) if steady else sum(t[index] for t in run)
+                    for run in runs
+                ]
+                for name, runs in times.items()
+            }
+            landseg_s, hand_s = median(per_run["landseg"]), median(per_run["hand"])
+            result[f"{kind}_{label}"] = {
+                "landseg": round(landseg_s, 3),
+                "hand": round(hand_s, 3),
+                "ratio": round(landseg_s / hand_s, 4),
+                "overhead_s": round(landseg_s - hand_s, 3),
+                "per_run": {n: [round(v, 3) for v in values] for n, values in per_run.items()},
+            }
+    result["epoch_s"] = {
+        name: [[round(t[0], 2) for t in run] for run in runs] for name, runs in times.items()
+    }
     result["landseg_profile_s_per_epoch"] = breakdown
     report("overhead", result, load_before)
 

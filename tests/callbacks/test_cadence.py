@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
+from landseg.callbacks.cadence import FIRST_COST_ESTIMATE, DrawsOnCadence, VisualCadence
 
 
 class FakeClock:
@@ -32,17 +32,31 @@ def test_auto_keeps_drawing_within_the_budget() -> None:
     cadence = VisualCadence(budget=0.1, clock=clock)
     cadence.start()
     drawn = []
-    for epoch in range(10):
+    for epoch in range(12):
         clock.now += 10.0  # an epoch of training
-        if cadence.due(trainer(epoch)):
+        if cadence.due(trainer(epoch, max_epochs=12)):
             drawn.append(epoch)
             with cadence.timed():
                 clock.now += 4.0  # drawing costs 4 s
-    # epoch 0 always; then drawn when spent + last cost (4 + 4) <= 0.1 * elapsed, where
-    # elapsed = 10 (e + 1) + 4 at epoch e: first at e = 7 (84 s); then 12 <= 0.1 * 98 fails
-    # at epoch 8; epoch 9 is the last, always drawn
-    assert drawn == [0, 7, 9]
+    # drawn when spent + last cost <= 0.1 * elapsed. Before any drawing the cost is taken as
+    # FIRST_COST_ESTIMATE (2 s): first at epoch 1 (20 s). Then 4 + 4 <= 0.1 * (10 (e + 1) + 4)
+    # first holds at e = 7 (84 s); 12 <= 0.1 * (10 (e + 1) + 8) at e = 11, the last epoch,
+    # which is drawn anyway.
+    assert FIRST_COST_ESTIMATE == 2.0
+    assert drawn == [1, 7, 11]
     assert cadence.spent == pytest.approx(12.0)
+
+
+def test_auto_draws_a_short_run_only_at_its_end() -> None:
+    clock = FakeClock()
+    cadence = VisualCadence(clock=clock)  # 2 % budget
+    cadence.start()
+    drawn = []
+    for epoch in range(5):
+        clock.now += 15.0  # 15 s epochs: 75 s of training buys 1.5 s of drawing
+        if cadence.due(trainer(epoch, max_epochs=5)):
+            drawn.append(epoch)
+    assert drawn == [4]
 
 
 def test_one_answer_per_epoch() -> None:

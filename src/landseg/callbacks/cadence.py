@@ -7,11 +7,13 @@ pictures of them follow a :class:`VisualCadence`, shared by every callback that 
 all draw on the same epochs:
 
 * ``every_n_epochs=None`` ("auto"): an epoch is drawn when the drawing done so far, plus what
-  the last drawing cost, stays within ``budget`` (2 %) of the time since fit started. Long
-  epochs are all drawn; short ones every few epochs.
+  the last drawing cost (before any, :data:`FIRST_COST_ESTIMATE`), stays within ``budget``
+  (2 %) of the time since fit started. Long epochs are all drawn; short ones every few
+  epochs; a run of a few short epochs only at its end.
 * ``every_n_epochs=N``: epochs 0, N, 2N, ...
-* Either way the first epoch is drawn (an early look at the run) and so is the final state:
-  a callback that skipped the last validation draws it when fit ends (:meth:`owes`).
+* Either way the final state is drawn: the last epoch when ``max_epochs`` tells which it is,
+  and a callback that skipped the last validation (early stopping, ``max_steps``) draws it
+  when fit ends (:meth:`DrawsOnCadence.owes`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ import lightning.pytorch as pl
 
 #: The share of the training time the drawn outputs may take with ``every_n_epochs=None``.
 DEFAULT_BUDGET = 0.02
+
+#: Seconds a drawing is assumed to cost before one was timed: about what the figures, the
+#: image grid and the histograms of a small model take on one CPU core.
+FIRST_COST_ESTIMATE = 2.0
 
 
 class VisualCadence:
@@ -49,7 +55,7 @@ class VisualCadence:
         self.budget = budget
         self.clock = clock
         self.spent = 0.0
-        self.last_cost = 0.0
+        self.last_cost = FIRST_COST_ESTIMATE
         self._started: float | None = None
         self._decisions: dict[int, bool] = {}
 
@@ -68,7 +74,7 @@ class VisualCadence:
     def _decide(self, trainer: pl.Trainer) -> bool:
         epoch = trainer.current_epoch
         max_epochs = getattr(trainer, "max_epochs", None)
-        if epoch == 0 or (max_epochs is not None and max_epochs > 0 and epoch >= max_epochs - 1):
+        if max_epochs is not None and max_epochs > 0 and epoch >= max_epochs - 1:
             return True
         if self.every_n_epochs is not None:
             return epoch % self.every_n_epochs == 0

@@ -311,9 +311,10 @@ class OutputSetup(StrictModel):
         default="auto",
         description="landseg: which epochs get drawn outputs (confusion and per-class figures, "
         "TensorBoard image grids and weight histograms). auto: an epoch is drawn while "
-        "drawing has taken under 2 % of the training time so far; N: every N epochs. Either "
-        "way the first epoch and the final state are drawn. Numbers (scalars, history, "
-        "confusion arrays, checkpoints) are written after every validation regardless.",
+        "drawing stays under 2 % of the training time so far (a drawing is taken to cost 2 s "
+        "until one is timed); N: epochs 0, N, 2N, ... Either way the final state is drawn. "
+        "Numbers (scalars, history, confusion arrays, checkpoints) are written after every "
+        "validation regardless.",
     )
     layout: Literal["odeon", "datamodule_model"] = Field(
         default="odeon",
