@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import rasterio
 import torch
+from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from landseg.cli import main
+from landseg.cli import load_and_check, main
 from landseg.loggers import read_scalars
+from landseg.tasks.train import train
 from tests.conftest import write_config
 
 
@@ -137,3 +140,32 @@ def test_training_options_reach_lightning(small: dict, tmp_path: Path) -> None:
     assert rates[0] == pytest.approx(0.01) and rates[2] < rates[1] < rates[0]  # cosine decay
     # 14 train tiles, batch 8: 2 steps per epoch, validated after each; the last one is kept
     assert [entry["step"] for entry in history.values()] == [2, 4, 6]
+
+
+class AutocastProbe(Callback):
+    """Records the dtype of the logits and the memory format of the model's first weight."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[torch.dtype, bool]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with trainer.precision_plugin.forward_context():
+            logits = pl_module(batch["image"])
+        weight = next(p for p in pl_module.model.parameters() if p.ndim == 4)
+        channels_last = weight.is_contiguous(memory_format=torch.channels_last)
+        self.seen.append((logits.dtype, channels_last))
+
+
+@pytest.mark.slow
+def test_bf16_autocast_and_channels_last(small: dict, tmp_path: Path) -> None:
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(use_tensorboard=False, get_prediction=False)
+    small["device_setup"] = {"device": 0, "precision": "bf16-mixed", "channels_last": True}
+    probe = AutocastProbe()
+    checked, summary = load_and_check(write_config(tmp_path / "c.json", small), [])
+    run = train(checked, summary, extra_callbacks=[probe])
+    assert probe.seen and all(seen == (torch.bfloat16, True) for seen in probe.seen)
+    history = json.loads((run / "history.json").read_text())
+    assert math.isfinite(history["0"]["loss"])
+    weights = torch.load(run / "checkpoints" / "lightunet-last.ckpt", weights_only=True)
+    assert all(v.dtype == torch.float32 for k, v in weights["state_dict"].items() if "model." in k)

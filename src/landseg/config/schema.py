@@ -354,6 +354,17 @@ class DeviceSetup(StrictModel):
         default=1, description="Processes for distributed training on the CPU."
     )
     strategy: str | None = Field(default=None, description="auto, ddp, ddp_spawn, ...")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
+        default="32-true",
+        description="landseg: Lightning's precision. bf16-mixed: bfloat16 autocast (recent "
+        "GPUs and CPUs); 16-mixed: float16 autocast with loss scaling (GPUs; Lightning uses "
+        "bf16-mixed on the CPU instead). Weights and checkpoints stay float32.",
+    )
+    channels_last: bool = Field(
+        default=False,
+        description="landseg: keep the model and its inputs in channels-last memory format, "
+        "which convolutions run faster in on GPUs with tensor cores (with bf16/16-mixed).",
+    )
 
 
 # --------------------------------------------------------------------------- root

@@ -43,6 +43,10 @@ class SegmentationTask(pl.LightningModule):
         n_classes = len(self.class_labels)
         self.model = build_model(train["model_name"], in_channels, n_classes, train["model_params"])
         self.size_multiple = model_size_multiple(train["model_name"], train["model_params"])
+        # configs saved before the key existed have no channels_last: the default, off
+        self.channels_last = bool(config.get("device_setup", {}).get("channels_last", False))
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = LOSSES.get(train["loss"])(n_classes, train["class_imbalance"])
         # train: only the mIoU, logged as a Metric object so that Lightning computes it
         # when the epoch ends, before any on_train_epoch_end hook reads it (callbacks run
@@ -70,6 +74,8 @@ class SegmentationTask(pl.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits at the input's size, whatever it is: inputs that the network's strides do
         not divide (a whole test scene, say) are mirror-padded, then the logits cropped."""
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         height, width = image.shape[-2:]
         pad_h, pad_w = -height % self.size_multiple, -width % self.size_multiple
         if not pad_h and not pad_w:

@@ -84,6 +84,7 @@ def lightning_device_args(device: DeviceSetup) -> dict[str, Any]:
         "devices": devices,
         "num_nodes": device.num_nodes,
         "strategy": strategy,
+        "precision": device.precision,
     }
 
 
