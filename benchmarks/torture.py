@@ -9,8 +9,8 @@ planned kills are spent; then it runs to the end. Kill moments are drawn from a 
 * ``random``: anywhere in the training, uniform over an uninterrupted run's duration;
 * ``checkpoint``, ``history``, ``run-state``, ``temp-file``: the moment a checkpoint, a
   history file, ``run.json`` (or cv's job log) or any temporary file of an atomic write
-  appears or changes (Lightning's temporary checkpoint files in ``$TMPDIR`` count, so these
-  land *during* writes), plus a delay of 0, up to 5 ms or up to 50 ms.
+  appears or changes (the temporary files of atomic writes count, checkpoints' included,
+  so these land *during* writes), plus a delay of 0, up to 5 ms or up to 50 ms.
 
 After every kill, every checkpoint must load with ``torch.load(weights_only=True)`` and every
 JSON file, the scalars log and cv's SQLite job log must read. At the end the run must equal an
