@@ -79,3 +79,32 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
     state = json.loads((run / "run.json").read_text())
     assert state["status"] == "finished" and len(state["resumed"]) == 1
     assert not stale.exists() and not list(run.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_sigkill_at_an_epoch_end_then_continue_equals_uninterrupted(
+    demo_config: dict, tmp_path: Path
+) -> None:
+    """Killed once the first epoch's `-last` exists (no step checkpoints): the run resumes at
+    that epoch's end, where Lightning runs the epoch-end hooks again, then a new epoch."""
+    demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
+    demo_config["output_setup"].update(name_exp_log="exp", save_top_k=1, get_prediction=False)
+    demo_config["data_source"].pop("test_file")
+    reference = json.loads(json.dumps(demo_config))
+    reference["output_setup"]["version_name"] = "reference"
+    assert main(["train", "-c", str(write_config(tmp_path / "ref.json", reference))]) == 0
+
+    demo_config["output_setup"]["version_name"] = "killed"
+    run = tmp_path / "runs" / "exp" / "killed"
+    last = run / "checkpoints" / "lightunet-last.ckpt"
+    killed = write_config(tmp_path / "killed.json", demo_config)
+    assert sigkill_when(["train", "-c", str(killed)], last.exists) == -signal.SIGKILL
+    demo_config["train_setup"]["continue_training"] = True
+    assert main(["train", "-c", str(write_config(tmp_path / "cont.json", demo_config))]) == 0
+
+    ref_history, ref_weights, ref_names, ref_scalars = final_state(tmp_path / "runs/exp/reference")
+    history, weights, names, scalars = final_state(run)
+    assert history == ref_history and names == ref_names
+    assert scalars == ref_scalars  # train loss and mIoU of every epoch, none carried over
+    for key, value in ref_weights.items():  # metric states included
+        assert torch.equal(weights[key], value), key

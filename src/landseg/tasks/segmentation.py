@@ -129,6 +129,25 @@ class SegmentationTask(pl.LightningModule):
         self.last_confusion = confusion
         self.last_report = metrics_from_confusion(confusion, self.class_labels)
 
+    # A new epoch starts its metrics from zero. They are not left to Lightning's reset at the
+    # end of an epoch: a run restored from a checkpoint taken at an epoch's end (after its
+    # validation, before that reset) holds the finished epoch's states, and Lightning, which
+    # has not seen them logged in this process, would not reset them. Not called for an epoch
+    # resumed mid-way, whose restored states are its own first batches.
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_metrics("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_metrics("test")
+
+    def _reset_metrics(self, stage: str) -> None:
+        getattr(self, f"{stage}_metrics").reset()
+        getattr(self, f"{stage}_loss_mean").reset()
+
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
 
