@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import stat
@@ -259,14 +260,26 @@ def progress_problem(run: Path) -> str | None:
 
 
 def sqlite_problem(path: Path) -> str | None:
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    """The job log's integrity as the next opener sees it, or None when it is sound.
+
+    Checked on a copy of the database and its write-ahead log: after a kill, opening it
+    replays the log (a write), which a read-only connection cannot do ("attempt to write a
+    readonly database"), and the original is left for the next start to recover itself.
+    """
+    with tempfile.TemporaryDirectory(prefix="torture-sqlite-") as tmp:
+        copy = Path(tmp) / path.name
+        for suffix in ("", "-wal"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                shutil.copyfile(source, copy.with_name(copy.name + suffix))
         try:
-            result = db.execute("PRAGMA integrity_check").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.Error as error:
-        return f"{path}: {error}"
+            db = sqlite3.connect(copy, timeout=10)
+            try:
+                result = db.execute("PRAGMA integrity_check").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error as error:
+            return f"{path}: {error}"
     return None if result == "ok" else f"{path}: integrity_check says {result}"
 
 
