@@ -84,3 +84,19 @@ def test_a_skipped_occasion_is_owed_until_drawn() -> None:
 def test_bad_arguments(bad: dict) -> None:
     with pytest.raises(ValueError):
         VisualCadence(**bad)
+
+
+def test_the_next_decision_counts_every_drawing_of_the_last_drawn_epoch() -> None:
+    clock = FakeClock()
+    cadence = VisualCadence(budget=0.05, clock=clock)
+    cadence.start()
+    clock.now = 100.0
+    assert cadence.due(trainer(1))  # 0 + 2 (the first estimate) <= 0.05 * 100
+    for cost in (3.0, 1.0, 1.0):  # figures, image grid, histograms: 5 s in all
+        with cadence.timed():
+            clock.now += cost
+    assert cadence.last_cost == pytest.approx(5.0)
+    clock.now = 150.0  # 5 + 5 <= 0.05 * 150 fails (the grid's 1 s alone would pass)
+    assert not cadence.due(trainer(2))
+    clock.now = 200.0
+    assert cadence.due(trainer(3))

@@ -55,9 +55,15 @@ class VisualCadence:
         self.budget = budget
         self.clock = clock
         self.spent = 0.0
-        self.last_cost = FIRST_COST_ESTIMATE
         self._started: float | None = None
         self._decisions: dict[int, bool] = {}
+        self._costs: dict[int, float] = {}  # epoch -> seconds its drawings took, all callbacks
+        self._epoch = 0  # the epoch of the latest decision, which the drawings that follow serve
+
+    @property
+    def last_cost(self) -> float:
+        """What the latest drawn epoch's drawings cost together (an estimate before any)."""
+        return self._costs[max(self._costs)] if self._costs else FIRST_COST_ESTIMATE
 
     def start(self) -> None:
         """Start the training clock (fit start); later calls keep the first time."""
@@ -66,7 +72,7 @@ class VisualCadence:
 
     def due(self, trainer: pl.Trainer) -> bool:
         """Whether this epoch's outputs are drawn; the same answer for every call of an epoch."""
-        epoch = trainer.current_epoch
+        epoch = self._epoch = trainer.current_epoch
         if epoch not in self._decisions:
             self._decisions[epoch] = self._decide(trainer)
         return self._decisions[epoch]
@@ -92,7 +98,7 @@ class VisualCadence:
         finally:
             cost = self.clock() - begin
             self.spent += cost
-            self.last_cost = cost
+            self._costs[self._epoch] = self._costs.get(self._epoch, 0.0) + cost
 
 
 class DrawsOnCadence:
