@@ -22,7 +22,8 @@ from typing import Any
 
 from landseg.errors import LandsegError, RunFolderError
 from landseg.io import atomic_write_json
-from landseg.runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, process_start, read_run_state
+from landseg.processes import pid_alive
+from landseg.runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, read_run_state
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +58,6 @@ class RunInfo:
 # ---------------------------------------------------------------------------- status
 
 
-def _process_alive(pid: int, started: str | None) -> bool:
-    """Whether the process that wrote a run.json still runs (same pid *and* start time)."""
-    if not _pid_alive(pid):
-        return False
-    if started is None:  # recorded where /proc could not tell (another OS): the pid must do
-        return True
-    return process_start(pid) == started  # None once it has ended (a zombie included)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
 def effective_status(state: dict[str, Any]) -> str:
     """``run.json``'s status, but ``interrupted`` for a run whose process died on this host.
 
@@ -90,7 +70,7 @@ def effective_status(state: dict[str, Any]) -> str:
         status == "running"
         and state.get("host") == socket.gethostname()
         and isinstance(pid, int)
-        and not _process_alive(pid, state.get("process_start"))
+        and not pid_alive(pid, state.get("process_start"))
     ):
         return "interrupted"
     return status

@@ -21,6 +21,7 @@ from typing import Any
 from landseg.config.schema import LandsegConfig
 from landseg.errors import RunFolderError
 from landseg.io import atomic_write_json
+from landseg.processes import process_start
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
@@ -145,24 +146,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return versions
-
-
-def process_start(pid: int) -> str | None:
-    """What tells process ``pid`` from a later one given the same pid: boot id and start time.
-
-    Read from Linux's ``/proc``; None where it cannot be read (another OS, no such process) or
-    the process has ended.
-    Containers restart with small pids, so a pid alone would make a dead run look alive.
-    """
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # the name may hold spaces; fields 3.. follow it
-    if len(fields) <= 19 or fields[0] == "Z":  # a zombie has ended, only not been waited for
-        return None
-    return f"{boot}:{fields[19]}"  # field 22: the start time
 
 
 def initial_state(config: LandsegConfig) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 
 from landseg.cli import main
 from landseg.io import write_geotiff
-from landseg.runs import process_start
+from landseg.processes import process_start
 from tests.conftest import write_config
 
 Mutation = Callable[[dict, Path, Path], None]

@@ -21,7 +21,7 @@ from landseg.catalog import (
 )
 from landseg.cli import main
 from landseg.errors import LandsegError
-from landseg.runs import process_start
+from landseg.processes import process_start
 
 TODAY = dt.date(2026, 11, 22)
 

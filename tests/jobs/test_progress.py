@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from landseg.errors import LandsegError
-from landseg.jobs.progress import LOG_FILE, Claim, JobLog, Worker, pid_alive, process_start
+from landseg.jobs.progress import LOG_FILE, Claim, JobLog, Worker
+from landseg.processes import pid_alive, process_start
 
 
 def planned(n: int = 3, hash_: str = "h") -> list[dict]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from landseg.errors import LandsegError
+from landseg.processes import pid_alive, process_start
 from landseg.runs import now_iso
 
 LOG_FILE = "job.sqlite"
@@ -103,29 +104,6 @@ class Worker:
 class Claim:
     task_id: str
     attempt: int
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of a process (Linux ``/proc``), so a reused pid is not taken as alive."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def pid_alive(pid: int, start: str | None) -> bool:
-    """Whether ``pid`` is the same live process that claimed a task on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if start is None:
-        return True
-    current = process_start(pid)
-    return current is None or current == start
 
 
 class JobLog:

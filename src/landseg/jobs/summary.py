@@ -22,7 +22,8 @@ from typing import Any
 
 from landseg.io import atomic_path, atomic_write_json, atomic_write_text
 from landseg.jobs.plan import Job
-from landseg.jobs.progress import JobLog, pid_alive
+from landseg.jobs.progress import JobLog
+from landseg.processes import pid_alive
 from landseg.runs import TEST_HISTORY_FILE
 
 SUMMARY_JSON = "summary.json"
