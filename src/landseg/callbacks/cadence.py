@@ -13,7 +13,7 @@ all draw on the same epochs:
 * ``every_n_epochs=N``: epochs 0, N, 2N, ...
 * Either way the final state is drawn: the last epoch when ``max_epochs`` tells which it is,
   and a callback that skipped the last validation (early stopping, ``max_steps``) draws it
-  when fit ends (:meth:`DrawsOnCadence.owes`).
+  when fit ends (:class:`DrawsOnCadence`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 
 #: The share of the training time the drawn outputs may take with ``every_n_epochs=None``.
 DEFAULT_BUDGET = 0.02
@@ -101,14 +102,15 @@ class VisualCadence:
             self._costs[self._epoch] = self._costs.get(self._epoch, 0.0) + cost
 
 
-class DrawsOnCadence:
-    """Book-keeping for a callback that draws on a :class:`VisualCadence`.
+class DrawsOnCadence(Callback):
+    """Base of the callbacks that draw on a :class:`VisualCadence` (every epoch without one).
 
-    ``should_draw`` answers for the current epoch and remembers a skipped one, so that
-    ``owes`` tells at fit end whether the final state still has to be drawn.
+    A subclass calls :meth:`should_draw` before drawing and draws inside :meth:`drawing`; a
+    skipped occasion is remembered, and when fit ends :meth:`draw_final` draws the final state
+    if the latest occasion was skipped. The cadence's clock starts with the fit.
     """
 
-    def __init__(self, cadence: VisualCadence | None):
+    def __init__(self, cadence: VisualCadence | None = None):
         self.cadence = cadence or VisualCadence(every_n_epochs=1)
         self._owed = False
 
@@ -127,3 +129,15 @@ class DrawsOnCadence:
         with self.cadence.timed():
             yield
         self._owed = False
+
+    def draw_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw the final state (called at fit end when the latest occasion was skipped)."""
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.cadence.start()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.owes():
+            with self.drawing():
+                self.draw_final(trainer, pl_module)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
 from landseg.loggers.figures import class_palette, colorize, display_image
@@ -59,7 +58,7 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
     return grid
 
 
-class ImageSamples(Callback):
+class ImageSamples(DrawsOnCadence):
     """After validations, logs the first ``n_samples`` validation samples as a grid.
 
     On the epochs of ``cadence`` (every epoch by default), and the final model at fit end if
@@ -79,30 +78,21 @@ class ImageSamples(Callback):
     ):
         if n_samples < 1:
             raise ValueError("n_samples must be >= 1")
+        super().__init__(cadence)
         self.n_samples = n_samples
-        self.schedule = DrawsOnCadence(cadence)
         self.display_bands = tuple(display_bands) if display_bands is not None else None
         self._samples: tuple[torch.Tensor, torch.Tensor] | None = None
         self._no_samples = False
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.schedule.cadence.start()
-
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if self.schedule.should_draw(trainer):
-            self._log_grid(trainer, pl_module)
+        if self.should_draw(trainer):
+            with self.drawing():
+                self.draw_final(trainer, pl_module)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.schedule.owes():  # the final model, drawn once
-            self._log_grid(trainer, pl_module)
-
-    def _log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        with self.schedule.drawing():
-            self._draw(trainer, pl_module)
-
-    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def draw_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The grid of the module as it is now (the final model at fit end)."""
         tb = find_phase_logger(trainer)
         samples = self._fixed_samples(trainer) if tb is not None else None
         if tb is None or samples is None:

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
+from landseg.callbacks.cadence import DrawsOnCadence
 from landseg.callbacks.images import model_input
 from landseg.loggers.tensorboard import find_phase_logger
 
@@ -24,7 +24,7 @@ def _network(pl_module: pl.LightningModule) -> torch.nn.Module:
     return model if isinstance(model, torch.nn.Module) else pl_module
 
 
-class WeightHistograms(Callback):
+class WeightHistograms(DrawsOnCadence):
     """Histograms of every parameter in the train run, after the train epochs of ``cadence``.
 
     Every epoch by default; the final weights at fit end if the last epoch was skipped. Tags
@@ -32,23 +32,13 @@ class WeightHistograms(Callback):
     top-level block. Non-finite values (a diverged run) are left out rather than failing.
     """
 
-    def __init__(self, cadence: VisualCadence | None = None):
-        self.schedule = DrawsOnCadence(cadence)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.schedule.cadence.start()
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.schedule.should_draw(trainer):
-            with self.schedule.drawing():
-                self._histograms(trainer, pl_module)
+        if trainer.is_global_zero and self.should_draw(trainer):
+            with self.drawing():
+                self.draw_final(trainer, pl_module)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.schedule.owes():
-            with self.schedule.drawing():
-                self._histograms(trainer, pl_module)
-
-    def _histograms(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def draw_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Histograms of the weights as they are now (the final ones at fit end)."""
         tb = find_phase_logger(trainer)
         if tb is None:
             return

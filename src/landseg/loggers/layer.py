@@ -35,7 +35,6 @@ import lightning.pytorch as pl
 import matplotlib.image
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from matplotlib.figure import Figure
 
@@ -81,7 +80,7 @@ def read_scalars(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-class RunLogger(Callback):
+class RunLogger(DrawsOnCadence):
     """Records the model's state for one run folder; also a Lightning callback.
 
     As a callback it records, on global rank 0 and outside the sanity check: each train epoch's
@@ -107,9 +106,9 @@ class RunLogger(Callback):
         tb: PhaseTensorBoardLogger | None = None,
         cadence: VisualCadence | None = None,
     ):
+        super().__init__(cadence)
         self.run_dir = Path(run_dir)
         self.tb = tb
-        self._figures = DrawsOnCadence(cadence)
         self._skipped_step = 0
         self._buffers: dict[str, list[tuple[int, np.ndarray]]] = {}
         self._unsaved: set[str] = set()
@@ -228,15 +227,10 @@ class RunLogger(Callback):
         if trainer.is_global_zero:
             self._log_evaluation(trainer, pl_module, "test")
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._figures.cadence.start()
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_end(trainer, pl_module)  # the final validation, if it was not drawn
         if not trainer.is_global_zero:
             return
-        if self._figures.owes():  # the final validation was not drawn: draw it now
-            with self._figures.drawing():
-                self._draw_evaluation(pl_module, "val", self._skipped_step)
         curves = figures.learning_curves(read_scalars(self.run_dir))
         self.figure("learning_curves", curves, trainer.global_step, phase="train")
         self.flush()
@@ -264,12 +258,15 @@ class RunLogger(Callback):
         confusion = getattr(pl_module, "last_confusion", None)
         if confusion is not None:
             self.buffer(f"confusion_{phase}", confusion, step)
-        if phase != "val" or self._figures.should_draw(trainer):
-            with self._figures.drawing():
+        if phase != "val" or self.should_draw(trainer):
+            with self.drawing():
                 self._draw_evaluation(pl_module, phase, step)
         else:
             self._skipped_step = step
         self.flush()
+
+    def draw_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._draw_evaluation(pl_module, "val", self._skipped_step)
 
     def _draw_evaluation(self, pl_module: pl.LightningModule, phase: str, step: int) -> None:
         """Confusion-matrix figures and per-class bars of the module's latest evaluation."""
