@@ -57,15 +57,15 @@ class SegmentationTask(pl.LightningModule):
         self.train_loss_mean = LossMean()
         self.val_loss_mean = LossMean()
         self.test_loss_mean = LossMean()
-        for metric in self._metrics():
+        for metric in self._named_metrics().values():
             # In the checkpoints: a run resumed mid-epoch ends that epoch with the metrics of
             # all its batches, not only of those after the resume.
             metric.persistent(True)
         self.last_confusion: np.ndarray | None = None
         self.last_report: dict[str, Any] | None = None
 
-    def _metrics(self) -> list[Metric]:
-        return [module for module in self.modules() if isinstance(module, Metric)]
+    def _named_metrics(self) -> dict[str, Metric]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, Metric)}
 
     @property
     def train_setup(self) -> dict[str, Any]:
@@ -174,15 +174,6 @@ class SegmentationTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ resume
 
-    def _metric_states(self) -> dict[str, torch.Tensor]:
-        """The state-dict entries of the metrics (their accumulated states)."""
-        names = {name for name, module in self.named_modules() if isinstance(module, Metric)}
-        return {
-            key: value
-            for key, value in self.state_dict().items()
-            if key.rpartition(".")[0] in names
-        }
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Random states as plain tensors and lists, so ``weights_only=True`` loads them."""
         np_state = np.random.get_state()
@@ -198,8 +189,9 @@ class SegmentationTask(pl.LightningModule):
         # Checkpoints written before metric states were saved start those metrics empty.
         weights = checkpoint.get("state_dict")
         if isinstance(weights, dict):
-            for key, value in self._metric_states().items():
-                weights.setdefault(key, value)
+            for name, metric in self._named_metrics().items():
+                for key, value in metric.state_dict(prefix=f"{name}.").items():
+                    weights.setdefault(key, value)
         state = checkpoint.get("landseg_rng")
         if not state:
             return
