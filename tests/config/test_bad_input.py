@@ -488,6 +488,16 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error")]
 
 
+def failed_train_line(config: Path, capsys: pytest.CaptureFixture) -> str:
+    """`landseg train` on one thread must exit 2 with one error line and no traceback."""
+    with single_thread():
+        code, err = run_cli(["train", "-c", str(config)], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    [line] = error_lines(err)
+    return line
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_non_finite_pixel_stops_the_run_with_its_last_checkpoint_intact(
@@ -502,11 +512,7 @@ def test_non_finite_pixel_stops_the_run_with_its_last_checkpoint_intact(
     original = poison(val_images[1], value)
     config = pixel_run_config(demo_config, tmp_path, workers=0)
     assert run_cli(["validate", "-c", str(config)], capsys)[0] == 0  # headers: nothing to see
-    with single_thread():
-        code, err = run_cli(["train", "-c", str(config)], capsys)
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    [line] = error_lines(err)
+    line = failed_train_line(config, capsys)
     assert val_images[1].name in line and "NaN or infinite" in line and "row 2" in line, line
     run = tmp_path / "runs" / "exp" / "v1"
     state = json.loads((run / "run.json").read_text())
@@ -533,11 +539,7 @@ def test_non_finite_pixel_read_by_a_worker_is_one_clean_line(
     val_images = float_dataset(demo_config, demo_dir, tmp_path)
     poison(val_images[1], float("nan"))
     config = pixel_run_config(demo_config, tmp_path, workers=2)
-    with single_thread():
-        code, err = run_cli(["train", "-c", str(config)], capsys)
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    [line] = error_lines(err)
+    line = failed_train_line(config, capsys)
     assert val_images[1].name in line and "NaN or infinite" in line, line
 
 
