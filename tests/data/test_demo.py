@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
+from landseg.cli import build_parser
 from landseg.config.schema import LandsegConfig
-from landseg.data.demo import demo_data_command, write_demo_dataset
+from landseg.data.demo import MARKER, demo_data_command, write_demo_dataset
 from landseg.errors import LandsegError
 
 
@@ -124,10 +124,20 @@ def test_fewer_classes_and_a_custom_size(tmp_path: Path) -> None:
         assert (src.count, src.width) == (2, 32)
 
 
-def test_default_runs_fast(tmp_path: Path) -> None:
-    start = time.perf_counter()
-    write_demo_dataset(tmp_path / "timed")
-    assert time.perf_counter() - start < 5
+def test_default_is_the_small_documented_dataset(demo: Path) -> None:
+    """The defaults (what ``landseg demo-data DIR`` writes) are a few small tiles: 48 of 64 px."""
+    folder = demo.parent
+    marker = json.loads((folder / MARKER).read_text())
+    assert marker == {"landseg_demo": {"n_tiles": 48, "size": 64, "n_classes": 4, "seed": 0}}
+    args = build_parser().parse_args(["demo-data", str(folder)])
+    assert (args.tiles, args.size, args.seed) == (48, 64, 0)  # the CLI's defaults are the same
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    tiles = [path for image, mask, _ in _rows(folder / "zones.csv")[1:] for path in (image, mask)]
+    assert len(set(tiles)) == 2 * 48
+    expected = [MARKER, "demo.json", "test.csv", "train.csv", "val.csv", "zones.csv", *tiles]
+    assert files == sorted(expected)
+    raw_pixels = 48 * 64 * 64 * (4 + 4)  # uint8 image and mask bands: 1.5 MiB
+    assert sum((folder / f).stat().st_size for f in files) < raw_pixels + 512 * 1024
 
 
 @pytest.mark.parametrize(
