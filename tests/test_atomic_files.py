@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from landseg.io import atomic_write_text, remove_stale_temporaries
-from landseg.tasks.checkpoint_io import AtomicCheckpointIO
+from landseg.training.checkpoint_io import AtomicCheckpointIO
 
 
 def test_checkpoint_is_written_whole_or_not_at_all(

@@ -39,25 +39,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_and_check(config_path: Path, overrides: list[str]):
-    """Config file -> validated config -> data summary; every check before any work."""
-    from landseg.config.checks import check_config
-    from landseg.config.load import load_config
-    from landseg.data.checks import check_data
-    from landseg.errors import ConfigError
-    from landseg.models.registry import check_model_params
-
-    config = check_config(load_config(config_path, overrides))
-    summary = check_data(config)
-    train = config.train_setup
-    problems = check_model_params(train.model_name, train.model_params, summary.patch_size)
-    if problems:
-        raise ConfigError(problems)
-    return config, summary
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    _, summary = load_and_check(args.config, args.overrides)
+    from landseg.prepare import prepare
+
+    summary = prepare(args.config, args.overrides).summary
     print(f"{args.config}: valid")
     print(
         f"  {summary.n_classes} classes ({', '.join(summary.class_labels)}), "
@@ -69,16 +54,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from landseg.tasks.train import resume_from_checkpoint, train
+    from landseg.prepare import prepare
+    from landseg.training.run import resume_from_checkpoint, train
 
     if args.resume is not None:
         run_dir = resume_from_checkpoint(args.resume, verbose=args.verbose)
     else:
-        config, summary = load_and_check(args.config, args.overrides)
-        run_dir = train(config, summary, verbose=args.verbose)
+        prepared = prepare(args.config, args.overrides)
+        run_dir = train(prepared.config, prepared.summary, verbose=args.verbose)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        from landseg.runs.folder import RunFolder
+
         print(f"run folder: {run_dir}")
-        print(f"TensorBoard: tensorboard --logdir {run_dir.parent.parent}")
+        if RunFolder(run_dir).tensorboard.is_dir():
+            print(f"TensorBoard: tensorboard --logdir {run_dir.parent.parent}")
     return 0
 
 
@@ -139,7 +128,7 @@ class _StderrHandler(logging.StreamHandler):
     ``sys.stderr`` replaced in between; a handler bound once would write to a stale stream.
     """
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

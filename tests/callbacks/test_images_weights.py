@@ -5,7 +5,6 @@ The full training run with these callbacks is in tests/loggers/test_logging_run.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,13 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.utilities.parsing import AttributeDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from landseg.callbacks.cadence import VisualCadence
 from landseg.callbacks.images import ImageSamples, image_grid, predict_classes
 from landseg.callbacks.weights import ModelGraph, WeightHistograms
-from landseg.loggers import PhaseTensorBoardLogger
+from landseg.loggers.tensorboard import PhaseTensorBoardLogger
 
 SIZE = 8
 
@@ -34,10 +32,14 @@ def sample(i: int, bands: int) -> dict[str, Any]:
 
 
 def setup(tmp_path: Path, bands: int = 5, with_tb: bool = True, **trainer: Any) -> tuple:
-    """A module with ``model``/``class_labels``/``hparams`` and a trainer stand-in."""
+    """A segmentation module (the attributes of landseg.tasks.interface) and a trainer stand-in."""
     model = torch.nn.Sequential(torch.nn.Conv2d(bands, 3, 1), torch.nn.BatchNorm2d(3))
     module = SimpleNamespace(
-        model=model, class_labels=["a", "b", "c"], hparams=AttributeDict(in_channels=bands)
+        model=model,
+        in_channels=bands,
+        class_labels=["a", "b", "c"],
+        last_confusion=None,
+        last_report=None,
     )
     tb = PhaseTensorBoardLogger(tmp_path / "tb") if with_tb else None
     state = {
@@ -133,12 +135,11 @@ def test_model_graph_once_in_eval_mode(tmp_path: Path) -> None:
     torch.testing.assert_close(module.model[1].running_mean, running_mean)  # no stats update
 
 
-def test_model_graph_without_band_count_warns(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_module_that_is_no_segmentation_module_is_refused_with_what_it_lacks(
+    tmp_path: Path,
 ) -> None:
     module, trainer, _ = setup(tmp_path)
-    module.hparams = AttributeDict()
-    with caplog.at_level(logging.WARNING):
+    del module.in_channels
+    with pytest.raises(TypeError, match="it lacks: in_channels"):
         ModelGraph().on_fit_start(trainer, module)
-    assert "no in_channels" in caplog.text
     assert not (tmp_path / "tb").exists()

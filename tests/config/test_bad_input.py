@@ -567,33 +567,105 @@ def test_out_of_range_mask_values_are_ignored(
     config = write_config(tmp_path / "config.json", demo_config)
     code, err = run_cli(["validate", "-c", str(config)], capsys)
     assert code == 0, err
-    from landseg.cli import load_and_check
+    from landseg.prepare import prepare
 
-    checked, summary = load_and_check(config, [])
+    prepared = prepare(config, [])
+    checked, summary = prepared.config, prepared.summary
     assert summary.n_classes == 4
     sample = CsvSegmentationDataModule(checked, summary).train_dataset[0]
     assert (sample["mask"][:2, :3] == -1).all()
     assert int(sample["mask"].max()) < 4
 
 
+#: Configs with problems of several kinds at once: schema, registry names, parameter
+#: signatures, rules between keys and data. Every one is reported in one run, one line each.
+MIXED_CASES: dict[str, tuple[Mutation, list[str]]] = {
+    "schema, loss, optimiser parameter, csv": (
+        both(
+            setkey("train_setup.lr", -1),
+            setkey("train_setup.loss", "cee"),
+            setkey("train_setup.optimizer_config.momentun", 0.9),
+            setkey("data_source.train_file", "/nonexistent/train.csv"),
+        ),
+        [
+            "train_setup.lr:",
+            "train_setup.loss: unknown loss 'cee' (did you mean 'ce'?)",
+            "train_setup.optimizer_config.momentun:",
+            "/nonexistent/train.csv",
+        ],
+    ),
+    "four schema errors in three sections": (
+        both(
+            setkey("train_setup.lr", -1),
+            setkey("train_setup.epochs", 0),
+            setkey("train_setup.loss", "cee"),
+            setkey("device_setup.num_workers", -3),
+        ),
+        [
+            "train_setup.lr:",
+            "train_setup.epochs:",
+            "train_setup.loss: unknown loss",
+            "device_setup.num_workers:",
+        ],
+    ),
+    "unknown key, model, scheduler parameter, augmentation, logger": (
+        both(
+            setkey("output_setup.get_predictions", True),
+            setkey("train_setup.model_name", "resnet35"),
+            setkey("train_setup.scheduler_config.patience", "two"),
+            setkey("data_source.data_augmentation", {"train": ["rotation91"]}),
+            setkey("output_setup.loggers", ["tensorbord"]),
+        ),
+        [
+            "output_setup.get_predictions: unknown key (did you mean 'get_prediction'?)",
+            "train_setup.model_name: unknown model 'resnet35'",
+            "train_setup.scheduler_config.patience:",
+            "data_source.data_augmentation.train[0]: unknown augmentation 'rotation91'",
+            "output_setup.loggers[0]: unknown logger 'tensorbord'",
+        ],
+    ),
+    "section missing a required key, data, strategy": (
+        both(
+            delkey("train_setup.model_name"),
+            setkey("device_setup.strategy", "ddpp"),
+            setkey("data_source.test_file", "/nonexistent/test.csv"),
+        ),
+        [
+            "train_setup.model_name: required key is missing",
+            "device_setup.strategy: unknown strategy 'ddpp'",
+            "/nonexistent/test.csv",
+        ],
+    ),
+    "class weights count, labels vs bands, data": (
+        both(
+            setkey("train_setup.class_imbalance", [1, 1]),
+            setkey("data_source.class_labels", ["a", "b"]),
+            setkey("data_source.val_file", "/nonexistent/val.csv"),
+        ),
+        [
+            "train_setup.class_imbalance: 2 weights but there are 4 classes",
+            "data_source.class_labels: 2 names but mask_bands selects 4 classes",
+            "/nonexistent/val.csv",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MIXED_CASES))
 def test_every_problem_is_reported_at_once(
-    demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    case: str, demo_config: dict, demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    demo_config["train_setup"].update(lr=-1, loss="cee", epochs=0)
-    demo_config["device_setup"]["num_workers"] = -3
-    code = main(["validate", "-c", str(write_config(tmp_path / "c.json", demo_config))])
-    err = capsys.readouterr().err
-    assert code == 2
-    for key in ("train_setup.lr", "train_setup.epochs", "device_setup.num_workers"):
-        assert key in err
-
-
-def test_verbose_shows_the_traceback(demo_config: dict, tmp_path: Path) -> None:
-    from landseg.errors import ConfigError
-
-    demo_config["train_setup"]["lr"] = -1
-    with pytest.raises(ConfigError):
-        main(["validate", "-v", "-c", str(write_config(tmp_path / "c.json", demo_config))])
+    mutation, culprits = MIXED_CASES[case]
+    mutation(demo_config, tmp_path, demo_dir)
+    path = write_config(tmp_path / "c.json", demo_config)
+    code, err = run_cli(["validate", "-c", str(path)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert all(line.startswith("error: ") for line in lines), err
+    for culprit in culprits:  # each on a line of its own
+        assert sum(culprit in line for line in lines) == 1, (culprit, err)
+    assert len(lines) == len(culprits), err
 
 
 def test_valid_demo_config_passes(

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from landseg.catalog import (
+from landseg.cli import main
+from landseg.errors import LandsegError
+from landseg.processes import process_start
+from landseg.runs.catalog import (
     archive_run,
     best_checkpoint,
     effective_status,
@@ -19,9 +22,7 @@ from landseg.catalog import (
     resolve_checkpoint,
     resolve_run,
 )
-from landseg.cli import main
-from landseg.errors import LandsegError
-from landseg.processes import process_start
+from landseg.runs.folder import RunState
 
 TODAY = dt.date(2026, 11, 22)
 
@@ -95,9 +96,9 @@ def test_status_of_a_live_or_foreign_process() -> None:
     import os
 
     here = socket.gethostname()
-    assert effective_status({"status": "running", "host": here, "pid": os.getpid()}) == "running"
-    assert effective_status({"status": "running", "host": "other", "pid": dead_pid()}) == "running"
-    assert effective_status({}) == "unknown"
+    assert effective_status(RunState(status="running", host=here, pid=os.getpid())) == "running"
+    assert effective_status(RunState(status="running", host="other", pid=dead_pid())) == "running"
+    assert effective_status(RunState.model_validate({})) == "unknown"
 
 
 def test_a_reused_pid_is_not_the_run_s_process() -> None:
@@ -105,9 +106,15 @@ def test_a_reused_pid_is_not_the_run_s_process() -> None:
 
     here, pid = socket.gethostname(), os.getppid()  # a live process, started before this one
     running = {"status": "running", "host": here, "pid": pid}
-    assert effective_status({**running, "process_start": process_start(pid)}) == "running"
+    assert (
+        effective_status(RunState.model_validate({**running, "process_start": process_start(pid)}))
+        == "running"
+    )
     # the same pid, but another process (a container restarted, the pid handed out again)
-    assert effective_status({**running, "process_start": "other-boot:1"}) == "interrupted"
+    assert (
+        effective_status(RunState.model_validate({**running, "process_start": "other-boot:1"}))
+        == "interrupted"
+    )
 
 
 def test_archive_renames_and_records(output: Path) -> None:
@@ -190,12 +197,18 @@ def test_a_killed_run_not_yet_waited_for_is_interrupted() -> None:
     try:
         started = process_start(process.pid)
         state = {"status": "running", "host": socket.gethostname(), "pid": process.pid}
-        assert effective_status({**state, "process_start": started}) == "running"
+        assert (
+            effective_status(RunState.model_validate({**state, "process_start": started}))
+            == "running"
+        )
         process.kill()
         deadline = dt.datetime.now() + dt.timedelta(seconds=10)
         while process_start(process.pid) is not None and dt.datetime.now() < deadline:
             pass  # the kernel makes it a zombie: its pid still answers kill(pid, 0)
-        assert effective_status({**state, "process_start": started}) == "interrupted"
+        assert (
+            effective_status(RunState.model_validate({**state, "process_start": started}))
+            == "interrupted"
+        )
     finally:
         process.kill()
         process.wait()

@@ -261,7 +261,7 @@ def test_predict_split_of_whole_scenes(task, scene: Path, tmp_path: Path) -> Non
     """The test split may hold whole scenes of any size (here 100 x 90)."""
     from landseg.data.csvfiles import SamplePair
     from landseg.data.dataset import SegmentationDataset
-    from landseg.tasks.predict import predict_split
+    from landseg.inference.split import predict_split
 
     pixels = read(scene)
     pixels[:, :5, :7] = 0

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from landseg.cli import main
+from landseg.config.cross_validation import CrossValidation
 from landseg.config.load import load_config, validate_config
 from landseg.data.csvfiles import read_pairs
 from landseg.errors import ConfigError, DataError
-from landseg.jobs.config import CrossValidation
 from landseg.jobs.plan import (
     Job,
     Row,

@@ -12,7 +12,7 @@ from landseg.io import atomic_write_json
 from landseg.jobs import runner
 from landseg.jobs.progress import LOG_FILE, JobLog
 from landseg.jobs.summary import aggregate, format_table, task_test_metrics
-from landseg.runs import RunFolder
+from landseg.runs.folder import RunFolder
 from tests.conftest import write_config
 
 MIOU = {"test-1__val-2": 0.5, "test-1__val-3": 0.7, "test-2__val-1": 0.2, "test-2__val-3": 0.4}

@@ -1,6 +1,6 @@
 """The logger layer inside a real (tiny) Lightning training: what a user finds on disk.
 
-A 1x1-convolution model on random 16 x 16 tiles, 2 epochs of 2 batches on CPU.
+landseg's own task (a lightunet) on random 16 x 16 tiles, 2 epochs of 2 batches on CPU.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import LearningRateMonitor
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, Dataset
 
 from landseg.callbacks.cadence import VisualCadence
 from landseg.callbacks.images import ImageSamples
+from landseg.callbacks.run_logger import RunLogger, read_scalars
 from landseg.callbacks.weights import ModelGraph, WeightHistograms
-from landseg.loggers import PhaseTensorBoardLogger, RunLogger, read_scalars
-from landseg.tasks.metrics import metrics_from_confusion, miou
+from landseg.config.schema import LandsegConfig
+from landseg.loggers.tensorboard import PhaseTensorBoardLogger
+from landseg.tasks.segmentation import SegmentationTask
 
 N_CLASSES = 3
 BANDS = 4
@@ -64,60 +65,50 @@ class TileData(pl.LightningDataModule):
         return self.val_dataloader()
 
 
-class FakeTask(pl.LightningModule):
-    """The interface of landseg's SegmentationTask that the loggers rely on."""
+def task_config(tmp: Path) -> dict[str, Any]:
+    """A landseg config for the real task: lightunet, SGD with momentum (lr 0.1)."""
+    config = LandsegConfig.model_validate(
+        {
+            "data_source": {"train_file": str(tmp / "unused.csv")},
+            "train_setup": {
+                "model_name": "lightunet",
+                "lr": 0.1,
+                "optimizer_config": {"optimizer": "sgd", "momentum": 0.9},
+                "scheduler_config": {"scheduler": "reducelronplateau"},
+            },
+            "output_setup": {"output_folder": str(tmp)},
+        }
+    )
+    return config.model_dump(mode="json")
 
-    def __init__(self, raise_at_step: int | None = None, error: type[BaseException] = RuntimeError):
-        super().__init__()
-        self.save_hyperparameters({"in_channels": BANDS, "config": {"train_setup": {"lr": 0.1}}})
-        self.model = torch.nn.Conv2d(BANDS, N_CLASSES, kernel_size=1)
-        self.class_labels = [f"class{i}" for i in range(N_CLASSES)]
-        self.last_confusion: np.ndarray | None = None
-        self.last_report: dict[str, Any] | None = None
+
+class StoppingTask(SegmentationTask):
+    """landseg's task, made to raise ``error`` when training reaches ``raise_at_step``."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        raise_at_step: int | None = None,
+        error: type[BaseException] = RuntimeError,
+    ):
+        super().__init__(config, BANDS, [f"class{i}" for i in range(N_CLASSES)])
         self.raise_at_step = raise_at_step
         self.error = error
-        self._confusion = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self.global_step == self.raise_at_step:
             raise self.error("stop at step 2")
-        loss = F.cross_entropy(self.model(batch["image"]), batch["mask"], ignore_index=-1)
-        self.log("train_loss", loss, on_step=True, on_epoch=True)
-        return loss
+        return super().training_step(batch, batch_idx)
 
-    def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        logits = self.model(batch["image"])
-        self.log(f"{stage}_loss", F.cross_entropy(logits, batch["mask"], ignore_index=-1))
-        keep = batch["mask"] >= 0
-        pairs = batch["mask"][keep] * N_CLASSES + logits.argmax(1)[keep]
-        counts = np.bincount(pairs.numpy(), minlength=N_CLASSES**2)
-        self._confusion += counts.reshape(N_CLASSES, N_CLASSES)
 
-    def _evaluation_epoch_end(self, stage: str) -> None:
-        confusion, self._confusion = self._confusion, np.zeros_like(self._confusion)
-        self.log(f"{stage}_miou", miou(confusion))
-        self.last_confusion = confusion
-        self.last_report = metrics_from_confusion(confusion, self.class_labels)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._evaluation_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._evaluation_epoch_end("test")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+def make_task(tmp: Path, **kwargs: Any) -> StoppingTask:
+    torch.manual_seed(0)
+    return StoppingTask(task_config(tmp), **kwargs)
 
 
 def fit(
     run_dir: Path,
-    task: FakeTask,
+    task: SegmentationTask,
     epochs: int = 2,
     test: bool = False,
     cadence: VisualCadence | None = None,
@@ -162,7 +153,7 @@ def events(folder: Path) -> EventAccumulator:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunLogger]:
     run_dir = tmp_path_factory.mktemp("output") / "exp" / "v1"
-    return run_dir, fit(run_dir, FakeTask(), test=True)
+    return run_dir, fit(run_dir, make_task(run_dir.parent), test=True)
 
 
 def test_tensorboard_runs_per_phase(trained: tuple[Path, RunLogger]) -> None:
@@ -181,11 +172,27 @@ def test_tensorboard_runs_per_phase(trained: tuple[Path, RunLogger]) -> None:
     assert "samples/image_mask_prediction" in val.Tags()["images"]
     assert len(val.Images("samples/image_mask_prediction")) == 2
     assert "confusion_val" in val.Tags()["images"]
-    assert {"weight", "bias"} <= set(train.Tags()["histograms"])
+    network = make_task(run_dir).model  # the same architecture: the same parameter names
+    names = {name.replace(".", "/") for name, _ in network.named_parameters()}
+    assert set(train.Tags()["histograms"]) == names
     assert train.Tags()["graph"]
     assert "learning_curves" in train.Tags()["images"]
     session = events(root)  # config text and the HParams session at the root
     assert "config/text_summary" in session.Tags()["tensors"]
+
+
+def test_scalars_and_images_of_one_validation_share_its_step(
+    trained: tuple[Path, RunLogger],
+) -> None:
+    run_dir, _ = trained
+    val = events(run_dir / "tensorboard" / "val")
+    loss_steps = [event.step for event in val.Scalars("loss")]
+    assert loss_steps == [1, 3]  # Lightning's step: the index of the epoch's last batch
+    assert [event.step for event in val.Scalars("miou")] == loss_steps
+    for tag in ("confusion_val", "per_class_val", "samples/image_mask_prediction"):
+        assert [image.step for image in val.Images(tag)] == loss_steps, tag
+    # the run's own rows count the training steps done, as history.json does
+    assert [row["step"] for row in read_scalars(run_dir) if row["phase"] == "val"] == [2, 4]
 
 
 def test_files_on_disk(trained: tuple[Path, RunLogger]) -> None:
@@ -220,7 +227,7 @@ def test_files_on_disk(trained: tuple[Path, RunLogger]) -> None:
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_run_logger_closed_when_training_stops(tmp_path: Path, error: type[BaseException]) -> None:
     handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after an interrupt
-    task = FakeTask(raise_at_step=2, error=error)
+    task = make_task(tmp_path, raise_at_step=2, error=error)
     expected = SystemExit if error is KeyboardInterrupt else RuntimeError
     try:
         with pytest.raises(expected):
@@ -238,7 +245,8 @@ def test_run_logger_closed_when_training_stops(tmp_path: Path, error: type[BaseE
 def test_pictures_follow_the_cadence_numbers_do_not(tmp_path: Path) -> None:
     # 3 epochs of 2 steps, stopped by max_steps (the cadence cannot know epoch 2 is the last):
     # every 5 epochs draws epoch 0, then the final state when fit ends
-    fit(tmp_path, FakeTask(), epochs=10, cadence=VisualCadence(every_n_epochs=5), max_steps=6)
+    task = make_task(tmp_path)
+    fit(tmp_path, task, epochs=10, cadence=VisualCadence(every_n_epochs=5), max_steps=6)
     with np.load(tmp_path / "arrays" / "confusion_val.npz") as saved:
         assert saved["steps"].tolist() == [2, 4, 6]  # every validation
     assert [r["step"] for r in read_scalars(tmp_path) if r["phase"] == "val"] == [2, 4, 6]
@@ -246,7 +254,10 @@ def test_pictures_follow_the_cadence_numbers_do_not(tmp_path: Path) -> None:
         events(tmp_path / "tensorboard" / "val"),
         events(tmp_path / "tensorboard" / "train"),
     )
-    assert [i.step for i in val.Images("confusion_val")] == [2, 6]
-    assert [i.step for i in val.Images("per_class_val")] == [2, 6]
-    assert [i.step for i in val.Images("samples/image_mask_prediction")] == [2, 6]
-    assert [h.step for h in train.Histograms("weight")] == [2, 6]
+    # in TensorBoard, beside the scalars of the same validation (Lightning's step: 1, 3, 5)
+    assert [s.step for s in val.Scalars("loss")] == [1, 3, 5]
+    assert [i.step for i in val.Images("confusion_val")] == [1, 5]
+    assert [i.step for i in val.Images("per_class_val")] == [1, 5]
+    assert [i.step for i in val.Images("samples/image_mask_prediction")] == [1, 5]
+    first = next(name for name, _ in task.model.named_parameters()).replace(".", "/")
+    assert [h.step for h in train.Histograms(first)] == [1, 5]

@@ -9,8 +9,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from landseg.loggers import PhaseTensorBoardLogger, RunLogger, read_scalars
+from landseg.callbacks.run_logger import RunLogger, read_scalars
 from landseg.loggers.figures import confusion_matrix_figure
+from landseg.loggers.tensorboard import PhaseTensorBoardLogger
 
 
 def test_summarize_one_line_to_file_and_tensorboard(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def test_class_weights_are_checked() -> None:
     ]
     with pytest.raises(ConfigError, match="loss 'bce' cannot use class weights"):
         build_loss("bce", C, [1.0, 1.0, 1.0])
-    with pytest.raises(ConfigError, match="2 weights for 3 classes"):
+    with pytest.raises(ConfigError, match="2 weights but there are 3 classes"):
         build_loss("ce", C, [1.0, 1.0])
     with pytest.raises(ConfigError, match="every weight is 0"):
         build_loss("focal", C, [0.0, 0.0, 0.0])

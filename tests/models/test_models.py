@@ -13,8 +13,9 @@ from landseg.errors import ConfigError
 from landseg.models.registry import (
     MODELS,
     build_model,
-    check_model_params,
+    model_problems,
     model_size_multiple,
+    register_smp_models,
 )
 
 BANDS, CLASSES = 4, 5
@@ -94,10 +95,10 @@ def test_size_multiples() -> None:
 
 
 def test_valid_params_have_no_problems() -> None:
-    assert check_model_params("resnet34", {"decoder_mode": "transposed"}, (256, 256)) == []
-    assert check_model_params("deeplab", {"output_stride": 8}, (72, 72)) == []
-    assert check_model_params("SMP:Segformer", {"encoder_name": "mit_b0"}, (64, 64)) == []
-    assert check_model_params("smp:unet", {"encoder_name": "tu-resnet18"}, (64, 64)) == []
+    assert model_problems("resnet34", {"decoder_mode": "transposed"}, (256, 256)) == []
+    assert model_problems("deeplab", {"output_stride": 8}, (72, 72)) == []
+    assert model_problems("SMP:Segformer", {"encoder_name": "mit_b0"}, (64, 64)) == []
+    assert model_problems("smp:unet", {"encoder_name": "tu-resnet18"}, (64, 64)) == []
 
 
 @pytest.mark.parametrize(
@@ -116,10 +117,10 @@ def test_valid_params_have_no_problems() -> None:
         ("resnet18", {"encoder_weights": "imagenett"}, None, "available: imagenet"),
     ],
 )
-def test_check_model_params_problems(
+def test_model_problems(
     name: str, params: dict, patch: tuple[int, int] | None, expected: str
 ) -> None:
-    problems = check_model_params(name, params, patch)
+    problems = model_problems(name, params, patch)
     assert len(problems) == 1, problems
     assert expected in problems[0]
     assert problems[0].startswith("train_setup.model_")
@@ -144,6 +145,7 @@ def test_unavailable_pretrained_weights_fail_fast(monkeypatch, tmp_path) -> None
 
 
 def test_every_entry_declares_its_params() -> None:
+    register_smp_models()
     for name in MODELS:
         info = MODELS.info(name)
         assert isinstance(info["params"], dict) and info["size_multiple"] >= 1, name

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from landseg.callbacks.run_logger import read_scalars
 from landseg.cli import main
-from landseg.loggers import read_scalars
 from tests.conftest import sigkill_when, write_config
 
 

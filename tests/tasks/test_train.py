@@ -12,9 +12,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from landseg.cli import load_and_check, main
-from landseg.loggers import read_scalars
-from landseg.tasks.train import train
+from landseg.callbacks.run_logger import read_scalars
+from landseg.cli import main
+from landseg.prepare import prepare
+from landseg.training.run import train
 from tests.conftest import write_config
 
 
@@ -114,11 +115,32 @@ def test_pth_outputs(small: dict, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_wandb_writes_offline_files_in_the_run_folder(small: dict, tmp_path: Path) -> None:
+    import wandb
+
+    from tests.loggers.test_wandb_logger import _item_key, _read_wandb_records
+
     small["train_setup"]["epochs"] = 1
     small["output_setup"].update(use_wandb=True, use_tensorboard=False, get_prediction=False)
-    assert run_train(small, tmp_path) == 0
-    offline = list((tmp_path / "runs" / "exp" / "v1" / "wandb").rglob("offline-run-*"))
-    assert offline, "no offline W&B run in the run folder"
+    try:
+        assert run_train(small, tmp_path) == 0
+    finally:
+        wandb.finish()  # the run file is complete once the run is finished
+    run = tmp_path / "runs" / "exp" / "v1"
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    (run_file,) = offline.glob("*.wandb")
+    rows = [
+        {_item_key(item): json.loads(item.value_json) for item in record.history.item}
+        for record in _read_wandb_records(run_file)
+        if record.HasField("history")
+    ]
+    history = json.loads((run / "history.json").read_text())
+    val_rows = [row for row in rows if "val_loss" in row]
+    assert len(val_rows) == 1
+    assert val_rows[0]["val_loss"] == pytest.approx(history["0"]["loss"], rel=1e-6)
+    # the run logger's figures and the image grid reach W&B as images
+    keys = {key for row in rows for key in row}
+    for tag in ("val/confusion_val", "val/per_class_val", "val/samples/image_mask_prediction"):
+        assert f"{tag}/width" in keys, sorted(keys)
 
 
 @pytest.mark.slow
@@ -162,7 +184,8 @@ def test_bf16_autocast_and_channels_last(small: dict, tmp_path: Path) -> None:
     small["output_setup"].update(use_tensorboard=False, get_prediction=False)
     small["device_setup"] = {"device": 0, "precision": "bf16-mixed", "channels_last": True}
     probe = AutocastProbe()
-    checked, summary = load_and_check(write_config(tmp_path / "c.json", small), [])
+    prepared = prepare(write_config(tmp_path / "c.json", small), [])
+    checked, summary = prepared.config, prepared.summary
     run = train(checked, summary, extra_callbacks=[probe])
     assert probe.seen and all(seen == (torch.bfloat16, True) for seen in probe.seen)
     history = json.loads((run / "history.json").read_text())

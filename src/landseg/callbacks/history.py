@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from landseg.io import atomic_write_json
+from landseg.tasks.interface import segmentation_module
 
 
 def read_history(path: Path) -> dict[str, dict[str, Any]]:
@@ -53,7 +54,7 @@ class HistoryWriter(Callback):
             atomic_write_json(self.val_path, self.history)
 
     def _entry(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict:
-        report = dict(getattr(pl_module, "last_report", None) or {})
+        report = dict(segmentation_module(pl_module).last_report or {})
         loss = trainer.callback_metrics.get(f"{stage}_loss")
         report["loss"] = float(loss) if loss is not None else None
         epoch_lr = self.epoch_lr if self.epoch_lr is not None else _learning_rate(trainer)

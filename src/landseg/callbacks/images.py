@@ -1,4 +1,4 @@
-"""Image | mask | prediction grids of fixed validation samples, in TensorBoard's val run.
+"""Image | mask | prediction grids of fixed validation samples, in every logger that takes images.
 
 The same samples every epoch, so the grids show how the predictions evolve on them.
 """
@@ -14,7 +14,9 @@ import torch
 
 from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
 from landseg.loggers.figures import class_palette, colorize, display_image
-from landseg.loggers.tensorboard import find_phase_logger
+from landseg.loggers.registry import image_writers_of
+from landseg.loggers.tensorboard import logger_step
+from landseg.tasks.interface import segmentation_module
 from landseg.tasks.metrics import class_indices
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,8 @@ class ImageSamples(DrawsOnCadence):
     One row per sample: the image (``display_bands``, default the first three bands, or the
     first as grey), the true mask, the prediction; masks in :func:`class_palette` colours,
     ignored pixels black. Runs on global rank 0, never in the sanity check, and only when the
-    trainer has a :class:`~landseg.loggers.tensorboard.PhaseTensorBoardLogger`.
+    trainer has a logger that takes images (TensorBoard, W&B: see
+    :mod:`landseg.loggers.registry`); the grid goes to each, in its val phase.
     """
 
     def __init__(
@@ -93,13 +96,14 @@ class ImageSamples(DrawsOnCadence):
 
     def draw_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The grid of the module as it is now (the final model at fit end)."""
-        tb = find_phase_logger(trainer)
-        samples = self._fixed_samples(trainer) if tb is not None else None
-        if tb is None or samples is None:
+        writers = image_writers_of(trainer.loggers)
+        samples = self._fixed_samples(trainer) if writers else None
+        if not writers or samples is None:
             return
         images, masks = samples
-        predictions = predict_classes(pl_module.model, images)
-        labels = getattr(pl_module, "class_labels", None)
+        task = segmentation_module(pl_module)
+        predictions = predict_classes(task.model, images)
+        labels = task.class_labels
         n_classes = len(labels) if labels else int(max(masks.max(), predictions.max())) + 1
         palette = class_palette(n_classes)
         rows = [
@@ -110,17 +114,15 @@ class ImageSamples(DrawsOnCadence):
             ]
             for image, mask, prediction in zip(images, masks, predictions, strict=True)
         ]
-        tb.writer("val").add_image(
-            "samples/image_mask_prediction",
-            image_grid(rows),
-            trainer.global_step,
-            dataformats="HWC",
-        )
+        grid = image_grid(rows)
+        for write in writers:
+            write("val", "samples/image_mask_prediction", grid, logger_step(trainer))
 
     def _fixed_samples(self, trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The first samples of the validation dataset, read once and kept on CPU."""
         if self._samples is None and not self._no_samples:
-            dataset = getattr(trainer.datamodule, "val_dataset", None)
+            datamodule = getattr(trainer, "datamodule", None)
+            dataset = getattr(datamodule, "val_dataset", None)
             if dataset is None or len(dataset) == 0:
                 log.warning("no validation dataset on the datamodule: no image samples logged")
                 self._no_samples = True

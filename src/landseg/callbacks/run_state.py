@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from landseg.runs import RunFolder
+from landseg.runs.folder import RunFolder
 
 
 class RunStateUpdater(Callback):
@@ -16,8 +16,7 @@ class RunStateUpdater(Callback):
         metrics = trainer.callback_metrics  # every rank: the read syncs metrics under DDP
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        state = self.run.read_state()
-        best = dict(state.get("best") or {})
+        best = dict(self.run.state().best)
         loss, miou = metrics.get("val_loss"), metrics.get("val_miou")
         if loss is not None and float(loss) < best.get("val_loss", float("inf")):
             best["val_loss"] = float(loss)

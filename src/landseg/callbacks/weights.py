@@ -13,15 +13,10 @@ from lightning.pytorch.callbacks import Callback
 
 from landseg.callbacks.cadence import DrawsOnCadence
 from landseg.callbacks.images import model_input
-from landseg.loggers.tensorboard import find_phase_logger
+from landseg.loggers.tensorboard import find_phase_logger, logger_step
+from landseg.tasks.interface import segmentation_module
 
 log = logging.getLogger(__name__)
-
-
-def _network(pl_module: pl.LightningModule) -> torch.nn.Module:
-    """The segmentation network (``pl_module.model``), or the module itself if it has none."""
-    model = getattr(pl_module, "model", None)
-    return model if isinstance(model, torch.nn.Module) else pl_module
 
 
 class WeightHistograms(DrawsOnCadence):
@@ -43,19 +38,19 @@ class WeightHistograms(DrawsOnCadence):
         if tb is None:
             return
         writer = tb.writer("train")
-        for name, parameter in _network(pl_module).named_parameters():
+        for name, parameter in segmentation_module(pl_module).model.named_parameters():
             values = parameter.detach().float().flatten()
             values = values[torch.isfinite(values)].cpu()
             if values.numel():
-                writer.add_histogram(name.replace(".", "/"), values, trainer.global_step)
+                writer.add_histogram(name.replace(".", "/"), values, logger_step(trainer))
 
 
 class ModelGraph(Callback):
     """Adds the network's graph to the train run once, when fit starts.
 
-    The example input is a ``(1, in_channels, patch_size, patch_size)`` zero tensor, with
-    ``in_channels`` from the module's hyperparameters. A model that cannot be traced only
-    produces a warning: the graph is never worth a failed training.
+    The example input is a ``(1, in_channels, patch_size, patch_size)`` zero tensor. A model
+    that cannot be traced only produces a warning: the graph is never worth a failed
+    training.
     """
 
     def __init__(self, patch_size: int = 64):
@@ -69,10 +64,7 @@ class ModelGraph(Callback):
         if tb is None:
             return
         self._done = True
-        in_channels = getattr(pl_module.hparams, "in_channels", None)
-        if not in_channels:
-            log.warning("model graph not written to TensorBoard: no in_channels hyperparameter")
-            return
-        model = _network(pl_module)
-        example = torch.zeros(1, int(in_channels), self.patch_size, self.patch_size)
+        task = segmentation_module(pl_module)
+        model = task.model
+        example = torch.zeros(1, task.in_channels, self.patch_size, self.patch_size)
         tb.log_graph(model, model_input(model, example))

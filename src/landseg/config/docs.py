@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from landseg.config.cross_validation import CrossValidation
 from landseg.config.schema import (
     DataAugmentation,
     DataSource,
@@ -27,7 +28,6 @@ from landseg.config.schema import (
     SplitStats,
     TrainSetup,
 )
-from landseg.jobs.config import CrossValidation
 
 INTRO = """\
 # Configuration reference

@@ -1,9 +1,9 @@
 """The config models: ODEON's train-tool JSON (seed 004), key for key, plus landseg's extensions.
 
 Every key of 004 keeps its documented name, type and default, so an existing ODEON config runs
-unchanged. Checks that need only the config live here (as validators); checks that need the
-registries live in :mod:`landseg.config.checks`, and checks that need the data in
-:mod:`landseg.data.checks`.
+unchanged. Rules that need only the config live here (validators, and the ``problems()``
+methods of sections); the rules of registry names live with their registries, the rules of the
+data in :mod:`landseg.data.checks`, and :mod:`landseg.prepare` runs them all.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from landseg.jobs.config import CrossValidation
+from landseg.config.cross_validation import CrossValidation
+from landseg.registry import unknown_name_message
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Band = Annotated[int, Field(ge=1, description="1-based band index, as in rasterio")]
@@ -149,6 +150,24 @@ class DataSource(StrictModel):
         default=None,
         description="landseg: a class-index mask value to ignore besides the mask's nodata.",
     )
+
+    def n_classes(self) -> int | None:
+        """The number of classes when the config alone tells it (else the data does)."""
+        if self.mask_bands:
+            return len(self.mask_bands)
+        if self.class_labels:
+            return len(self.class_labels)
+        return None
+
+    def problems(self) -> list[str]:
+        """Rules between keys of this section, one line each."""
+        labels, bands = self.class_labels, self.mask_bands
+        if labels and bands and len(labels) != len(bands):
+            return [
+                f"data_source.class_labels: {len(labels)} names but mask_bands selects "
+                f"{len(bands)} classes"
+            ]
+        return []
 
     @field_validator("class_labels", "mask_bands")
     @classmethod
@@ -297,9 +316,18 @@ class OutputSetup(StrictModel):
         description="bit: one-hot class bands (0/1); uint8: per-class probabilities x 255; "
         "float32: per-class probabilities.",
     )
-    use_tensorboard: bool = Field(default=True, description="Write TensorBoard logs.")
+    use_tensorboard: bool = Field(
+        default=True, description="Write TensorBoard logs (ODEON's key; see loggers)."
+    )
     use_wandb: bool = Field(
-        default=False, description="Write offline W&B files (needs the wandb extra)."
+        default=False,
+        description="Write offline W&B files (needs the wandb extra; ODEON's key; see loggers).",
+    )
+    loggers: list[str] | None = Field(
+        default=None,
+        description="landseg: the loggers to write, by name: tensorboard, wandb, csv. Default: "
+        "tensorboard if use_tensorboard, wandb if use_wandb; when set, it replaces those two "
+        "keys. The run's own files (logs/scalars.jsonl, arrays/, figures/) are always written.",
     )
     log_learning_rate: bool = Field(default=False, description="Log learning rate and momentum.")
     save_history: bool = Field(default=True, description="Write the per-epoch history JSON.")
@@ -322,6 +350,13 @@ class OutputSetup(StrictModel):
         "<output_folder>/<datamodule>/<model>/<version> (seed 003).",
     )
 
+    def logger_names(self) -> list[str]:
+        """The loggers to build: ``loggers``, else ODEON's use_tensorboard and use_wandb."""
+        if self.loggers is not None:
+            return list(self.loggers)
+        flags = (("tensorboard", self.use_tensorboard), ("wandb", self.use_wandb))
+        return [name for name, on in flags if on]
+
     @property
     def extension(self) -> str:
         ext = self.model_out_ext or ".ckpt"
@@ -338,8 +373,47 @@ class OutputSetup(StrictModel):
 # --------------------------------------------------------------------------- device_setup
 
 
+#: Lightning's accelerator names (``AcceleratorRegistry``) and its aliases auto and gpu. Kept
+#: here so that validation does not import Lightning; a test compares them with Lightning's.
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+#: Lightning's strategy names (``StrategyRegistry``) and auto; compared with Lightning's too.
+STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_find_unused_parameters_false",
+    "ddp_find_unused_parameters_true",
+    "ddp_fork",
+    "ddp_fork_find_unused_parameters_false",
+    "ddp_fork_find_unused_parameters_true",
+    "ddp_notebook",
+    "ddp_notebook_find_unused_parameters_false",
+    "ddp_notebook_find_unused_parameters_true",
+    "ddp_spawn",
+    "ddp_spawn_find_unused_parameters_false",
+    "ddp_spawn_find_unused_parameters_true",
+    "deepspeed",
+    "deepspeed_stage_1",
+    "deepspeed_stage_2",
+    "deepspeed_stage_2_offload",
+    "deepspeed_stage_3",
+    "deepspeed_stage_3_offload",
+    "deepspeed_stage_3_offload_nvme",
+    "fsdp",
+    "fsdp_cpu_offload",
+    "single_device",
+    "single_tpu",
+    "single_xla",
+    "xla",
+    "xla_debug",
+)
+
+
 class DeviceSetup(StrictModel):
-    """Hardware (004, section Device setup), mapped onto Lightning's Trainer."""
+    """Hardware (004, section Device setup), mapped onto Lightning's Trainer.
+
+    This section is the one place that decodes 004's device keys: :meth:`lightning_args` for
+    the trainer, :meth:`starts_processes` for the job runner, :meth:`problems` for validation.
+    """
 
     accelerator: str | None = Field(
         default=None, description="cpu, gpu, cuda, mps, tpu, auto; default auto."
@@ -366,8 +440,83 @@ class DeviceSetup(StrictModel):
         "which convolutions run faster in on GPUs with tensor cores (with bf16/16-mixed).",
     )
 
+    def problems(self) -> list[str]:
+        """Unknown accelerator or strategy names and malformed device ids, one line each."""
+        problems: list[str] = []
+        if self.accelerator is not None and self.accelerator.lower() not in ACCELERATORS:
+            problems.append(
+                "device_setup.accelerator: "
+                + unknown_name_message("accelerator", self.accelerator, list(ACCELERATORS))
+            )
+        if self.strategy is not None and self.strategy.lower() not in STRATEGIES:
+            problems.append(
+                "device_setup.strategy: "
+                + unknown_name_message("strategy", self.strategy, list(STRATEGIES))
+            )
+        value = self.device
+        if isinstance(value, int) and value < 0:
+            problems.append(f"device_setup.device: must be >= 0 (0 means the CPU), got {value}")
+        if isinstance(value, str) and not all(p.strip().isdigit() for p in value.split(",")):
+            problems.append(
+                f'device_setup.device: expected a device id such as "0" or "0,1", got \'{value}\''
+            )
+        if isinstance(value, list) and (not value or any(v < 0 for v in value)):
+            problems.append(f"device_setup.device: expected device ids >= 0, got {value}")
+        return problems
+
+    def lightning_args(self) -> dict[str, Any]:
+        """004's device keys as Lightning's accelerator, devices, strategy, num_nodes, precision.
+
+        ``device: 0`` means the CPU (004). On the CPU, ``num_processes`` is the number of
+        processes (DDP with gloo when > 1).
+        """
+        accelerator = (self.accelerator or "auto").lower()
+        value = self.device
+        if value == 0 or (value == "0" and accelerator == "cpu"):
+            accelerator = "cpu"
+        devices: Any
+        if accelerator == "cpu":
+            devices = self.num_processes
+        elif value is None:
+            devices = "auto"
+        elif isinstance(value, str):
+            devices = [int(part) for part in value.split(",")]
+        else:
+            devices = value
+        strategy = self.strategy or "auto"
+        if strategy == "auto" and accelerator == "cpu" and self.num_processes > 1:
+            strategy = "ddp"
+        return {
+            "accelerator": accelerator,
+            "devices": devices,
+            "num_nodes": self.num_nodes,
+            "strategy": strategy,
+            "precision": self.precision,
+        }
+
+    def starts_processes(self) -> bool:
+        """Whether training starts DDP processes of its own (several devices, nodes or CPUs)."""
+        value = self.device
+        many = (
+            (isinstance(value, int) and value > 1)
+            or (isinstance(value, list) and len(value) > 1)
+            or (isinstance(value, str) and "," in value)
+        )
+        strategy = (self.strategy or "").lower()
+        return many or self.num_processes > 1 or self.num_nodes > 1 or strategy.startswith("ddp")
+
 
 # --------------------------------------------------------------------------- root
+
+
+def prediction_problems(data: DataSource, out: OutputSetup) -> list[str]:
+    """``get_prediction`` predicts the test split: it needs one."""
+    if out.get_prediction and data.test_file is None:
+        return [
+            "output_setup.get_prediction: predictions are made on the test split; "
+            "set data_source.test_file or get_prediction false"
+        ]
+    return []
 
 
 class LandsegConfig(StrictModel):

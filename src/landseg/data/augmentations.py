@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from landseg.data.summary import IGNORE_INDEX
-from landseg.registry import Registry
+from landseg.registry import Registry, unknown_name_message
 
 Augmentation = Callable[
     [np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]
@@ -100,3 +100,13 @@ def radiometry(
 def build_augmentations(names: list[str]) -> list[Augmentation]:
     """The augmentations named in the config, in order (KeyError for an unknown name)."""
     return [AUGMENTATIONS.get(name) for name in names]
+
+
+def augmentation_problems(names: list[str]) -> list[str]:
+    """Unknown augmentation names of ``data_source.data_augmentation.train``, one line each."""
+    return [
+        f"data_source.data_augmentation.train[{i}]: "
+        + unknown_name_message("augmentation", name, AUGMENTATIONS.names())
+        for i, name in enumerate(names)
+        if name not in AUGMENTATIONS
+    ]

@@ -127,13 +127,14 @@ def check_data(config: LandsegConfig) -> DataSummary:
             for line in err.problems:
                 problems.add("pixel_range", line)
     if n_image_bands is not None:
-        _check_weights(config, int(n_image_bands), problems)
+        _check_weights(config, int(cast("int", n_image_bands)), problems)
 
     kind = cast("MaskKind | None", scan.mask_kinds.single())
     n_classes, basis, pixels_read = _count_classes(
         config, kind, scan.onehot_bands, scan.headers, problems
     )
-    if n_classes is not None:
+    # with mask_bands the count is the config's own (DataSource.problems checks the labels)
+    if n_classes is not None and not (kind == "onehot" and source.mask_bands):
         _check_class_lengths(config, n_classes, basis, problems)
 
     rows = sum(len(pairs) for pairs in splits.values())
@@ -150,7 +151,7 @@ def check_data(config: LandsegConfig) -> DataSummary:
     )
     used = testing_subset(splits) if setup.testing else splits
     return DataSummary(
-        n_image_bands=int(n_image_bands),
+        n_image_bands=int(cast("int", n_image_bands)),
         n_classes=n_classes,
         class_labels=tuple(source.class_labels or (f"class {i}" for i in range(1, n_classes + 1))),
         mask_kind=kind,
@@ -308,13 +309,10 @@ def _count_classes(
 def _check_class_lengths(
     config: LandsegConfig, n_classes: int, basis: str, problems: _Problems
 ) -> None:
-    source, setup = config.data_source, config.train_setup
-    for key, values in (
-        ("data_source.class_labels", source.class_labels),
-        ("train_setup.class_imbalance", setup.class_imbalance),
-    ):
-        if values is not None and len(values) != n_classes:
-            problems.add(
-                key,
-                f"{key} has {len(values)} values but there are {n_classes} classes ({basis})",
-            )
+    labels = config.data_source.class_labels
+    if labels is not None and len(labels) != n_classes:
+        problems.add(
+            "data_source.class_labels",
+            f"data_source.class_labels has {len(labels)} values but there are {n_classes} "
+            f"classes ({basis})",
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ def _check_args(n_tiles: int, size: int, n_classes: int) -> None:
         raise LandsegError(problems)
 
 
-def _write_csv(path: Path, rows: list[tuple[str, ...]], header: str | None = None) -> None:
+def _write_csv(path: Path, rows: Sequence[tuple[str, ...]], header: str | None = None) -> None:
     lines = ([header] if header else []) + [",".join(row) for row in rows]
     atomic_write_text(path, "\n".join(lines) + "\n")
 

@@ -9,11 +9,13 @@ an uninterrupted run would have seen, in the same order, with the same augmentat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
+
+from landseg.data.sampler import SeededSampler
 
 
 class ResumableDataLoader(DataLoader):
@@ -29,8 +31,9 @@ class ResumableDataLoader(DataLoader):
         epoch, done = int(state["epoch"]), int(state["batches_done"])
         if done >= len(self):  # saved at the end of an epoch: the next one starts afresh
             epoch, done = epoch + 1, 0
-        self.sampler.set_epoch(epoch)
-        self.sampler.skip_next(done * self.batch_size)
+        sampler = cast("SeededSampler", self.sampler)
+        sampler.set_epoch(epoch)
+        sampler.skip_next(done * (self.batch_size or 1))
         self.counting_epoch, self.batches_done = epoch, done
 
 

@@ -90,7 +90,7 @@ def _prediction_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from landseg.catalog import list_runs
+    from landseg.runs.catalog import list_runs
 
     infos = list_runs(args.output_folder)
     if args.json:
@@ -106,7 +106,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def _print_runs_table(infos: list[Any], output: Path) -> None:
     from rich.table import Table
 
-    from landseg.catalog import human_size
+    from landseg.runs.catalog import human_size
 
     colours = {"finished": "green", "running": "blue", "failed": "red", "interrupted": "yellow"}
     table = Table(title=f"runs in {output}")
@@ -147,7 +147,7 @@ def _console() -> Any:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from landseg.catalog import archive_run, resolve_run
+    from landseg.runs.catalog import archive_run, resolve_run
 
     run = resolve_run(args.run, args.output_folder)
     target = archive_run(run, args.output_folder)
@@ -156,8 +156,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from landseg.catalog import resolve_run
     from landseg.inference.report import write_report
+    from landseg.runs.catalog import resolve_run
 
     if args.samples < 0:
         raise LandsegError(f"--samples must be >= 0, got {args.samples}")
@@ -170,8 +170,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from landseg.catalog import resolve_checkpoint
     from landseg.inference.scene import LoadedModel
+    from landseg.runs.catalog import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.run, args.output_folder)
     return LoadedModel.load(checkpoint, args.device)

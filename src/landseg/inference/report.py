@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from landseg.callbacks.history import read_history
-from landseg.catalog import best_checkpoint, effective_status
+from landseg.callbacks.run_logger import read_scalars
 from landseg.errors import LandsegError
 from landseg.inference.evaluate import TABLE_METRICS, entry_labels
 from landseg.io import atomic_write_bytes, atomic_write_text
@@ -39,12 +39,11 @@ from landseg.loggers.figures import (
     new_figure,
     per_class_bars,
 )
-from landseg.loggers.layer import read_scalars
-from landseg.runs import HISTORY_FILE, RUN_FILE, TEST_HISTORY_FILE, read_run_state
+from landseg.runs.catalog import effective_status
+from landseg.runs.folder import RunFolder, RunState, now_iso
 
 log = logging.getLogger(__name__)
 
-REPORT_DIR = "report"
 REPORT_FILE = "index.html"
 
 
@@ -97,12 +96,12 @@ def curve_rows(run: Path, history: Mapping[str, Mapping[str, Any]]) -> list[dict
 
 def metrics_entry(run: Path) -> tuple[dict[str, Any] | None, str]:
     """The history entry the page scores (test, else the last validation), and what it is."""
-    test = read_history(run / TEST_HISTORY_FILE)
+    test = read_history(RunFolder(run).test_history)
     if test:
         epoch, entry = max(test.items(), key=lambda item: int(item[0]))
         checkpoint = entry.get("checkpoint")
         return entry, "test split" + (f", checkpoint {checkpoint}" if checkpoint else "")
-    history = read_history(run / HISTORY_FILE)
+    history = read_history(RunFolder(run).history)
     if history:
         epoch, entry = max(history.items(), key=lambda item: int(item[0]))
         return entry, f"validation split, epoch {epoch}"
@@ -123,17 +122,17 @@ def sample_tiles(run: Path, count: int, device: str = "auto") -> tuple[Figure, s
 
     Raises LandsegError when the checkpoint or the data cannot be read.
     """
-    from landseg.data.checks import check_data
     from landseg.data.datamodule import CsvSegmentationDataModule
     from landseg.inference.scene import LoadedModel, Tiling, predict_array
+    from landseg.prepare import prepare
 
-    checkpoint = best_checkpoint(run)
+    checkpoint = RunFolder(run).best_checkpoint()
     if checkpoint is None:
         raise LandsegError(f"{run}: no checkpoint")
     model = LoadedModel.load(checkpoint, device)
     config = model.config
     split = "test" if config.data_source.test_file is not None else "val"
-    datamodule = CsvSegmentationDataModule(config, check_data(config))
+    datamodule = CsvSegmentationDataModule(config, prepare(config).summary)
     dataset = getattr(datamodule, f"{split}_dataset")
     indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int))
     palette = class_palette(model.n_classes)
@@ -166,7 +165,7 @@ def report_sections(run: Path, samples: int, device: str) -> tuple[list[Section]
     """The page's figures, and a note for each that could not be drawn."""
     sections: list[Section] = []
     notes: list[str] = []
-    history = read_history(run / HISTORY_FILE)
+    history = read_history(RunFolder(run).history)
     rows = curve_rows(run, history)
     sections.append(
         Section(
@@ -275,25 +274,24 @@ def _format(value: Any) -> str:
     return html.escape(str(value)) if value not in (None, "") else "–"
 
 
-def _summary_rows(run: Path, state: Mapping[str, Any], status: str) -> str:
-    best = state.get("best") or {}
-    train_csv = ((state.get("csv") or {}).get("train") or {}).get("path")
-    archived = state.get("archived") or {}
-    rows = [
-        ("Model", state.get("model")),
-        ("Train CSV", Path(train_csv).name if train_csv else None),
+def _summary_rows(run: Path, state: RunState, status: str) -> str:
+    train_csv = state.csv.get("train")
+    best_checkpoint = RunFolder(run).best_checkpoint()
+    rows: list[tuple[str, Any]] = [
+        ("Model", state.model),
+        ("Train CSV", Path(train_csv.path).name if train_csv else None),
         ("Status", status),
-        ("Epochs", f"{state.get('epochs_done', 0)} of {state.get('epochs', '?')}"),
-        ("Best val_loss", best.get("val_loss")),
-        ("Best val_miou", best.get("val_miou")),
-        ("Started", state.get("started")),
-        ("Ended", state.get("ended")),
-        ("Best checkpoint", getattr(best_checkpoint(run), "name", None)),
+        ("Epochs", f"{state.epochs_done} of {state.epochs or '?'}"),
+        ("Best val_loss", state.best.get("val_loss")),
+        ("Best val_miou", state.best.get("val_miou")),
+        ("Started", state.started),
+        ("Ended", state.ended),
+        ("Best checkpoint", best_checkpoint.name if best_checkpoint else None),
     ]
-    if archived:
-        rows.append(("Archived", f"from {archived.get('from')} on {archived.get('date')}"))
-    if state.get("error"):
-        rows.append(("Error", state["error"]))
+    if state.archived is not None:
+        rows.append(("Archived", f"from {state.archived.source} on {state.archived.date}"))
+    if state.error:
+        rows.append(("Error", state.error))
     return "\n".join(f"<tr><th>{k}</th><td>{_format(v)}</td></tr>" for k, v in rows)
 
 
@@ -322,9 +320,7 @@ def _figure_html(section: Section) -> str:
 
 
 def render_page(run: Path, sections: list[Section], notes: list[str]) -> str:
-    from landseg.runs import now_iso
-
-    state = read_run_state(run)
+    state = RunFolder(run).state()
     status = effective_status(state)
     entry, source = metrics_entry(run)
     title = f"{run.parent.name}/{run.name}"
@@ -344,10 +340,11 @@ def render_page(run: Path, sections: list[Section], notes: list[str]) -> str:
 def write_report(run: Path, samples: int = 6, device: str = "auto") -> Path:
     """Write ``RUN/report/index.html`` and its PNG figures; returns the page's path."""
     run = Path(run)
-    if not (run / RUN_FILE).is_file():
-        raise LandsegError(f"{run}: not a run folder (no {RUN_FILE})")
+    folder = RunFolder(run)
+    if not folder.is_run:
+        raise LandsegError(f"{run}: not a run folder (no {RunFolder.RUN_FILE})")
     sections, notes = report_sections(run, samples, device)
-    out = run / REPORT_DIR
+    out = folder.report
     for section in sections:
         atomic_write_bytes(out / f"{section.name}.png", section.png)
     page = out / REPORT_FILE

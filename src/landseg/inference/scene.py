@@ -45,7 +45,6 @@ from landseg.errors import DataError, LandsegError
 from landseg.io import atomic_path, checkpoint_error_line, load_checkpoint
 from landseg.loggers.figures import class_palette
 from landseg.models.registry import model_size_multiple
-from landseg.tasks.predict import encode_probabilities
 
 OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
 #: Nodata of class and uint8/bit outputs (uint8 probabilities are capped at 254 to keep it free).
@@ -59,6 +58,18 @@ RASTER_SUFFIXES = (".tif", ".tiff")
 
 #: ``read_rows(first, stop) -> (normalised (C, rows, W) float32, valid (rows, W) bool or None)``.
 RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
+
+
+def encode_probabilities(probabilities: np.ndarray, output_type: str) -> np.ndarray:
+    """(C, H, W) probabilities -> the array written for ``prediction_output_type``."""
+    if output_type == "float32":
+        return probabilities.astype(np.float32)
+    if output_type == "uint8":
+        return np.rint(probabilities * 255).astype(np.uint8)
+    if output_type == "bit":
+        winners = probabilities.argmax(axis=0)
+        return (np.arange(probabilities.shape[0])[:, None, None] == winners).astype(np.uint8)
+    raise ValueError(f"unknown prediction_output_type {output_type}")
 
 
 # ---------------------------------------------------------------------------- the model
@@ -78,15 +89,13 @@ class LoadedModel:
 
     @classmethod
     def from_task(cls, task: Any, checkpoint: Path | None = None) -> LoadedModel:
-        from landseg.config.load import validate_config
-
-        config = validate_config(dict(task.hparams.config))
+        config = task.config
         train = config.train_setup
         return cls(
             model=task.model.eval(),
             config=config,
             class_labels=list(task.class_labels),
-            in_channels=int(task.hparams.in_channels),
+            in_channels=task.in_channels,
             size_multiple=model_size_multiple(train.model_name, train.model_params),
             device=next(task.model.parameters()).device,
             checkpoint=checkpoint,
@@ -355,7 +364,10 @@ def encode_strip(probs: np.ndarray, valid: np.ndarray | None, output_type: str) 
 
 def class_colormap(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
     """The classes' palette, as a GeoTIFF colour table; nodata transparent."""
-    colours = {i: (*map(int, rgb), 255) for i, rgb in enumerate(class_palette(n_classes))}
+    colours = {
+        i: (int(rgb[0]), int(rgb[1]), int(rgb[2]), 255)
+        for i, rgb in enumerate(class_palette(n_classes))
+    }
     colours[NODATA_UINT8] = (0, 0, 0, 0)
     return colours
 

@@ -24,7 +24,7 @@ def _cv_status(args: argparse.Namespace) -> int:
     if args.job is not None:
         folder = args.job
     elif config_path is not None:
-        from landseg.config.load import load_config
+        from landseg.config.load import load_config  # the folder only: no registry or data
 
         config = load_config(config_path, args.overrides)
         cv_section(config, config_path)

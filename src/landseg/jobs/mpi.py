@@ -27,7 +27,6 @@ from landseg.jobs.runner import (
     Outcome,
     attempt,
     console_logging,
-    multi_process_task,
     new_session,
     next_claim,
     pin_gpu,
@@ -111,7 +110,7 @@ def _coordinate(
     session = new_session()
     try:
         job, rows = prepare_job(config_path, overrides)
-        if multi_process_task(job.config.device_setup):
+        if job.config.device_setup.starts_processes():
             raise LandsegError(
                 "device_setup: under mpiexec each task runs in one process on one device; "
                 "the ranks would be taken for DDP processes. Run DDP tasks without mpiexec"
@@ -148,7 +147,7 @@ def _coordinate(
 def _work(comm: Any, index: int, verbose: bool) -> None:
     """A worker rank: ask rank 0 for a task, run it, report, ask again."""
     pin_gpu(index, visible_gpus())
-    import landseg.tasks.train  # noqa: F401  (the slow imports, while rank 0 plans the job)
+    import landseg.training.run  # noqa: F401  (the slow imports, while rank 0 plans the job)
 
     setup, _ = _recv(comm, 0, SETUP)
     if "error" in setup:

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from landseg.config.cross_validation import CrossValidation
 from landseg.config.schema import LandsegConfig
 from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
 from landseg.data.summary import DataSummary
 from landseg.errors import ConfigError, DataError, LandsegError
 from landseg.io import atomic_write_json, atomic_write_text
-from landseg.jobs.config import CrossValidation
 
 JOB_FILE = "job.json"
 ROWS_FILE = "rows.csv"
@@ -469,13 +469,10 @@ def prepare_job(config_path: Path, overrides: list[str]) -> tuple[Job, list[Row]
     with its group, always written to the job folder) when cross_validation.groups leaves
     rows out.
     """
-    from landseg.config.checks import check_config
-    from landseg.config.load import load_config
-    from landseg.data.checks import check_data
     from landseg.data.csvfiles import read_pairs
-    from landseg.models.registry import check_model_params
+    from landseg.prepare import prepare, prepare_config
 
-    config = load_config(config_path, overrides)
+    config = prepare_config(config_path, overrides)
     cv = cv_section(config, config_path)
     csv_file = _job_csv(config, cv, config_path)
     _note_ignored_keys(config)
@@ -483,13 +480,8 @@ def prepare_job(config_path: Path, overrides: list[str]) -> tuple[Job, list[Row]
     plan, used = build_plan(rows, cv, config.data_source.percentage_val)
     folder = job_folder(config)
     checked = csv_file if len(used) == len(rows) else folder / ROWS_FILE
-    whole = check_config(whole_data_config(config, checked))
     atomic_write_text(folder / ROWS_FILE, csv_text(used, header=("image", "mask", "group")))
-    summary = check_data(whole)
-    train = config.train_setup
-    problems = check_model_params(train.model_name, train.model_params, summary.patch_size)
-    if problems:
-        raise ConfigError(problems)
+    summary = prepare(whole_data_config(config, checked)).summary
     hashes, sizes = {}, {}
     for task in plan.tasks:
         hashes[task.id] = task_hash(task_config(config, task, folder), task_csvs(task, used))

@@ -32,7 +32,7 @@ from typing import Any
 
 from landseg.errors import LandsegError
 from landseg.processes import pid_alive, process_start
-from landseg.runs import now_iso
+from landseg.runs.folder import now_iso
 
 LOG_FILE = "job.sqlite"
 SCHEMA_VERSION = 1

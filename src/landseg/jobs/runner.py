@@ -25,18 +25,16 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from landseg.config.schema import DeviceSetup
 from landseg.errors import LandsegError
 from landseg.io import atomic_write_text
 from landseg.jobs.plan import Job, Row, Task, write_task_files
 from landseg.jobs.progress import LOG_FILE, Claim, JobLog, Worker
-from landseg.runs import RUN_DIR_ENV, RunFolder, read_run_state
+from landseg.runs.folder import RUN_DIR_ENV, RunFolder
 
 log = logging.getLogger("landseg.cv")
 
 #: Seconds an idle worker waits before looking again for tasks that others still run.
 POLL_S = 2.0
-ERROR_FILE = "error.txt"
 
 
 def new_session() -> str:
@@ -49,35 +47,14 @@ def new_session() -> str:
 # ---------------------------------------------------------------------------- one task
 
 
-def task_checkpoint(task_id: str, dirpath: Path, every_n_epochs: int) -> Any:
-    """``<task_id>-epoch=NNN.ckpt`` every n epochs and after the task's last epoch."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    class TaskCheckpoint(ModelCheckpoint):
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            super().on_train_epoch_end(trainer, pl_module)
-            epoch = trainer.current_epoch
-            last = trainer.should_stop or epoch + 1 >= (trainer.max_epochs or 0)
-            if last and (epoch + 1) % every_n_epochs:  # not saved by the period above
-                trainer.save_checkpoint(self.format_checkpoint_name({"epoch": epoch}))
-
-    return TaskCheckpoint(
-        dirpath=dirpath,
-        filename=f"{task_id}-epoch={{epoch:03d}}",
-        every_n_epochs=every_n_epochs,
-        save_top_k=-1,
-        save_on_train_epoch_end=True,
-        auto_insert_metric_name=False,
-    )
-
-
 def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
     """Train (or continue) one task in its folder, from its latest checkpoint if it has one.
 
     Also the entry point of the extra processes that DDP starts for a task: they re-run the
     ``landseg cv`` command and find their task through ``LANDSEG_RUN_DIR``.
     """
-    from landseg.tasks.train import train
+    from landseg.callbacks.checkpoints import EpochCheckpoint
+    from landseg.training.run import train
 
     run = RunFolder(job.task_dir(task), resuming=True)
     cv = job.config.cross_validation
@@ -88,7 +65,7 @@ def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
             job.task_summary(task),
             verbose=verbose,
             run=run,
-            extra_callbacks=[task_checkpoint(task.id, run.checkpoints, every)],
+            extra_callbacks=[EpochCheckpoint(run.checkpoints, task.id, every)],
         )
 
 
@@ -136,18 +113,18 @@ def attempt(job: Job, task: Task, *, verbose: bool = False) -> Outcome:
     KeyboardInterrupt and SystemExit propagate: the task is interrupted, not failed.
     """
     log.info("task %s: test %s, validation %s", task.id, task.test, task.val or "share")
-    folder = job.task_dir(task)
-    (folder / ERROR_FILE).unlink(missing_ok=True)
+    folder = RunFolder(job.task_dir(task))
+    folder.error_file.unlink(missing_ok=True)
     try:
         train_task(job, task, verbose=verbose)
-        state = read_run_state(folder)
-        if state.get("status") != "finished":
-            raise LandsegError(f"{folder}: training ended with status {state.get('status')}")
-        return Outcome("finished", dict(state.get("best") or {}))
+        state = folder.state()
+        if state.status != "finished":
+            raise LandsegError(f"{folder.path}: training ended with status {state.status}")
+        return Outcome("finished", dict(state.best))
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
         log.error("task %s failed: %s", task.id, message.splitlines()[0])
-        atomic_write_text(job.task_dir(task) / ERROR_FILE, traceback.format_exc())
+        atomic_write_text(folder.error_file, traceback.format_exc())
         return Outcome("failed", {}, message)
 
 
@@ -257,7 +234,7 @@ def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: b
     ]
     for process in processes:
         process.start()
-    alive = {process.sentinel: process for process in processes}
+    alive: dict[Any, Any] = {process.sentinel: process for process in processes}
     try:
         while alive:
             for sentinel in wait(list(alive)):
@@ -282,18 +259,6 @@ def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: b
 
 
 # ---------------------------------------------------------------------------- a job
-
-
-def multi_process_task(device: DeviceSetup) -> bool:
-    """Whether one task would start DDP processes of its own."""
-    value = device.device
-    many = (
-        (isinstance(value, int) and value > 1)
-        or (isinstance(value, list) and len(value) > 1)
-        or (isinstance(value, str) and "," in value)
-    )
-    strategy = (device.strategy or "").lower()
-    return many or device.num_processes > 1 or device.num_nodes > 1 or strategy.startswith("ddp")
 
 
 def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) -> JobLog:

@@ -24,7 +24,7 @@ from landseg.io import atomic_path, atomic_write_json, atomic_write_text
 from landseg.jobs.plan import Job
 from landseg.jobs.progress import JobLog
 from landseg.processes import pid_alive
-from landseg.runs import TEST_HISTORY_FILE
+from landseg.runs.folder import RunFolder
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -39,7 +39,7 @@ HEADLINE = ("Average/IoU", "Overall/Accuracy", "Average/F1-Score", "loss")
 def task_test_metrics(run_dir: Path) -> dict[str, float | None] | None:
     """The scalar metrics of a task's test entry (None when the task has none)."""
     try:
-        entries = json.loads((run_dir / TEST_HISTORY_FILE).read_text())
+        entries = json.loads(RunFolder(run_dir).test_history.read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if not entries:

@@ -1,16 +1,6 @@
-"""Loggers of the model's state: TensorBoard per phase, the run logger, figures, W&B.
+"""Loggers of the model's state: TensorBoard per phase, W&B, figures, and their registry.
 
-Python's ``logging`` records the state of the code; these record the state of the model.
+Python's ``logging`` records the state of the code; these record the state of the model. The
+run's own files (scalars, arrays, figures) are written by
+:class:`landseg.callbacks.run_logger.RunLogger`, which sends them to these loggers too.
 """
-
-from landseg.loggers.layer import RunLogger, read_scalars
-from landseg.loggers.tensorboard import PhaseTensorBoardLogger, find_phase_logger
-from landseg.loggers.wandb import make_wandb_logger
-
-__all__ = [
-    "PhaseTensorBoardLogger",
-    "RunLogger",
-    "find_phase_logger",
-    "make_wandb_logger",
-    "read_scalars",
-]

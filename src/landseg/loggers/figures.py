@@ -2,7 +2,7 @@
 
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot, so no
 display is needed, no global figure registry grows during a long training, and the caller (the
-:class:`~landseg.loggers.layer.RunLogger`) decides where each figure goes.
+:class:`~landseg.callbacks.run_logger.RunLogger`) decides where each figure goes.
 """
 
 from __future__ import annotations

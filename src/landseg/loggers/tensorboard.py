@@ -233,6 +233,21 @@ def _hparams_session(flat: dict[str, Any]) -> list[Any]:
     return [experiment, start, end]
 
 
+def logger_step(trainer: Any) -> int:
+    """The step Lightning's own logging gives a value logged now, for pictures to sit beside it.
+
+    During fit, Lightning logs a validation's metrics and a train epoch's metrics at the index
+    of the last trained batch (``global_step - 1``: its loop counts the batch once it is
+    done); elsewhere (a test after fit) at the number of trained batches. Figures, image grids
+    and histograms use the same step, so TensorBoard shows them beside the scalars of the
+    same validation.
+    """
+    step = int(trainer.global_step)
+    state = getattr(trainer, "state", None)
+    fitting = getattr(getattr(state, "fn", None), "value", None) == "fit"
+    return max(step - 1, 0) if fitting else step
+
+
 def find_phase_logger(trainer: Any) -> PhaseTensorBoardLogger | None:
     """The trainer's :class:`PhaseTensorBoardLogger`, or ``None`` (TensorBoard is turned off)."""
     for logger in trainer.loggers:

@@ -3,6 +3,10 @@
 Every entry's ``info`` says which ``model_params`` keys it takes (with defaults), which values
 some of them allow, and which multiple the input height and width must be, so a config is
 checked before any training starts.
+
+segmentation-models-pytorch and timm are imported only when a name or check needs them (an
+``smp:`` model, an encoder with pretrained weights, the list of every model name): checking
+the config of a landseg U-Net imports neither.
 """
 
 from __future__ import annotations
@@ -13,13 +17,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import timm
-from segmentation_models_pytorch.encoders import encoders as smp_encoders
-from segmentation_models_pytorch.encoders import get_encoder_names
 from torch import nn
 
 from landseg.errors import ConfigError
-from landseg.models.factory import deeplab, resnet_unet, smp_architectures, smp_model
 from landseg.models.unet import DECODER_MODES, UNET_SIZE_MULTIPLE, UNet
 from landseg.registry import Registry, unknown_name_message
 
@@ -46,6 +46,26 @@ MODELS.add(
     params={"decoder_mode": "bilinear", "batch_norm": False},
     choices={"decoder_mode": DECODER_MODES, "batch_norm": (True, False)},
 )
+
+
+def resnet_unet(in_channels: int, n_classes: int, **params: Any) -> nn.Module:
+    from landseg.models import factory  # smp: imported when a model is built
+
+    return factory.resnet_unet(in_channels, n_classes, **params)
+
+
+def deeplab(in_channels: int, n_classes: int, **params: Any) -> nn.Module:
+    from landseg.models import factory
+
+    return factory.deeplab(in_channels, n_classes, **params)
+
+
+def smp_model(arch: str, in_channels: int, n_classes: int, **params: Any) -> nn.Module:
+    from landseg.models import factory
+
+    return factory.smp_model(arch, in_channels, n_classes, **params)
+
+
 for _depth in (18, 34, 50, 101, 152):
     MODELS.add(
         f"resnet{_depth}",
@@ -84,26 +104,47 @@ def _smp_size_multiple(params: dict[str, Any]) -> int:
     return min(int(params.get("encoder_output_stride") or 32), 2 ** int(params["encoder_depth"]))
 
 
-for _arch, _class in smp_architectures().items():
-    _defaults = _smp_params(_class)
-    MODELS.add(
-        f"{SMP_PREFIX}{_arch}",
-        partial(smp_model, _arch),
-        size_multiple=_smp_size_multiple(_defaults),
-        size_multiple_fn=_smp_size_multiple,
-        params=_defaults,
-        smp=True,
-    )
+_smp_registered = False
+
+
+def register_smp_models() -> None:
+    """Add ``smp:<architecture>`` for every smp architecture (once; imports smp)."""
+    global _smp_registered
+    if _smp_registered:
+        return
+    from landseg.models.factory import smp_architectures
+
+    for arch, model_class in smp_architectures().items():
+        defaults = _smp_params(model_class)
+        MODELS.add(
+            f"{SMP_PREFIX}{arch}",
+            partial(smp_model, arch),
+            size_multiple=_smp_size_multiple(defaults),
+            size_multiple_fn=_smp_size_multiple,
+            params=defaults,
+            smp=True,
+        )
+    _smp_registered = True
+
+
+def _known(name: str) -> bool:
+    """Whether ``name`` is a model, registering the smp ones when they may be meant."""
+    if name in MODELS:
+        return True
+    register_smp_models()
+    return name in MODELS
 
 
 def model_size_multiple(name: str, params: dict[str, Any] | None = None) -> int:
     """The multiple that input height and width must be, for this model and these params."""
+    _known(name)
     info = MODELS.info(name)
     size_fn = info.get("size_multiple_fn")
     return int(size_fn({**info["params"], **(params or {})}) if size_fn else info["size_multiple"])
 
 
 def _unknown_model(name: str) -> str:
+    register_smp_models()
     if name.lower().startswith(SMP_PREFIX):
         choices = [n for n in MODELS.names() if n.startswith(SMP_PREFIX)]
         return unknown_name_message("smp architecture", name, choices)
@@ -115,8 +156,14 @@ def _encoder_problems(name: str, info: dict[str, Any], params: dict[str, Any]) -
     encoder = info.get("encoder") or params.get("encoder_name")
     if not isinstance(encoder, str):
         return [f"{_PARAMS_KEY}.encoder_name: must be a string, got {encoder!r}"]
+    weights = params.get("encoder_weights")
+    if info.get("encoder") and weights is None:
+        return []  # landseg's own encoder, random weights: nothing to look up in smp
+    from segmentation_models_pytorch.encoders import encoders as smp_encoders
+    from segmentation_models_pytorch.encoders import get_encoder_names
+
     is_timm = encoder.startswith("tu-")
-    if is_timm and not timm.is_model(encoder[3:]):
+    if is_timm and not _timm_has(encoder[3:]):
         return [f"{_PARAMS_KEY}.encoder_name: timm has no model '{encoder[3:]}'"]
     if not is_timm and encoder not in smp_encoders:
         return [
@@ -124,7 +171,6 @@ def _encoder_problems(name: str, info: dict[str, Any], params: dict[str, Any]) -
             + unknown_name_message("smp encoder", encoder, get_encoder_names())
             + ", or tu-<any timm model>"
         ]
-    weights = params.get("encoder_weights")
     if weights is None:
         return []
     if is_timm:
@@ -144,11 +190,20 @@ def _encoder_problems(name: str, info: dict[str, Any], params: dict[str, Any]) -
     return []
 
 
-def check_model_params(
+def _timm_has(model: str) -> bool:
+    import timm
+
+    return bool(timm.is_model(model))
+
+
+def model_problems(
     name: str, params: dict[str, Any] | None, patch_size: tuple[int, int] | None
 ) -> list[str]:
-    """Problems (one line each) with a model name, its params and the tile size, before training."""
-    if name not in MODELS:
+    """Problems (one line each) with a model name, its params and the tile size, before training.
+
+    ``patch_size`` None: the tiles are not known (yet), and their size is not checked.
+    """
+    if not _known(name):
         return [f"train_setup.model_name: {_unknown_model(name)}"]
     info = MODELS.info(name)
     defaults: dict[str, Any] = info["params"]
@@ -187,7 +242,7 @@ def build_model(
 ) -> nn.Module:
     """The named model with random (or opt-in pretrained) weights; bad params -> ConfigError."""
     params = params or {}
-    problems = check_model_params(name, params, None)
+    problems = model_problems(name, params, None)
     if problems:
         raise ConfigError(problems)
     if MODELS.is_alias(name):

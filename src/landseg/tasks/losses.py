@@ -9,10 +9,10 @@ loss can use ``class_imbalance``, so configs are checked before training.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.losses import DiceLoss, JaccardLoss
 from torch import nn
 
 from landseg.data.summary import IGNORE_INDEX
@@ -60,7 +60,8 @@ class CrossEntropyLoss(nn.Module):
         if self.gamma:
             nll = (-torch.expm1(-nll)).pow(self.gamma) * nll  # (1 - p_t)^gamma * -log(p_t)
         valid = target != IGNORE_INDEX
-        pixel_weights = self.class_weights[target.clamp_min(0)] * valid
+        class_weights = cast("torch.Tensor", self.class_weights)
+        pixel_weights = class_weights[target.clamp_min(0)] * valid
         return weighted_mean(nll, pixel_weights)
 
 
@@ -99,11 +100,15 @@ def jaccard_loss(n_classes: int) -> nn.Module:
     encoding (checked in smp 0.6), so ``ignore_index=-1`` is safe. Classes absent from the
     batch's labels contribute 0.
     """
+    from segmentation_models_pytorch.losses import JaccardLoss  # heavy: only when used
+
     return JaccardLoss(mode="multiclass", ignore_index=IGNORE_INDEX, from_logits=True)
 
 
 def dice_loss(n_classes: int) -> nn.Module:
     """Soft multi-class Dice loss; ignored pixels handled as in :func:`jaccard_loss`."""
+    from segmentation_models_pytorch.losses import DiceLoss
+
     return DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX, from_logits=True)
 
 
@@ -133,23 +138,40 @@ LOSSES.add(
 )
 
 
+def loss_problems(
+    name: str, class_weights: Sequence[float] | None, n_classes: int | None
+) -> list[str]:
+    """Problems with a loss name and its class weights (``n_classes`` None: not known yet).
+
+    The one place these rules are checked: validation reports them, :func:`build_loss` refuses
+    them.
+    """
+    if name not in LOSSES:
+        return ["train_setup.loss: " + unknown_name_message("loss", name, LOSSES.names())]
+    if class_weights is None:
+        return []
+    if not LOSSES.info(name).get("supports_class_weights"):
+        usable = [n for n in LOSSES.names() if LOSSES.info(n).get("supports_class_weights")]
+        return [
+            f"train_setup.class_imbalance: loss '{name}' cannot use class weights; "
+            f"use one of: {', '.join(usable)}, or remove class_imbalance"
+        ]
+    problems = []
+    if n_classes is not None and len(class_weights) != n_classes:
+        problems.append(
+            f"train_setup.class_imbalance: {len(class_weights)} weights but there are "
+            f"{n_classes} classes"
+        )
+    if not any(class_weights):
+        problems.append("train_setup.class_imbalance: every weight is 0, nothing would be learnt")
+    return problems
+
+
 def build_loss(
     name: str, n_classes: int, class_weights: Sequence[float] | None = None
 ) -> nn.Module:
     """The named loss; a config the loss cannot honour raises ConfigError, not a silent no-op."""
-    if name not in LOSSES:
-        raise ConfigError("train_setup.loss: " + unknown_name_message("loss", name, LOSSES.names()))
-    if class_weights is not None:
-        if not LOSSES.info(name).get("supports_class_weights"):
-            raise ConfigError(
-                f"train_setup.class_imbalance: loss '{name}' cannot use class weights"
-            )
-        if len(class_weights) != n_classes:
-            raise ConfigError(
-                f"train_setup.class_imbalance: {len(class_weights)} weights for {n_classes} classes"
-            )
-        if not any(class_weights):
-            raise ConfigError(
-                "train_setup.class_imbalance: every weight is 0; no class would train"
-            )
+    problems = loss_problems(name, class_weights, n_classes)
+    if problems:
+        raise ConfigError(problems)
     return LOSSES.get(name)(n_classes, class_weights)

@@ -3,7 +3,11 @@
 A config names an optimiser and passes its keyword arguments as-is (004). Rather than keep a
 copy of every signature, :func:`optimizer_problems` and :func:`scheduler_problems` build the
 real torch object on a dummy parameter: torch itself then rejects unknown keys and bad values,
-and the message names the config key.
+and the message names the config key. Before that, each value is checked against the type the
+constructor's signature declares (``patience: int``), which torch does not check itself (a
+``patience: "two"`` would only fail after the first epoch); values of the declared type
+written as strings, as YAML 1.1 reads ``1e-7``, are converted, for validation and training
+alike (:func:`typed_params`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from landseg.registry import Registry, unknown_name_message
 
@@ -72,16 +77,81 @@ def scheduler_kwargs(name: str, params: dict[str, Any], lr: float, epochs: int) 
     return kwargs
 
 
+_LAX = ConfigDict(arbitrary_types_allowed=True)
+
+
+def _signature(cls: type[Any]) -> inspect.Signature:
+    """``cls``'s signature, with string annotations resolved in its module where they can be."""
+    try:
+        return inspect.signature(cls, eval_str=True)
+    except Exception:  # a name its module cannot resolve: the annotations stay strings
+        return inspect.signature(cls)
+
+
+def _declared_type(parameter: inspect.Parameter) -> Any | None:
+    """The type a constructor parameter declares (its default's type without annotation)."""
+    annotation = parameter.annotation
+    if annotation is inspect.Parameter.empty:
+        default = parameter.default
+        return type(default) if type(default) in (bool, int, float, str) else None
+    return None if isinstance(annotation, str) else annotation
+
+
+def typed_params(
+    cls: type[Any], params: dict[str, Any], key: str
+) -> tuple[dict[str, Any], list[str]]:
+    """``params`` converted to the types ``cls``'s signature declares, and one line per value
+    that is not of its type (``key``: the config section, for the lines)."""
+    signature = _signature(cls)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in params.items():
+        parameter = signature.parameters.get(name)
+        declared = _declared_type(parameter) if parameter is not None else None
+        if declared is None:
+            values[name] = value
+            continue
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(declared, config=_LAX)
+        except Exception:  # a type pydantic cannot check: torch checks it when built
+            values[name] = value
+            continue
+        try:
+            values[name] = adapter.validate_python(value)
+        except ValidationError:
+            name_of = declared.__name__ if isinstance(declared, type) else str(declared)
+            expected = name_of.replace("typing.", "")
+            problems.append(
+                f"{key}.{name}: {cls.__name__} takes {expected}, got {value!r} "
+                f"({type(value).__name__})"
+            )
+    return values, problems
+
+
+def _typed_or_raise(cls: type[Any], params: dict[str, Any], key: str) -> dict[str, Any]:
+    values, problems = typed_params(cls, params, key)
+    if problems:
+        from landseg.errors import ConfigError
+
+        raise ConfigError(problems)
+    return values
+
+
 def build_optimizer(
     name: str, parameters: Any, lr: float, params: dict[str, Any]
 ) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(name)(parameters, lr=lr, **params)
+    cls = OPTIMIZERS.get(name)
+    values = _typed_or_raise(cls, params, "train_setup.optimizer_config")
+    optimizer: torch.optim.Optimizer = cls(parameters, lr=lr, **values)  # type: ignore[call-arg]
+    return optimizer
 
 
 def build_scheduler(
     name: str, optimizer: torch.optim.Optimizer, params: dict[str, Any], lr: float, epochs: int
 ) -> Any:
-    return SCHEDULERS.get(name)(optimizer, **scheduler_kwargs(name, params, lr, epochs))
+    cls = SCHEDULERS.get(name)
+    values = _typed_or_raise(cls, params, "train_setup.scheduler_config")
+    return cls(optimizer, **scheduler_kwargs(name, values, lr, epochs))
 
 
 def _constructor_problems(
@@ -104,6 +174,9 @@ def _constructor_problems(
             f"{key}.{k}: not a parameter of {cls.__name__}; valid: {', '.join(accepted)}"
             for k in unknown
         ]
+    _, type_problems = typed_params(cls, params, key)
+    if type_problems:
+        return type_problems
     try:
         build()
     except (TypeError, ValueError) as error:
@@ -116,6 +189,51 @@ def _dummy_parameters() -> list[torch.nn.Parameter]:
     return [torch.nn.Parameter(torch.zeros(1))]
 
 
+#: What torch's ``Optimizer.__init__`` says of an empty parameter list: the subclass checked
+#: its arguments before, so for validation this means they passed.
+_EMPTY_PARAMETERS = "optimizer got an empty parameter list"
+
+
+def _check_optimizer(name: str, lr: float, params: dict[str, Any]) -> None:
+    """Build the optimizer on no parameter: its constructor checks every argument first.
+
+    A real parameter would make torch import ``torch._dynamo`` (about 1 s of CPU, through
+    ``add_param_group``'s decorator): validation would cost more than the rest of it.
+    """
+    cls = OPTIMIZERS.get(name)
+    values = _typed_or_raise(cls, params, "train_setup.optimizer_config")
+    try:
+        cls([], lr=lr, **values)  # type: ignore[call-arg]
+    except ValueError as error:
+        if str(error) != _EMPTY_PARAMETERS:
+            raise
+
+
+def _validation_optimizer(lr: float) -> torch.optim.Optimizer:
+    """An SGD optimizer (momentum 0.9) holding one empty parameter group, for schedulers to
+    check their arguments against: what a scheduler reads of its optimizer is its
+    ``param_groups``. Made without ``Optimizer.__init__`` for the reason given in
+    :func:`_check_optimizer`; a test checks that every scheduler accepts and rejects the same
+    arguments with it as with a real optimizer."""
+    optimizer = torch.optim.SGD.__new__(torch.optim.SGD)
+    group = {
+        "params": [],
+        "lr": lr,
+        "momentum": 0.9,
+        "dampening": 0,
+        "weight_decay": 0,
+        "nesterov": False,
+        "maximize": False,
+        "foreach": None,
+        "differentiable": False,
+        "fused": None,
+    }
+    optimizer.defaults = {k: v for k, v in group.items() if k != "params"}
+    optimizer.state = {}  # type: ignore[assignment]
+    optimizer.param_groups = [group]
+    return optimizer
+
+
 def optimizer_problems(name: str, params: dict[str, Any], lr: float) -> list[str]:
     return _constructor_problems(
         OPTIMIZERS,
@@ -123,14 +241,13 @@ def optimizer_problems(name: str, params: dict[str, Any], lr: float) -> list[str
         name,
         params,
         _OPTIMIZER_FIXED,
-        lambda: build_optimizer(name, _dummy_parameters(), lr, params),
+        lambda: _check_optimizer(name, lr, params),
     )
 
 
 def scheduler_problems(name: str, params: dict[str, Any], lr: float, epochs: int) -> list[str]:
     def build() -> Any:
-        optimizer = torch.optim.SGD(_dummy_parameters(), lr=lr, momentum=0.9)
-        return build_scheduler(name, optimizer, params, lr, epochs)
+        return build_scheduler(name, _validation_optimizer(lr), params, lr, epochs)
 
     return _constructor_problems(SCHEDULERS, "scheduler", name, params, _SCHEDULER_FIXED, build)
 

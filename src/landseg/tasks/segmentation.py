@@ -1,7 +1,9 @@
 """The LightningModule: one model, one loss, ODEON's metrics, optimiser and scheduler.
 
 Everything it needs to be rebuilt travels in its hyperparameters (the resolved config as
-plain JSON types), so a checkpoint alone is enough to resume or predict.
+plain JSON types, so checkpoints load with ``weights_only=True``), so a checkpoint alone is
+enough to resume or predict. The task turns that dict into the typed config once, in
+``__init__``, and reads attributes from then on.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from landseg.config.schema import LandsegConfig
 from landseg.models.registry import build_model, model_size_multiple
-from landseg.tasks.losses import LOSSES
+from landseg.tasks.losses import build_loss
 from landseg.tasks.metrics import (
     ConfusionMIoU,
     LossMean,
@@ -38,16 +41,17 @@ class SegmentationTask(pl.LightningModule):
     def __init__(self, config: dict[str, Any], in_channels: int, class_labels: list[str]):
         super().__init__()
         self.save_hyperparameters()
-        train = config["train_setup"]
+        self.config = LandsegConfig.model_validate(config)
+        train = self.config.train_setup
+        self.in_channels = int(in_channels)
         self.class_labels = list(class_labels)
         n_classes = len(self.class_labels)
-        self.model = build_model(train["model_name"], in_channels, n_classes, train["model_params"])
-        self.size_multiple = model_size_multiple(train["model_name"], train["model_params"])
-        # configs saved before the key existed have no channels_last: the default, off
-        self.channels_last = bool(config.get("device_setup", {}).get("channels_last", False))
+        self.model = build_model(train.model_name, in_channels, n_classes, train.model_params)
+        self.size_multiple = model_size_multiple(train.model_name, train.model_params)
+        self.channels_last = self.config.device_setup.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.loss_fn = LOSSES.get(train["loss"])(n_classes, train["class_imbalance"])
+        self.loss_fn = build_loss(train.loss, n_classes, train.class_imbalance)
         # train: only the mIoU, logged as a Metric object so that Lightning computes it
         # when the epoch ends, before any on_train_epoch_end hook reads it (callbacks run
         # theirs before the module's, so a value logged there would reach them an epoch late)
@@ -66,10 +70,6 @@ class SegmentationTask(pl.LightningModule):
 
     def _named_metrics(self) -> dict[str, Metric]:
         return {name: m for name, m in self.named_modules() if isinstance(m, Metric)}
-
-    @property
-    def train_setup(self) -> dict[str, Any]:
-        return self.hparams.config["train_setup"]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits at the input's size, whatever it is: inputs that the network's strides do
@@ -156,15 +156,17 @@ class SegmentationTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        train = self.train_setup
-        optimizer_config = dict(train["optimizer_config"])
-        name = optimizer_config.pop("optimizer")
-        optimizer = build_optimizer(name, self.parameters(), train["lr"], optimizer_config)
-        scheduler_config = dict(train["scheduler_config"])
-        scheduler_name = scheduler_config.pop("scheduler")
+    def configure_optimizers(self) -> Any:
+        train = self.config.train_setup
+        optimizer = build_optimizer(
+            train.optimizer_config.optimizer,
+            self.parameters(),
+            train.lr,
+            train.optimizer_config.params,
+        )
+        scheduler_name = train.scheduler_config.scheduler
         scheduler = build_scheduler(
-            scheduler_name, optimizer, scheduler_config, train["lr"], train["epochs"]
+            scheduler_name, optimizer, train.scheduler_config.params, train.lr, train.epochs
         )
         info = SCHEDULERS.info(scheduler_name)
         lr_scheduler: dict[str, Any] = {"scheduler": scheduler, "interval": info["interval"]}
@@ -176,7 +178,7 @@ class SegmentationTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Random states as plain tensors and lists, so ``weights_only=True`` loads them."""
-        np_state = np.random.get_state()
+        np_state: Any = np.random.get_state()
         checkpoint["landseg_rng"] = {
             "torch": torch.get_rng_state(),
             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],

@@ -1,9 +1,12 @@
-"""The run's logger: scalars, arrays and figures of the model's state, on disk and in TensorBoard.
+"""The run's logger: scalars, arrays and figures of the model's state, on disk and in the loggers.
 
 Training code only populates loggers. :class:`RunLogger` is both a set of one-line methods for
 custom hooks (``summarize``, ``buffer``, ``figure``, ``flush``) and a Lightning ``Callback`` that
 calls them at the right moments, and cleans itself up however the run ends. Python's ``logging``
-is for the state of the code; this is for the state of the model.
+is for the state of the code; this is for the state of the model. It is always on, whichever
+loggers (``output_setup.loggers``) the run has: ``landseg report`` reads its files, and it
+sends its scalars and figures to every Lightning logger given to it (figures to those that take
+images, see :mod:`landseg.loggers.registry`).
 
 Files under the run folder::
 
@@ -35,19 +38,19 @@ import lightning.pytorch as pl
 import matplotlib.image
 import numpy as np
 import torch
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from matplotlib.figure import Figure
 
 from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
 from landseg.io import atomic_path, atomic_write_bytes
 from landseg.loggers import figures
-from landseg.loggers.tensorboard import PhaseTensorBoardLogger, check_phase, split_metric
+from landseg.loggers.registry import ImageSink
+from landseg.loggers.tensorboard import check_phase, logger_step, split_metric
+from landseg.runs.folder import RunFolder
+from landseg.tasks.interface import segmentation_module
 
 log = logging.getLogger(__name__)
-
-SCALARS_FILE = Path("logs") / "scalars.jsonl"
-ARRAYS_DIR = Path("arrays")
-FIGURES_DIR = Path("figures")
 
 
 def read_scalars(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -59,7 +62,7 @@ def read_scalars(run_dir: str | Path) -> list[dict[str, Any]]:
     of the same scalars (the interrupted run's values of them); rows of the same step with
     other scalars (two ``summarize`` calls of one step) are kept.
     """
-    path = Path(run_dir) / SCALARS_FILE
+    path = RunFolder(Path(run_dir)).scalars
     if not path.exists():
         return []
     lines = path.read_bytes().split(b"\n")
@@ -95,20 +98,30 @@ class RunLogger(DrawsOnCadence):
 
     Args:
         run_dir: the run folder.
-        tb: where scalars and figures also go; ``None`` for files only.
+        loggers: Lightning loggers that ``summarize``'s scalars also go to (none: files only).
         cadence: which epochs' validations get figures (shared with the other drawing
             callbacks); ``None`` for every epoch.
+        image_writers: where figures also go (see :mod:`landseg.loggers.registry`).
     """
 
     def __init__(
         self,
         run_dir: str | Path,
-        tb: PhaseTensorBoardLogger | None = None,
+        loggers: Logger | list[Logger] | None = None,
         cadence: VisualCadence | None = None,
+        image_writers: list[ImageSink] | None = None,
     ):
         super().__init__(cadence)
         self.run_dir = Path(run_dir)
-        self.tb = tb
+        self.folder = RunFolder(self.run_dir)
+        if isinstance(loggers, Logger):
+            loggers = [loggers]
+        self.loggers = list(loggers or [])
+        if image_writers is None:  # loggers given alone: those of the registry that take images
+            from landseg.loggers.registry import image_writers_of
+
+            image_writers = image_writers_of(self.loggers)
+        self.image_writers = image_writers
         self._skipped_step = 0
         self._buffers: dict[str, list[tuple[int, np.ndarray]]] = {}
         self._unsaved: set[str] = set()
@@ -127,8 +140,8 @@ class RunLogger(DrawsOnCadence):
         """Log scalars of one phase at one step: ``summarize(step, "val", loss=0.3, miou=0.5)``."""
         check_phase(phase)
         values = {key: _to_number(value) for key, value in scalars.items()}
-        if self.tb is not None:
-            self.tb.log_metrics({f"{phase}_{key}": value for key, value in values.items()}, step)
+        for logger in self.loggers:
+            logger.log_metrics({f"{phase}_{key}": value for key, value in values.items()}, step)
         self._append_row(phase, step, values)
 
     @rank_zero_only
@@ -164,12 +177,12 @@ class RunLogger(DrawsOnCadence):
                     values=np.stack([v for _, v in entries]),
                 )
         self._unsaved.clear()
-        if self.tb is not None:
-            self.tb.save()
+        for logger in self.loggers:
+            logger.save()
 
     @rank_zero_only
     def figure(self, name: str, fig: Figure, step: int, phase: str = "val") -> None:
-        """Save ``fig`` as ``figures/<name>.png`` and add it to ``phase``'s TensorBoard run.
+        """Save ``fig`` as ``figures/<name>.png`` and send it to the loggers that take images.
 
         Pass figures from :mod:`landseg.loggers.figures` (outside pyplot); a pyplot figure must
         still be closed by its caller.
@@ -178,9 +191,9 @@ class RunLogger(DrawsOnCadence):
         rgb = figures.figure_to_rgb(fig)
         png = io.BytesIO()
         matplotlib.image.imsave(png, rgb, format="png")
-        atomic_write_bytes(self.run_dir / FIGURES_DIR / f"{name}.png", png.getvalue())
-        if self.tb is not None:
-            self.tb.writer(phase).add_image(name, rgb, step, dataformats="HWC")
+        atomic_write_bytes(self.folder.figures / f"{name}.png", png.getvalue())
+        for write in self.image_writers:
+            write(phase, name, rgb, step)
         self._closed = False
 
     def close(self) -> None:
@@ -232,7 +245,7 @@ class RunLogger(DrawsOnCadence):
         if not trainer.is_global_zero:
             return
         curves = figures.learning_curves(read_scalars(self.run_dir))
-        self.figure("learning_curves", curves, trainer.global_step, phase="train")
+        self.figure("learning_curves", curves, logger_step(trainer), phase="train")
         self.flush()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -255,14 +268,16 @@ class RunLogger(DrawsOnCadence):
     ) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         self._append_row(phase, step, _phase_metrics(trainer.callback_metrics, phase), epoch=epoch)
-        confusion = getattr(pl_module, "last_confusion", None)
+        confusion = segmentation_module(pl_module).last_confusion
         if confusion is not None:
             self.buffer(f"confusion_{phase}", confusion, step)
+        # pictures at the step Lightning gives this evaluation's scalars in the loggers
+        picture_step = logger_step(trainer)
         if phase != "val" or self.should_draw(trainer):
             with self.drawing():
-                self._draw_evaluation(pl_module, phase, step)
+                self._draw_evaluation(pl_module, phase, picture_step)
         else:
-            self._skipped_step = step
+            self._skipped_step = picture_step
         self.flush()
 
     def draw_final(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -270,14 +285,15 @@ class RunLogger(DrawsOnCadence):
 
     def _draw_evaluation(self, pl_module: pl.LightningModule, phase: str, step: int) -> None:
         """Confusion-matrix figures and per-class bars of the module's latest evaluation."""
-        confusion = getattr(pl_module, "last_confusion", None)
-        labels = list(getattr(pl_module, "class_labels", None) or [])
+        task = segmentation_module(pl_module)
+        confusion = task.last_confusion
+        labels = list(task.class_labels)
         if confusion is not None:
             labels = labels or [str(i) for i in range(len(confusion))]
             for normalize, name in ((False, "confusion"), (True, "confusion_normalized")):
                 fig = figures.confusion_matrix_figure(confusion, labels, normalize=normalize)
                 self.figure(f"{name}_{phase}", fig, step, phase)
-        report = getattr(pl_module, "last_report", None)
+        report = task.last_report
         if report is not None and labels:
             self.figure(f"per_class_{phase}", figures.per_class_bars(report, labels), step, phase)
 
@@ -300,7 +316,7 @@ class RunLogger(DrawsOnCadence):
     def _scalars_handle(self) -> IO[bytes]:
         """The scalars file opened for appending, after ending any line torn by a crash."""
         if self._scalars is None:
-            path = self.run_dir / SCALARS_FILE
+            path = self.folder.scalars
             path.parent.mkdir(parents=True, exist_ok=True)
             torn = _last_byte(path) not in (b"", b"\n")
             self._scalars = open(path, "ab")  # noqa: SIM115 (kept open across calls)
@@ -309,7 +325,7 @@ class RunLogger(DrawsOnCadence):
         return self._scalars
 
     def _array_path(self, name: str) -> Path:
-        return self.run_dir / ARRAYS_DIR / f"{name}.npz"
+        return self.folder.arrays / f"{name}.npz"
 
     def _load_array(self, name: str) -> list[tuple[int, np.ndarray]]:
         """The entries an earlier (interrupted) run of this folder saved, if any."""

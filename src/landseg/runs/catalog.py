@@ -1,11 +1,12 @@
 """The runs of an output folder: list them, archive a validated one, find one by path or name.
 
-A run is any folder holding a ``run.json`` (:data:`~landseg.runs.RUN_FILE`), so both layouts are
-found without being told which: ``<output>/<experiment>/<version>`` (ODEON's, the default) and
-seed 003's ``<output>/<datamodule>/<model>/<version>``. Archiving renames a version in place to
-``archived_vX_yyyy-mm-dd`` (X: the next free number among the archived versions of the same
-parent folder) with one ``os.rename``, records ``archived: {from, date}`` in its ``run.json``
-and appends an entry to ``archive.json`` in the output folder.
+A run is any folder holding a ``run.json`` (see :class:`~landseg.runs.folder.RunFolder`), so
+both layouts are found without being told which: ``<output>/<experiment>/<version>``
+(ODEON's, the default) and seed 003's ``<output>/<datamodule>/<model>/<version>``. Archiving
+renames a version in place to ``archived_vX_yyyy-mm-dd`` (X: the next free number among the
+archived versions of the same parent folder) with one ``os.rename``, records ``archived:
+{from, date}`` in its ``run.json`` and appends an entry to ``archive.json`` in the output
+folder.
 """
 
 from __future__ import annotations
@@ -23,14 +24,12 @@ from typing import Any
 from landseg.errors import LandsegError, RunFolderError
 from landseg.io import atomic_write_json
 from landseg.processes import pid_alive
-from landseg.runs import CHECKPOINT_DIR, CONFIG_FILE, RUN_FILE, read_run_state
+from landseg.runs.folder import ArchiveRecord, RunFolder, RunState
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_INDEX = "archive.json"
 ARCHIVED_NAME = re.compile(r"^archived_v(\d+)_\d{4}-\d{2}-\d{2}$")
-#: ``<base>-loss-epoch=001-val_loss=0.1234[-v1].ckpt`` as written by the val_loss checkpoint.
-_LOSS_CHECKPOINT = re.compile(r"-loss-epoch=(\d+)-val_loss=([0-9.]+|nan|inf)")
 
 
 @dataclass(frozen=True)
@@ -58,22 +57,20 @@ class RunInfo:
 # ---------------------------------------------------------------------------- status
 
 
-def effective_status(state: dict[str, Any]) -> str:
+def effective_status(state: RunState) -> str:
     """``run.json``'s status, but ``interrupted`` for a run whose process died on this host.
 
     A run killed hard (SIGKILL, power loss) never rewrites its own status; a pid that no longer
     exists on the host it ran on tells. On another host nothing can be told: it stays running.
     """
-    status = str(state.get("status") or "unknown")
-    pid = state.get("pid")
     if (
-        status == "running"
-        and state.get("host") == socket.gethostname()
-        and isinstance(pid, int)
-        and not pid_alive(pid, state.get("process_start"))
+        state.status == "running"
+        and state.host == socket.gethostname()
+        and state.pid is not None
+        and not pid_alive(state.pid, state.process_start)
     ):
         return "interrupted"
-    return status
+    return state.status
 
 
 def refuse_live_run(run: Path) -> None:
@@ -83,11 +80,11 @@ def refuse_live_run(run: Path) -> None:
     a cluster job killed on one node and continued on another, so it is continued, with a
     warning.
     """
-    state = read_run_state(run)
-    pid = state.get("pid")
+    state = RunFolder(run).state()
+    pid = state.pid
     if effective_status(state) != "running" or pid == os.getpid():
         return
-    host = state.get("host")
+    host = state.host
     if host != socket.gethostname():
         log.warning(
             "%s: run.json says running (pid %s on host %s), which cannot be checked from "
@@ -110,7 +107,7 @@ def find_run_dirs(output: Path) -> list[Path]:
     """Every folder under ``output`` (itself included) that holds a run.json, sorted."""
     found: list[Path] = []
     for root, dirs, files in os.walk(output):
-        if RUN_FILE in files:
+        if RunFolder.RUN_FILE in files:
             found.append(Path(root))
             dirs.clear()  # a run's subfolders hold no other run
         else:
@@ -130,33 +127,28 @@ def folder_size(path: Path) -> int:
     return total
 
 
-def _train_csv_name(state: dict[str, Any]) -> str | None:
-    train = (state.get("csv") or {}).get("train") or {}
-    return Path(train["path"]).name if train.get("path") else None
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def _train_csv_name(state: RunState) -> str | None:
+    train = state.csv.get("train")
+    return Path(train.path).name if train is not None and train.path else None
 
 
 def run_info(path: Path, output: Path) -> RunInfo:
-    state = read_run_state(path)
-    best = state.get("best") or {}
+    state = RunFolder(path).state()
     parent = path.parent.relative_to(output) if path != output else Path()
     return RunInfo(
         path=path,
         experiment=parent.as_posix() if parent.parts else ".",
         version=path.name,
-        model=state.get("model"),
+        model=state.model,
         data=_train_csv_name(state),
-        epochs_done=int(state.get("epochs_done") or 0),
-        epochs=state.get("epochs"),
-        val_loss=_number(best.get("val_loss")),
-        val_miou=_number(best.get("val_miou")),
+        epochs_done=state.epochs_done,
+        epochs=state.epochs,
+        val_loss=state.best.get("val_loss"),
+        val_miou=state.best.get("val_miou"),
         status=effective_status(state),
         size=folder_size(path),
-        started=state.get("started"),
-        archived=state.get("archived"),
+        started=state.started,
+        archived=(state.archived.model_dump(by_alias=True) if state.archived is not None else None),
     )
 
 
@@ -182,17 +174,7 @@ def human_size(size: float) -> str:
 
 def best_checkpoint(run: Path) -> Path | None:
     """The checkpoint with the lowest val_loss in its name; else ``*-last.ckpt``; else any."""
-    checkpoints = sorted((run / CHECKPOINT_DIR).glob("*.ckpt"))
-    scored = []
-    for path in checkpoints:
-        match = _LOSS_CHECKPOINT.search(path.stem)
-        if match:
-            loss = float(match.group(2))
-            scored.append((loss if loss == loss else float("inf"), -int(match.group(1)), path))
-    if scored:
-        return min(scored)[2]
-    last = [p for p in checkpoints if p.stem.endswith("-last")]
-    return (last or checkpoints or [None])[-1]
+    return RunFolder(run).best_checkpoint()
 
 
 # ---------------------------------------------------------------------------- resolving
@@ -206,8 +188,8 @@ def resolve_run(reference: str | Path, search: Path | None = None) -> Path:
     """
     path = Path(reference)
     if path.is_dir():
-        if not (path / RUN_FILE).is_file():
-            raise LandsegError(f"{path}: not a run folder (no {RUN_FILE})")
+        if not RunFolder(path).is_run:
+            raise LandsegError(f"{path}: not a run folder (no {RunFolder.RUN_FILE})")
         return path
     root = Path(search) if search is not None else Path.cwd()
     if len(path.parts) != 1 or not root.is_dir():
@@ -231,7 +213,7 @@ def resolve_checkpoint(reference: str | Path, search: Path | None = None) -> Pat
     run = resolve_run(reference, search)
     checkpoint = best_checkpoint(run)
     if checkpoint is None:
-        raise LandsegError(f"{run}: the run has no checkpoint in {CHECKPOINT_DIR}/")
+        raise LandsegError(f"{run}: the run has no checkpoint in {RunFolder.CHECKPOINT_DIR}/")
     return checkpoint
 
 
@@ -241,9 +223,9 @@ def resolve_checkpoint(reference: str | Path, search: Path | None = None) -> Pat
 def output_folder_of(run: Path) -> Path:
     """The output folder a run belongs to, from the layout its config.json names."""
     try:
-        config = json.loads((run / CONFIG_FILE).read_text())
+        config = RunFolder(run).config_data() or {}
         layout = config["output_setup"].get("layout", "odeon")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         layout = "odeon"
     return run.parents[2] if layout == "datamodule_model" else run.parents[1]
 
@@ -264,16 +246,20 @@ def archive_run(run: Path, output: Path | None = None, today: dt.date | None = N
     is one ``os.rename`` within the same folder, so the run is never half moved.
     """
     run = Path(run).absolute()
-    state = read_run_state(run)
-    if not state:
-        raise LandsegError(f"{run}: not a run folder (no readable {RUN_FILE})")
+    folder = RunFolder(run)
+    read = RunState.read(run)
+    if read is None:
+        raise LandsegError(f"{run}: not a run folder (no readable {RunFolder.RUN_FILE})")
+    state = read
     status = effective_status(state)
     if status == "running":
-        raise LandsegError(f"{run}: the run is still running (pid {state.get('pid')}); wait for it")
-    if ARCHIVED_NAME.match(run.name) or state.get("archived"):
+        raise LandsegError(f"{run}: the run is still running (pid {state.pid}); wait for it")
+    if ARCHIVED_NAME.match(run.name) or state.archived is not None:
         raise LandsegError(f"{run}: already archived")
-    if best_checkpoint(run) is None:
-        raise LandsegError(f"{run}: no checkpoint in {CHECKPOINT_DIR}/; nothing worth archiving")
+    if folder.best_checkpoint() is None:
+        raise LandsegError(
+            f"{run}: no checkpoint in {RunFolder.CHECKPOINT_DIR}/; nothing worth archiving"
+        )
     output = Path(output).absolute() if output is not None else output_folder_of(run)
     date = today or dt.date.today()
     name = next_archive_name(run.parent, date)
@@ -281,13 +267,13 @@ def archive_run(run: Path, output: Path | None = None, today: dt.date | None = N
     if target.exists():  # another archive won the race for this number
         raise LandsegError(f"{target}: already exists; run landseg archive again")
     os.rename(run, target)
-    record = {"from": _relative(run, output), "date": date.isoformat()}
-    atomic_write_json(target / RUN_FILE, {**state, "archived": record})
+    record = ArchiveRecord(source=_relative(run, output), date=date.isoformat())
+    state.model_copy(update={"archived": record}).write(target)
     _add_to_index(output, target, record, state)
     return target
 
 
-def _add_to_index(output: Path, target: Path, record: dict[str, str], state: dict) -> None:
+def _add_to_index(output: Path, target: Path, record: ArchiveRecord, state: RunState) -> None:
     """Append the archived run to ``<output>/archive.json`` (rewritten atomically)."""
     index_path = output / ARCHIVE_INDEX
     try:
@@ -299,9 +285,9 @@ def _add_to_index(output: Path, target: Path, record: dict[str, str], state: dic
         {
             "name": target.name,
             "path": _relative(target, output),
-            **record,
-            "model": state.get("model"),
-            "best": state.get("best") or {},
+            **record.model_dump(by_alias=True),
+            "model": state.model,
+            "best": state.best,
         }
     )
     atomic_write_json(index_path, {"archived": entries})

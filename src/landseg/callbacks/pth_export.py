@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 
-from landseg.io import atomic_path
-
-
-def save_torch(obj: Any, destination: Path) -> None:
-    with atomic_path(destination) as tmp:
-        torch.save(obj, tmp)
+from landseg.models.export import save_torch
+from landseg.tasks.interface import segmentation_module
 
 
 class PthExport(Callback):
@@ -37,7 +32,8 @@ class PthExport(Callback):
         self.best = float(loss)
         if not trainer.is_global_zero:
             return
-        save_torch(pl_module.model.state_dict(), self.dirpath / f"{self.name}.pth")
+        network = segmentation_module(pl_module).model
+        save_torch(network.state_dict(), self.dirpath / f"{self.name}.pth")
         save_torch(trainer.optimizers[0].state_dict(), self.dirpath / f"optimizer_{self.name}.pth")
         info = {
             "epoch": trainer.current_epoch,
@@ -52,22 +48,3 @@ class PthExport(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best", math.inf)
-
-
-def export_model(module: pl.LightningModule, fmt: str, destination_stem: Path) -> Path:
-    """Write the module's network in an extra format (``export_checkpoint``)."""
-    model = module.model.eval().cpu()
-    if fmt == "pth":
-        path = destination_stem.with_suffix(".pth")
-        save_torch(model.state_dict(), path)
-        return path
-    if fmt == "torchscript":
-        path = destination_stem.with_suffix(".torchscript.pt")
-        bands = module.hparams.in_channels
-        example = torch.zeros(1, bands, 64, 64)
-        with torch.no_grad():
-            traced = torch.jit.trace(model, example)
-        with atomic_path(path) as tmp:
-            traced.save(str(tmp))
-        return path
-    raise ValueError(f"unknown export format {fmt}")

@@ -15,19 +15,8 @@ from typing import Any
 import numpy as np
 import rasterio
 
+from landseg.inference.scene import LoadedModel, Tiling, encode_probabilities, predict_array
 from landseg.io import write_geotiff
-
-
-def encode_probabilities(probabilities: np.ndarray, output_type: str) -> np.ndarray:
-    """(C, H, W) probabilities -> the array written for ``prediction_output_type``."""
-    if output_type == "float32":
-        return probabilities.astype(np.float32)
-    if output_type == "uint8":
-        return np.rint(probabilities * 255).astype(np.uint8)
-    if output_type == "bit":
-        winners = probabilities.argmax(axis=0)
-        return (np.arange(probabilities.shape[0])[:, None, None] == winners).astype(np.uint8)
-    raise ValueError(f"unknown prediction_output_type {output_type}")
 
 
 def predict_split(
@@ -39,8 +28,6 @@ def predict_split(
     they are; larger ones, of any size, are predicted with the blended tiles of
     :mod:`landseg.inference.scene`, so a test split of whole scenes works too.
     """
-    from landseg.inference.scene import LoadedModel, Tiling, predict_array
-
     dataset = getattr(datamodule, f"{split}_dataset")
     model = LoadedModel.from_task(task)
     tiling = Tiling(batch_size=batch_size)

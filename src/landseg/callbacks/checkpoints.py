@@ -1,0 +1,134 @@
+"""Checkpoint callbacks: top-k by val_loss and val_miou, step checkpoints, ``last``, epoch files.
+
+Every name comes from :class:`~landseg.runs.folder.CheckpointName`, which also reads them back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from landseg.runs.folder import CheckpointKind, CheckpointName, RunFolder
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """Checkpoints every N training steps, except on a step that a validation follows.
+
+    A checkpoint taken there would resume past the validation without running it; the
+    validation's own checkpoints (top-k, last) follow within moments anyway.
+    """
+
+    def __init__(self, dirpath: Path, base: str, every_n_train_steps: int):
+        super().__init__(
+            dirpath=dirpath,
+            filename=CheckpointName.template(base, "step"),
+            every_n_train_steps=every_n_train_steps,
+            save_top_k=1,
+            monitor="step",
+            mode="max",
+            auto_insert_metric_name=False,
+        )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        batch_idx = kwargs.get("batch_idx", args[-1] if args else 0)
+        done = batch_idx + 1
+        val_every = trainer.val_check_batch
+        if done >= trainer.num_training_batches or (
+            isinstance(val_every, int) and done % val_every == 0
+        ):
+            return
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``<name>-last`` after every validation (or epoch, without one).
+
+    Lightning's own ``save_last`` writes ``last`` only at a step where the same callback
+    also saved a top-k file, which a callback that keeps no top-k never does. Add it after
+    every other checkpoint callback: it then records their bookkeeping for the same
+    validation, so a run resumed from it keeps the right top-k files.
+    """
+
+    def __init__(self, dirpath: Path, base: str):
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True)
+        self.CHECKPOINT_NAME_LAST = CheckpointName.template(base, "last")
+
+    def _save_last_now(self, trainer: pl.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_now(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_now(trainer)
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """``<base>-epoch=NNN`` every n epochs and after the last epoch (cross-validation tasks)."""
+
+    def __init__(self, dirpath: Path, base: str, every_n_epochs: int):
+        super().__init__(
+            dirpath=dirpath,
+            filename=CheckpointName.template(base, "epoch"),
+            every_n_epochs=every_n_epochs,
+            save_top_k=-1,
+            save_on_train_epoch_end=True,
+            auto_insert_metric_name=False,
+        )
+        self.period = every_n_epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        epoch = trainer.current_epoch
+        last = trainer.should_stop or epoch + 1 >= (trainer.max_epochs or 0)
+        if last and (epoch + 1) % self.period:  # not saved by the period above
+            metrics: dict[str, Any] = {"epoch": epoch}
+            trainer.save_checkpoint(self.format_checkpoint_name(metrics))
+
+
+def top_k_checkpoints(dirpath: Path, base: str, k: int) -> list[ModelCheckpoint]:
+    """The ``k`` best by lowest val_loss and the ``k`` best by highest val_miou (none for 0)."""
+    if k <= 0:
+        return []
+    kinds: tuple[tuple[CheckpointKind, str, str], ...] = (
+        ("loss", "val_loss", "min"),
+        ("miou", "val_miou", "max"),
+    )
+    return [
+        ModelCheckpoint(
+            dirpath=dirpath,
+            filename=CheckpointName.template(base, kind),
+            monitor=monitor,
+            mode=mode,
+            save_top_k=k,
+            auto_insert_metric_name=False,
+        )
+        for kind, monitor, mode in kinds
+    ]
+
+
+def keep_newest_step_checkpoint(run: RunFolder) -> None:
+    """Drop older step checkpoints: Lightning never deletes the one a run resumed from."""
+    steps = sorted(run.step_checkpoints(), key=lambda p: p.stat().st_mtime_ns)
+    for path in steps[:-1]:
+        path.unlink(missing_ok=True)
+
+
+def best_loss_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best val_loss checkpoint of a fit (None with save_top_k 0: use ``last``)."""
+    for callback in trainer.checkpoint_callbacks:
+        if (
+            isinstance(callback, ModelCheckpoint)
+            and callback.monitor == "val_loss"
+            and callback.best_model_path
+        ):
+            return callback.best_model_path
+    return None

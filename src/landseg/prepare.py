@@ -1,0 +1,266 @@
+"""Config file -> checked config and data summary: the one preparation pipeline.
+
+``landseg validate``, ``train``, ``train --resume``, ``cv``, ``report``, the benchmarks and the
+tests all call :func:`prepare`. It runs every check before any work and reports **every
+problem in one pass**: the schema (pydantic), the names and parameters of each registry
+(models, losses, optimisers, schedulers, augmentations, loggers, export formats), the rules
+between sections, and the data (CSV files and raster headers), which is checked whenever
+``data_source`` itself is valid. Each problem is one line naming its key, file or row.
+
+Each rule is checked once, by the owner of the names it checks: this module only gathers
+their ``*_problems`` functions. It sits above config, data, models and tasks and below
+everything that trains, and imports neither Lightning's trainer nor segmentation-models-pytorch
+or timm (for landseg's own models), so validation stays fast.
+
+When the schema rejects part of a config, the parts it accepts are still checked: each
+section is validated on its own, the keys the schema rejected are left out (their defaults
+stand in), and the registry and data checks run on what remains. A section that cannot be
+validated at all (a required key missing) is not checked further.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from landseg.config.load import (
+    apply_overrides,
+    read_config_file,
+    validate_config,
+)
+from landseg.config.schema import (
+    DataSource,
+    DeviceSetup,
+    LandsegConfig,
+    OutputSetup,
+    TrainSetup,
+    prediction_problems,
+)
+from landseg.data.augmentations import augmentation_problems
+from landseg.data.checks import check_data
+from landseg.data.summary import DataSummary
+from landseg.errors import ConfigError, DataError
+from landseg.loggers.registry import logger_problems
+from landseg.models.export import export_problems
+from landseg.models.registry import model_problems
+from landseg.tasks.losses import loss_problems
+from landseg.tasks.optim import optimizer_problems, scheduler_problems
+
+#: The sections checked on their own when the whole config does not validate.
+SECTIONS: dict[str, type[BaseModel]] = {
+    "data_source": DataSource,
+    "train_setup": TrainSetup,
+    "output_setup": OutputSetup,
+    "device_setup": DeviceSetup,
+}
+#: Rounds of leaving out rejected keys before a section is given up.
+MAX_ROUNDS = 10
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A config that passed every check, and what its data look like."""
+
+    config: LandsegConfig
+    summary: DataSummary
+
+
+def read_source(
+    source: str | Path | Mapping[str, Any], overrides: list[str] | None = None
+) -> tuple[dict[str, Any], Path | None]:
+    """The raw config (a file's content or a copy of a mapping) with ``--set`` overrides applied,
+    and the file it came from (relative paths are relative to its folder)."""
+    if isinstance(source, Mapping):
+        raw, path = copy.deepcopy(dict(source)), None
+    else:
+        path = Path(source)
+        raw = read_config_file(path)
+    return apply_overrides(raw, overrides or []), path
+
+
+def prepare(
+    source: str | Path | Mapping[str, Any] | LandsegConfig,
+    overrides: list[str] | None = None,
+) -> Prepared:
+    """Read, override, validate and check a config and its data; raise one error listing every
+    problem (:class:`~landseg.errors.DataError` when they are all about the data,
+    :class:`~landseg.errors.ConfigError` otherwise).
+
+    ``source`` is a config file (JSON or YAML), a raw mapping (relative paths taken from the
+    working directory), or a :class:`LandsegConfig` already validated (its registry and data
+    checks still run).
+    """
+    if isinstance(source, LandsegConfig):
+        config: LandsegConfig | None = source
+        schema_lines: list[str] = []
+        sections: dict[str, Any] = {name: getattr(source, name) for name in SECTIONS}
+        base = Path.cwd()
+    else:
+        raw, path = read_source(source, overrides)
+        base = path.resolve().parent if path is not None else Path.cwd()
+        config, schema_lines, sections = _validate(raw, base, path)
+    problems = schema_lines + _registry_problems(sections)
+    summary: DataSummary | None = None
+    data_lines: list[str] = []
+    data = sections.get("data_source")
+    if data is not None and not _rejected("data_source", schema_lines):
+        try:
+            summary = check_data(_config_for_data_checks(config, sections))
+        except DataError as error:
+            data_lines = error.problems
+    n_classes = summary.n_classes if summary is not None else (data.n_classes() if data else None)
+    problems += _class_count_problems(sections, n_classes, summary)
+    if problems or data_lines:
+        if not problems:
+            raise DataError(data_lines)
+        raise ConfigError(problems + data_lines)
+    assert config is not None and summary is not None  # no problem: everything validated
+    return Prepared(config, summary)
+
+
+def prepare_config(
+    source: str | Path | Mapping[str, Any], overrides: list[str] | None = None
+) -> LandsegConfig:
+    """The config alone, with every check that needs no data (``landseg cv status``, jobs)."""
+    raw, path = read_source(source, overrides)
+    base = path.resolve().parent if path is not None else Path.cwd()
+    config, schema_lines, sections = _validate(raw, base, path)
+    problems = schema_lines + _registry_problems(sections)
+    data = sections.get("data_source")
+    problems += _class_count_problems(sections, data.n_classes() if data else None, None)
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    return config
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+def _validate(
+    raw: dict[str, Any], base: Path, path: Path | None
+) -> tuple[LandsegConfig | None, list[str], dict[str, Any]]:
+    """(the config or None, the schema's problem lines, each section that validates)."""
+    try:
+        config = validate_config(raw, path)
+    except ConfigError as error:
+        return None, error.problems, _lenient_sections(raw, base)
+    return config, [], {name: getattr(config, name) for name in SECTIONS}
+
+
+def _lenient_sections(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Each section validated on its own, leaving out the keys the schema rejects."""
+    sections: dict[str, Any] = {}
+    for name, model in SECTIONS.items():
+        value = raw.get(name, {} if name == "device_setup" else None)
+        section = _lenient(model, value)
+        if section is not None:
+            sections[name] = section
+    # relative paths are relative to the config file's folder, as in a valid config
+    if "data_source" in sections and "output_setup" in sections:
+        whole = LandsegConfig.model_construct(
+            data_source=sections["data_source"],
+            train_setup=sections.get("train_setup"),
+            output_setup=sections["output_setup"],
+        )
+        whole.resolve_paths(base)
+    elif "data_source" in sections:
+        data = sections["data_source"]
+        for key in ("train_file", "val_file", "test_file"):
+            value = getattr(data, key)
+            if value is not None and not value.is_absolute():
+                setattr(data, key, (base / value).resolve())
+    return sections
+
+
+def _lenient(model: type[BaseModel], value: Any) -> BaseModel | None:
+    if not isinstance(value, dict):
+        return None
+    data = copy.deepcopy(value)
+    for _ in range(MAX_ROUNDS):
+        try:
+            return model.model_validate(data)
+        except ValidationError as error:
+            removed = False
+            for item in error.errors(include_url=False):
+                loc = item["loc"]
+                if loc and isinstance(loc[0], str) and loc[0] in data:
+                    del data[loc[0]]
+                    removed = True
+            if not removed:  # a required key is missing, or a rule between keys
+                return None
+    return None
+
+
+def _rejected(section: str, schema_lines: list[str]) -> bool:
+    """Whether the schema rejected anything in ``section``."""
+    return any(line.startswith((f"{section}.", f"{section}:")) for line in schema_lines)
+
+
+# ---------------------------------------------------------------------------- registries
+
+
+def _registry_problems(sections: dict[str, Any]) -> list[str]:
+    """The problems of every registry name and parameter, and of the rules between keys."""
+    problems: list[str] = []
+    data: DataSource | None = sections.get("data_source")
+    train: TrainSetup | None = sections.get("train_setup")
+    out: OutputSetup | None = sections.get("output_setup")
+    device: DeviceSetup | None = sections.get("device_setup")
+    if data is not None:
+        problems += data.problems()
+        if data.data_augmentation is not None:
+            problems += augmentation_problems(data.data_augmentation.train)
+    if train is not None:
+        problems += model_problems(train.model_name, train.model_params, None)
+        optimizer, scheduler = train.optimizer_config, train.scheduler_config
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch deprecation notes on dummy schedulers
+            problems += optimizer_problems(optimizer.optimizer, optimizer.params, train.lr)
+            problems += scheduler_problems(
+                scheduler.scheduler, scheduler.params, train.lr, train.epochs
+            )
+        problems += export_problems(train.export_checkpoint)
+    if out is not None:
+        problems += logger_problems(out.logger_names(), _logger_keys(out))
+    if data is not None and out is not None:
+        problems += prediction_problems(data, out)
+    if device is not None:
+        problems += device.problems()
+    return problems
+
+
+def _logger_keys(out: OutputSetup) -> list[str] | None:
+    """The key each logger name came from: ``loggers[i]``, or ODEON's ``use_<name>``."""
+    if out.loggers is not None:
+        return None
+    return [f"output_setup.use_{name}" for name in out.logger_names()]
+
+
+def _class_count_problems(
+    sections: dict[str, Any], n_classes: int | None, summary: DataSummary | None
+) -> list[str]:
+    """The loss and its class weights, and the model and the tile size, once both are known."""
+    train: TrainSetup | None = sections.get("train_setup")
+    if train is None:
+        return []
+    problems = loss_problems(train.loss, train.class_imbalance, n_classes)
+    if summary is not None and not model_problems(train.model_name, train.model_params, None):
+        problems += model_problems(train.model_name, train.model_params, summary.patch_size)
+    return problems
+
+
+def _config_for_data_checks(config: LandsegConfig | None, sections: dict[str, Any]) -> Any:
+    """The config the data checks read: the whole one, or the valid sections with defaults."""
+    if config is not None:
+        return config
+    return LandsegConfig.model_construct(
+        data_source=sections["data_source"],
+        train_setup=sections.get("train_setup") or TrainSetup.model_construct(),
+    )

@@ -1,0 +1,449 @@
+"""The run folder: every path of a run, its ``run.json`` state and its checkpoint names.
+
+This module is the one owner of a run folder's layout. Other modules never join file names
+onto a run path themselves: they ask :class:`RunFolder` (``run.history``, ``run.checkpoints``,
+``run.scalars``...), read and write ``run.json`` through :class:`RunState`, and name or
+recognise checkpoints through :class:`CheckpointName`.
+
+Layout (004): ``<output_folder>/<name_exp_log>/<version_name>/``, defaults the launch date
+``YYYY-MM-DD`` and time ``HH-MM-SS``; or seed 003's ``<output_folder>/<datamodule>/<model>/
+<version>`` with ``output_setup.layout: datamodule_model``. ``run.json`` records the state
+(running, finished, failed, interrupted) and is rewritten atomically at each change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from landseg.config.schema import LandsegConfig
+from landseg.errors import RunFolderError
+from landseg.io import atomic_write_json
+from landseg.processes import process_start
+
+#: Set by rank 0 so that the processes Lightning launches for DDP reuse its run folder.
+RUN_DIR_ENV = "LANDSEG_RUN_DIR"
+
+RunStatus = Literal["running", "finished", "failed", "interrupted", "unknown"]
+
+
+def now_iso() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------- run.json
+
+
+class CsvRecord(BaseModel):
+    path: str
+    sha256: str
+
+
+class ArchiveRecord(BaseModel):
+    """Where an archived run came from (``from`` in run.json) and when it was archived."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+
+    source: str = Field(validation_alias="from", serialization_alias="from")
+    date: str
+
+
+class RunState(BaseModel):
+    """``run.json``: what a run is and where it stands.
+
+    Unknown keys are kept (``extra="allow"``), so a run folder written by a newer landseg is
+    read, and rewritten, without losing what it recorded.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    status: str = "unknown"
+    started: str | None = None
+    ended: str | None = None
+    pid: int | None = None
+    process_start: str | None = None
+    host: str | None = None
+    command: list[str] = Field(default_factory=list)
+    model: str | None = None
+    datamodule: str | None = None
+    epochs: int | None = None
+    epochs_done: int = 0
+    early_stopped: bool = False
+    csv: dict[str, CsvRecord] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    best: dict[str, float] = Field(default_factory=dict)
+    resumed: list[Any] = Field(default_factory=list)
+    error: str | None = None
+    archived: ArchiveRecord | None = None
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunState | None:
+        """The state recorded in ``run_dir``, or None where there is no readable run.json."""
+        try:
+            return cls.model_validate_json((Path(run_dir) / RunFolder.RUN_FILE).read_bytes())
+        except (OSError, ValueError, ValidationError):
+            return None
+
+    def write(self, run_dir: Path) -> None:
+        atomic_write_json(Path(run_dir) / RunFolder.RUN_FILE, self.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = [
+        "landseg",
+        "torch",
+        "lightning",
+        "torchmetrics",
+        "segmentation-models-pytorch",
+        "rasterio",
+        "numpy",
+        "pydantic",
+    ]
+    versions = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def initial_state(config: LandsegConfig) -> RunState:
+    """The state of a run that starts now in this process."""
+    data = config.data_source
+    csvs = {
+        split: CsvRecord(path=str(path), sha256=file_sha256(path))
+        for split, path in (
+            ("train", data.train_file),
+            ("val", data.val_file),
+            ("test", data.test_file),
+        )
+        if path is not None
+    }
+    return RunState(
+        status="running",
+        started=now_iso(),
+        pid=os.getpid(),
+        process_start=process_start(os.getpid()),
+        host=socket.gethostname(),
+        command=list(sys.argv),
+        model=config.train_setup.model_name,
+        datamodule="csv",
+        epochs=config.train_setup.epochs,
+        csv=csvs,
+        versions=library_versions(),
+    )
+
+
+# ---------------------------------------------------------------------------- checkpoint names
+
+CheckpointKind = Literal["loss", "miou", "step", "last", "epoch"]
+
+
+@dataclass(frozen=True)
+class CheckpointName:
+    """The one place that both writes and reads checkpoint file names.
+
+    ``<base>-loss-epoch=003-val_loss=0.1234``, ``<base>-miou-epoch=003-val_miou=0.5678``
+    (the top-k files), ``<base>-step=0000120`` (step checkpoints), ``<base>-last`` and
+    ``<base>-epoch=003`` (a cross-validation task's epoch checkpoints, base = its task id).
+    Lightning may add ``-v1`` to a name that exists already; :meth:`parse` accepts it.
+    """
+
+    base: str
+    kind: CheckpointKind
+    epoch: int | None = None
+    step: int | None = None
+    value: float | None = None
+
+    SUFFIX = ".ckpt"
+
+    @staticmethod
+    def template(base: str, kind: CheckpointKind) -> str:
+        """The ``filename`` Lightning's ModelCheckpoint formats for this kind (no suffix)."""
+        templates = {
+            "loss": f"{base}-loss-epoch={{epoch:03d}}-val_loss={{val_loss:.4f}}",
+            "miou": f"{base}-miou-epoch={{epoch:03d}}-val_miou={{val_miou:.4f}}",
+            "step": f"{base}-step={{step:07d}}",
+            "last": f"{base}-last",
+            "epoch": f"{base}-epoch={{epoch:03d}}",
+        }
+        return templates[kind]
+
+    _PATTERN = re.compile(
+        r"^(?P<base>.+?)-(?:"
+        r"loss-epoch=(?P<loss_epoch>\d+)-val_loss=(?P<loss>[-+0-9.eE]+|nan|inf)"
+        r"|miou-epoch=(?P<miou_epoch>\d+)-val_miou=(?P<miou>[-+0-9.eE]+|nan|inf)"
+        r"|step=(?P<step>\d+)"
+        r"|(?P<last>last)"
+        r"|epoch=(?P<epoch>\d+)"
+        r")(?:-v\d+)?$"
+    )
+
+    @classmethod
+    def parse(cls, path: str | Path) -> CheckpointName | None:
+        """What a checkpoint file's name says, or None for a name landseg does not write."""
+        path = Path(path)
+        if path.suffix != cls.SUFFIX:
+            return None
+        match = cls._PATTERN.match(path.stem)
+        if match is None:
+            return None
+        groups = match.groupdict()
+        base = groups["base"]
+        if groups["loss_epoch"] is not None:
+            return cls(base, "loss", epoch=int(groups["loss_epoch"]), value=float(groups["loss"]))
+        if groups["miou_epoch"] is not None:
+            return cls(base, "miou", epoch=int(groups["miou_epoch"]), value=float(groups["miou"]))
+        if groups["step"] is not None:
+            return cls(base, "step", step=int(groups["step"]))
+        if groups["last"] is not None:
+            return cls(base, "last")
+        return cls(base, "epoch", epoch=int(groups["epoch"]))
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a run may continue from this checkpoint (its newest state: last or step)."""
+        return self.kind in ("last", "step")
+
+
+# ---------------------------------------------------------------------------- the folder
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder: its paths, its state, its checkpoints.
+
+    ``resuming`` says whether the folder held a run already when this process took it.
+    """
+
+    path: Path
+    resuming: bool = False
+
+    RUN_FILE = "run.json"
+    CONFIG_FILE = "config.json"
+    CHECKPOINT_DIR = "checkpoints"
+    HISTORY_FILE = "history.json"
+    TEST_HISTORY_FILE = "history_test.json"
+    SCALARS_FILE = "logs/scalars.jsonl"
+    ARRAYS_DIR = "arrays"
+    FIGURES_DIR = "figures"
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / self.RUN_FILE
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINT_DIR
+
+    @property
+    def history(self) -> Path:
+        return self.path / self.HISTORY_FILE
+
+    @property
+    def test_history(self) -> Path:
+        return self.path / self.TEST_HISTORY_FILE
+
+    @property
+    def scalars(self) -> Path:
+        return self.path / self.SCALARS_FILE
+
+    @property
+    def arrays(self) -> Path:
+        return self.path / self.ARRAYS_DIR
+
+    @property
+    def figures(self) -> Path:
+        return self.path / self.FIGURES_DIR
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def wandb(self) -> Path:
+        return self.path / "wandb"
+
+    @property
+    def csv_logs(self) -> Path:
+        return self.path / "csv_logs"
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / "predictions"
+
+    @property
+    def report(self) -> Path:
+        """``landseg report``'s page and figures."""
+        return self.path / "report"
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def model_summary(self) -> Path:
+        return self.path / "model_summary.txt"
+
+    @property
+    def error_file(self) -> Path:
+        """The traceback of a failed cross-validation task."""
+        return self.path / "error.txt"
+
+    @property
+    def is_run(self) -> bool:
+        return self.run_file.is_file()
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> RunState:
+        """``run.json`` (an empty state where there is none yet)."""
+        return RunState.read(self.path) or RunState()
+
+    def update_state(self, **changes: Any) -> RunState:
+        """Change some fields of ``run.json`` and rewrite it atomically."""
+        state = self.state().model_copy(update=changes)
+        state = RunState.model_validate(state.to_json())  # checks the changed fields too
+        state.write(self.path)
+        return state
+
+    def config_data(self) -> dict[str, Any] | None:
+        """The resolved config the run recorded (``config.json``), as plain JSON types."""
+        try:
+            data = json.loads(self.config_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_path(self, base: str, kind: CheckpointKind, **fields: Any) -> Path:
+        name = CheckpointName.template(base, kind).format(**fields)
+        return self.checkpoints / f"{name}{CheckpointName.SUFFIX}"
+
+    def checkpoint_files(self) -> list[tuple[Path, CheckpointName]]:
+        """Every checkpoint landseg wrote in this run, with what its name says, sorted."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = []
+        for path in sorted(self.checkpoints.glob(f"*{CheckpointName.SUFFIX}")):
+            name = CheckpointName.parse(path)
+            if name is not None:
+                found.append((path, name))
+        return found
+
+    def best_checkpoint(self) -> Path | None:
+        """The checkpoint with the lowest val_loss in its name; else ``last``; else any."""
+        files = self.checkpoint_files()
+        scored = [
+            (
+                name.value if name.value == name.value else float("inf"),
+                -(name.epoch or 0),
+                path,
+            )
+            for path, name in files
+            if name.kind == "loss" and name.value is not None
+        ]
+        if scored:
+            return min(scored)[2]
+        last = [path for path, name in files if name.kind == "last"]
+        paths = [path for path, _ in files] or sorted(self.checkpoints.glob("*.ckpt"))
+        chosen = last or paths
+        return chosen[-1] if chosen else None
+
+    def resumable_checkpoints(self) -> list[Path]:
+        """The ``last`` and step checkpoints: those a continued run may start from."""
+        return [path for path, name in self.checkpoint_files() if name.resumable]
+
+    def step_checkpoints(self) -> list[Path]:
+        return [path for path, name in self.checkpoint_files() if name.kind == "step"]
+
+
+# ---------------------------------------------------------------------------- choosing the folder
+
+
+def _run_path(config: LandsegConfig, experiment: str | None, version: str) -> Path:
+    out = config.output_setup
+    if out.layout == "datamodule_model":
+        model = config.train_setup.model_name.replace(":", "-")
+        return out.output_folder / "csv" / model / version
+    return out.output_folder / (experiment or "") / version
+
+
+def resolve_run_folder(config: LandsegConfig, now: dt.datetime | None = None) -> RunFolder:
+    """Pick the run folder; never reuse an existing version unless continue_training."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited:  # a DDP worker process: rank 0 already chose and created the folder
+        return RunFolder(Path(inherited), resuming=config.train_setup.continue_training)
+    now = now or dt.datetime.now()
+    out = config.output_setup
+    experiment = out.name_exp_log or now.strftime("%Y-%m-%d")
+    continuing = config.train_setup.continue_training
+    if out.version_name is None and continuing:
+        path = latest_version(_run_path(config, experiment, "x").parent)
+        if path is None:
+            raise RunFolderError(
+                "train_setup.continue_training: no run to continue in "
+                f"{_run_path(config, experiment, 'x').parent}; set output_setup.version_name"
+            )
+    else:
+        path = _run_path(config, experiment, out.version_name or now.strftime("%H-%M-%S"))
+    exists = path.is_dir() and any(path.iterdir())
+    if exists and not continuing:
+        raise RunFolderError(
+            f"output_setup.version_name: run folder {path} already exists; set "
+            "train_setup.continue_training true to resume it, or choose another version_name"
+        )
+    if continuing and not exists:
+        raise RunFolderError(
+            f"train_setup.continue_training: no run to continue at {path}; "
+            "set continue_training false to start it"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RunFolderError(
+            f"output_setup.output_folder: cannot write the run folder {path}: {error.strerror}"
+        ) from error
+    return RunFolder(path, resuming=exists)
+
+
+def latest_version(experiment_dir: Path) -> Path | None:
+    """The most recently started version of an experiment (for continue_training)."""
+    if not experiment_dir.is_dir():
+        return None
+    versions = [p for p in experiment_dir.iterdir() if RunFolder(p).is_run]
+    return max(versions, key=lambda p: RunFolder(p).run_file.stat().st_mtime, default=None)

@@ -1,0 +1,1 @@
+"""Training: the run lifecycle (:mod:`.run`) and trainer assembly (:mod:`.trainer`)."""

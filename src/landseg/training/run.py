@@ -1,0 +1,268 @@
+"""A run's lifecycle: checked config -> run folder -> fit -> test, predict, export -> run.json.
+
+``landseg train`` and every cross-validation task come through :func:`train`; ``landseg train
+--resume CKPT`` through :func:`resume_from_checkpoint`. Only rank 0 writes files. The processes
+Lightning starts for DDP re-run the same command and find the run folder through
+``LANDSEG_RUN_DIR``, so every rank uses one folder. Which callbacks and loggers a run has is
+:mod:`landseg.training.trainer`'s concern.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from landseg.callbacks.checkpoints import best_loss_checkpoint, keep_newest_step_checkpoint
+from landseg.config.schema import LandsegConfig
+from landseg.data.datamodule import DATAMODULES
+from landseg.data.summary import DataSummary
+from landseg.errors import LandsegError
+from landseg.inference.split import predict_split
+from landseg.io import (
+    UnsafeCheckpointError,
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_error_line,
+    load_checkpoint,
+    remove_stale_temporaries,
+)
+from landseg.models.export import export_formats, export_model
+from landseg.prepare import prepare
+from landseg.runs.catalog import refuse_live_run
+from landseg.runs.folder import (
+    RUN_DIR_ENV,
+    RunFolder,
+    RunState,
+    initial_state,
+    now_iso,
+    resolve_run_folder,
+)
+from landseg.tasks.segmentation import SegmentationTask
+from landseg.training.trainer import build_trainer, checkpoint_base_name
+
+log = logging.getLogger("landseg.train")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(run: RunFolder) -> Path | None:
+    """The checkpoint with the most training steps among ``last`` and the step checkpoints."""
+    candidates = run.resumable_checkpoints()
+    best: tuple[int, float, Path] | None = None
+    for path in candidates:
+        try:
+            checkpoint = load_checkpoint(path)
+        except UnsafeCheckpointError as error:  # never skip past a crafted file silently
+            raise LandsegError(str(error)) from error
+        except Exception as error:  # a torn file from a crash: skip it, keep looking
+            log.warning("skipping unreadable checkpoint %s: %s", path, error)
+            continue
+        key = (int(checkpoint.get("global_step", 0)), path.stat().st_mtime, path)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
+
+
+def prune_checkpoints_after(run: RunFolder, resumed_from: Path | None) -> list[Path]:
+    """Remove checkpoints written after the one a run resumes from.
+
+    They belong to the part of the run that is about to be trained again, and the restored
+    top-k bookkeeping does not know them: kept, they would stay as stale "best" files, or
+    make Lightning version the names of their recomputed twins (``-v1``).
+    """
+    if not run.checkpoints.is_dir():
+        return []
+    cutoff = resumed_from.stat().st_mtime_ns if resumed_from is not None else -1
+    stale = [
+        path
+        for path in run.checkpoints.glob("*.ckpt")
+        if path != resumed_from and path.stat().st_mtime_ns > cutoff
+    ]
+    for path in stale:
+        log.info("removing %s, written after the checkpoint the run resumes from", path.name)
+        path.unlink()
+    return stale
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def _setup_file_logging(run: RunFolder, verbose: bool) -> logging.Handler:
+    handler = logging.FileHandler(run.train_log)
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("landseg", "lightning.pytorch"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return handler
+
+
+def _run_is_complete(run: RunFolder, config: LandsegConfig) -> bool:
+    state = run.state()
+    if state.status != "finished":
+        return False
+    return state.early_stopped or state.epochs_done >= config.train_setup.epochs
+
+
+def _write_run_files(config: LandsegConfig, run: RunFolder, task: SegmentationTask) -> None:
+    atomic_write_json(run.config_file, config.model_dump(mode="json"))
+    atomic_write_text(run.model_summary, f"{task.model}\n\n{_parameter_count(task)}\n")
+    previous = RunState.read(run.path)
+    state = initial_state(config)
+    if previous is not None:
+        state = state.model_copy(
+            update={
+                "started": previous.started or state.started,
+                "resumed": [*previous.resumed, now_iso()],
+                "best": previous.best,
+                "epochs_done": previous.epochs_done,
+            }
+        )
+    state.write(run.path)
+
+
+def _parameter_count(task: SegmentationTask) -> str:
+    total = sum(p.numel() for p in task.model.parameters())
+    trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
+    return f"parameters: {total:,} ({trainable:,} trainable)"
+
+
+def train(
+    config: LandsegConfig,
+    summary: DataSummary,
+    *,
+    verbose: bool = False,
+    run: RunFolder | None = None,
+    checkpoint: Path | None = None,
+    extra_callbacks: list[Callback] | None = None,
+) -> Path:
+    """Train (or continue) one run and return its folder.
+
+    ``run`` and ``checkpoint`` override the folder and checkpoint that the config implies
+    (``--resume`` and cross-validation jobs use them).
+    """
+    run = run or resolve_run_folder(config)
+    rank_zero = RUN_DIR_ENV not in os.environ
+    if rank_zero and run.resuming:
+        refuse_live_run(run.path)
+    handler = _setup_file_logging(run, verbose) if rank_zero else None
+    try:
+        return _train_in(run, config, summary, rank_zero, checkpoint, extra_callbacks)
+    finally:
+        if handler is not None:
+            for name in ("landseg", "lightning.pytorch"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+
+
+def _train_in(
+    run: RunFolder,
+    config: LandsegConfig,
+    summary: DataSummary,
+    rank_zero: bool,
+    checkpoint: Path | None,
+    extra_callbacks: list[Callback] | None,
+) -> Path:
+    ckpt_path = checkpoint or (latest_checkpoint(run) if run.resuming else None)
+    if run.resuming and _run_is_complete(run, config):
+        print(f"{run.path}: finished ({config.train_setup.epochs} epochs); nothing left to do")
+        return run.path
+    pl.seed_everything(config.train_setup.random_seed, workers=True, verbose=False)
+    datamodule = DATAMODULES.get("csv")(config, summary)
+    task = SegmentationTask(
+        config.model_dump(mode="json"), summary.n_image_bands, list(summary.class_labels)
+    )
+    if rank_zero:
+        if run.resuming:
+            prune_checkpoints_after(run, ckpt_path)
+            for path in remove_stale_temporaries(run.path):
+                log.info("removing %s, left by an interrupted write", path.relative_to(run.path))
+        _write_run_files(config, run, task)
+        os.environ[RUN_DIR_ENV] = str(run.path)
+        log.info(
+            "run folder %s%s", run.path, f", resuming from {ckpt_path.name}" if ckpt_path else ""
+        )
+    trainer = build_trainer(config, run, extra_callbacks)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        early = any(
+            isinstance(c, EarlyStopping) and c.stopped_epoch > 0
+            for c in trainer.callbacks  # type: ignore[attr-defined]
+        )
+        _after_fit(config, run, trainer, task, datamodule)
+    except (KeyboardInterrupt, SystemExit):
+        if rank_zero:
+            run.update_state(status="interrupted", ended=now_iso())
+        raise
+    except BaseException as error:
+        if rank_zero:
+            run.update_state(
+                status="failed", ended=now_iso(), error=f"{type(error).__name__}: {error}"
+            )
+        raise
+    finally:
+        if rank_zero:
+            os.environ.pop(RUN_DIR_ENV, None)
+    if trainer.is_global_zero:
+        keep_newest_step_checkpoint(run)
+        run.update_state(status="finished", ended=now_iso(), early_stopped=early)
+    return run.path
+
+
+def _after_fit(
+    config: LandsegConfig,
+    run: RunFolder,
+    trainer: pl.Trainer,
+    task: SegmentationTask,
+    datamodule: pl.LightningDataModule,
+) -> None:
+    """Test the best val_loss model, predict the test split, export extra formats."""
+    best = best_loss_checkpoint(trainer)
+    if config.data_source.test_file is not None:
+        trainer.test(task, datamodule=datamodule, ckpt_path=best or "last", weights_only=True)
+    if not trainer.is_global_zero:
+        return
+    if best:
+        task = SegmentationTask.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    if config.output_setup.get_prediction:
+        predict_split(
+            task,
+            datamodule,
+            "test",
+            run.predictions,
+            config.output_setup.prediction_output_type,
+        )
+    stem = run.checkpoints / f"{checkpoint_base_name(config)}-best"
+    for fmt in export_formats(config.train_setup.export_checkpoint):
+        path = export_model(task.model, task.in_channels, fmt, stem)
+        log.info("exported %s", path)
+
+
+def resume_from_checkpoint(checkpoint: Path, *, verbose: bool = False) -> Path:
+    """``landseg train --resume CKPT``: the config travels inside the checkpoint.
+
+    The run continues in the folder that holds the checkpoint, from that checkpoint.
+    """
+    try:
+        state = load_checkpoint(checkpoint)
+    except Exception as error:
+        raise LandsegError(checkpoint_error_line(checkpoint, error)) from error
+    try:
+        raw = state["hyper_parameters"]["config"]
+    except (KeyError, TypeError) as error:
+        raise LandsegError(f"{checkpoint}: checkpoint holds no landseg config") from error
+    raw["train_setup"]["continue_training"] = True
+    prepared = prepare(raw)
+    run = RunFolder(checkpoint.resolve().parent.parent, resuming=True)
+    return train(prepared.config, prepared.summary, verbose=verbose, run=run, checkpoint=checkpoint)

@@ -1,0 +1,117 @@
+"""Trainer assembly: a checked config and a run folder -> Lightning's Trainer, callbacks, loggers.
+
+Which callbacks a run gets, in which order, and with which loggers is decided here and only
+here; each callback owns its files and its resumable state (``callbacks/``), each logger is
+one entry of :data:`landseg.loggers.registry.LOGGERS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    TQDMProgressBar,
+)
+from lightning.pytorch.loggers import Logger
+
+from landseg.callbacks.cadence import VisualCadence
+from landseg.callbacks.checkpoints import LastCheckpoint, StepCheckpoint, top_k_checkpoints
+from landseg.callbacks.history import HistoryWriter
+from landseg.callbacks.pth_export import PthExport
+from landseg.callbacks.run_logger import RunLogger
+from landseg.callbacks.run_state import RunStateUpdater
+from landseg.config.schema import LandsegConfig
+from landseg.data.resumable import ResumeTracker
+from landseg.loggers.registry import build_loggers
+from landseg.loggers.tensorboard import PhaseTensorBoardLogger
+from landseg.runs.folder import RunFolder
+from landseg.training.checkpoint_io import AtomicCheckpointIO
+
+
+def checkpoint_base_name(config: LandsegConfig) -> str:
+    """``model_filename`` (without extension) or the model name: the stem of every checkpoint."""
+    name = config.output_setup.model_filename or config.train_setup.model_name
+    return Path(name.replace(":", "-")).stem
+
+
+def visual_cadence(config: LandsegConfig) -> VisualCadence:
+    """When the run's figures, image grids and histograms are drawn (``figures_every_n_epochs``)."""
+    every = config.output_setup.figures_every_n_epochs
+    return VisualCadence(every_n_epochs=None if every == "auto" else every)
+
+
+def build_callbacks(
+    config: LandsegConfig,
+    run: RunFolder,
+    loggers: list[Logger],
+    cadence: VisualCadence | None = None,
+) -> list[Callback]:
+    """Every callback of a run except ``last`` (see :func:`build_trainer`)."""
+    out, train = config.output_setup, config.train_setup
+    cadence = cadence or visual_cadence(config)
+    base = checkpoint_base_name(config)
+    callbacks: list[Callback] = [ResumeTracker(), RunStateUpdater(run)]
+    callbacks += top_k_checkpoints(run.checkpoints, base, out.save_top_k)
+    if train.checkpoint_every_n_steps:
+        callbacks.append(StepCheckpoint(run.checkpoints, base, train.checkpoint_every_n_steps))
+    if out.save_history:
+        callbacks.append(HistoryWriter(run.history, run.test_history))
+    if out.extension == ".pth":
+        callbacks.append(PthExport(run.path, base))
+    stopping = train.early_stopping
+    if stopping is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor=stopping.monitor,
+                mode=stopping.mode,
+                patience=stopping.patience,
+                min_delta=stopping.min_delta,
+            )
+        )
+    if out.log_learning_rate:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch", log_momentum=True))
+    if out.progress > 0:
+        callbacks.append(TQDMProgressBar(refresh_rate=out.progress))
+    # the run's own files (scalars, arrays, figures): always, whichever loggers there are
+    callbacks.append(RunLogger(run.path, loggers, cadence))
+    from landseg.callbacks.images import ImageSamples
+
+    callbacks.append(ImageSamples(cadence=cadence))
+    if any(isinstance(logger, PhaseTensorBoardLogger) for logger in loggers):
+        from landseg.callbacks.weights import ModelGraph, WeightHistograms
+
+        callbacks += [WeightHistograms(cadence), ModelGraph()]
+    return callbacks
+
+
+def build_trainer(
+    config: LandsegConfig, run: RunFolder, extra_callbacks: list[Callback] | None = None
+) -> pl.Trainer:
+    train = config.train_setup
+    loggers = build_loggers(config.output_setup.logger_names(), run)
+    cadence = visual_cadence(config)  # one for every drawing callback: they draw together
+    callbacks = build_callbacks(config, run, loggers, cadence) + list(extra_callbacks or [])
+    # ``last`` after every other checkpoint (the callers' too): it records their state for
+    # the same validation, so nothing a resume starts from is newer than it
+    callbacks.append(LastCheckpoint(run.checkpoints, checkpoint_base_name(config)))
+    val_check = train.val_check_interval
+    return pl.Trainer(
+        max_epochs=train.epochs,
+        default_root_dir=run.path,
+        logger=loggers or False,
+        callbacks=callbacks,
+        deterministic="warn" if train.deterministic else None,
+        val_check_interval=val_check,
+        check_val_every_n_epoch=1 if isinstance(val_check, float) else None,
+        num_sanity_val_steps=0,
+        enable_progress_bar=config.output_setup.progress > 0,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the datamodule's sampler shards by rank itself
+        log_every_n_steps=1,
+        plugins=[AtomicCheckpointIO()],
+        **config.device_setup.lightning_args(),
+    )
