@@ -7,14 +7,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: install demo test lint format docs clean
+.PHONY: install demo test lint typecheck format docs clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install -q uv
 
+# --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE=1, so without it every
+# command would compile torch, Lightning and timm from source again (seconds of CPU each).
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra mpi
+	$(UV) sync --frozen --extra mpi --compile-bytecode
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,11 +30,13 @@ demo: install
 test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format src tests benchmarks
