@@ -48,15 +48,16 @@ def landseg_loader(
     folder: Path, rows: list[Row], batch_size: int, workers: int, augment: list[str]
 ) -> DataLoader:
     """The train loader that ``landseg train`` builds for these rows."""
-    from landseg.cli import load_and_check
     from landseg.data.datamodule import CsvSegmentationDataModule
+    from landseg.prepare import prepare
 
     config = dubai_config(folder, rows, rows[:1], batch_size=batch_size, workers=workers)
     if augment:
         config["data_source"]["data_augmentation"] = {"train": augment}
     path = folder / "data.json"
     path.write_text(json.dumps(config))
-    checked, summary = load_and_check(path, [])
+    prepared = prepare(path, [])
+    checked, summary = prepared.config, prepared.summary
     return CsvSegmentationDataModule(checked, summary).train_dataloader()
 
 

@@ -108,8 +108,8 @@ def synchronizer(args: argparse.Namespace) -> Callable[[], None] | None:
 def landseg_variant(
     folder: Path, args: argparse.Namespace, train_rows: list, val_rows: list, fast: bool
 ) -> Clock:
-    from landseg.cli import load_and_check
-    from landseg.tasks.train import train
+    from landseg.prepare import prepare
+    from landseg.training.run import train
 
     config = json.loads((folder / "data" / "demo.json").read_text())
     for split, rows in (("train", train_rows), ("val", val_rows)):
@@ -135,7 +135,8 @@ def landseg_variant(
         config["device_setup"].update(precision="bf16-mixed", channels_last=True)
     path = folder / "gpu.json"
     path.write_text(json.dumps(config))
-    checked, summary = load_and_check(path, [])
+    prepared = prepare(path, [])
+    checked, summary = prepared.config, prepared.summary
     clock = EpochClock(sync=synchronizer(args))
     train(checked, summary, extra_callbacks=[clock])
     return clock.clock

@@ -40,10 +40,11 @@ def peak_mib(who: int) -> float:
 
 def child(config_path: Path) -> None:
     """One epoch of the train loader; prints peak RSS (MiB) before and after, as JSON."""
-    from landseg.cli import load_and_check
     from landseg.data.datamodule import CsvSegmentationDataModule
+    from landseg.prepare import prepare
 
-    checked, summary = load_and_check(config_path, [])
+    prepared = prepare(config_path, [])
+    checked, summary = prepared.config, prepared.summary
     datamodule = CsvSegmentationDataModule(checked, summary)
     loader = datamodule.train_dataloader()
     before = peak_mib(resource.RUSAGE_SELF)

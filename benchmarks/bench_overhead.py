@@ -51,12 +51,13 @@ def landseg_epochs(
     folder: Path, config: dict[str, Any], version: str, profiler: SimpleProfiler | None = None
 ) -> list[tuple[float, float]]:
     """Train with landseg (what ``landseg train -c`` runs); (wall, cpu) of every epoch."""
-    from landseg.cli import load_and_check
-    from landseg.tasks.train import train
+    from landseg.prepare import prepare
+    from landseg.training.run import train
 
     path = folder / f"{version}.json"
     path.write_text(json.dumps(config))
-    checked, summary = load_and_check(path, [f"output_setup.version_name={version}"])
+    prepared = prepare(path, [f"output_setup.version_name={version}"])
+    checked, summary = prepared.config, prepared.summary
     clock = EpochClock()
     trainer = partial(pl.Trainer, profiler=profiler) if profiler else pl.Trainer
     with mock.patch.object(pl, "Trainer", trainer):

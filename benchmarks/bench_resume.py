@@ -89,11 +89,12 @@ def child(config_path: Path, out: Path) -> None:
     stamps: dict[str, float] = {}
     from unittest import mock
 
-    from landseg.cli import load_and_check
-    from landseg.tasks import train as train_module
+    from landseg.prepare import prepare
+    from landseg.training import run as train_module
 
     stamps["imported"] = time.time()
-    config, summary = load_and_check(config_path, [])
+    prepared = prepare(config_path, [])
+    config, summary = prepared.config, prepared.summary
     stamps["checked"] = time.time()
     find = train_module.latest_checkpoint
 
@@ -140,10 +141,10 @@ def main() -> None:
         child(args.child, args.out)
         return
     load_before = load_average()
-    from landseg.cli import load_and_check
     from landseg.data.demo import write_demo_dataset
     from landseg.models.registry import build_model
-    from landseg.tasks.train import train
+    from landseg.prepare import prepare
+    from landseg.training.run import train
 
     with tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp:
         folder = Path(tmp)
@@ -155,7 +156,8 @@ def main() -> None:
             output_folder=str(folder / "runs"), version_name="v0", get_prediction=False, progress=0
         )
         config_path.write_text(json.dumps(config))
-        checked, summary = load_and_check(config_path, [])
+        prepared = prepare(config_path, [])
+        checked, summary = prepared.config, prepared.summary
         timer = SaveTimer(folder, repeats=3)
         train(checked, summary, extra_callbacks=[timer])
         model = build_model(args.model, summary.n_image_bands, summary.n_classes, {})

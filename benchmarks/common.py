@@ -5,10 +5,8 @@ reader and the hand-written PyTorch loop that landseg is measured against, and e
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -23,6 +21,8 @@ from lightning.pytorch.callbacks import Callback
 from rasterio.errors import NotGeoreferencedWarning
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.host import host
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 DUBAI = SHARED_DATA / "dubai-aerial"
@@ -36,26 +36,9 @@ warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # Dubai til
 # ---------------------------------------------------------------------------- the machine
 
 
-def load_average() -> str:
-    """The 1-, 5- and 15-minute load averages, as ``uptime`` prints them."""
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def machine() -> dict[str, Any]:
     """Where a figure was measured: date, cores, CPU model, RAM, load, versions."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "date": dt.date.today().isoformat(),
-        "nproc": os.cpu_count(),
-        "cpu": cpu or platform.processor(),
-        "ram_gib": round(ram, 1),
-        "load_1_5_15": load_average(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
+    return {**host(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def report(name: str, result: dict[str, Any], load_before: str) -> None:

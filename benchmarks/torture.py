@@ -205,7 +205,7 @@ def checkpoint_problem(path: Path) -> str | None:
 
 def inspect(folder: Path) -> list[str]:
     """Every torn or unreadable file under a run or job folder (temporary files excepted)."""
-    from landseg.loggers.layer import SCALARS_FILE
+    from landseg.runs.folder import RunFolder
 
     problems: list[str] = []
     if not folder.exists():
@@ -221,7 +221,7 @@ def inspect(folder: Path) -> list[str]:
             problems.append(sqlite_problem(path) or "")
     for history in folder.rglob("history.json"):
         problems.append(progress_problem(history.parent) or "")
-    for scalars in folder.rglob(SCALARS_FILE.name):
+    for scalars in folder.rglob(Path(RunFolder.SCALARS_FILE).name):
         lines = scalars.read_bytes().split(b"\n")[:-1]  # a torn last line is allowed
         for number, line in enumerate(lines[:-1], start=1):
             try:
@@ -304,7 +304,7 @@ def compare_runs(run: Path, reference: Path, epochs: int) -> list[str]:
     """Differences between a tortured run folder and the uninterrupted one."""
     import torch
 
-    from landseg.loggers.layer import read_scalars
+    from landseg.callbacks.run_logger import read_scalars
 
     problems = [epochs_once(run / "history.json", epochs)]
     state = json.loads((run / "run.json").read_text())
