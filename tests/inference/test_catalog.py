@@ -212,3 +212,35 @@ def test_a_killed_run_not_yet_waited_for_is_interrupted() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def test_archived_names_qualified_by_their_experiment(output: Path, monkeypatch, capsys) -> None:
+    """Two experiments archived the same day both get archived_v1_<date>: EXP/NAME tells."""
+    make_run(output / "other" / "v1")
+    first = archive_run(output / "exp" / "v1", today=TODAY)
+    second = archive_run(output / "other" / "v1", today=TODAY)
+    assert first.name == second.name == "archived_v1_2026-11-22"
+
+    with pytest.raises(LandsegError) as error:
+        resolve_run("archived_v1_2026-11-22", output)
+    message = str(error.value)
+    assert "several runs" in message and "qualify it as EXP/NAME" in message
+    assert "exp/archived_v1_2026-11-22" in message and "other/archived_v1_2026-11-22" in message
+
+    assert resolve_run("exp/archived_v1_2026-11-22", output) == first
+    assert resolve_run("other/archived_v1_2026-11-22", output) == second
+    best = resolve_checkpoint("other/archived_v1_2026-11-22", output)
+    assert best.parent.parent == second
+    # the datamodule_model layout: the full relative path or its tail
+    layout = output / "csv" / "lightunet" / "v1"
+    assert resolve_run("csv/lightunet/v1", output) == layout
+    assert resolve_run("lightunet/v1", output) == layout
+    with pytest.raises(LandsegError, match="no run of that name"):
+        resolve_run("nope/archived_v1_2026-11-22", output)
+    with pytest.raises(LandsegError, match="no such run folder"):
+        resolve_run("../out/exp/v2", output)
+
+    monkeypatch.chdir(output.parent)  # not the output folder: the name is searched there
+    capsys.readouterr()
+    assert main(["archive", "exp/v2", "--output-folder", str(output)]) == 0
+    assert "archived_v2_" in capsys.readouterr().out

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -310,3 +311,151 @@ def test_predict_command(task, scene: Path, tmp_path: Path, capsys) -> None:
     assert "none.tif: input not found" in capsys.readouterr().err
     assert main([*args, "--output", str(tmp_path / "x"), "--tile", "8", "--overlap", "0"]) == 2
     assert "--tile 8" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- issue 11
+
+
+COMMON = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
+
+
+def make_run_folder(task, run: Path) -> Path:
+    """A run folder holding run.json and one checkpoint of ``task``."""
+    save_checkpoint(task, run / "checkpoints" / "m-last.ckpt")
+    (run / "run.json").write_text(json.dumps({"status": "finished"}))
+    return run
+
+
+def test_every_input_is_checked_before_the_first_is_predicted(
+    task, scene: Path, tmp_path: Path, capsys
+) -> None:
+    """Masks next to the scenes and a uint16 scene: every problem at once, nothing written."""
+    run = make_run_folder(task, tmp_path / "run")
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    (folder / "a.tif").write_bytes(scene.read_bytes())
+    write_scene(folder / "a_mask.tif", np.zeros((1, 90, 100), np.uint8))
+    write_scene(folder / "b_wide.tif", read(scene), dtype="uint16")
+    (folder / "c_broken.tif").write_bytes(b"not a raster")
+    out = tmp_path / "out"
+    args = ["predict", "--run", str(run), "--input", str(folder), "--output", str(out)]
+    capsys.readouterr()
+    assert main([*args, *COMMON]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert not out.exists()  # nothing written, not even the folder
+    assert len(lines) == 4, lines
+    assert "a_mask.tif: the model takes 4 bands" in lines[0] and "raster has 1" in lines[0]
+    assert "b_wide.tif: uint16 image" in lines[1] and "--pixel-range" in lines[1]
+    assert "c_broken.tif: cannot read raster" in lines[2]
+    assert "3 of 4 input(s)" in lines[3] and "--glob" in lines[3]
+
+
+def test_glob_selects_the_files_of_a_folder(task, scene: Path, tmp_path: Path, capsys) -> None:
+    run = make_run_folder(task, tmp_path / "run")
+    folder = tmp_path / "scenes"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("scene_a.tif", "scene_b.TIFF", "sub/scene_c.tif"):
+        (folder / name).write_bytes(scene.read_bytes())
+    write_scene(folder / "mask_a.tif", np.zeros((1, 90, 100), np.uint8))
+    args = ["predict", "--run", str(run), "--input", str(folder), *COMMON]
+
+    assert main([*args, "--output", str(tmp_path / "o1"), "--glob", "scene_*"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o1").iterdir()) == ["scene_a.tif", "scene_b.tif"]
+    assert main([*args, "--output", str(tmp_path / "o2"), "--glob", "**/scene_*.tif"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["scene_a.tif", "scene_c.tif"]
+
+    capsys.readouterr()
+    assert main([*args, "--output", str(tmp_path / "o3"), "--glob", "*.jp2"]) == 2
+    assert "no file matches --glob *.jp2" in capsys.readouterr().err
+    one = ["predict", "--run", str(run), "--input", str(folder / "scene_a.tif"), *COMMON]
+    assert main([*one, "--output", str(tmp_path / "o4"), "--glob", "*.tif"]) == 2
+    assert "--glob *.tif: selects files of a folder --input" in capsys.readouterr().err
+
+
+def test_run_may_be_a_pth_inside_its_run_folder(task, scene: Path, tmp_path: Path, capsys) -> None:
+    """The .pth's weights (not the checkpoint's) on the model its run's checkpoint describes."""
+    run = make_run_folder(task, tmp_path / "run")
+    other = demo_task(Path(task.config.data_source.train_file).parent, tmp_path)
+    with torch.no_grad():
+        for parameter in other.model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    torch.save(other.model.state_dict(), run / "m.pth")  # model_out_ext: .pth
+    torch.save(other.model.state_dict(), run / "checkpoints" / "m-best.pth")  # export
+    expected = read(
+        predict_scene(
+            LoadedModel.from_task(other),
+            scene,
+            tmp_path / "expected.tif",
+            PredictOptions(Tiling(32, 8), "float32"),
+        )
+    )
+    from_ckpt = read(
+        predict_scene(
+            LoadedModel.from_task(task),
+            scene,
+            tmp_path / "ckpt.tif",
+            PredictOptions(Tiling(32, 8), "float32"),
+        )
+    )
+    assert not np.allclose(expected, from_ckpt, equal_nan=True)  # the test can tell them apart
+    for weights in (run / "m.pth", run / "checkpoints" / "m-best.pth"):
+        out = tmp_path / weights.stem
+        args = ["predict", "--run", str(weights), "--input", str(scene), "--output", str(out)]
+        assert main([*args, "--type", "float32", *COMMON]) == 0
+        assert np.allclose(read(out / "scene.tif"), expected, atol=1e-5, equal_nan=True)
+        with rasterio.open(out / "scene.tif") as written:
+            assert written.tags()["landseg_checkpoint"] == str(weights.absolute())
+
+    capsys.readouterr()
+    loose = tmp_path / "loose" / "m.pth"
+    loose.parent.mkdir()
+    loose.write_bytes((run / "m.pth").read_bytes())
+    args = ["predict", "--run", str(loose), "--input", str(scene), "--output", str(tmp_path / "x")]
+    assert main([*args, *COMMON]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m.pth: a .pth holds the network's weights but no config" in err[0]
+    assert "not inside a run folder" in err[0]
+
+    torch.save({"epoch": 3, "val_loss": 0.5}, run / "train_m.pth")  # the training state
+    torch.save({"head.weight": torch.zeros(3)}, run / "foreign.pth")  # another network's
+    for name, reason in (
+        ("train_m.pth", "not a network's weights"),
+        ("foreign.pth", "its weights do not fit the run's model lightunet"),
+    ):
+        args[2] = str(run / name)
+        assert main([*args, *COMMON]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{name}: {reason}" in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("output_type", ["uint8", "float32", "bit"])
+def test_training_predictions_are_written_like_predict(
+    model: LoadedModel, task, scene: Path, tmp_path: Path, output_type: str
+) -> None:
+    """get_prediction's files carry predict's nodata, band names and tags."""
+    from landseg.data.csvfiles import SamplePair
+    from landseg.data.dataset import SegmentationDataset
+    from landseg.inference.split import predict_split
+
+    mask = write_scene(tmp_path / "msk" / "scene.tif", np.zeros((1, 90, 100), np.uint8))
+    dataset = SegmentationDataset(
+        [SamplePair(scene, mask, 1)],
+        image_bands=[1, 2, 3, 4],
+        mask_bands=None,
+        n_classes=4,
+        pixel_range=255,
+    )
+    datamodule = SimpleNamespace(test_dataset=dataset)
+    (split_file,) = predict_split(task, datamodule, "test", tmp_path / "split", output_type)
+    scene_file = predict_scene(
+        model, scene, tmp_path / "scene" / "scene.tif", PredictOptions(output_type=output_type)
+    )
+    with rasterio.open(split_file) as a, rasterio.open(scene_file) as b:
+        assert a.tags() == b.tags() and a.tags()["landseg_type"] == output_type
+        assert a.descriptions == b.descriptions == tuple(LABELS)
+        assert (a.count, a.dtypes, a.crs, a.transform) == (b.count, b.dtypes, b.crs, b.transform)
+        assert a.nodata == b.nodata or (np.isnan(a.nodata) and np.isnan(b.nodata))
+        a_nodata, b_nodata = a.read_masks(1) == 0, b.read_masks(1) == 0
+        assert ColorInterp.alpha not in a.colorinterp  # 4 uint8 classes are not RGBA
+        assert a_nodata[:5, :7].all() and np.array_equal(a_nodata, b_nodata)

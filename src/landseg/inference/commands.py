@@ -16,8 +16,9 @@ from typing import Any
 from landseg.errors import LandsegError
 
 _RUN_HELP = (
-    "a run folder, an archived run's name (e.g. archived_v1_2026-11-22, searched under "
-    "--output-folder) or a .ckpt file"
+    "a run folder, a run's name (e.g. archived_v1_2026-11-22, or EXP/archived_v1_2026-11-22 "
+    "when several experiments have one; searched under --output-folder), a .ckpt file, or a "
+    ".pth file inside its run folder"
 )
 
 
@@ -28,11 +29,13 @@ def register(add: Callable[..., Any]) -> None:
     runs.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
     archive = add("archive", cmd_archive, "rename a validated run to archived_vX_yyyy-mm-dd")
-    archive.add_argument("run", help="a run folder (or its name, searched under --output-folder)")
+    archive.add_argument(
+        "run", help="a run folder (or its name or EXP/NAME, searched under --output-folder)"
+    )
     _output_folder(archive, "where archive.json is kept (default: from the run's layout)")
 
     report = add("report", cmd_report, "write RUN/report/index.html: curves, scores, samples")
-    report.add_argument("run", help="a run folder or an archived run's name")
+    report.add_argument("run", help="a run folder or a run's name (or EXP/NAME)")
     _output_folder(report)
     report.add_argument("--samples", type=int, default=6, help="sample tiles shown (default 6)")
     report.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -43,6 +46,13 @@ def register(add: Callable[..., Any]) -> None:
         "--input", required=True, type=Path, help="a raster, a CSV of images, or a folder"
     )
     predict.add_argument("--output", required=True, type=Path, help="folder of the predictions")
+    predict.add_argument(
+        "--glob",
+        metavar="PATTERN",
+        default=None,
+        help="with a folder --input: the files to predict (e.g. 'scene_*.tif', '**/*.tif'; "
+        "default: its .tif and .tiff files)",
+    )
     predict.add_argument(
         "--type",
         dest="output_type",
@@ -189,10 +199,11 @@ def _options(args: argparse.Namespace, output_type: str) -> Any:
 def cmd_predict(args: argparse.Namespace) -> int:
     from landseg.inference.scene import collect_inputs, predict_files
 
-    inputs = collect_inputs(args.input)
+    inputs = collect_inputs(args.input, args.glob)
     options = _options(args, args.output_type)
     model = _load(args)
-    written = predict_files(model, inputs, args.output, options, not args.no_progress)
+    hint = "choose the folder's files with --glob PATTERN" if args.input.is_dir() else None
+    written = predict_files(model, inputs, args.output, options, not args.no_progress, hint)
     print(f"{len(written)} prediction(s) written to {args.output} ({model.checkpoint.name})")
     return 0
 
@@ -209,9 +220,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         options = _options(args, "classes")
         model = _load(args)
         source = model.config.data_source
-        predictions = args.predictions or (
-            model.checkpoint.parent.parent / "evaluation" / args.csv.stem
-        )
+        predictions = args.predictions or (model.run / "evaluation" / args.csv.stem)
         images = [pair.image for pair in read_pairs(args.csv)]
         predict_files(model, images, predictions, options, not args.no_progress)
         entry = evaluate_predictions(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,8 @@ RASTER_SUFFIXES = (".tif", ".tiff")
 
 #: ``read_rows(first, stop) -> (normalised (C, rows, W) float32, valid (rows, W) bool or None)``.
 RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
+#: ``(first row, probabilities (K, rows, W), valid (rows, W) bool or None)``, top to bottom.
+Strip = tuple[int, np.ndarray, np.ndarray | None]
 
 
 def encode_probabilities(probabilities: np.ndarray, output_type: str) -> np.ndarray:
@@ -77,7 +79,11 @@ def encode_probabilities(probabilities: np.ndarray, output_type: str) -> np.ndar
 
 @dataclass
 class LoadedModel:
-    """A checkpoint ready to predict: the model in eval mode on its device, and its config."""
+    """A checkpoint ready to predict: the model in eval mode on its device, and its config.
+
+    ``checkpoint`` is the file the weights came from (a ``.ckpt``, or a ``.pth`` of its run),
+    ``run`` the run folder it belongs to.
+    """
 
     model: torch.nn.Module
     config: LandsegConfig
@@ -86,9 +92,12 @@ class LoadedModel:
     size_multiple: int
     device: torch.device
     checkpoint: Path | None = None
+    run: Path | None = None
 
     @classmethod
-    def from_task(cls, task: Any, checkpoint: Path | None = None) -> LoadedModel:
+    def from_task(
+        cls, task: Any, checkpoint: Path | None = None, run: Path | None = None
+    ) -> LoadedModel:
         config = task.config
         train = config.train_setup
         return cls(
@@ -99,22 +108,24 @@ class LoadedModel:
             size_multiple=model_size_multiple(train.model_name, train.model_params),
             device=next(task.model.parameters()).device,
             checkpoint=checkpoint,
+            run=run,
         )
 
     @classmethod
     def load(cls, checkpoint: Path, device: str = "auto") -> LoadedModel:
-        """Load a landseg checkpoint onto ``device`` (auto: the GPU when there is one)."""
-        from landseg.tasks.segmentation import SegmentationTask
+        """Load a landseg checkpoint onto ``device`` (auto: the GPU when there is one).
 
-        try:
-            load_checkpoint(checkpoint)  # refuses a crafted file with one clear line
-            task = SegmentationTask.load_from_checkpoint(
-                checkpoint, map_location="cpu", weights_only=True
-            )
-        except Exception as error:
-            raise LandsegError(checkpoint_error_line(checkpoint, error)) from error
+        A ``.pth`` (a network's ``state_dict``, as ``model_out_ext: .pth`` and
+        ``export_checkpoint: pth`` write) holds no config: the model is built from the
+        hyper-parameters of a ``.ckpt`` of the run folder it lies in, then given its weights.
+        """
+        checkpoint = Path(checkpoint).absolute()
+        if checkpoint.suffix == ".pth":
+            task, run = _task_from_weights(checkpoint)
+        else:
+            task, run = _task_from_checkpoint(checkpoint), checkpoint.parent.parent
         task.to(choose_device(device))
-        return cls.from_task(task, Path(checkpoint).absolute())
+        return cls.from_task(task, checkpoint, run)
 
     @property
     def n_classes(self) -> int:
@@ -139,6 +150,57 @@ class LoadedModel:
                 probs = torch.softmax(logits.float(), dim=1)[:, :, :height, :width]
                 out[start : start + batch_size] = probs.cpu().numpy()
         return out
+
+
+def _task_from_checkpoint(checkpoint: Path) -> Any:
+    from landseg.tasks.segmentation import SegmentationTask
+
+    try:
+        load_checkpoint(checkpoint)  # refuses a crafted file with one clear line
+        return SegmentationTask.load_from_checkpoint(
+            checkpoint, map_location="cpu", weights_only=True
+        )
+    except Exception as error:
+        raise LandsegError(checkpoint_error_line(checkpoint, error)) from error
+
+
+def _task_from_weights(weights: Path) -> tuple[Any, Path]:
+    """The task of a ``.pth``'s run (from its ``.ckpt``) with the ``.pth``'s weights, strictly."""
+    from landseg.runs.catalog import weights_run
+
+    run = weights_run(weights)
+    source = run.best_checkpoint()
+    if source is None:
+        raise LandsegError(
+            f"{weights}: a .pth holds no config; the model is built from a .ckpt of its run, "
+            f"and {run.checkpoints} holds none"
+        )
+    task = _task_from_checkpoint(source)
+    try:
+        state = load_checkpoint(weights)
+    except Exception as error:
+        raise LandsegError(checkpoint_error_line(weights, error)) from error
+    expected = task.model.state_dict()
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise LandsegError(f"{weights}: not a network's weights (no state_dict of tensors)")
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    name = task.config.train_setup.model_name
+    if missing or unexpected:
+        raise LandsegError(
+            f"{weights}: its weights do not fit the run's model {name} ({len(missing)} missing"
+            f"{f', e.g. {missing[0]}' if missing else ''}, {len(unexpected)} unexpected"
+            f"{f', e.g. {unexpected[0]}' if unexpected else ''})"
+        )
+    try:
+        task.model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        raise LandsegError(
+            f"{weights}: its weights do not fit the run's model {name} ({reason})"
+        ) from error
+    return task, run.path
 
 
 def choose_device(name: str) -> torch.device:
@@ -325,12 +387,16 @@ def nodata_free(raw: np.ndarray, nodata: float | None) -> np.ndarray | None:
 # ---------------------------------------------------------------------------- output rasters
 
 
-def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]:
-    """GeoTIFF profile of a prediction: the input's grid, CRS and transform; tiled; BigTIFF-safe."""
+def check_output_type(output_type: str, n_classes: int) -> None:
     if output_type not in OUTPUT_TYPES:
         raise LandsegError(f"--type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type}")
     if output_type == "classes" and n_classes > NODATA_UINT8:
         raise LandsegError(f"--type classes: {n_classes} classes do not fit in uint8 values")
+
+
+def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]:
+    """GeoTIFF profile of a prediction: the input's grid, CRS and transform; tiled; BigTIFF-safe."""
+    check_output_type(output_type, n_classes)
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "width": src.width,
@@ -346,6 +412,8 @@ def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]
         "blockysize": BLOCK,
         "BIGTIFF": "IF_SAFER",
     }
+    if profile["count"] > 1:  # per-class bands: not RGB(A), or GIS tools hide the last class
+        profile["photometric"] = "MINISBLACK"
     return profile
 
 
@@ -385,6 +453,36 @@ def _describe_output(dst: Any, model: LoadedModel, output_type: str) -> None:
             dst.set_band_description(band, label)
 
 
+def write_prediction(
+    destination: Path,
+    grid: Any,
+    model: LoadedModel,
+    output_type: str,
+    strips: Iterable[Strip],
+) -> Path:
+    """The one writer of prediction rasters, ``landseg predict``'s and training's alike.
+
+    ``grid`` is the open input raster (its size, CRS and transform are kept); ``strips`` its
+    probabilities, a strip of rows at a time. Nodata, class names and tags as
+    :func:`output_profile` and :func:`_describe_output` say; written on a temporary path,
+    then renamed.
+    """
+    profile = output_profile(grid, output_type, model.n_classes)
+    with atomic_path(destination) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        for first, probs, valid in strips:
+            data = encode_strip(probs, valid, output_type)
+            dst.write(data, window=Window(0, first, grid.width, data.shape[1]))
+        _describe_output(dst, model, output_type)
+    return destination
+
+
+def valid_pixels(src: Any, bands: Sequence[int] | None = None) -> np.ndarray | None:
+    """The pixels of an open raster that are not nodata in every band read (None: no nodata)."""
+    if src.nodata is None:
+        return None
+    return nodata_free(src.read(list(bands) if bands else None), src.nodata)
+
+
 # ---------------------------------------------------------------------------- scenes
 
 
@@ -406,15 +504,13 @@ def predict_scene(
     tiling = options.tiling
     tiling.check_model(model)
     with open_raster(source) as src:
+        problems = raster_problems(model, src, source, options.pixel_range)
+        if problems:
+            raise LandsegError(problems)
         normalize = Normalization.for_raster(
             model.config, src.dtypes[0], source, options.pixel_range
         )
-        bands = normalize.bands or list(range(1, src.count + 1))
-        if max(bands) > src.count or len(bands) != model.in_channels:
-            raise LandsegError(
-                f"{source}: the model takes {model.in_channels} bands (image_bands "
-                f"{normalize.bands or 'all'}) but the raster has {src.count}"
-            )
+        bands = model_bands(model, src)
         nodata = src.nodata
 
         def read_rows(first: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -422,41 +518,96 @@ def predict_scene(
             return normalize(raw), nodata_free(raw, nodata)
 
         anchor = grid_anchor(src.transform)
-        profile = output_profile(src, options.output_type, model.n_classes)
         task = None
         if progress is not None:
             total = tile_count(src.height, src.width, tiling, anchor)
             task = progress.add_task(source.name, total=total)
-        with atomic_path(destination) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-            strips = blended_strips(
-                model,
-                read_rows,
-                src.height,
-                src.width,
-                tiling,
-                anchor,
-                (lambda n: progress.advance(task, n)) if task is not None else None,
-            )
-            for first, probs, valid in strips:
-                data = encode_strip(probs, valid, options.output_type)
-                dst.write(data, window=Window(0, first, src.width, data.shape[1]))
-            _describe_output(dst, model, options.output_type)
-    return destination
+        strips = blended_strips(
+            model,
+            read_rows,
+            src.height,
+            src.width,
+            tiling,
+            anchor,
+            (lambda n: progress.advance(task, n)) if task is not None else None,
+        )
+        return write_prediction(destination, src, model, options.output_type, strips)
 
 
-def collect_inputs(path: Path) -> list[Path]:
-    """The rasters to predict: one raster, the first column of a CSV, or a folder's GeoTIFFs."""
+def model_bands(model: LoadedModel, src: Any) -> list[int]:
+    """The bands of ``src`` the model reads: the run's ``image_bands``, else all."""
+    image_bands = model.config.data_source.image_bands
+    return list(image_bands) if image_bands else list(range(1, src.count + 1))
+
+
+def raster_problems(
+    model: LoadedModel, src: Any, source: Path, pixel_range: float | None = None
+) -> list[str]:
+    """Why ``predict_scene`` would refuse an open raster: one line each, naming the file."""
+    problems = []
+    bands = model_bands(model, src)
+    if max(bands) > src.count or len(bands) != model.in_channels:
+        image_bands = model.config.data_source.image_bands
+        problems.append(
+            f"{source}: the model takes {model.in_channels} bands (image_bands "
+            f"{list(image_bands) if image_bands else 'all'}) but the raster has {src.count}"
+        )
+    try:
+        Normalization.for_raster(model.config, src.dtypes[0], source, pixel_range)
+    except LandsegError as error:
+        problems.extend(error.problems)
+    return problems
+
+
+def input_problems(
+    model: LoadedModel, inputs: Sequence[Path], pixel_range: float | None = None
+) -> dict[Path, list[str]]:
+    """The inputs that cannot be predicted (unreadable, bands, dtype without a pixel range)."""
+    problems: dict[Path, list[str]] = {}
+    for source in inputs:
+        try:
+            with open_raster(source) as src:
+                lines = raster_problems(model, src, source, pixel_range)
+        except LandsegError as error:
+            lines = error.problems
+        if lines:
+            problems[source] = lines
+    return problems
+
+
+def collect_inputs(path: Path, pattern: str | None = None) -> list[Path]:
+    """The rasters to predict: one raster, the first column of a CSV, or a folder's files.
+
+    A folder gives its ``.tif``/``.tiff`` files, or with ``pattern`` (``--glob``) the files
+    that ``Path.glob(pattern)`` finds in it (``**/`` reaches subfolders).
+    """
     path = Path(path)
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
-        if not found:
-            raise LandsegError(f"{path}: no .tif or .tiff raster in this folder")
-        return found
+        return _folder_inputs(path, pattern)
     if not path.is_file():
         raise LandsegError(f"{path}: input not found (a raster, a CSV file or a folder)")
+    if pattern is not None:
+        raise LandsegError(f"--glob {pattern}: selects files of a folder --input; {path} is a file")
     if path.suffix.lower() == ".csv":
         return _csv_images(path)
     return [path]
+
+
+def _folder_inputs(path: Path, pattern: str | None) -> list[Path]:
+    if pattern is None:
+        found = sorted(
+            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
+        )
+        if not found:
+            raise LandsegError(f"{path}: no .tif or .tiff raster in this folder")
+        return found
+    try:
+        found = sorted(p for p in path.glob(pattern) if p.is_file())
+    except (ValueError, NotImplementedError) as error:
+        raise LandsegError(f"--glob {pattern}: not a usable pattern ({error})") from error
+    if not found:
+        raise LandsegError(f"{path}: no file matches --glob {pattern}")
+    return found
 
 
 def _csv_images(path: Path) -> list[Path]:
@@ -509,13 +660,29 @@ def predict_files(
     out_dir: Path,
     options: PredictOptions,
     show_progress: bool = True,
+    hint: str | None = None,
 ) -> list[Path]:
-    """Predict every input raster into ``out_dir/<input stem>.tif``."""
+    """Predict every input raster into ``out_dir/<input stem>.tif``.
+
+    Every input is checked first: when any cannot be predicted, all their problems are raised
+    at once (one line each, naming the file, then a last line with ``hint``) and nothing is
+    written.
+    """
     stems = [p.stem for p in inputs]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
         raise LandsegError(f"inputs share file names ({', '.join(repeated)}): outputs would clash")
     options.tiling.check_model(model)
+    check_output_type(options.output_type, model.n_classes)
+    problems = input_problems(model, inputs, options.pixel_range)
+    if problems:
+        raise LandsegError(
+            [
+                *(line for lines in problems.values() for line in lines),
+                f"nothing predicted: {len(problems)} of {len(inputs)} input(s) cannot be"
+                + (f" ({hint})" if hint else ""),
+            ]
+        )
     written = []
     with make_progress(show_progress) as progress:
         for source in inputs:

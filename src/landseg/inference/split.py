@@ -3,7 +3,8 @@
 ``prediction_output_type`` (004) says what each file holds, one band per class:
 
 - ``float32``: the per-class probabilities (softmax), in [0, 1];
-- ``uint8``: the same probabilities scaled to 0-255 (``round(p * 255)``);
+- ``uint8``: the same probabilities scaled to 0-254 (``round(p * 255)``, at most 254: 255
+  is nodata);
 - ``bit``: one-hot bits, 1 in the band of the most probable class and 0 elsewhere (uint8).
 """
 
@@ -13,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 
-from landseg.inference.scene import LoadedModel, Tiling, encode_probabilities, predict_array
-from landseg.io import write_geotiff
+from landseg.data.raster import open_raster
+from landseg.inference.scene import (
+    LoadedModel,
+    Tiling,
+    predict_array,
+    valid_pixels,
+    write_prediction,
+)
 
 
 def predict_split(
@@ -26,7 +32,9 @@ def predict_split(
 
     Images that fit in one tile (the usual training tiles) go through the model in batches, as
     they are; larger ones, of any size, are predicted with the blended tiles of
-    :mod:`landseg.inference.scene`, so a test split of whole scenes works too.
+    :mod:`landseg.inference.scene`, so a test split of whole scenes works too. Files are
+    written by :func:`~landseg.inference.scene.write_prediction`, as ``landseg predict``'s:
+    same nodata (an input pixel that is nodata in every band read), class names and tags.
     """
     dataset = getattr(datamodule, f"{split}_dataset")
     model = LoadedModel.from_task(task)
@@ -42,11 +50,9 @@ def predict_split(
             probabilities = [predict_array(model, image, tiling) for image in images]
         for i, probs in zip(indices, probabilities, strict=True):
             source = Path(dataset.pairs[i].image)
-            with rasterio.open(source) as src:
-                crs, transform = src.crs, src.transform
-            destination = out_dir / f"{source.stem}.tif"
-            write_geotiff(
-                destination, encode_probabilities(probs, output_type), crs=crs, transform=transform
-            )
+            destination = Path(out_dir) / f"{source.stem}.tif"
+            with open_raster(source) as src:
+                valid = valid_pixels(src, dataset.image_bands)
+                write_prediction(destination, src, model, output_type, [(0, probs, valid)])
             written.append(destination)
     return written

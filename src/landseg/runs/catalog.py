@@ -181,10 +181,12 @@ def best_checkpoint(run: Path) -> Path | None:
 
 
 def resolve_run(reference: str | Path, search: Path | None = None) -> Path:
-    """A run folder from its path or its folder name (e.g. ``archived_v1_2026-11-22``).
+    """A run folder from its path, its folder name or a qualified name.
 
-    A name is looked up among the runs under ``search`` (default: the working directory); it
-    must match exactly one.
+    A name (e.g. ``archived_v1_2026-11-22``) is looked up among the runs under ``search``
+    (default: the working directory) and must match exactly one. Archived names repeat across
+    experiments, so a name may be qualified by the folders above it: ``EXP/NAME`` (a relative
+    path under ``search``) matches the runs whose path ends with those folders.
     """
     path = Path(reference)
     if path.is_dir():
@@ -192,23 +194,61 @@ def resolve_run(reference: str | Path, search: Path | None = None) -> Path:
             raise LandsegError(f"{path}: not a run folder (no {RunFolder.RUN_FILE})")
         return path
     root = Path(search) if search is not None else Path.cwd()
-    if len(path.parts) != 1 or not root.is_dir():
+    parts = path.parts
+    if path.is_absolute() or not parts or ".." in parts or not root.is_dir():
         raise LandsegError(f"{reference}: no such run folder or run name under {root}")
-    matches = [run for run in find_run_dirs(root) if run.name == path.name]
+    matches = [run for run in find_run_dirs(root) if _qualified(run, root)[-len(parts) :] == parts]
     if not matches:
         raise LandsegError(f"{reference}: no run of that name under {root} (see landseg runs)")
     if len(matches) > 1:
-        listing = ", ".join(str(m) for m in matches)
-        raise LandsegError(f"{reference}: several runs have that name under {root}: {listing}")
+        names = ["/".join(_qualified(run, root)) for run in matches]
+        raise LandsegError(
+            f"{reference}: several runs have that name under {root}: {', '.join(names)}; "
+            f"qualify it as EXP/NAME with the folder above it, e.g. {names[0]}"
+        )
     return matches[0]
 
 
+def _qualified(run: Path, root: Path) -> tuple[str, ...]:
+    """The folders from ``root`` down to ``run`` (its name alone when it is ``root``)."""
+    return run.relative_to(root).parts or (run.name,)
+
+
+def weights_run(path: str | Path) -> RunFolder:
+    """The run folder of a ``.pth`` of network weights: the folder it lies in (``model_out_ext:
+    .pth``), or the run above its ``checkpoints/`` (``export_checkpoint: pth``).
+
+    A ``.pth`` holds no config, so the model it belongs to comes from that run; outside a run
+    folder it is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LandsegError(f"{path}: weights file not found")
+    folder = path.absolute().parent
+    candidates = [folder]
+    if folder.name == RunFolder.CHECKPOINT_DIR:
+        candidates.append(folder.parent)
+    for candidate in candidates:
+        run = RunFolder(candidate)
+        if run.is_run or run.config_file.is_file():
+            return run
+    raise LandsegError(
+        f"{path}: a .pth holds the network's weights but no config, and it is not inside a run "
+        f"folder (none of {', '.join(str(c) for c in candidates)} holds {RunFolder.RUN_FILE}) "
+        "to build the model from; pass the run folder or a .ckpt"
+    )
+
+
 def resolve_checkpoint(reference: str | Path, search: Path | None = None) -> Path:
-    """A ``.ckpt`` path as given, or the best val_loss checkpoint of a run (path or name)."""
+    """A ``.ckpt`` path as given, a ``.pth`` inside its run folder (see :func:`weights_run`),
+    or the best val_loss checkpoint of a run (path or name)."""
     path = Path(reference)
     if path.suffix == ".ckpt":
         if not path.is_file():
             raise LandsegError(f"{path}: checkpoint not found")
+        return path
+    if path.suffix == ".pth":
+        weights_run(path)
         return path
     run = resolve_run(reference, search)
     checkpoint = best_checkpoint(run)
