@@ -21,6 +21,7 @@ validated at all (a required key missing) is not checked further.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ def read_source(
 def prepare(
     source: str | Path | Mapping[str, Any] | LandsegConfig,
     overrides: list[str] | None = None,
+    *,
+    device_check: bool = True,
 ) -> Prepared:
     """Read, override, validate and check a config and its data; raise one error listing every
     problem (:class:`~landseg.errors.DataError` when they are all about the data,
@@ -94,7 +97,8 @@ def prepare(
 
     ``source`` is a config file (JSON or YAML), a raw mapping (relative paths taken from the
     working directory), or a :class:`LandsegConfig` already validated (its registry and data
-    checks still run).
+    checks still run). ``device_check``: whether the devices named exist on this machine
+    (off for a config written on a login node for the compute nodes).
     """
     if isinstance(source, LandsegConfig):
         config: LandsegConfig | None = source
@@ -106,6 +110,9 @@ def prepare(
         base = path.resolve().parent if path is not None else Path.cwd()
         config, schema_lines, sections = _validate(raw, base, path)
     problems = schema_lines + _registry_problems(sections)
+    device = sections.get("device_setup")
+    if device_check and device is not None and not _rejected("device_setup", schema_lines):
+        problems += host_device_problems(device)
     summary: DataSummary | None = None
     data_lines: list[str] = []
     data = sections.get("data_source")
@@ -218,6 +225,7 @@ def _registry_problems(sections: dict[str, Any]) -> list[str]:
         if data.data_augmentation is not None:
             problems += augmentation_problems(data.data_augmentation.train)
     if train is not None:
+        problems += train.problems()
         problems += model_problems(train.model_name, train.model_params, None)
         optimizer, scheduler = train.optimizer_config, train.scheduler_config
         with warnings.catch_warnings():
@@ -234,6 +242,37 @@ def _registry_problems(sections: dict[str, Any]) -> list[str]:
     if device is not None:
         problems += device.problems()
     return problems
+
+
+def host_device_problems(device: DeviceSetup) -> list[str]:
+    """The devices ``device_setup`` names that this machine does not have."""
+    if device.problems():
+        return []  # malformed names or ids: reported already
+    import torch
+
+    args = device.lightning_args()
+    accelerator, devices = args["accelerator"], args["devices"]
+    hint = "; or validate with --no-device-check where the job will run on other machines"
+    if accelerator in ("gpu", "cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return [
+                f"device_setup.accelerator: {device.accelerator!r}, but this machine has no "
+                f"CUDA GPU (torch {torch.__version__} sees none): use cpu{hint}"
+            ]
+        if isinstance(devices, list) and any(i >= count for i in devices):
+            missing = [i for i in devices if i >= count]
+            return [
+                f"device_setup.device: GPU {missing[0]} does not exist here; this machine has "
+                f"{count} (ids 0..{count - 1}){hint}"
+            ]
+        if isinstance(devices, int) and devices > count:
+            return [f"device_setup.device: {devices} GPUs asked, this machine has {count}{hint}"]
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        return [f"device_setup.accelerator: 'mps', but this machine has no Apple GPU{hint}"]
+    if accelerator == "tpu" and importlib.util.find_spec("torch_xla") is None:
+        return [f"device_setup.accelerator: 'tpu', but torch_xla is not installed here{hint}"]
+    return []
 
 
 def _logger_keys(out: OutputSetup) -> list[str] | None:

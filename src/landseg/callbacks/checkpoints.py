@@ -95,7 +95,12 @@ class EpochCheckpoint(ModelCheckpoint):
 
 
 def top_k_checkpoints(dirpath: Path, base: str, k: int) -> list[ModelCheckpoint]:
-    """The ``k`` best by lowest val_loss and the ``k`` best by highest val_miou (none for 0)."""
+    """The ``k`` best by lowest val_loss and the ``k`` best by highest val_miou (none for 0).
+
+    They hold the weights, the config and what predict, evaluate and report read (the
+    hyper-parameters, epoch and step), not the optimiser's state: a run continues from
+    ``last`` or a step checkpoint only, and Adam's state doubles a checkpoint's size.
+    """
     if k <= 0:
         return []
     kinds: tuple[tuple[CheckpointKind, str, str], ...] = (
@@ -109,6 +114,7 @@ def top_k_checkpoints(dirpath: Path, base: str, k: int) -> list[ModelCheckpoint]
             monitor=monitor,
             mode=mode,
             save_top_k=k,
+            save_weights_only=True,
             auto_insert_metric_name=False,
         )
         for kind, monitor, mode in kinds

@@ -1,8 +1,9 @@
 """Config file -> validated :class:`LandsegConfig`, with every problem reported at once.
 
 Each problem is one line that names the key path (``train_setup.optimizer_config.momentum``),
-what was expected and, for a misspelt key, the closest valid one. Syntax errors name the
-file, line and column.
+what was expected and, for an unknown key, the valid one meant: another tool's name for it
+(``learning_rate`` -> ``lr``, :data:`KEY_SYNONYMS`) or the closest spelling. Syntax errors
+name the file, line and column.
 """
 
 from __future__ import annotations
@@ -156,6 +157,61 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+#: Keys of other tools (Lightning, Keras, timm, scikit-learn...) -> landseg's key, as a path from
+#: the config's root; the unknown-key message suggests it before any similarly spelt key.
+KEY_SYNONYMS: dict[str, str] = {
+    **dict.fromkeys(("learning_rate", "learningrate", "base_lr", "init_lr"), "train_setup.lr"),
+    **dict.fromkeys(
+        ("max_epochs", "num_epochs", "n_epochs", "nb_epochs", "epoch"), "train_setup.epochs"
+    ),
+    **dict.fromkeys(("batchsize", "bs", "train_batch_size"), "train_setup.batch_size"),
+    **dict.fromkeys(("optimizer", "optim"), "train_setup.optimizer_config"),
+    **dict.fromkeys(("scheduler", "lr_scheduler"), "train_setup.scheduler_config"),
+    "weight_decay": "train_setup.optimizer_config.weight_decay",
+    "momentum": "train_setup.optimizer_config.momentum",
+    **dict.fromkeys(("seed", "random_state", "manual_seed"), "train_setup.random_seed"),
+    **dict.fromkeys(("model", "arch", "architecture", "network"), "train_setup.model_name"),
+    **dict.fromkeys(("criterion", "loss_function", "loss_fn"), "train_setup.loss"),
+    **dict.fromkeys(("class_weights", "class_weight"), "train_setup.class_imbalance"),
+    "patience": "train_setup.early_stopping.patience",
+    **dict.fromkeys(("gpus", "gpu", "devices", "num_gpus", "device_ids"), "device_setup.device"),
+    "accelerator": "device_setup.accelerator",
+    "precision": "device_setup.precision",
+    "strategy": "device_setup.strategy",
+    "num_nodes": "device_setup.num_nodes",
+    **dict.fromkeys(("num_workers", "workers"), "device_setup.num_workers"),
+    **dict.fromkeys(
+        ("output_dir", "out_dir", "save_dir", "log_dir", "default_root_dir"),
+        "output_setup.output_folder",
+    ),
+    **dict.fromkeys(("experiment_name", "exp_name", "run_name"), "output_setup.name_exp_log"),
+    **dict.fromkeys(("val_split", "validation_split", "val_ratio"), "data_source.percentage_val"),
+    **dict.fromkeys(("in_channels", "input_channels"), "data_source.image_bands"),
+}
+
+#: Keys of other tools that have no landseg key: what to write instead.
+KEY_NOTES: dict[str, str] = dict.fromkeys(
+    ("num_classes", "n_classes", "nb_classes", "classes"),
+    "no such key: the classes come from data_source.class_labels or data_source.mask_bands",
+)
+
+
+def unknown_key_hint(loc: tuple[Any, ...], valid: list[str]) -> str:
+    """What to say of the unknown key at ``loc``: a synonym from another tool first (shown
+    relative to the key's section when it lies in it), then the closest spelling."""
+    key = str(loc[-1]).lower().replace("-", "_").replace(" ", "_")
+    if key in KEY_NOTES:
+        return f" ({KEY_NOTES[key]})"
+    target = KEY_SYNONYMS.get(key)
+    if target is not None:
+        parent = format_location(tuple(part for part in loc[:-1] if not isinstance(part, int)))
+        if parent and target.startswith(parent + "."):
+            target = target.removeprefix(parent + ".")
+        return f" (did you mean '{target}'?)"
+    hint = closest(str(loc[-1]), valid) if valid else None
+    return f" (did you mean '{hint}'?)" if hint else ""
+
+
 def describe_validation_errors(error: ValidationError, root: type[BaseModel]) -> list[str]:
     """One line per pydantic error: key path, what was expected, what was given."""
     lines: list[str] = []
@@ -166,8 +222,7 @@ def describe_validation_errors(error: ValidationError, root: type[BaseModel]) ->
         if kind == "extra_forbidden":
             parent = _model_at(root, loc[:-1])
             valid = sorted(parent.model_fields) if parent else []
-            hint = closest(str(loc[-1]), valid) if valid else None
-            suggestion = f" (did you mean '{hint}'?)" if hint else ""
+            suggestion = unknown_key_hint(loc, valid)
             lines.append(f"{key}: unknown key{suggestion}; valid keys: {', '.join(valid)}")
         elif kind == "missing":
             lines.append(f"{key}: required key is missing")

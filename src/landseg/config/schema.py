@@ -278,6 +278,19 @@ class TrainSetup(StrictModel):
         description="landseg: also checkpoint every N training steps, so a crash loses at "
         "most N steps.",
     )
+    init_weights: Path | None = Field(
+        default=None,
+        description="landseg: start a new run from the network weights of this landseg "
+        "checkpoint (fine-tuning, with any other settings; the network's shapes must match). "
+        "Not a continue: the optimiser, scheduler, epochs and history start afresh. Relative "
+        "to the config file's folder.",
+    )
+
+    def problems(self) -> list[str]:
+        """Rules between this section and the files it names, one line each."""
+        if self.init_weights is not None and not self.init_weights.is_file():
+            return [f"train_setup.init_weights: {self.init_weights}: no such checkpoint file"]
+        return []
 
     @field_validator("val_check_interval")
     @classmethod
@@ -494,6 +507,17 @@ class DeviceSetup(StrictModel):
             "precision": self.precision,
         }
 
+    def process_count(self) -> int | None:
+        """Training processes (devices x nodes); None where Lightning decides (``auto``)."""
+        devices = self.lightning_args()["devices"]
+        if isinstance(devices, int):
+            count = devices
+        elif isinstance(devices, list):
+            count = len(devices)
+        else:
+            return None
+        return count * self.num_nodes
+
     def starts_processes(self) -> bool:
         """Whether training starts DDP processes of its own (several devices, nodes or CPUs)."""
         value = self.device
@@ -542,4 +566,7 @@ class LandsegConfig(StrictModel):
         out = self.output_setup
         if not out.output_folder.is_absolute():
             out.output_folder = (base / out.output_folder).resolve()
+        train = getattr(self, "train_setup", None)  # a partial config while validating
+        if train is not None and train.init_weights and not train.init_weights.is_absolute():
+            train.init_weights = (base / train.init_weights).resolve()
         return self

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from landseg.config.continuation import result_relevant
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.schema import LandsegConfig
 from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
@@ -313,14 +314,14 @@ def task_config(config: LandsegConfig, task: Task, folder: Path) -> LandsegConfi
 
 
 def task_hash(config: LandsegConfig, csvs: dict[str, str]) -> str:
-    """What a task's results depend on: its config (less hardware and display) and its rows.
+    """What a task's results depend on: its config and its rows.
 
-    device_setup and output_setup.progress may change between launches (another machine,
-    more data-loading workers) without invalidating finished tasks.
+    The settings a continued run may change (:mod:`landseg.config.continuation`: hardware,
+    epochs, display, logging...) are left out, so changing them between launches of a job
+    does not invalidate its finished tasks.
     """
-    data = config.model_dump(mode="json", exclude={"device_setup": True})
-    data["output_setup"].pop("progress", None)
-    text = json.dumps({"config": data, "csv": csvs}, sort_keys=True)
+    data = result_relevant(config.model_dump(mode="json"))
+    text = json.dumps({"config": data, "csv": csvs}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

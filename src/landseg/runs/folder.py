@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from landseg.config.schema import LandsegConfig
 from landseg.errors import RunFolderError
 from landseg.io import atomic_write_json
-from landseg.processes import process_start
+from landseg.processes import pid_alive, process_start
 
 #: Set by rank 0 so that the processes Lightning launches for DDP reuse its run folder.
 RUN_DIR_ENV = "LANDSEG_RUN_DIR"
@@ -324,6 +324,22 @@ class RunFolder:
     def is_run(self) -> bool:
         return self.run_file.is_file()
 
+    def never_trained(self) -> bool:
+        """Whether the folder holds a run that failed or was stopped before its first epoch
+        ended and wrote no checkpoint (its process gone): nothing in it is worth keeping, and
+        its version name may be used again."""
+        if self.checkpoint_files() or not self.path.is_dir():
+            return False
+        state = RunState.read(self.path)
+        if state is None:
+            return not self.config_file.exists()  # a folder left before run.json was written
+        if state.status not in ("failed", "interrupted", "running") or state.epochs_done > 0:
+            return False
+        if state.status != "running":  # written by the process itself on its way out
+            return True
+        here = state.host in (None, socket.gethostname())
+        return here and not (state.pid is not None and pid_alive(state.pid, state.process_start))
+
     # ------------------------------------------------------------------ state
 
     def state(self) -> RunState:
@@ -419,12 +435,15 @@ def resolve_run_folder(config: LandsegConfig, now: dt.datetime | None = None) ->
     else:
         path = _run_path(config, experiment, out.version_name or now.strftime("%H-%M-%S"))
     exists = path.is_dir() and any(path.iterdir())
+    failed_start = exists and RunFolder(path).never_trained()
+    if failed_start:
+        exists = False  # nothing was trained there: the version starts again
     if exists and not continuing:
         raise RunFolderError(
             f"output_setup.version_name: run folder {path} already exists; set "
             "train_setup.continue_training true to resume it, or choose another version_name"
         )
-    if continuing and not exists:
+    if continuing and not exists and not failed_start:
         raise RunFolderError(
             f"train_setup.continue_training: no run to continue at {path}; "
             "set continue_training false to start it"

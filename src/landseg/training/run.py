@@ -13,15 +13,19 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from pydantic import ValidationError
 
 from landseg.callbacks.checkpoints import best_loss_checkpoint, keep_newest_step_checkpoint
+from landseg.callbacks.graceful_stop import StopRequested
+from landseg.config.continuation import continuation_problems
 from landseg.config.schema import LandsegConfig
 from landseg.data.datamodule import DATAMODULES
 from landseg.data.summary import DataSummary
-from landseg.errors import LandsegError
+from landseg.errors import ConfigError, LandsegError
 from landseg.inference.split import predict_split
 from landseg.io import (
     UnsafeCheckpointError,
@@ -104,23 +108,52 @@ def _setup_file_logging(run: RunFolder, verbose: bool) -> logging.Handler:
     return handler
 
 
-def _run_is_complete(run: RunFolder, config: LandsegConfig) -> bool:
+def _completion(run: RunFolder, config: LandsegConfig) -> str | None:
+    """Why a finished run has nothing left to do (None: it has)."""
     state = run.state()
     if state.status != "finished":
-        return False
-    return state.early_stopped or state.epochs_done >= config.train_setup.epochs
+        return None
+    if state.early_stopped:
+        return f"ended by early stopping after {state.epochs_done} epochs"
+    if state.epochs_done >= config.train_setup.epochs:
+        return f"finished ({state.epochs_done} of {config.train_setup.epochs} epochs)"
+    return None
 
 
-def _write_run_files(config: LandsegConfig, run: RunFolder, task: SegmentationTask) -> None:
+def continuation_changes(run: RunFolder, config: LandsegConfig) -> dict[str, list[Any]]:
+    """The settings a continued run changes, compared with the run's own ``config.json``.
+
+    Raises :class:`~landseg.errors.ConfigError` with one line per setting that may not change
+    (see :mod:`landseg.config.continuation`), before anything is written.
+    """
+    recorded = run.config_data()
+    if recorded is None:  # a run that never wrote its config has nothing to keep
+        return {}
+    try:
+        old = LandsegConfig.model_validate(recorded).model_dump(mode="json")
+    except ValidationError:  # written by another landseg version: compare as recorded
+        old = recorded
+    allowed, problems = continuation_problems(old, config.model_dump(mode="json"))
+    if problems:
+        raise ConfigError([f"{run.path}: cannot continue this run with these settings", *problems])
+    return {key: [before, after] for key, (before, after) in allowed.items()}
+
+
+def _write_run_files(
+    config: LandsegConfig,
+    run: RunFolder,
+    task: SegmentationTask,
+    changes: dict[str, list[Any]],
+) -> None:
     atomic_write_json(run.config_file, config.model_dump(mode="json"))
     atomic_write_text(run.model_summary, f"{task.model}\n\n{_parameter_count(task)}\n")
     previous = RunState.read(run.path)
     state = initial_state(config)
-    if previous is not None:
+    if previous is not None and run.resuming:
         state = state.model_copy(
             update={
                 "started": previous.started or state.started,
-                "resumed": [*previous.resumed, now_iso()],
+                "resumed": [*previous.resumed, {"at": now_iso(), "changed": changes}],
                 "best": previous.best,
                 "epochs_done": previous.epochs_done,
             }
@@ -132,6 +165,34 @@ def _parameter_count(task: SegmentationTask) -> str:
     total = sum(p.numel() for p in task.model.parameters())
     trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
     return f"parameters: {total:,} ({trainable:,} trainable)"
+
+
+def load_initial_weights(task: SegmentationTask, checkpoint: Path) -> None:
+    """``train_setup.init_weights``: the network weights of another run's checkpoint."""
+    key = "train_setup.init_weights"
+    try:
+        state = load_checkpoint(checkpoint)
+    except Exception as error:
+        raise ConfigError(f"{key}: {checkpoint_error_line(checkpoint, error)}") from error
+    weights = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise ConfigError(f"{key}: {checkpoint}: not a landseg checkpoint (no state_dict)")
+    network = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+    own = task.model.state_dict()
+    missing = sorted(own.keys() - network.keys())
+    different = sorted(k for k in own.keys() & network.keys() if own[k].shape != network[k].shape)
+    if missing or different:
+        detail = (
+            f"{len(missing)} weights missing (e.g. {missing[0]})"
+            if missing
+            else f"{different[0]} is {tuple(network[different[0]].shape)} there, "
+            f"{tuple(own[different[0]].shape)} here"
+        )
+        raise ConfigError(
+            f"{key}: {checkpoint} holds another network than train_setup.model_name "
+            f"{task.config.train_setup.model_name!r} with these bands and classes: {detail}"
+        )
+    task.model.load_state_dict(network)
 
 
 def train(
@@ -146,15 +207,23 @@ def train(
     """Train (or continue) one run and return its folder.
 
     ``run`` and ``checkpoint`` override the folder and checkpoint that the config implies
-    (``--resume`` and cross-validation jobs use them).
+    (``--resume`` and cross-validation jobs use them). A continued run is compared with the
+    run's own config first, and refused before anything is written when a setting it may not
+    change differs; a run that is complete is left as it is.
     """
     run = run or resolve_run_folder(config)
     rank_zero = RUN_DIR_ENV not in os.environ
+    changes: dict[str, list[Any]] = {}
     if rank_zero and run.resuming:
         refuse_live_run(run.path)
+        changes = continuation_changes(run, config)
+        done = _completion(run, config)
+        if done is not None:
+            print(f"{run.path}: {done}; nothing left to do")
+            return run.path
     handler = _setup_file_logging(run, verbose) if rank_zero else None
     try:
-        return _train_in(run, config, summary, rank_zero, checkpoint, extra_callbacks)
+        return _train_in(run, config, summary, rank_zero, checkpoint, extra_callbacks, changes)
     finally:
         if handler is not None:
             for name in ("landseg", "lightning.pytorch"):
@@ -169,28 +238,30 @@ def _train_in(
     rank_zero: bool,
     checkpoint: Path | None,
     extra_callbacks: list[Callback] | None,
+    changes: dict[str, list[Any]],
 ) -> Path:
     ckpt_path = checkpoint or (latest_checkpoint(run) if run.resuming else None)
-    if run.resuming and _run_is_complete(run, config):
-        print(f"{run.path}: finished ({config.train_setup.epochs} epochs); nothing left to do")
-        return run.path
     pl.seed_everything(config.train_setup.random_seed, workers=True, verbose=False)
-    datamodule = DATAMODULES.get("csv")(config, summary)
     task = SegmentationTask(
         config.model_dump(mode="json"), summary.n_image_bands, list(summary.class_labels)
     )
+    if ckpt_path is None and config.train_setup.init_weights is not None:
+        load_initial_weights(task, config.train_setup.init_weights)
     if rank_zero:
         if run.resuming:
             prune_checkpoints_after(run, ckpt_path)
             for path in remove_stale_temporaries(run.path):
                 log.info("removing %s, left by an interrupted write", path.relative_to(run.path))
-        _write_run_files(config, run, task)
+        _write_run_files(config, run, task, changes)
         os.environ[RUN_DIR_ENV] = str(run.path)
         log.info(
             "run folder %s%s", run.path, f", resuming from {ckpt_path.name}" if ckpt_path else ""
         )
-    trainer = build_trainer(config, run, extra_callbacks)
+        for key, (before, after) in changes.items():
+            log.info("continued with %s changed: %r -> %r", key, before, after)
     try:
+        datamodule = DATAMODULES.get("csv")(config, summary)
+        trainer = build_trainer(config, run, extra_callbacks)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -201,15 +272,13 @@ def _train_in(
             for c in trainer.callbacks  # type: ignore[attr-defined]
         )
         _after_fit(config, run, trainer, task, datamodule)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, StopRequested):
         if rank_zero:
             run.update_state(status="interrupted", ended=now_iso())
         raise
     except BaseException as error:
         if rank_zero:
-            run.update_state(
-                status="failed", ended=now_iso(), error=f"{type(error).__name__}: {error}"
-            )
+            run.update_state(status="failed", ended=now_iso(), error=failure_line(error))
         raise
     finally:
         if rank_zero:
@@ -218,6 +287,13 @@ def _train_in(
         keep_newest_step_checkpoint(run)
         run.update_state(status="finished", ended=now_iso(), early_stopped=early)
     return run.path
+
+
+def failure_line(error: BaseException) -> str:
+    """What run.json records of a failure: the user's problem lines, or the exception."""
+    if isinstance(error, LandsegError):
+        return "; ".join(error.problems)
+    return f"{type(error).__name__}: {error}"
 
 
 def _after_fit(
@@ -249,10 +325,15 @@ def _after_fit(
         log.info("exported %s", path)
 
 
-def resume_from_checkpoint(checkpoint: Path, *, verbose: bool = False) -> Path:
-    """``landseg train --resume CKPT``: the config travels inside the checkpoint.
+def resume_from_checkpoint(
+    checkpoint: Path, overrides: list[str] | None = None, *, verbose: bool = False
+) -> Path:
+    """``landseg train --resume CKPT [--set KEY=VALUE ...]``: the config travels inside the
+    checkpoint.
 
-    The run continues in the folder that holds the checkpoint, from that checkpoint.
+    The run continues in the folder that holds the checkpoint, from that checkpoint. ``--set``
+    follows the rule of every continued run: only the settings that may change on continue
+    (:mod:`landseg.config.continuation`) may differ from the run's.
     """
     try:
         state = load_checkpoint(checkpoint)
@@ -263,6 +344,6 @@ def resume_from_checkpoint(checkpoint: Path, *, verbose: bool = False) -> Path:
     except (KeyError, TypeError) as error:
         raise LandsegError(f"{checkpoint}: checkpoint holds no landseg config") from error
     raw["train_setup"]["continue_training"] = True
-    prepared = prepare(raw)
+    prepared = prepare(raw, overrides)
     run = RunFolder(checkpoint.resolve().parent.parent, resuming=True)
     return train(prepared.config, prepared.summary, verbose=verbose, run=run, checkpoint=checkpoint)
