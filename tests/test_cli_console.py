@@ -1,10 +1,12 @@
 """landseg's console: the log handler follows sys.stderr when main() runs many times in a
-process, and user errors print one line each (a traceback only with ``-v``)."""
+process, user errors print one line each (a traceback only with ``-v``), and a closed stdout
+(``landseg schema | head``) ends the command quietly."""
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +57,57 @@ def test_verbose_shows_the_traceback(
     assert 'landseg/cli.py", line' in verbose.stderr.replace("\\", "/")  # with its frames
     assert verbose.stderr.splitlines()[-1] == f"landseg.errors.ConfigError: {LR_PROBLEM}"
     assert not [line for line in verbose.stderr.splitlines() if line.startswith("error:")]
+
+
+def run_with_stdout_closed(command: list[str]) -> subprocess.CompletedProcess:
+    """``landseg COMMAND | head -0``: stdout is a pipe whose reader has already gone."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "landseg.cli", *command],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        os.close(write)
+
+
+def test_closed_stdout_ends_quietly(tmp_path: Path) -> None:
+    from landseg.jobs.progress import LOG_FILE, JobLog
+
+    JobLog(tmp_path / "job" / LOG_FILE).close()
+    for command in (["schema"], ["cv", "status", str(tmp_path / "job")]):
+        done = run_with_stdout_closed(command)
+        assert done.stderr == "", command  # no BrokenPipeError traceback
+        assert done.returncode == cli.STDOUT_CLOSED == 141, command  # as for `yes | head`
+
+
+def test_closed_stdout_with_head(tmp_path: Path) -> None:
+    """The real pipeline: 5 MB of output into ``head -1``."""
+    script = "from landseg import cli; cli.cmd_schema = lambda args: print('x' * 5_000_000) or 0"
+    script += "; import sys; sys.exit(cli.main(['schema']))"
+    done = subprocess.run(
+        ["bash", "-c", f'set -o pipefail; "{sys.executable}" -c "{script}" | head -c 1'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert (done.stdout, done.stderr, done.returncode) == ("x", "", 141)
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(args: object) -> int:
+        raise BrokenPipeError("a worker's pipe")
+
+    monkeypatch.setattr(cli, "cmd_schema", broken)
+    with (tmp_path / "out.txt").open("w") as stdout:  # stdout itself is fine
+        monkeypatch.setattr("sys.stdout", stdout)
+        with pytest.raises(BrokenPipeError, match="a worker's pipe"):
+            cli.main(["schema"])

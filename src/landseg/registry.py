@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -10,10 +11,48 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
-def closest(name: str, choices: list[str]) -> str | None:
-    """The closest valid name to a misspelt one, if any is close enough."""
-    matches = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return matches[0] if matches else None
+def closest(name: str, choices: list[str], cutoff: float = 0.6) -> str | None:
+    """The closest valid name to a misspelt one, if any is close enough (case aside).
+
+    Close is difflib's similarity ratio, at least ``cutoff``. Among equally close names wins
+    the one sharing the longest prefix with ``name``, then the one whose trailing number is
+    nearest: ``resnet35`` -> ``resnet34``, not ``resnet50`` (difflib alone would take the
+    alphabetically last of a tie).
+    """
+    wanted = name.lower()
+    number = _trailing_number(wanted)
+    best: tuple[float, int, float, str] | None = None
+    found: str | None = None
+    matcher = difflib.SequenceMatcher()
+    matcher.set_seq2(wanted)
+    for choice in choices:
+        candidate = choice.lower()
+        matcher.set_seq1(candidate)
+        if matcher.real_quick_ratio() < cutoff or matcher.quick_ratio() < cutoff:
+            continue
+        ratio = matcher.ratio()
+        if ratio < cutoff:
+            continue
+        other = _trailing_number(candidate)
+        distance = abs(number - other) if number is not None and other is not None else math.inf
+        key = (-ratio, -_common_prefix(wanted, candidate), distance, candidate)
+        if best is None or key < best:
+            best, found = key, choice
+    return found
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _trailing_number(text: str) -> int | None:
+    digits = len(text) - len(text.rstrip("0123456789"))
+    return int(text[-digits:]) if digits else None
 
 
 def unknown_name_message(kind: str, name: str, choices: list[str]) -> str:
