@@ -12,19 +12,24 @@ import importlib
 import json
 import logging
 import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from landseg import __version__
-from landseg.errors import LandsegError
+from landseg.errors import LandsegError, StopRequested
 
 log = logging.getLogger("landseg")
 
 #: Modules that add subcommands: each has ``register(add)`` where ``add(name, handler, help)``
 #: returns the new subparser. They import their heavy dependencies inside their handlers.
 COMMAND_MODULES = ("landseg.jobs.commands", "landseg.inference.commands")
+
+#: The exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for
+#: any Unix tool that a closed pipe ended (``yes | head``), so ``set -o pipefail`` sees it.
+STDOUT_CLOSED = 141
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +45,25 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from landseg.prepare import prepare
+    """Every check ``train`` (and ``cv``, for a config with ``cross_validation``) would make."""
+    from landseg.prepare import prepare, read_source
 
-    summary = prepare(args.config, args.overrides).summary
-    print(f"{args.config}: valid")
+    device_check = not args.no_device_check
+    raw, _ = read_source(args.config, args.overrides)
+    if raw.get("cross_validation") is not None:
+        from landseg.jobs.plan import prepare_job
+
+        job, _ = prepare_job(args.config, args.overrides, dry_run=True, device_check=device_check)
+        summary = job.summary
+        tasks = job.plan.tasks
+        print(f"{args.config}: valid")
+        print(
+            f"  cross-validation: {len(job.plan.groups)} groups, "
+            f"{len(job.plan.subjects)} test subjects, {len(tasks)} tasks"
+        )
+    else:
+        summary = prepare(args.config, args.overrides, device_check=device_check).summary
+        print(f"{args.config}: valid")
     print(
         f"  {summary.n_classes} classes ({', '.join(summary.class_labels)}), "
         f"{summary.n_image_bands} image bands, patches {summary.patch_size[0]}x"
@@ -54,11 +74,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from landseg.callbacks.progress import quiet_known_noise
     from landseg.prepare import prepare
     from landseg.training.run import resume_from_checkpoint, train
 
+    quiet_known_noise()
     if args.resume is not None:
-        run_dir = resume_from_checkpoint(args.resume, verbose=args.verbose)
+        run_dir = resume_from_checkpoint(args.resume, args.overrides, verbose=args.verbose)
     else:
         prepared = prepare(args.config, args.overrides)
         run_dir = train(prepared.config, prepared.summary, verbose=args.verbose)
@@ -109,7 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--resume", type=Path, metavar="CKPT", help="resume from a checkpoint alone")
 
-    _add_config_args(add("validate", cmd_validate, "check a config and its data, then exit"))
+    validate = add("validate", cmd_validate, "check a config and its data, then exit")
+    _add_config_args(validate)
+    validate.add_argument(
+        "--no-device-check",
+        action="store_true",
+        help="do not check that the GPUs (or other devices) named exist on this machine, "
+        "for a config written on a login node for the compute nodes",
+    )
     add("schema", cmd_schema, "print the JSON Schema of the config (for editors)")
     demo = add("demo-data", cmd_demo_data, "write a small generated dataset and demo config")
     demo.add_argument("folder", type=Path)
@@ -147,14 +176,49 @@ def _console_logging(verbose: bool) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout's reader has gone (``landseg schema | head``), not some other pipe."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, OSError, ValueError):  # no poll (Windows) or no descriptor
+        return True  # cannot tell: assume stdout, as Python's own recipe does
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _quiet_exit_on_closed_stdout() -> int:
+    """Point stdout at /dev/null (what is still buffered goes nowhere, without a second
+    BrokenPipeError at the interpreter's exit) and return SIGPIPE's status."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a test's capture)
+        pass
+    return STDOUT_CLOSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``landseg`` command; returns its exit status.
+
+    User errors: one line each on stderr, status 2 (the traceback only with ``-v``). When the
+    reader of stdout goes away (``landseg cv status JOB | head -1``), the command stops
+    quietly, without a traceback, with status 141 (128 + SIGPIPE) as a Unix tool killed by
+    the closed pipe would; a broken pipe that is not stdout's is an error like any other.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train" and args.config is None and args.resume is None:
         parser.error("train needs -c CONFIG or --resume CKPT")
     _console_logging(args.verbose)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        return _quiet_exit_on_closed_stdout()
     except LandsegError as error:
         if args.verbose:
             raise
@@ -164,6 +228,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except StopRequested as stop:
+        print(f"interrupted: {stop}; {_how_to_continue(args, stop)}", file=sys.stderr)
+        return stop.exit_code
+
+
+def _how_to_continue(args: argparse.Namespace, stop: StopRequested) -> str:
+    """The command that continues what a stop signal interrupted."""
+    if args.command != "train":
+        return "run the same command again to continue"
+    from landseg.runs.folder import RunFolder
+    from landseg.training.run import latest_checkpoint
+
+    run = stop.run
+    checkpoint = stop.checkpoint or (latest_checkpoint(RunFolder(run)) if run else None)
+    if checkpoint is None:
+        return "nothing was checkpointed yet: run the same command again to start afresh"
+    return f"continue with: landseg train --resume {checkpoint}"
 
 
 if __name__ == "__main__":

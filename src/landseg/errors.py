@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 
 class LandsegError(Exception):
     """A problem with the user's input (config, CSV, raster, output folder).
@@ -46,3 +49,24 @@ class DataError(LandsegError):
 
 class RunFolderError(LandsegError):
     """The run folder cannot be created or would overwrite an existing run."""
+
+
+class StopRequested(Exception):
+    """A stop signal (Ctrl-C, SIGTERM) ended a run at a resumable point.
+
+    Raised by :class:`landseg.callbacks.graceful_stop.GracefulStop`; ``checkpoint`` is the step
+    checkpoint it wrote, if any, and ``run`` the run folder (set by the run lifecycle). Not a
+    KeyboardInterrupt, which Lightning turns into ``sys.exit(1)``; the command line exits
+    with :attr:`exit_code`, 128 + the signal, as a process killed by it would.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None = None):
+        self.signum = signum
+        self.step = step
+        self.checkpoint = checkpoint
+        self.run: Path | None = None
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -49,8 +49,11 @@ def test_train_writes_every_output(small: dict, tmp_path: Path) -> None:
     assert sum("-loss-" in n for n in ckpts) == 2 and sum("-miou-" in n for n in ckpts) == 2
     assert "lightunet-last.ckpt" in ckpts
     for path in (run / "checkpoints").glob("*.ckpt"):
-        state_dict = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
-        assert any(k.startswith("model.") for k in state_dict)
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        assert any(k.startswith("model.") for k in checkpoint["state_dict"])
+        assert checkpoint["hyper_parameters"]["class_labels"]  # what predict and report read
+        # only the checkpoint a run continues from holds the optimiser's state (disk)
+        assert ("optimizer_states" in checkpoint) == path.name.endswith("-last.ckpt"), path
     assert (run / "checkpoints" / "lightunet-best.pth").exists()
     assert (run / "checkpoints" / "lightunet-best.torchscript.pt").exists()
 
@@ -111,6 +114,8 @@ def test_pth_outputs(small: dict, tmp_path: Path) -> None:
     assert any("inc" in k for k in weights)
     assert "state" in torch.load(run / "optimizer_mymodel.pth", weights_only=True)
     assert torch.load(run / "train_mymodel.pth", weights_only=True)["epoch"] == 0
+    # ODEON-light: the .pth files are the kept models; `last` alone, to continue the run
+    assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["mymodel-last.ckpt"]
 
 
 @pytest.mark.slow

@@ -6,8 +6,9 @@ checkpoint holds its whole state:
 - after the current optimiser step, with a step checkpoint (``<base>-step=NNNNNNN``: weights,
   optimiser, loader position, random and metric states), when no validation follows that
   step;
-- otherwise after the validation that follows and its checkpoints (``last`` and top-k), or at
-  the end of the train epoch when there is no validation.
+- otherwise after the validation that follows and its checkpoints (``last`` and top-k), which
+  Lightning writes after the validation, or at the end of the train epoch when there is one
+  validation per epoch (or none).
 
 It then raises :class:`StopRequested`, which the run lifecycle turns into an ``interrupted``
 run and the command line into exit code 128 + the signal (130 for SIGINT, 143 for SIGTERM).
@@ -29,27 +30,12 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
+from landseg.errors import StopRequested
 from landseg.runs.folder import CheckpointName
 
-
-class StopRequested(Exception):
-    """A stop signal ended the run at a resumable point (``checkpoint``, when one was written).
-
-    Not a KeyboardInterrupt: Lightning turns those into ``sys.exit(1)``.
-    """
-
-    def __init__(self, signum: int, step: int, checkpoint: Path | None = None):
-        self.signum = signum
-        self.step = step
-        self.checkpoint = checkpoint
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} at step {step}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
+__all__ = ["GracefulStop", "StopRequested", "StopSignals", "validation_follows"]
 
 
 def validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
@@ -61,61 +47,98 @@ def validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
     )
 
 
-class GracefulStop(Checkpoint):
-    """Turns stop signals into a stop at a resumable point (see the module docstring).
+def _checkpoints_wait_for_epoch_end(trainer: pl.Trainer) -> bool:
+    """Whether the checkpoints of this validation are written at the train epoch's end.
 
-    Args:
-        dirpath: the run's checkpoint folder.
-        base: the checkpoints' base name.
-        signals: the signals handled (SIGINT and SIGTERM by default).
+    Lightning's ModelCheckpoint saves at the end of the train epoch, not after the validation,
+    when there is one validation per epoch; asked of the run's ``last`` checkpoint callback.
+    """
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last:
+            return bool(callback._should_save_on_train_epoch_end(trainer))
+    return False
+
+
+class StopSignals:
+    """The stop signals of one run: the handlers only record the signal (``requested``).
+
+    A context manager: the handlers are installed on entry (in the main thread, where Python
+    delivers signals) and the previous ones restored on exit. Install it around the whole run
+    so that a signal during start-up is not lost; :class:`GracefulStop` acts on it. A second
+    SIGINT raises KeyboardInterrupt at once, for a person who does not want to wait.
     """
 
-    def __init__(
-        self,
-        dirpath: Path,
-        base: str,
-        signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
-    ):
-        self.dirpath = Path(dirpath)
-        self.base = base
+    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
         self.signals = tuple(signals)
         self.requested: int | None = None
         self._previous: dict[int, Any] = {}
-
-    # ------------------------------------------------------------------ signals
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.requested = signum
 
-    def _install(self) -> None:
+    def install(self) -> None:
+        """Handle the signals here (again: Lightning puts its own SIGTERM handler in place when
+        fit starts, which would stop the run mid-validation with exit status 0)."""
         if threading.current_thread() is not threading.main_thread():
-            return  # signals are delivered to the main thread only
+            return
         for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._handle)
+            previous = signal.signal(signum, self._handle)
+            self._previous.setdefault(signum, previous)
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
 
+    def __enter__(self) -> StopSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+class GracefulStop(Checkpoint):
+    """Turns stop signals into a stop at a resumable point (see the module docstring).
+
+    Args:
+        dirpath: the run's checkpoint folder.
+        base: the checkpoints' base name.
+        signals: the run's :class:`StopSignals`; without one, the callback installs its own
+            (SIGINT and SIGTERM) for the duration of fit.
+    """
+
+    def __init__(self, dirpath: Path, base: str, signals: StopSignals | None = None):
+        self.dirpath = Path(dirpath)
+        self.base = base
+        self.owns_signals = signals is None
+        self.signals = signals or StopSignals()
+
+    @property
+    def requested(self) -> int | None:
+        return self.signals.requested
+
     # ------------------------------------------------------------------ Lightning hooks
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.requested = None
-        self._install()
+        self.signals.install()  # after Lightning's signal connector: ours, not its, decide
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
+        self._release()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._restore()
+        self._release()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore()
+        self._release()
+
+    def _release(self) -> None:
+        if self.owns_signals:
+            self.signals.restore()
 
     def on_train_batch_end(
         self,
@@ -127,13 +150,14 @@ class GracefulStop(Checkpoint):
     ) -> None:
         if self.requested is None or validation_follows(trainer, batch_idx):
             return
-        path = self.dirpath / f"{CheckpointName.template(self.base, 'step')}.ckpt"
-        path = Path(str(path).format(step=trainer.global_step))
+        name = CheckpointName.template(self.base, "step").format(step=trainer.global_step)
+        path = self.dirpath / f"{name}{CheckpointName.SUFFIX}"
         trainer.save_checkpoint(path)
         raise StopRequested(self.requested, trainer.global_step, path)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_after_checkpoints(trainer)
+        if not _checkpoints_wait_for_epoch_end(trainer):
+            self._stop_after_checkpoints(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_after_checkpoints(trainer)

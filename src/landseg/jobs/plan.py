@@ -462,14 +462,22 @@ def whole_data_config(config: LandsegConfig, csv_file: Path) -> LandsegConfig:
     return LandsegConfig.model_validate(data)
 
 
-def prepare_job(config_path: Path, overrides: list[str]) -> tuple[Job, list[Row]]:
+def prepare_job(
+    config_path: Path,
+    overrides: list[str],
+    *,
+    dry_run: bool = False,
+    device_check: bool = True,
+) -> tuple[Job, list[Row]]:
     """Config file -> planned, checked job: every check (config, data, model) before any work.
 
     The data are checked once for the whole job (one read of each raster header): through the
     job's CSV file, so problems name its rows, or through ``rows.csv`` (every row of the job
     with its group, always written to the job folder) when cross_validation.groups leaves
-    rows out.
+    rows out. ``dry_run`` (``landseg validate``): the same checks, nothing written.
     """
+    import tempfile
+
     from landseg.data.csvfiles import read_pairs
     from landseg.prepare import prepare, prepare_config
 
@@ -480,9 +488,13 @@ def prepare_job(config_path: Path, overrides: list[str]) -> tuple[Job, list[Row]
     rows = group_rows(read_pairs(csv_file), cv, csv_file)
     plan, used = build_plan(rows, cv, config.data_source.percentage_val)
     folder = job_folder(config)
-    checked = csv_file if len(used) == len(rows) else folder / ROWS_FILE
-    atomic_write_text(folder / ROWS_FILE, csv_text(used, header=("image", "mask", "group")))
-    summary = prepare(whole_data_config(config, checked)).summary
+    text = csv_text(used, header=("image", "mask", "group"))
+    with tempfile.TemporaryDirectory(prefix="landseg-validate-") as scratch:
+        rows_file = (Path(scratch) if dry_run else folder) / ROWS_FILE
+        atomic_write_text(rows_file, text)
+        checked = csv_file if len(used) == len(rows) else rows_file
+        whole = whole_data_config(config, checked)
+        summary = prepare(whole, device_check=device_check).summary
     hashes, sizes = {}, {}
     for task in plan.tasks:
         hashes[task.id] = task_hash(task_config(config, task, folder), task_csvs(task, used))

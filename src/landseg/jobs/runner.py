@@ -1,14 +1,15 @@
 """Running a cross-validation job: each task is a full ``landseg train`` run in its own folder.
 
 Sequential by default; ``--workers N`` runs N worker processes on this machine (spawn context,
-one GPU each when there are GPUs); under ``mpiexec`` see :mod:`landseg.jobs.mpi`. Every worker
-takes the next pending task from the job log, so tasks are handed out dynamically and each is
-claimed by one worker at a time. Re-running the command resumes the job: finished tasks are
+one GPU each when there are GPUs, else ``max(1, cpus // N)`` torch threads each: see
+:func:`worker_threads`); under ``mpiexec`` see :mod:`landseg.jobs.mpi`. Every worker takes the
+next pending task from the job log, so tasks are handed out dynamically and each is claimed by
+one worker at a time. Re-running the command resumes the job: finished tasks are
 skipped, and an interrupted task continues from its latest checkpoint (``train`` with a resuming
 run folder), with its optimiser, scheduler, early-stopping and random state.
 
 This module imports no torch at import time: spawned workers set ``CUDA_VISIBLE_DEVICES``
-before anything initialises CUDA.
+before anything initialises CUDA, and their thread counts before torch starts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from landseg.errors import LandsegError
+from landseg.errors import LandsegError, StopRequested
 from landseg.io import atomic_write_text
 from landseg.jobs.plan import Job, Row, Task, write_task_files
 from landseg.jobs.progress import LOG_FILE, Claim, JobLog, Worker
@@ -54,8 +55,10 @@ def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
     ``landseg cv`` command and find their task through ``LANDSEG_RUN_DIR``.
     """
     from landseg.callbacks.checkpoints import EpochCheckpoint
+    from landseg.callbacks.progress import quiet_known_noise
     from landseg.training.run import train
 
+    quiet_known_noise()  # in every process that runs tasks: main, --workers, MPI ranks
     run = RunFolder(job.task_dir(task), resuming=True)
     cv = job.config.cross_validation
     every = cv.checkpoint_every_n_epochs if cv is not None else 1
@@ -110,7 +113,8 @@ class Outcome:
 def attempt(job: Job, task: Task, *, verbose: bool = False) -> Outcome:
     """Run a task; an error fails this task only (recorded, with its traceback in error.txt).
 
-    KeyboardInterrupt and SystemExit propagate: the task is interrupted, not failed.
+    KeyboardInterrupt, SystemExit and a stop signal (StopRequested) propagate: the task is
+    interrupted, not failed.
     """
     log.info("task %s: test %s, validation %s", task.id, task.test, task.val or "share")
     folder = RunFolder(job.task_dir(task))
@@ -121,6 +125,8 @@ def attempt(job: Job, task: Task, *, verbose: bool = False) -> Outcome:
         if state.status != "finished":
             raise LandsegError(f"{folder.path}: training ended with status {state.status}")
         return Outcome("finished", dict(state.best))
+    except StopRequested:  # a stop signal: the task is interrupted, not failed
+        raise
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
         log.error("task %s failed: %s", task.id, message.splitlines()[0])
@@ -191,6 +197,37 @@ def pin_gpu(index: int, gpus: list[str]) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_threads(job: Job, n_workers: int, gpus: list[str]) -> int | None:
+    """Torch threads for each of ``n_workers`` local workers; None: leave torch's default.
+
+    On the CPU each worker gets its share of the CPUs, ``max(1, cpus // n_workers)`` (divided
+    again among a task's own DDP processes when ``num_processes`` > 1): N workers with all
+    threads each would fight over the cores, slower than one worker. A worker on a GPU keeps
+    the default (its CPU threads feed the GPU).
+    """
+    device = job.config.device_setup
+    if device.lightning_args()["accelerator"] != "cpu" and gpus:
+        return None
+    processes = device.process_count() or 1
+    return max(1, available_cpus() // (n_workers * processes))
+
+
+def limit_threads(threads: int) -> None:
+    """Use ``threads`` threads in this process: OpenMP's and MKL's (read when torch starts,
+    so set before it is imported) and torch's own pool."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def console_logging(verbose: bool) -> None:
     """landseg's messages on stderr in a worker process (the CLI does it in the main one)."""
     logger = logging.getLogger("landseg")
@@ -202,32 +239,45 @@ def console_logging(verbose: bool) -> None:
 
 
 def _local_worker(
-    folder: str, index: int, session: str, gpus: list[str], verbose: bool, parent: int
+    folder: str,
+    index: int,
+    session: str,
+    gpus: list[str],
+    verbose: bool,
+    parent: int,
+    threads: int | None = None,
 ) -> None:
-    """Entry point of a ``--workers`` process: its GPU first, then the work loop."""
+    """Entry point of a ``--workers`` process: its GPU or its CPU threads first (before
+    anything imports torch), then the work loop."""
     pin_gpu(index, gpus)
+    if threads is not None:
+        limit_threads(threads)
     console_logging(verbose)
     job = Job.load(Path(folder))
     with JobLog(job.folder / LOG_FILE, create=False) as log_db:
         worker = Worker.here(f"local-{index + 1}", session)
         try:
             work(job, log_db, worker, verbose=verbose, parent=parent)
-        except KeyboardInterrupt:
-            return
+        except (KeyboardInterrupt, StopRequested):
+            return  # the task went back to pending (work releases its claim)
 
 
 def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: bool) -> None:
     """N worker processes (spawn: no state inherited from this process); wait for them all.
 
-    A worker that dies (killed, out of memory) gives its task back at once, so a live worker
-    continues it from its checkpoint.
+    On the CPU each worker uses its share of the CPUs (:func:`worker_threads`). A worker that
+    dies (killed, out of memory) gives its task back at once, so a live worker continues it
+    from its checkpoint.
     """
     context = multiprocessing.get_context("spawn")
     gpus = visible_gpus()
+    threads = worker_threads(job, n, gpus)
+    if threads is not None:
+        log.info("%d workers on the CPU: %d torch threads each", n, threads)
     processes = [
         context.Process(
             target=_local_worker,
-            args=(str(job.folder), i, session, gpus, verbose, os.getpid()),
+            args=(str(job.folder), i, session, gpus, verbose, os.getpid(), threads),
             name=f"landseg-cv-{i + 1}",
         )
         for i in range(n)

@@ -20,12 +20,12 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from pydantic import ValidationError
 
 from landseg.callbacks.checkpoints import best_loss_checkpoint, keep_newest_step_checkpoint
-from landseg.callbacks.graceful_stop import StopRequested
+from landseg.callbacks.graceful_stop import StopSignals
 from landseg.config.continuation import continuation_problems
 from landseg.config.schema import LandsegConfig
 from landseg.data.datamodule import DATAMODULES
 from landseg.data.summary import DataSummary
-from landseg.errors import ConfigError, LandsegError
+from landseg.errors import ConfigError, LandsegError, StopRequested
 from landseg.inference.split import predict_split
 from landseg.io import (
     UnsafeCheckpointError,
@@ -223,7 +223,10 @@ def train(
             return run.path
     handler = _setup_file_logging(run, verbose) if rank_zero else None
     try:
-        return _train_in(run, config, summary, rank_zero, checkpoint, extra_callbacks, changes)
+        with StopSignals() as stop_signals:  # from the start: a Ctrl-C is never lost
+            return _train_in(
+                run, config, summary, rank_zero, checkpoint, extra_callbacks, changes, stop_signals
+            )
     finally:
         if handler is not None:
             for name in ("landseg", "lightning.pytorch"):
@@ -239,6 +242,7 @@ def _train_in(
     checkpoint: Path | None,
     extra_callbacks: list[Callback] | None,
     changes: dict[str, list[Any]],
+    stop_signals: StopSignals,
 ) -> Path:
     ckpt_path = checkpoint or (latest_checkpoint(run) if run.resuming else None)
     pl.seed_everything(config.train_setup.random_seed, workers=True, verbose=False)
@@ -261,7 +265,7 @@ def _train_in(
             log.info("continued with %s changed: %r -> %r", key, before, after)
     try:
         datamodule = DATAMODULES.get("csv")(config, summary)
-        trainer = build_trainer(config, run, extra_callbacks)
+        trainer = build_trainer(config, run, extra_callbacks, stop_signals)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -272,9 +276,11 @@ def _train_in(
             for c in trainer.callbacks  # type: ignore[attr-defined]
         )
         _after_fit(config, run, trainer, task, datamodule)
-    except (KeyboardInterrupt, SystemExit, StopRequested):
+    except (KeyboardInterrupt, SystemExit, StopRequested) as stop:
         if rank_zero:
             run.update_state(status="interrupted", ended=now_iso())
+        if isinstance(stop, StopRequested):
+            stop.run = run.path  # for the line that says how to continue
         raise
     except BaseException as error:
         if rank_zero:

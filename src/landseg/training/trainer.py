@@ -10,17 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import (
-    Callback,
-    EarlyStopping,
-    LearningRateMonitor,
-    TQDMProgressBar,
-)
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import Logger
 
 from landseg.callbacks.cadence import VisualCadence
 from landseg.callbacks.checkpoints import LastCheckpoint, StepCheckpoint, top_k_checkpoints
+from landseg.callbacks.early_stopping import ConfiguredEarlyStopping
+from landseg.callbacks.graceful_stop import GracefulStop, StopSignals
 from landseg.callbacks.history import HistoryWriter
+from landseg.callbacks.progress import progress_bar
 from landseg.callbacks.pth_export import PthExport
 from landseg.callbacks.run_logger import RunLogger
 from landseg.callbacks.run_state import RunStateUpdater
@@ -55,17 +53,18 @@ def build_callbacks(
     cadence = cadence or visual_cadence(config)
     base = checkpoint_base_name(config)
     callbacks: list[Callback] = [ResumeTracker(), RunStateUpdater(run)]
-    callbacks += top_k_checkpoints(run.checkpoints, base, out.save_top_k)
+    if out.extension == ".pth":  # ODEON's .pth files are the kept models; .ckpt: last alone
+        callbacks.append(PthExport(run.path, base))
+    else:
+        callbacks += top_k_checkpoints(run.checkpoints, base, out.save_top_k)
     if train.checkpoint_every_n_steps:
         callbacks.append(StepCheckpoint(run.checkpoints, base, train.checkpoint_every_n_steps))
     if out.save_history:
         callbacks.append(HistoryWriter(run.history, run.test_history))
-    if out.extension == ".pth":
-        callbacks.append(PthExport(run.path, base))
     stopping = train.early_stopping
     if stopping is not None:
         callbacks.append(
-            EarlyStopping(
+            ConfiguredEarlyStopping(
                 monitor=stopping.monitor,
                 mode=stopping.mode,
                 patience=stopping.patience,
@@ -74,8 +73,9 @@ def build_callbacks(
         )
     if out.log_learning_rate:
         callbacks.append(LearningRateMonitor(logging_interval="epoch", log_momentum=True))
-    if out.progress > 0:
-        callbacks.append(TQDMProgressBar(refresh_rate=out.progress))
+    bar = progress_bar(out.progress, run.path.name)  # rich at a terminal, else plain lines
+    if bar is not None:
+        callbacks.append(bar)
     # the run's own files (scalars, arrays, figures): always, whichever loggers there are
     callbacks.append(RunLogger(run.path, loggers, cadence))
     from landseg.callbacks.images import ImageSamples
@@ -89,15 +89,21 @@ def build_callbacks(
 
 
 def build_trainer(
-    config: LandsegConfig, run: RunFolder, extra_callbacks: list[Callback] | None = None
+    config: LandsegConfig,
+    run: RunFolder,
+    extra_callbacks: list[Callback] | None = None,
+    stop_signals: StopSignals | None = None,
 ) -> pl.Trainer:
     train = config.train_setup
     loggers = build_loggers(config.output_setup.logger_names(), run)
     cadence = visual_cadence(config)  # one for every drawing callback: they draw together
     callbacks = build_callbacks(config, run, loggers, cadence) + list(extra_callbacks or [])
     # ``last`` after every other checkpoint (the callers' too): it records their state for
-    # the same validation, so nothing a resume starts from is newer than it
-    callbacks.append(LastCheckpoint(run.checkpoints, checkpoint_base_name(config)))
+    # the same validation, so nothing a resume starts from is newer than it; a stop signal
+    # is acted on after all of them
+    base = checkpoint_base_name(config)
+    callbacks.append(LastCheckpoint(run.checkpoints, base))
+    callbacks.append(GracefulStop(run.checkpoints, base, stop_signals))
     val_check = train.val_check_interval
     return pl.Trainer(
         max_epochs=train.epochs,
@@ -108,7 +114,7 @@ def build_trainer(
         val_check_interval=val_check,
         check_val_every_n_epoch=1 if isinstance(val_check, float) else None,
         num_sanity_val_steps=0,
-        enable_progress_bar=config.output_setup.progress > 0,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False,
         use_distributed_sampler=False,  # the datamodule's sampler shards by rank itself
         log_every_n_steps=1,

@@ -1,0 +1,101 @@
+"""`landseg validate` rejects what `train` and `cv` would reject, with the key named, and writes
+nothing; `--resume` with `--set` follows the continue rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from landseg.cli import main
+from tests.conftest import write_config
+from tests.jobs.conftest import cv_config
+
+NO_GPU = not torch.cuda.is_available()
+
+
+def validate(path: Path, capsys: pytest.CaptureFixture, *extra: str) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    code = main(["validate", "-c", str(path), *extra])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
+def test_a_gpu_this_machine_lacks_is_refused_unless_told_not_to_check(
+    demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    demo_config["device_setup"].update(accelerator="gpu", device=[0])
+    path = write_config(tmp_path / "c.json", demo_config)
+    code, err = validate(path, capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: device_setup.accelerator: 'gpu', but this machine has no")
+    assert validate(path, capsys, "--no-device-check")[0] == 0
+
+
+def test_a_parameter_of_the_wrong_type_is_refused_before_training(
+    demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    demo_config["train_setup"]["scheduler_config"] = {"patience": "two"}
+    code, err = validate(write_config(tmp_path / "c.json", demo_config), capsys)
+    assert (code, err) == (
+        2,
+        ["error: train_setup.scheduler_config.patience: ReduceLROnPlateau takes int, "
+         "got 'two' (str)"],
+    )  # fmt: skip
+
+
+def test_yaml_numbers_written_1e_7_stay_numbers(
+    demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """YAML 1.1 (PyYAML) reads ``1e-7`` as a string; landseg takes the number meant."""
+    demo_config["train_setup"]["scheduler_config"] = {"min_lr": 1e-7, "factor": 0.5}
+    text = yaml.safe_dump(demo_config).replace("1.0e-07", "1e-7")
+    assert "min_lr: 1e-7" in text
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert yaml.safe_load(text)["train_setup"]["scheduler_config"]["min_lr"] == "1e-7"
+    assert validate(path, capsys) == (0, [])
+
+
+def test_cv_groups_that_do_not_exist_are_refused_by_validate(
+    demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = cv_config(demo_dir, tmp_path / "runs", groups=["1", "2", "9"])
+    code, err = validate(write_config(tmp_path / "c.json", config), capsys)
+    assert code == 2
+    assert err == ["error: cross_validation.groups: unknown group(s) 9; the file has: 1, 2, 3"]
+    assert not (tmp_path / "runs").exists()  # validate writes nothing
+
+
+def test_a_valid_cv_config_validates_with_its_plan(
+    demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = cv_config(demo_dir, tmp_path / "runs", groups=["1", "2"])
+    capsys.readouterr()
+    assert main(["validate", "-c", str(write_config(tmp_path / "c.json", config))]) == 0
+    out = capsys.readouterr().out
+    assert "cross-validation: 2 groups, 1 test subjects, 1 tasks" in out
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_set_follows_the_continue_rule(
+    demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    demo_config["train_setup"].update(epochs=1, batch_size=8)
+    demo_config["output_setup"].update(
+        name_exp_log="exp", version_name="v1", get_prediction=False, save_top_k=1
+    )
+    assert main(["train", "-c", str(write_config(tmp_path / "c.json", demo_config))]) == 0
+    run = tmp_path / "runs" / "exp" / "v1"
+    last = run / "checkpoints" / "lightunet-last.ckpt"
+    capsys.readouterr()
+    assert main(["train", "--resume", str(last), "--set", "train_setup.lr=0.5"]) == 2
+    assert "error: train_setup.lr: " in capsys.readouterr().err
+    assert main(["train", "--resume", str(last), "--set", "train_setup.epochs=2"]) == 0
+    state = json.loads((run / "run.json").read_text())
+    assert state["epochs_done"] == 2
+    assert state["resumed"][-1]["changed"] == {"train_setup.epochs": [1, 2]}

@@ -1,0 +1,85 @@
+"""Ctrl-C (SIGINT) and SIGTERM stop a run at a resumable point, exit 130 / 143 with one line,
+and the continued run ends exactly like an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from landseg.cli import main
+from tests.conftest import write_config
+from tests.tasks.test_resume import final_state
+
+
+def signal_when(
+    command: list[str], moment: Callable[[], bool], signum: int, timeout: float = 120
+) -> tuple[int, str]:
+    """Run ``landseg COMMAND``, send ``signum`` once ``moment()`` is true; (exit code, stderr)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "landseg.cli", *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if moment():
+            process.send_signal(signum)
+            break
+        time.sleep(0.002)
+    _, err = process.communicate(timeout=timeout)
+    return process.returncode, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "code", "when"),
+    [
+        (signal.SIGINT, 130, "training started"),
+        (signal.SIGTERM, 143, "after the first validation"),
+    ],
+)
+def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupted_one(
+    signum: int, code: int, when: str, demo_config: dict, tmp_path: Path
+) -> None:
+    demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
+    demo_config["output_setup"].update(
+        name_exp_log="exp", save_top_k=2, use_tensorboard=False, get_prediction=False
+    )
+    demo_config["data_source"].pop("test_file")
+    reference = json.loads(json.dumps(demo_config))
+    reference["output_setup"]["version_name"] = "reference"
+    assert main(["train", "-c", str(write_config(tmp_path / "ref.json", reference))]) == 0
+
+    demo_config["output_setup"]["version_name"] = "stopped"
+    run = tmp_path / "runs" / "exp" / "stopped"
+    moments = {
+        "training started": lambda: (run / "run.json").exists(),
+        "after the first validation": lambda: (run / "history.json").exists(),
+    }
+    config = write_config(tmp_path / "stopped.json", demo_config)
+    exit_code, err = signal_when(["train", "-c", str(config)], moments[when], signum)
+    assert exit_code == code, err
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and "continue with: landseg train --resume " in lines[0], err
+    assert "Traceback" not in err and "graceful shutdown" not in err
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "interrupted"
+    resume_from = Path(lines[0].split("--resume ", 1)[1].strip())
+    assert resume_from.is_file()
+
+    assert main(["train", "--resume", str(resume_from)]) == 0
+    ref_history, ref_weights, ref_names, ref_scalars = final_state(run.parent / "reference")
+    history, weights, names, scalars = final_state(run)
+    assert history == ref_history and names == ref_names and scalars == ref_scalars
+    for key, value in ref_weights.items():
+        assert torch.equal(weights[key], value), key
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
