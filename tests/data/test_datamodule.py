@@ -85,3 +85,33 @@ def test_train_loader_resumes_mid_epoch(tmp_path: Path, make_dataset, make_confi
     loader = module.train_dataloader()
     loader.load_state_dict({"epoch": 2, "batches_done": 1})
     assert [b["index"].tolist() for b in loader] == full[1:]
+
+
+class _SignalDispositions(torch.utils.data.Dataset):
+    """Returns, from inside the worker, how it handles each stop signal."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> list[int]:
+        import signal
+
+        return [int(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
+
+
+def test_loader_workers_leave_stop_signals_to_the_main_process(
+    tmp_path: Path, make_dataset, make_config
+) -> None:
+    import signal
+
+    from landseg.data.datamodule import ignore_stop_signals
+
+    config = make_config(make_dataset(tmp_path, n=6, size=16), tmp_path)
+    datamodule = CsvSegmentationDataModule(config, check_data(config))
+    for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
+        assert loader.worker_init_fn is ignore_stop_signals
+    loader = torch.utils.data.DataLoader(
+        _SignalDispositions(), num_workers=1, worker_init_fn=ignore_stop_signals
+    )
+    (dispositions,) = list(loader)
+    assert [int(d) for d in dispositions] == [int(signal.SIG_IGN)] * 3

@@ -7,13 +7,16 @@ reproducibly from ``train_setup.random_seed``; ``test_file`` (also used for pred
 
 Every dataloader uses a :class:`~landseg.data.sampler.SeededSampler` (shuffled for train
 only), which shards itself across distributed ranks: the Trainer must run with
-``use_distributed_sampler=False``. Randomness is per sample, so no ``worker_init_fn`` is needed.
+``use_distributed_sampler=False``. Randomness is per sample, so no seeding ``worker_init_fn``
+is needed; the workers' one (:func:`ignore_stop_signals`) leaves stop signals to the main
+process.
 The train loader is a :class:`~landseg.data.resumable.ResumableDataLoader`, whose state
 (epoch, batches done) Lightning checkpoints, so a resumed epoch skips what was trained.
 """
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import lightning as L
@@ -30,6 +33,19 @@ from landseg.errors import DataError
 from landseg.registry import Registry
 
 DATAMODULES: Registry[type[L.LightningDataModule]] = Registry("datamodule")
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker ignores Ctrl-C, SIGTERM and SIGUSR1: the main process decides.
+
+    A terminal sends Ctrl-C to the whole process group, and SLURM and Kubernetes signal every
+    process of a job; SIGUSR1's default action would kill the workers. The main process stops
+    the run at a resumable point and then ends its workers itself.
+    """
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 @DATAMODULES.register("csv")
@@ -121,6 +137,7 @@ class CsvSegmentationDataModule(L.LightningDataModule):
             num_workers=self.config.device_setup.num_workers,
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=ignore_stop_signals,
         )
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
