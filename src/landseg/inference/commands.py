@@ -1,4 +1,5 @@
-"""Subcommands after training: ``runs``, ``archive``, ``report``, ``predict``, ``evaluate``.
+"""Subcommands after training: ``runs``, ``archive``, ``report``, ``predict``, ``evaluate``,
+``export``.
 
 Registered into ``landseg``'s parser (see landseg.cli); heavy modules are imported inside the
 handlers so ``landseg --help`` stays fast.
@@ -41,7 +42,14 @@ def register(add: Callable[..., Any]) -> None:
     report.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
     predict = add("predict", cmd_predict, "predict whole scenes of any size into GeoTIFFs")
-    predict.add_argument("--run", required=True, help=_RUN_HELP)
+    which = predict.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help=_RUN_HELP)
+    which.add_argument(
+        "--model",
+        type=Path,
+        help="instead of --run: a .onnx or .pt file written by landseg export (its metadata "
+        "gives the bands, normalisation, classes and tile size)",
+    )
     predict.add_argument(
         "--input", required=True, type=Path, help="a raster, a CSV of images, or a folder"
     )
@@ -72,6 +80,42 @@ def register(add: Callable[..., Any]) -> None:
     _prediction_args(evaluate)
     _output_folder(evaluate)
 
+    export = add(
+        "export",
+        cmd_export,
+        "write a run's model as ONNX or TorchScript with its metadata, and a STAC item",
+    )
+    export.add_argument("run", help=_RUN_HELP)
+    export.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=("onnx", "torchscript"),
+        default=None,
+        help="onnx (default; RUN/exports/<base>.onnx) or torchscript (<base>.pt); repeat it "
+        "for both",
+    )
+    export.add_argument(
+        "--tile", type=int, default=None, help="the model's fixed tile size in pixels (256)"
+    )
+    export.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="tile overlap in pixels recorded for prediction (default: a quarter of the tile)",
+    )
+    export.add_argument(
+        "--pixel-range",
+        type=float,
+        default=None,
+        help="value that maps to 1.0 (default: the run's data_source.pixel_range, else by "
+        "the dtype of its training images)",
+    )
+    export.add_argument(
+        "--output", type=Path, default=None, help="folder of the files (default: RUN/exports)"
+    )
+    _output_folder(export)
+
 
 def _output_folder(parser: argparse.ArgumentParser, text: str | None = None) -> None:
     parser.add_argument(
@@ -83,8 +127,15 @@ def _output_folder(parser: argparse.ArgumentParser, text: str | None = None) -> 
 
 
 def _prediction_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels (256)")
-    parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (64)")
+    parser.add_argument(
+        "--tile", type=int, default=None, help="tile size in pixels (256; --model: the export's)"
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="tile overlap in pixels (64; --model: the export's)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (8)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument(
@@ -180,6 +231,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    """The model to predict with: a run's checkpoint (``--run``) or an export (``--model``)."""
+    if getattr(args, "model", None) is not None:
+        from landseg.inference.portable import PortableModel
+
+        return PortableModel.load(args.model, args.device)
     from landseg.inference.scene import LoadedModel
     from landseg.runs.catalog import resolve_checkpoint
 
@@ -187,12 +243,31 @@ def _load(args: argparse.Namespace) -> Any:
     return LoadedModel.load(checkpoint, args.device)
 
 
-def _options(args: argparse.Namespace, output_type: str) -> Any:
+#: ``--tile`` and ``--overlap`` of a checkpoint's prediction when not given.
+DEFAULT_TILE, DEFAULT_OVERLAP = 256, 64
+
+
+def _options(args: argparse.Namespace, output_type: str, export: Any = None) -> Any:
+    """Prediction options; with an export (``--model``), its tile size and overlap by default,
+    and no other tile size (its input is fixed)."""
     from landseg.inference.scene import PredictOptions, Tiling
 
     if args.pixel_range is not None and args.pixel_range <= 0:
         raise LandsegError(f"--pixel-range must be > 0, got {args.pixel_range}")
-    tiling = Tiling(args.tile, args.overlap, args.batch_size)
+    tile, overlap = args.tile, args.overlap
+    if export is not None:
+        if tile is not None and tile != export.tile:
+            raise LandsegError(
+                f"--tile {tile}: {export.checkpoint.name} takes {export.tile} px tiles only "
+                "(leave --tile out, or export again with another --tile)"
+            )
+        tile = export.tile
+        overlap = export.overlap if overlap is None else overlap
+    tiling = Tiling(
+        DEFAULT_TILE if tile is None else tile,
+        DEFAULT_OVERLAP if overlap is None else overlap,
+        args.batch_size,
+    )
     return PredictOptions(tiling, output_type, args.pixel_range)
 
 
@@ -200,8 +275,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from landseg.inference.scene import collect_inputs, predict_files
 
     inputs = collect_inputs(args.input, args.glob)
-    options = _options(args, args.output_type)
-    model = _load(args)
+    if args.model is not None:
+        model = _load(args)
+        options = _options(args, args.output_type, model)
+    else:
+        options = _options(args, args.output_type)
+        model = _load(args)
     hint = "choose the folder's files with --glob PATTERN" if args.input.is_dir() else None
     written = predict_files(model, inputs, args.output, options, not args.no_progress, hint)
     print(f"{len(written)} prediction(s) written to {args.output} ({model.checkpoint.name})")
@@ -243,6 +322,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     atomic_write_json(output, entry)
     _print_scores(entry)
     print(f"written to {output}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from landseg.inference.portable import ExportOptions, export_run
+
+    options = ExportOptions(args.tile, args.overlap, args.pixel_range)
+    written = export_run(
+        args.run, args.formats or ["onnx"], options, args.output_folder, args.output
+    )
+    for path in written:
+        print(f"written: {path}")
     return 0
 
 

@@ -2,6 +2,10 @@
 
 Every file is written atomically and loads without landseg: ``torch.load(weights_only=True)``
 for ``.pth``, ``torch.jit.load`` for TorchScript.
+
+``landseg export``'s portable models (:func:`export_onnx`, :func:`export_torchscript`) add the
+softmax to the graph, fix the tile size, keep the batch axis dynamic and carry metadata; what
+the metadata says is decided in ``landseg.inference.portable``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from typing import Any
 
 import torch
 
+from landseg import __version__
+from landseg.errors import LandsegError
 from landseg.io import atomic_path
 from landseg.registry import unknown_name_message
 
@@ -55,3 +61,130 @@ def export_model(network: torch.nn.Module, in_channels: int, fmt: str, stem: Pat
             traced.save(str(tmp))
         return path
     raise ValueError(f"unknown export format {fmt}")
+
+
+# ---------------------------------------------------------------------------- portable models
+
+#: ONNX opset of ``export_onnx`` (onnxruntime >= 1.14 runs it; QGIS Deepness too).
+ONNX_OPSET = 18
+#: Names of the graph's input and output in both portable formats.
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+#: The extra file of a TorchScript export that holds its metadata (JSON).
+TORCHSCRIPT_METADATA = "landseg.json"
+#: The optional dependencies of ONNX export, and how to install them.
+ONNX_EXTRA = "install landseg's onnx extra: pip install 'landseg[onnx]'"
+
+
+class Probabilities(torch.nn.Module):
+    """A network's per-class probabilities: the softmax of its logits over the class axis."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.network(image), dim=1)
+
+
+def _example(in_channels: int, tile: int, batch: int) -> torch.Tensor:
+    return torch.zeros(batch, in_channels, tile, tile)
+
+
+def export_onnx(
+    network: torch.nn.Module,
+    in_channels: int,
+    tile: int,
+    destination: Path,
+    metadata: dict[str, str],
+    opset: int = ONNX_OPSET,
+) -> Path:
+    """Write ``network`` as ONNX: softmax in the graph, ``(batch, in_channels, tile, tile)``
+    float32 input ``image`` with a dynamic batch axis, ``(batch, classes, tile, tile)`` output
+    ``probabilities``, and ``metadata`` as the model's ``metadata_props`` (string values).
+
+    torch.onnx's dynamo exporter is tried first, then the TorchScript-based one; the file is
+    written atomically. Needs the ``onnx`` extra (onnx, onnxscript).
+    """
+    try:
+        import onnx
+    except ImportError as error:
+        raise LandsegError(f"ONNX export needs the onnx package: {ONNX_EXTRA}") from error
+    model = Probabilities(network.eval().cpu()).eval()
+    proto, reasons = None, []
+    for dynamo in (True, False):
+        try:
+            proto = _onnx_proto(model, in_channels, tile, opset, dynamo)
+            break
+        except Exception as error:  # the other exporter may cope: report both if not
+            line = str(error).strip().splitlines()
+            reasons.append(f"{'dynamo' if dynamo else 'torchscript'}: {line[0] if line else error}")
+    if proto is None:
+        raise LandsegError(
+            f"{destination}: the network could not be exported to ONNX ({'; '.join(reasons)})"
+        )
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.producer_version = "landseg", __version__
+    with atomic_path(destination) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return destination
+
+
+def _onnx_proto(
+    model: torch.nn.Module, in_channels: int, tile: int, opset: int, dynamo: bool
+) -> Any:
+    import tempfile
+    import warnings
+
+    import onnx
+
+    example = (_example(in_channels, tile, 2),)  # batch 2: a batch of 1 would be specialised
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            batch = torch.export.Dim("batch")
+            program = torch.onnx.export(
+                model,
+                example,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+                dynamic_shapes=({0: batch},),
+            )
+            if program is None:
+                raise RuntimeError("torch.onnx.export returned no program")
+            return program.model_proto
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.onnx"
+            torch.onnx.export(
+                model,
+                example,
+                path,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+            return onnx.load_model(str(path))
+
+
+def export_torchscript(
+    network: torch.nn.Module, in_channels: int, tile: int, destination: Path, metadata: str
+) -> Path:
+    """Write ``network`` as TorchScript with softmax, traced on ``tile`` x ``tile`` tiles (any
+    batch size runs), ``metadata`` (JSON) as its extra file ``landseg.json``; atomically."""
+    import warnings
+
+    model = Probabilities(network.eval().cpu()).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export
+        traced = torch.jit.trace(model, _example(in_channels, tile, 1))
+        with atomic_path(destination) as tmp:
+            traced.save(str(tmp), _extra_files={TORCHSCRIPT_METADATA: metadata})
+    return destination
