@@ -69,6 +69,32 @@ def register(add: Callable[..., Any]) -> None:
         help="class indices (default), or per-class probabilities x255 / float32, or bits",
     )
     _prediction_args(predict)
+    vectors = predict.add_argument_group("vectors (needs the vector extra)")
+    vectors.add_argument(
+        "--vectorize",
+        action="store_true",
+        help="also write DIR/<stem>.gpkg: one polygon per 4-connected region of the class map, "
+        "fields class_id and class_name, in the scene's CRS (with --type classes)",
+    )
+    vectors.add_argument(
+        "--classes",
+        default=None,
+        metavar="LIST",
+        help="with --vectorize: the classes to keep, by name or id, comma-separated",
+    )
+    vectors.add_argument(
+        "--min-area",
+        type=float,
+        default=None,
+        help="with --vectorize: regions smaller than this (map units squared) are sieved into "
+        "their neighbours first (not on a geographic CRS)",
+    )
+    vectors.add_argument(
+        "--simplify",
+        type=float,
+        default=None,
+        help="with --vectorize: simplification tolerance in map units (default: none)",
+    )
     _output_folder(predict)
 
     evaluate = add("evaluate", cmd_evaluate, "score predictions against masks (history format)")
@@ -271,19 +297,88 @@ def _options(args: argparse.Namespace, output_type: str, export: Any = None) -> 
     return PredictOptions(tiling, output_type, args.pixel_range)
 
 
+def _vector_classes(text: str | None, labels: list[str]) -> list[int] | None:
+    """``--classes water,3`` -> class ids, names and ids alike; None: every class."""
+    if text is None:
+        return None
+    ids = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        if item.isdigit() and int(item) < len(labels):
+            ids.append(int(item))
+        elif item in labels:
+            ids.append(labels.index(item))
+        else:
+            from landseg.registry import unknown_name_message
+
+            raise LandsegError("--classes: " + unknown_name_message("class", item, labels))
+    return ids
+
+
+def _check_vector_options(args: argparse.Namespace) -> None:
+    given = [
+        flag
+        for flag, value in (("--classes", args.classes), ("--min-area", args.min_area))
+        if value is not None
+    ] + (["--simplify"] if args.simplify is not None else [])
+    if not args.vectorize:
+        if given:
+            raise LandsegError(f"{given[0]}: only with --vectorize")
+        return
+    if args.output_type != "classes":
+        raise LandsegError(
+            f"--vectorize: polygons are made from class maps; use --type classes, not "
+            f"{args.output_type}"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("shapely") is None or importlib.util.find_spec("pyogrio") is None:
+        raise LandsegError("--vectorize: needs shapely and pyogrio: pip install 'landseg[vector]'")
+
+
+def _refuse_geographic(inputs: list[Path]) -> None:
+    """--min-area is in map units squared: refused before anything is predicted on degrees."""
+    import rasterio
+
+    for path in inputs:
+        with rasterio.open(path) as src:
+            if src.crs is not None and src.crs.is_geographic:
+                raise LandsegError(
+                    f"--min-area is in map units squared: {path} has a geographic CRS "
+                    "(degrees); reproject it first"
+                )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from landseg.inference.scene import collect_inputs, predict_files
 
+    _check_vector_options(args)
     inputs = collect_inputs(args.input, args.glob)
+    if args.vectorize and args.min_area is not None:
+        _refuse_geographic(inputs)
     if args.model is not None:
         model = _load(args)
         options = _options(args, args.output_type, model)
     else:
         options = _options(args, args.output_type)
         model = _load(args)
+    classes = _vector_classes(args.classes, list(model.class_labels)) if args.vectorize else None
     hint = "choose the folder's files with --glob PATTERN" if args.input.is_dir() else None
     written = predict_files(model, inputs, args.output, options, not args.no_progress, hint)
     print(f"{len(written)} prediction(s) written to {args.output} ({model.checkpoint.name})")
+    if args.vectorize:
+        from landseg.inference.vectorize import vectorize
+
+        for raster in written:
+            summary = vectorize(
+                raster,
+                raster.with_suffix(".gpkg"),
+                model.class_labels,
+                classes=classes,
+                min_area=args.min_area,
+                simplify=args.simplify,
+            )
+            for line in summary.lines():
+                print(f"  {line}")
     return 0
 
 
