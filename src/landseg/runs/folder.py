@@ -408,6 +408,23 @@ class RunFolder:
 # ---------------------------------------------------------------------------- choosing the folder
 
 
+def slurm_job_name(environ: dict[str, str] | None = None) -> str | None:
+    """``job-<id>`` (``job-<array id>_<task id>`` for an array task) inside a SLURM batch
+    allocation, else None.
+
+    Detected as Lightning's ``SLURMEnvironment.detect`` does (``SLURM_NTASKS`` set, and the
+    job not an interactive ``bash`` or ``interactive`` session), without importing it.
+    """
+    env = os.environ if environ is None else environ
+    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"job-{array}_{task}"
+    job = env.get("SLURM_JOB_ID")
+    return f"job-{job}" if job else None
+
+
 def _run_path(config: LandsegConfig, experiment: str | None, version: str) -> Path:
     out = config.output_setup
     if out.layout == "datamodule_model":
@@ -423,6 +440,9 @@ def resolve_run_folder(config: LandsegConfig, now: dt.datetime | None = None) ->
         return RunFolder(Path(inherited), resuming=config.train_setup.continue_training)
     now = now or dt.datetime.now()
     out = config.output_setup
+    slurm = slurm_job_name()
+    if slurm is not None and out.name_exp_log is None and out.version_name is None:
+        return _slurm_run_folder(config, slurm)
     experiment = out.name_exp_log or now.strftime("%Y-%m-%d")
     continuing = config.train_setup.continue_training
     if out.version_name is None and continuing:
@@ -458,6 +478,25 @@ def resolve_run_folder(config: LandsegConfig, now: dt.datetime | None = None) ->
             f"output_setup.output_folder: cannot write the run folder {path}: {error.strerror}"
         ) from error
     return RunFolder(path, resuming=exists)
+
+
+def _slurm_run_folder(config: LandsegConfig, job: str) -> RunFolder:
+    """``<output_folder>/slurm/<job>``: a requeued or relaunched job finds its own run there.
+
+    The folder is named by the job, so a run found in it was started by this same job (before
+    a requeue, a preemption or a node failure) and is continued, without the user editing
+    the config; any other launch has another job id, and so another folder.
+    """
+    path = config.output_setup.output_folder / "slurm" / job
+    run = RunFolder(path)
+    resuming = run.is_run and not run.never_trained()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(
+            f"output_setup.output_folder: cannot write the run folder {path}: {error.strerror}"
+        ) from error
+    return RunFolder(path, resuming=resuming)
 
 
 def latest_version(experiment_dir: Path) -> Path | None:

@@ -8,6 +8,7 @@ one entry of :data:`landseg.loggers.registry.LOGGERS`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
@@ -88,6 +89,18 @@ def build_callbacks(
     return callbacks
 
 
+def trainer_plugins() -> list[Any]:
+    """Atomic checkpoint writes; under SLURM, Lightning's SLURM environment without its
+    auto-requeue (it checkpoints from inside the signal handler at an arbitrary moment, and
+    landseg stops at a resumable point itself: see callbacks/graceful_stop.py)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
 def build_trainer(
     config: LandsegConfig,
     run: RunFolder,
@@ -118,6 +131,6 @@ def build_trainer(
         enable_model_summary=False,
         use_distributed_sampler=False,  # the datamodule's sampler shards by rank itself
         log_every_n_steps=1,
-        plugins=[AtomicCheckpointIO()],
+        plugins=trainer_plugins(),
         **config.device_setup.lightning_args(),
     )
