@@ -80,3 +80,22 @@ def test_vector_options_are_checked_before_anything_is_predicted(
     assert main([*geographic, *COMMON, "--vectorize", "--min-area", "4"]) == 2
     assert "has a geographic CRS (degrees)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_tta_flag_predicts_the_mean_over_the_transforms(run: Path, tmp_path: Path) -> None:
+    """--tta d4 writes what the TTA wrapper computes around the run's model."""
+    from landseg.inference.scene import LoadedModel, PredictOptions, Tiling, predict_scene
+    from landseg.inference.tta import TTAModel
+
+    scene = write_scene(tmp_path / "in" / "scene.tif", scene_pixels(48, 40))
+    args = ["predict", "--run", str(run), "--input", str(scene), *COMMON, "--type", "float32"]
+    assert main([*args, "--output", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--output", str(tmp_path / "tta"), "--tta", "d4"]) == 0
+    model = TTAModel(LoadedModel.load(run / "checkpoints" / "m-last.ckpt", "cpu"), "d4")
+    expected = tmp_path / "expected" / "scene.tif"
+    options = PredictOptions(Tiling(tile=32, overlap=8), "float32", None)
+    predict_scene(model, scene, expected, options)
+    with rasterio.open(tmp_path / "tta" / "scene.tif") as got, rasterio.open(expected) as want:
+        assert np.allclose(got.read(), want.read(), atol=1e-6)
+    with rasterio.open(tmp_path / "plain" / "scene.tif") as plain, rasterio.open(expected) as tta:
+        assert not np.allclose(plain.read(), tta.read(), atol=1e-4)  # an untrained model varies

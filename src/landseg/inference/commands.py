@@ -171,6 +171,13 @@ def _prediction_args(parser: argparse.ArgumentParser) -> None:
         help="value that maps to 1.0 (default: the run's data_source.pixel_range, else by dtype)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--tta",
+        choices=("d4", "flips", "rot90"),
+        default=None,
+        help="test-time augmentation: probabilities averaged over the 8 rotations and flips "
+        "(d4, about 8x the time), the 4 flips or the 4 rotations, before the argmax",
+    )
 
 
 # ---------------------------------------------------------------------------- runs / archive
@@ -257,16 +264,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    """The model to predict with: a run's checkpoint (``--run``) or an export (``--model``)."""
+    """The model to predict with: a run's checkpoint (``--run``) or an export (``--model``),
+    wrapped in test-time augmentation with ``--tta``."""
+    from landseg.inference.tta import with_tta
+
     if getattr(args, "model", None) is not None:
         from landseg.inference.portable import PortableModel
 
-        return PortableModel.load(args.model, args.device)
+        return with_tta(PortableModel.load(args.model, args.device), args.tta)
     from landseg.inference.scene import LoadedModel
     from landseg.runs.catalog import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.run, args.output_folder)
-    return LoadedModel.load(checkpoint, args.device)
+    return with_tta(LoadedModel.load(checkpoint, args.device), args.tta)
 
 
 #: ``--tile`` and ``--overlap`` of a checkpoint's prediction when not given.
