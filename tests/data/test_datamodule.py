@@ -96,7 +96,7 @@ class _SignalDispositions(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> list[int]:
         import signal
 
-        return [int(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
+        return [int(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM)]
 
 
 def test_loader_workers_leave_stop_signals_to_the_main_process(
@@ -114,4 +114,5 @@ def test_loader_workers_leave_stop_signals_to_the_main_process(
         _SignalDispositions(), num_workers=1, worker_init_fn=ignore_stop_signals
     )
     (dispositions,) = list(loader)
-    assert [int(d) for d in dispositions] == [int(signal.SIG_IGN)] * 3
+    # SIGTERM stays the default: torch and multiprocessing end stuck workers with it
+    assert [int(d) for d in dispositions] == [int(signal.SIG_IGN)] * 2 + [int(signal.SIG_DFL)]

@@ -36,13 +36,14 @@ DATAMODULES: Registry[type[L.LightningDataModule]] = Registry("datamodule")
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader worker ignores Ctrl-C, SIGTERM and SIGUSR1: the main process decides.
+    """A DataLoader worker ignores Ctrl-C (SIGINT) and SIGUSR1: the main process decides.
 
-    A terminal sends Ctrl-C to the whole process group, and SLURM and Kubernetes signal every
-    process of a job; SIGUSR1's default action would kill the workers. The main process stops
-    the run at a resumable point and then ends its workers itself.
+    A terminal sends Ctrl-C to the whole process group, and a cluster's SIGUSR1 reaches every
+    process of a job, whose default action would kill the workers; the main process stops the
+    run at a resumable point and then ends its workers itself. SIGTERM keeps its default: it
+    is how torch and multiprocessing end workers that do not stop by themselves.
     """
-    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+    for name in ("SIGINT", "SIGUSR1"):
         signum = getattr(signal, name, None)
         if signum is not None:
             signal.signal(signum, signal.SIG_IGN)
