@@ -41,6 +41,7 @@ from landseg.config.schema import (
     LandsegConfig,
     OutputSetup,
     TrainSetup,
+    output_class_problems,
     prediction_problems,
 )
 from landseg.data.augmentations import augmentation_problems
@@ -285,11 +286,14 @@ def _logger_keys(out: OutputSetup) -> list[str] | None:
 def _class_count_problems(
     sections: dict[str, Any], n_classes: int | None, summary: DataSummary | None
 ) -> list[str]:
-    """The loss and its class weights, and the model and the tile size, once both are known."""
+    """The rules that need the number of classes (the loss's class weights, the colours of the
+    class maps) and the model against the tile size, once they are known."""
+    out: OutputSetup | None = sections.get("output_setup")
+    problems = output_class_problems(out, n_classes) if out is not None else []
     train: TrainSetup | None = sections.get("train_setup")
     if train is None:
-        return []
-    problems = loss_problems(train.loss, train.class_imbalance, n_classes)
+        return problems
+    problems += loss_problems(train.loss, train.class_imbalance, n_classes)
     if summary is not None and not model_problems(train.model_name, train.model_params, None):
         problems += model_problems(train.model_name, train.model_params, summary.patch_size)
     return problems

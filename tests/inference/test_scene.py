@@ -296,7 +296,8 @@ def test_predict_command(task, scene: Path, tmp_path: Path, capsys) -> None:
     common = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
     args = ["predict", "--run", str(tmp_path / "run"), "--input", str(folder)]
     assert main([*args, "--output", str(tmp_path / "out"), *common]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.tif"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["a.qml", "a.tif", "b.qml", "b.tif"]  # class rasters and their styles
     assert np.array_equal(read(tmp_path / "out" / "a.tif"), read(tmp_path / "out" / "b.tif"))
 
     csv = folder / "list.csv"
@@ -360,9 +361,9 @@ def test_glob_selects_the_files_of_a_folder(task, scene: Path, tmp_path: Path, c
     args = ["predict", "--run", str(run), "--input", str(folder), *COMMON]
 
     assert main([*args, "--output", str(tmp_path / "o1"), "--glob", "scene_*"]) == 0
-    assert sorted(p.name for p in (tmp_path / "o1").iterdir()) == ["scene_a.tif", "scene_b.tif"]
+    assert sorted(p.name for p in (tmp_path / "o1").glob("*.tif")) == ["scene_a.tif", "scene_b.tif"]
     assert main([*args, "--output", str(tmp_path / "o2"), "--glob", "**/scene_*.tif"]) == 0
-    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["scene_a.tif", "scene_c.tif"]
+    assert sorted(p.name for p in (tmp_path / "o2").glob("*.tif")) == ["scene_a.tif", "scene_c.tif"]
 
     capsys.readouterr()
     assert main([*args, "--output", str(tmp_path / "o3"), "--glob", "*.jp2"]) == 2

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rasterio
 import torch
@@ -197,3 +198,34 @@ def test_bf16_autocast_and_channels_last(small: dict, tmp_path: Path) -> None:
     assert math.isfinite(history["0"]["loss"])
     weights = torch.load(run / "checkpoints" / "lightunet-last.ckpt", weights_only=True)
     assert all(v.dtype == torch.float32 for k, v in weights["state_dict"].items() if "model." in k)
+
+
+@pytest.mark.slow
+def test_get_prediction_writes_class_maps_polygons_and_uses_tta(
+    small: dict, tmp_path: Path
+) -> None:
+    import pyogrio
+
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(
+        get_prediction=True,
+        prediction_output_type="classes",
+        prediction_vectors=True,
+        prediction_tta="flips",
+        use_tensorboard=False,
+    )
+    assert run_train(small, tmp_path) == 0
+    predictions = tmp_path / "runs" / "exp" / "v1" / "predictions"
+    rasters = sorted(predictions.glob("*.tif"))
+    assert rasters and len(rasters) == len(list(predictions.glob("*.gpkg")))
+    assert len(rasters) == len(list(predictions.glob("*.qml")))
+    with rasterio.open(rasters[0]) as src:
+        assert src.count == 1 and src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        classes = src.read(1)
+    _, _, _, (ids, names) = pyogrio.raw.read(rasters[0].with_suffix(".gpkg"))
+    labels = small["data_source"]["class_labels"]
+    assert all(name == labels[int(i)] for i, name in zip(ids, names, strict=True))
+    assert set(ids.tolist()) == set(np.unique(classes[classes != 255]).tolist())
+
+    small["output_setup"].update(prediction_output_type="uint8", version_name="v2")
+    assert run_train(small, tmp_path) == 2  # polygons need class maps: refused before training

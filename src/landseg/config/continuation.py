@@ -11,7 +11,7 @@ may change, and are applied:
 - ``device_setup.*`` except ``precision``, as long as the number of training processes stays
   the same (a different count would break the loader's position inside an epoch);
 - display and logging: ``output_setup.progress``, ``figures_every_n_epochs``,
-  ``log_learning_rate``, ``loggers``, ``use_tensorboard``, ``use_wandb``.
+  ``log_learning_rate``, ``loggers``, ``use_tensorboard``, ``use_wandb``, ``class_colors``.
 
 Any other difference is refused. A cross-validation task's hash (what its results depend on)
 leaves out the same keys, plus ``train_setup.continue_training``.
@@ -39,6 +39,7 @@ CHANGEABLE = (
     "output_setup.loggers",
     "output_setup.use_tensorboard",
     "output_setup.use_wandb",
+    "output_setup.class_colors",
 )
 #: Changeable keys that a continued run must nevertheless keep.
 KEPT = ("device_setup.precision",)

@@ -8,6 +8,8 @@ data in :mod:`landseg.data.checks`, and :mod:`landseg.prepare` runs them all.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +27,7 @@ from landseg.registry import unknown_name_message
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Band = Annotated[int, Field(ge=1, description="1-based band index, as in rasterio")]
+_HEX_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
 
 
 class StrictModel(BaseModel):
@@ -324,10 +327,30 @@ class OutputSetup(StrictModel):
     get_prediction: bool = Field(
         default=False, description="Write GeoTIFF predictions of the test split."
     )
-    prediction_output_type: Literal["bit", "uint8", "float32"] = Field(
+    prediction_output_type: Literal["bit", "uint8", "float32", "classes"] = Field(
         default="uint8",
-        description="bit: one-hot class bands (0/1); uint8: per-class probabilities x 255; "
-        "float32: per-class probabilities.",
+        description="bit: one-hot class bands (0/1); uint8: per-class probabilities x 255 "
+        "(at most 254, 255 = nodata); float32: per-class probabilities; classes (landseg): one "
+        "uint8 band of class indices (nodata 255) with a colour table, and a QGIS style "
+        "(.qml of the same name) beside it. Every prediction is a Cloud-Optimised GeoTIFF.",
+    )
+    class_colors: list[str] | None = Field(
+        default=None,
+        description="landseg: the colours of the classes in class predictions (colour table "
+        'and .qml), one "#RRGGBB" per class, in class order. Default: the report\'s palette '
+        "(matplotlib's tab10, tab20b, tab20c colours, then golden-angle hues).",
+    )
+    prediction_vectors: bool = Field(
+        default=False,
+        description="landseg: with get_prediction and prediction_output_type classes, also "
+        "write <name>.gpkg beside each prediction: one polygon per 4-connected region, fields "
+        "class_id and class_name (needs the vector extra). As landseg predict --vectorize.",
+    )
+    prediction_tta: Literal["d4", "flips", "rot90"] | None = Field(
+        default=None,
+        description="landseg: test-time augmentation of get_prediction: probabilities averaged "
+        "over the 8 rotations and flips (d4, about 8x the time), the 4 flips or the 4 "
+        "rotations. As landseg predict --tta.",
     )
     use_tensorboard: bool = Field(
         default=True, description="Write TensorBoard logs (ODEON's key; see loggers)."
@@ -374,6 +397,18 @@ class OutputSetup(StrictModel):
     def extension(self) -> str:
         ext = self.model_out_ext or ".ckpt"
         return ext if ext.startswith(".") else f".{ext}"
+
+    @field_validator("class_colors")
+    @classmethod
+    def _hex_colours(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        bad = [c for c in value if not _HEX_COLOUR.fullmatch(c)]
+        if bad:
+            raise ValueError(
+                f'colours are written "#RRGGBB" (e.g. "#1f77b4"); not: {", ".join(bad)}'
+            )
+        return value
 
     @field_validator("name_exp_log", "version_name")
     @classmethod
@@ -534,13 +569,48 @@ class DeviceSetup(StrictModel):
 
 
 def prediction_problems(data: DataSource, out: OutputSetup) -> list[str]:
-    """``get_prediction`` predicts the test split: it needs one."""
+    """``get_prediction`` predicts the test split: it needs one; polygons need class maps."""
+    problems = []
     if out.get_prediction and data.test_file is None:
-        return [
+        problems.append(
             "output_setup.get_prediction: predictions are made on the test split; "
             "set data_source.test_file or get_prediction false"
-        ]
-    return []
+        )
+    if out.prediction_vectors and out.prediction_output_type != "classes":
+        problems.append(
+            "output_setup.prediction_vectors: polygons are made from class maps; set "
+            f"prediction_output_type classes (not {out.prediction_output_type})"
+        )
+    if out.prediction_vectors and not all(
+        importlib.util.find_spec(name) for name in ("shapely", "pyogrio")
+    ):
+        problems.append(
+            "output_setup.prediction_vectors: needs shapely and pyogrio: install "
+            "landseg[vector] or set prediction_vectors false"
+        )
+    return problems
+
+
+def output_class_problems(out: OutputSetup, n_classes: int | None) -> list[str]:
+    """The output keys that depend on the number of classes, once it is known.
+
+    ``class_colors`` gives one colour per class; a ``classes`` prediction stores class indices
+    as uint8 values below its nodata value, 255.
+    """
+    if n_classes is None:
+        return []
+    problems = []
+    if out.class_colors is not None and len(out.class_colors) != n_classes:
+        problems.append(
+            f"output_setup.class_colors: {len(out.class_colors)} colour(s) for {n_classes} "
+            "classes; give one per class, or leave it out for the default palette"
+        )
+    if out.prediction_output_type == "classes" and n_classes > 255:
+        problems.append(
+            f"output_setup.prediction_output_type: classes: {n_classes} classes do not fit in "
+            "uint8 class indices (0-254, 255 = nodata); use uint8, float32 or bit"
+        )
+    return problems
 
 
 class LandsegConfig(StrictModel):

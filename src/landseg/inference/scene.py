@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -42,8 +41,9 @@ from landseg.config.schema import LandsegConfig, SplitStats
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
 from landseg.data.raster import nodata_pixels, open_raster
 from landseg.errors import DataError, LandsegError
-from landseg.io import atomic_path, checkpoint_error_line, load_checkpoint
-from landseg.loggers.figures import class_palette
+from landseg.inference.cog import CogLayout, cog_layout, cog_writer
+from landseg.inference.style import class_colors, colormap, remove_stale_style, write_qml
+from landseg.io import checkpoint_error_line, load_checkpoint
 from landseg.models.registry import model_size_multiple
 
 OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
@@ -51,8 +51,6 @@ OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
 NODATA_UINT8 = 255
 #: Lowest blending weight, relative to a tile's centre: keeps every weight sum positive.
 WEIGHT_FLOOR = 1e-3
-#: GeoTIFF block size of the outputs (GDAL needs multiples of 16).
-BLOCK = 256
 #: Raster files a folder input is searched for.
 RASTER_SUFFIXES = (".tif", ".tiff")
 
@@ -395,10 +393,12 @@ def check_output_type(output_type: str, n_classes: int) -> None:
 
 
 def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]:
-    """GeoTIFF profile of a prediction: the input's grid, CRS and transform; tiled; BigTIFF-safe."""
+    """What a prediction holds: the input's grid, CRS and transform; bands, dtype, nodata.
+
+    How it is stored (a COG: tiles, compression, overviews) is :mod:`landseg.inference.cog`'s.
+    """
     check_output_type(output_type, n_classes)
     profile: dict[str, Any] = {
-        "driver": "GTiff",
         "width": src.width,
         "height": src.height,
         "count": 1 if output_type == "classes" else n_classes,
@@ -406,15 +406,16 @@ def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]
         "nodata": math.nan if output_type == "float32" else NODATA_UINT8,
         "crs": src.crs,
         "transform": src.transform,
-        "compress": "deflate",
-        "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
-        "BIGTIFF": "IF_SAFER",
     }
     if profile["count"] > 1:  # per-class bands: not RGB(A), or GIS tools hide the last class
         profile["photometric"] = "MINISBLACK"
     return profile
+
+
+def output_layout(output_type: str) -> CogLayout:
+    """Class maps and bits: NEAREST overviews, no predictor; probabilities: AVERAGE, predictor."""
+    categorical = output_type in ("classes", "bit")
+    return cog_layout("float32" if output_type == "float32" else "uint8", categorical)
 
 
 def encode_strip(probs: np.ndarray, valid: np.ndarray | None, output_type: str) -> np.ndarray:
@@ -430,14 +431,9 @@ def encode_strip(probs: np.ndarray, valid: np.ndarray | None, output_type: str) 
     return data
 
 
-def class_colormap(n_classes: int) -> dict[int, tuple[int, int, int, int]]:
-    """The classes' palette, as a GeoTIFF colour table; nodata transparent."""
-    colours = {
-        i: (int(rgb[0]), int(rgb[1]), int(rgb[2]), 255)
-        for i, rgb in enumerate(class_palette(n_classes))
-    }
-    colours[NODATA_UINT8] = (0, 0, 0, 0)
-    return colours
+def prediction_colors(model: LoadedModel) -> list[str]:
+    """The colours of a model's class rasters: its run's ``class_colors``, else the default."""
+    return class_colors(model.n_classes, model.config.output_setup.class_colors)
 
 
 def _describe_output(dst: Any, model: LoadedModel, output_type: str) -> None:
@@ -447,7 +443,11 @@ def _describe_output(dst: Any, model: LoadedModel, output_type: str) -> None:
         tags["landseg_checkpoint"] = str(model.checkpoint)
     dst.update_tags(**tags)
     if output_type == "classes":
-        dst.write_colormap(1, class_colormap(model.n_classes))
+        dst.write_colormap(1, colormap(prediction_colors(model)))
+        dst.set_band_description(
+            1, "class: " + ", ".join(f"{i} {label}" for i, label in enumerate(model.class_labels))
+        )
+        dst.update_tags(1, **{f"class_{i}": label for i, label in enumerate(model.class_labels)})
     else:
         for band, label in enumerate(model.class_labels, start=1):
             dst.set_band_description(band, label)
@@ -463,16 +463,21 @@ def write_prediction(
     """The one writer of prediction rasters, ``landseg predict``'s and training's alike.
 
     ``grid`` is the open input raster (its size, CRS and transform are kept); ``strips`` its
-    probabilities, a strip of rows at a time. Nodata, class names and tags as
-    :func:`output_profile` and :func:`_describe_output` say; written on a temporary path,
-    then renamed.
+    probabilities, a strip of rows at a time. The file is a Cloud-Optimised GeoTIFF
+    (:mod:`landseg.inference.cog`: written on temporary paths, then renamed; memory stays
+    flat), with nodata, class names and tags as :func:`output_profile` and
+    :func:`_describe_output` say. A class raster gets its QGIS style ``<stem>.qml`` beside it.
     """
+    destination = Path(destination)
     profile = output_profile(grid, output_type, model.n_classes)
-    with atomic_path(destination) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with cog_writer(destination, profile, output_layout(output_type)) as out:
         for first, probs, valid in strips:
-            data = encode_strip(probs, valid, output_type)
-            dst.write(data, window=Window(0, first, grid.width, data.shape[1]))
-        _describe_output(dst, model, output_type)
+            out.write_rows(first, encode_strip(probs, valid, output_type))
+        _describe_output(out.dataset, model, output_type)
+    if output_type == "classes":
+        write_qml(destination, model.class_labels, prediction_colors(model))
+    else:
+        remove_stale_style(destination)
     return destination
 
 
@@ -674,6 +679,8 @@ def predict_files(
         raise LandsegError(f"inputs share file names ({', '.join(repeated)}): outputs would clash")
     options.tiling.check_model(model)
     check_output_type(options.output_type, model.n_classes)
+    if options.output_type == "classes":
+        prediction_colors(model)  # the run's class_colors fit its classes
     problems = input_problems(model, inputs, options.pixel_range)
     if problems:
         raise LandsegError(

@@ -1,11 +1,15 @@
-"""Predictions of a split as GeoTIFFs that keep each input's CRS and transform.
+"""Predictions of a split as Cloud-Optimised GeoTIFFs that keep each input's CRS and transform.
 
-``prediction_output_type`` (004) says what each file holds, one band per class:
+``prediction_output_type`` (004, plus landseg's ``classes``) says what each file holds:
 
-- ``float32``: the per-class probabilities (softmax), in [0, 1];
+- ``float32``: the per-class probabilities (softmax), in [0, 1], one band per class;
 - ``uint8``: the same probabilities scaled to 0-254 (``round(p * 255)``, at most 254: 255
   is nodata);
-- ``bit``: one-hot bits, 1 in the band of the most probable class and 0 elsewhere (uint8).
+- ``bit``: one-hot bits, 1 in the band of the most probable class and 0 elsewhere (uint8);
+- ``classes``: one uint8 band of class indices (255: nodata) with a colour table, and a QGIS
+  style ``<stem>.qml`` beside it.
+
+The files are :func:`landseg.inference.scene.write_prediction`'s, as ``landseg predict``'s.
 """
 
 from __future__ import annotations
@@ -23,10 +27,17 @@ from landseg.inference.scene import (
     valid_pixels,
     write_prediction,
 )
+from landseg.inference.tta import with_tta
 
 
 def predict_split(
-    task: Any, datamodule: Any, split: str, out_dir: Path, output_type: str, batch_size: int = 8
+    task: Any,
+    datamodule: Any,
+    split: str,
+    out_dir: Path,
+    output_type: str,
+    batch_size: int = 8,
+    tta: str | None = None,
 ) -> list[Path]:
     """Predict every image of ``split`` and write ``out_dir/<image name>.tif``.
 
@@ -35,9 +46,10 @@ def predict_split(
     :mod:`landseg.inference.scene`, so a test split of whole scenes works too. Files are
     written by :func:`~landseg.inference.scene.write_prediction`, as ``landseg predict``'s:
     same nodata (an input pixel that is nodata in every band read), class names and tags.
+    ``tta``: test-time augmentation (:mod:`landseg.inference.tta`).
     """
     dataset = getattr(datamodule, f"{split}_dataset")
-    model = LoadedModel.from_task(task)
+    model = with_tta(LoadedModel.from_task(task), tta)
     tiling = Tiling(batch_size=batch_size)
     written: list[Path] = []
     for start in range(0, len(dataset), batch_size):

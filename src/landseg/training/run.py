@@ -317,14 +317,21 @@ def _after_fit(
         return
     if best:
         task = SegmentationTask.load_from_checkpoint(best, map_location="cpu", weights_only=True)
-    if config.output_setup.get_prediction:
-        predict_split(
+    out = config.output_setup
+    if out.get_prediction:
+        written = predict_split(
             task,
             datamodule,
             "test",
             run.predictions,
-            config.output_setup.prediction_output_type,
+            out.prediction_output_type,
+            tta=out.prediction_tta,
         )
+        if out.prediction_vectors:
+            from landseg.inference.vectorize import vectorize
+
+            for raster in written:
+                vectorize(raster, raster.with_suffix(".gpkg"), task.class_labels)
     stem = run.checkpoints / f"{checkpoint_base_name(config)}-best"
     for fmt in export_formats(config.train_setup.export_checkpoint):
         path = export_model(task.model, task.in_channels, fmt, stem)

@@ -1,0 +1,112 @@
+"""From a trained run to a map, on the Massachusetts scenes (skipped without ../shared/data):
+a model trained on tiles of one scene predicts the other (uint16, --pixel-range 255) as a COG
+with overviews, colour table and QGIS style; its buildings become the same polygons whatever
+the block size, with the raster's area; TTA keeps the IoU; the ONNX export predicts the same
+map."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+
+from landseg.cli import main
+from landseg.inference.vectorize import vectorize
+from tests.conftest import write_config
+from tests.inference.test_inference_realdata import OTHER_SCENE, TRAIN_SCENE, cut_tiles
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+PREDICT = ["--tile", "128", "--overlap", "32", "--pixel-range", "255", "--no-progress"]
+
+
+def polygons(path: Path) -> list[tuple[int, bytes]]:
+    _, _, geometry, (ids, _) = pyogrio.raw.read(path)
+    shapes = shapely.normalize(shapely.from_wkb(geometry))
+    return sorted((int(i), shapely.to_wkb(g)) for i, g in zip(ids, shapes, strict=True))
+
+
+def building_iou(predictions: Path, masks: Path) -> float:
+    assert main(["evaluate", "--predictions", str(predictions), "--masks", str(masks)]) == 0
+    return float(json.loads((predictions / "evaluation.json").read_text())["building/IoU"])
+
+
+def test_from_a_trained_run_to_a_map(shared_data: Path, tmp_path: Path) -> None:
+    data = shared_data / "massachusetts-buildings"
+    rows = cut_tiles(
+        data / f"{TRAIN_SCENE}.tif", data / f"{TRAIN_SCENE}_buildings.tif", tmp_path, 40
+    )
+    (tmp_path / "train.csv").write_text("\n".join(rows[:32]) + "\n")
+    (tmp_path / "val.csv").write_text("\n".join(rows[32:]) + "\n")
+    config = {
+        "data_source": {
+            "train_file": str(tmp_path / "train.csv"),
+            "val_file": str(tmp_path / "val.csv"),
+            "class_labels": ["background", "building"],
+        },
+        "train_setup": {"model_name": "lightunet", "epochs": 3, "batch_size": 8, "lr": 0.01},
+        "output_setup": {
+            "output_folder": str(tmp_path / "runs"),
+            "name_exp_log": "mass",
+            "version_name": "v1",
+            "use_tensorboard": False,
+            "progress": 0,
+            "class_colors": ["#d9d9d9", "#e31a1c"],
+        },
+        "device_setup": {"accelerator": "cpu", "num_workers": 0},
+    }
+    assert main(["train", "-c", str(write_config(tmp_path / "c.json", config))]) == 0
+    run = tmp_path / "runs" / "mass" / "v1"
+    scene = data / f"{OTHER_SCENE}.tif"
+    masks = tmp_path / "masks.csv"
+    masks.write_text(f"{scene},{data / f'{OTHER_SCENE}_buildings.tif'}\n")
+
+    # a cloud-optimised class map that opens in QGIS with its colours and names
+    out = tmp_path / "map"
+    predict = ["predict", "--run", str(run), "--input", str(scene), *PREDICT]
+    assert main([*predict, "--output", str(out), "--vectorize"]) == 0
+    raster = out / scene.name
+    with rasterio.open(scene) as src, rasterio.open(raster) as cls:
+        assert cls.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert cls.overviews(1)  # internal overviews
+        assert (cls.crs, cls.transform, cls.nodata) == (src.crs, src.transform, 255)
+        colours = cls.colormap(1)
+        assert colours[0][:3] == (0xD9, 0xD9, 0xD9) and colours[1][:3] == (0xE3, 0x1A, 0x1C)
+        classes = cls.read(1)
+        pixel_area = abs(cls.transform.a * cls.transform.e)
+    entries = ET.parse(out / f"{OTHER_SCENE}.qml").getroot().iter("paletteEntry")
+    assert [(e.get("value"), e.get("label"), e.get("color")) for e in entries] == [
+        ("0", "background", "#d9d9d9"),
+        ("1", "building", "#e31a1c"),
+    ]
+
+    # buildings as polygons: the same whatever the block size, with the raster's area
+    gpkg = out / f"{OTHER_SCENE}.gpkg"
+    small_blocks = tmp_path / "blocks64.gpkg"
+    vectorize(raster, small_blocks, ["background", "building"], block_size=64)
+    assert polygons(gpkg) == polygons(small_blocks)
+    _, _, geometry, (ids, _) = pyogrio.raw.read(gpkg)
+    area = shapely.area(shapely.from_wkb(geometry))[np.asarray(ids) == 1].sum()
+    assert area == pytest.approx(int((classes == 1).sum()) * pixel_area, rel=1e-3)
+
+    # test-time augmentation keeps the IoU (at least the plain IoU - 0.2 points)
+    plain_iou = building_iou(out, masks)
+    tta = tmp_path / "tta"
+    assert main([*predict, "--output", str(tta), "--tta", "d4"]) == 0
+    assert building_iou(tta, masks) >= plain_iou - 0.002
+
+    # the ONNX export predicts the same map
+    assert main(["export", str(run), "--format", "onnx", "--tile", "128"]) == 0
+    (onnx,) = (run / "exports").glob("*.onnx")
+    portable = tmp_path / "onnx"
+    args = ["predict", "--model", str(onnx), "--input", str(scene), "--output", str(portable)]
+    assert main([*args, "--pixel-range", "255", "--no-progress"]) == 0
+    with rasterio.open(portable / scene.name) as other:
+        same = float((other.read(1) == classes).mean())
+    assert same >= 0.999
