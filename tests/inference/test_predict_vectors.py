@@ -1,4 +1,5 @@
-"""`landseg predict --vectorize`: a GeoPackage beside each class map, checked before any work."""
+"""`landseg predict`'s map options: --vectorize (a GeoPackage beside each class map, checked
+before any work), --tta, --workers."""
 
 from __future__ import annotations
 
@@ -99,3 +100,25 @@ def test_tta_flag_predicts_the_mean_over_the_transforms(run: Path, tmp_path: Pat
         assert np.allclose(got.read(), want.read(), atol=1e-6)
     with rasterio.open(tmp_path / "plain" / "scene.tif") as plain, rasterio.open(expected) as tta:
         assert not np.allclose(plain.read(), tta.read(), atol=1e-4)  # an untrained model varies
+
+
+def test_workers_predict_the_same_maps_as_one_process(run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    for i, (height, width) in enumerate([(40, 50), (64, 36), (30, 30)]):
+        write_scene(folder / f"s{i}.tif", scene_pixels(height, width, seed=i))
+    args = ["predict", "--run", str(run), "--input", str(folder), *COMMON]
+    assert main([*args, "--output", str(tmp_path / "one")]) == 0
+    assert main([*args, "--output", str(tmp_path / "two"), "--workers", "2"]) == 0
+    for i in range(3):
+        one, two = tmp_path / "one" / f"s{i}.tif", tmp_path / "two" / f"s{i}.tif"
+        with rasterio.open(one) as a, rasterio.open(two) as b:
+            assert np.array_equal(a.read(), b.read())
+            assert a.tags() == b.tags() and a.profile == b.profile
+    assert not list((tmp_path / "two").glob(".*"))  # no temporary file left
+
+
+def test_cpu_workers_share_the_cores() -> None:
+    from landseg.inference.parallel import cpu_threads, visible_gpus
+
+    assert cpu_threads(1) >= 1 and cpu_threads(10_000) == 1
+    assert visible_gpus("cpu") == []

@@ -69,6 +69,13 @@ def register(add: Callable[..., Any]) -> None:
         help="class indices (default), or per-class probabilities x255 / float32, or bits",
     )
     _prediction_args(predict)
+    predict.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="scenes predicted at once, each worker process with its own model (one GPU each "
+        "when there are GPUs, else a share of the cores); default 1",
+    )
     vectors = predict.add_argument_group("vectors (needs the vector extra)")
     vectors.add_argument(
         "--vectorize",
@@ -362,6 +369,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from landseg.inference.scene import collect_inputs, predict_files
 
     _check_vector_options(args)
+    if args.workers < 1:
+        raise LandsegError(f"--workers: must be at least 1, got {args.workers}")
     inputs = collect_inputs(args.input, args.glob)
     if args.vectorize and args.min_area is not None:
         _refuse_geographic(inputs)
@@ -373,7 +382,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model = _load(args)
     classes = _vector_classes(args.classes, list(model.class_labels)) if args.vectorize else None
     hint = "choose the folder's files with --glob PATTERN" if args.input.is_dir() else None
-    written = predict_files(model, inputs, args.output, options, not args.no_progress, hint)
+    if args.workers > 1:
+        from landseg.inference.parallel import ModelSource, predict_files_parallel
+
+        source = ModelSource(Path(model.checkpoint), args.model is not None, args.device, args.tta)
+        written = predict_files_parallel(
+            model, source, inputs, args.output, options, args.workers, not args.no_progress, hint
+        )
+    else:
+        written = predict_files(model, inputs, args.output, options, not args.no_progress, hint)
     print(f"{len(written)} prediction(s) written to {args.output} ({model.checkpoint.name})")
     if args.vectorize:
         from landseg.inference.vectorize import vectorize

@@ -526,7 +526,7 @@ def predict_scene(
         task = None
         if progress is not None:
             total = tile_count(src.height, src.width, tiling, anchor)
-            task = progress.add_task(source.name, total=total)
+            task = progress.add_task(source.name, total=total, unit="tiles")
         strips = blended_strips(
             model,
             read_rows,
@@ -653,7 +653,7 @@ def make_progress(enabled: bool) -> Any:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("tiles"),
+        TextColumn("{task.fields[unit]}"),
         TimeRemainingColumn(),
         console=Console(stderr=True),
     )
@@ -673,6 +673,19 @@ def predict_files(
     at once (one line each, naming the file, then a last line with ``hint``) and nothing is
     written.
     """
+    check_inputs(model, inputs, options, hint)
+    written = []
+    with make_progress(show_progress) as progress:
+        for source in inputs:
+            destination = prediction_path(out_dir, source)
+            written.append(predict_scene(model, source, destination, options, progress))
+    return written
+
+
+def check_inputs(
+    model: LoadedModel, inputs: Sequence[Path], options: PredictOptions, hint: str | None = None
+) -> None:
+    """Every check of :func:`predict_files` before any prediction; one error listing all."""
     stems = [p.stem for p in inputs]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
@@ -690,9 +703,3 @@ def predict_files(
                 + (f" ({hint})" if hint else ""),
             ]
         )
-    written = []
-    with make_progress(show_progress) as progress:
-        for source in inputs:
-            destination = prediction_path(out_dir, source)
-            written.append(predict_scene(model, source, destination, options, progress))
-    return written

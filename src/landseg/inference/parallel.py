@@ -1,0 +1,138 @@
+"""Scenes in parallel (``landseg predict --workers N``): N processes, one model each.
+
+Every input is checked in this process first (as :func:`~landseg.inference.scene.predict_files`
+does), then the scenes are handed out one at a time to N worker processes (spawned: nothing
+inherited), each holding its own model: on the GPU, worker i uses visible GPU i modulo their
+count; on the CPU, the cores are shared (``cores // N`` torch threads each). One progress bar
+counts the scenes. Each output is written atomically by ``predict_scene``, so a scene
+interrupted half way (an error, Ctrl-C) never leaves a truncated file under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from landseg.inference.scene import (
+    LoadedModel,
+    PredictOptions,
+    check_inputs,
+    make_progress,
+    predict_scene,
+    prediction_path,
+)
+from landseg.inference.tta import with_tta
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How a worker loads its model: a checkpoint or an export, the device, the TTA mode."""
+
+    path: Path
+    portable: bool = False
+    device: str = "auto"
+    tta: str | None = None
+
+    def load(self) -> Any:
+        if self.portable:
+            from landseg.inference.portable import PortableModel
+
+            return with_tta(PortableModel.load(self.path, self.device), self.tta)
+        return with_tta(LoadedModel.load(self.path, self.device), self.tta)
+
+
+def visible_gpus(device: str) -> list[str]:
+    """The GPUs the workers may use (CUDA_VISIBLE_DEVICES entries); none with ``device=cpu``."""
+    if device == "cpu":
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and not d.startswith("-")]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def cpu_threads(workers: int) -> int:
+    """Torch threads per worker on the CPU: the cores shared, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
+
+
+_MODEL: Any = None  # the worker's model, loaded once by _start_worker
+
+
+def _start_worker(source: ModelSource, gpus: list[str], threads: int, counter: Any) -> None:
+    """A worker's start: its GPU (the next one, round robin) or its share of the cores, then
+    its model."""
+    global _MODEL
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    gpu = gpus[index % len(gpus)] if gpus else None
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before torch initialises CUDA
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    if gpu is None:
+        torch.set_num_threads(threads)
+    _MODEL = source.load()
+
+
+def _predict_one(source: Path, destination: Path, options: PredictOptions) -> Path:
+    return predict_scene(_MODEL, source, destination, options)
+
+
+def predict_files_parallel(
+    model: Any,
+    source: ModelSource,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    options: PredictOptions,
+    workers: int,
+    show_progress: bool = True,
+    hint: str | None = None,
+) -> list[Path]:
+    """Predict ``inputs`` into ``out_dir`` with ``workers`` processes (``model``: this process's
+    copy, used for the checks); returns the outputs in the order of ``inputs``."""
+    import multiprocessing
+
+    check_inputs(model, inputs, options, hint)
+    gpus = visible_gpus(source.device)
+    threads = cpu_threads(workers)
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("i", 0)
+    executor = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(source, gpus, threads, counter),
+    )
+    futures: list[Future[Path]] = []
+    try:  # scenes are handed out as workers become free
+        futures = [
+            executor.submit(_predict_one, scene, prediction_path(out_dir, scene), options)
+            for scene in inputs
+        ]
+        with make_progress(show_progress) as progress:
+            task = (
+                progress.add_task(f"{workers} workers", total=len(inputs), unit="scenes")
+                if progress
+                else None
+            )
+            pending: set[Future[Path]] = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # a worker's error stops the whole prediction here
+                    if task is not None:
+                        progress.advance(task)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return [future.result() for future in futures]
