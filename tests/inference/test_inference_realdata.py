@@ -22,19 +22,19 @@ TILE = 64
 PREDICT = ["--tile", "128", "--overlap", "32", "--pixel-range", "255", "--no-progress"]
 
 
-def cut_tiles(scene: Path, mask: Path, out: Path, count: int) -> list[str]:
-    """``count`` georeferenced TILE x TILE tiles of a scene and its mask, spread over a grid."""
+def cut_tiles(scene: Path, mask: Path, out: Path, count: int, size: int = TILE) -> list[str]:
+    """``count`` georeferenced size x size tiles of a scene and its mask, spread over a grid."""
     rows = []
     with rasterio.open(scene) as src, rasterio.open(mask) as msk:
-        grid = [(r, c) for r in range(src.height // TILE) for c in range(src.width // TILE)]
+        grid = [(r, c) for r in range(src.height // size) for c in range(src.width // size)]
         picks = np.linspace(0, len(grid) - 1, count).astype(int)
         for i in picks:
-            window = Window(grid[i][1] * TILE, grid[i][0] * TILE, TILE, TILE)
+            window = Window(grid[i][1] * size, grid[i][0] * size, size, size)
             for name, dataset in (("img", src), ("msk", msk)):
                 profile = {
                     **dataset.profile,
-                    "width": TILE,
-                    "height": TILE,
+                    "width": size,
+                    "height": size,
                     "transform": dataset.window_transform(window),
                     "tiled": False,
                 }
