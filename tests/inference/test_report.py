@@ -160,3 +160,18 @@ def test_archive_then_use_by_name(trained: Path, demo_dir: Path, tmp_path: Path,
     assert entry["cm_macro"] == next(iter(test_history.values()))["cm_macro"]
     assert main(["report", name, *where, "--samples", "0"]) == 0
     assert "archived_v1" in (archived / "report" / "index.html").read_text()
+
+
+def test_report_of_a_gpu_run_on_a_machine_without_one(trained: Path, tmp_path: Path) -> None:
+    """The devices a run was trained on need not be where its report is made."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run = shutil.copytree(trained, tmp_path / "exp" / "gpu-run")
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["hyper_parameters"]["config"]["device_setup"]["accelerator"] = "gpu"
+        torch.save(checkpoint, path)
+    assert main(["report", str(run), "--samples", "2", "--device", "cpu"]) == 0
+    assert (run / "report" / "index.html").is_file()

@@ -132,7 +132,8 @@ def sample_tiles(run: Path, count: int, device: str = "auto") -> tuple[Figure, s
     model = LoadedModel.load(checkpoint, device)
     config = model.config
     split = "test" if config.data_source.test_file is not None else "val"
-    datamodule = CsvSegmentationDataModule(config, prepare(config).summary)
+    # the devices it was trained on need not be here: the report predicts on its own device
+    datamodule = CsvSegmentationDataModule(config, prepare(config, device_check=False).summary)
     dataset = getattr(datamodule, f"{split}_dataset")
     indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int))
     palette = class_palette(model.n_classes)
