@@ -174,4 +174,5 @@ def test_report_of_a_gpu_run_on_a_machine_without_one(trained: Path, tmp_path: P
         checkpoint["hyper_parameters"]["config"]["device_setup"]["accelerator"] = "gpu"
         torch.save(checkpoint, path)
     assert main(["report", str(run), "--samples", "2", "--device", "cpu"]) == 0
-    assert (run / "report" / "index.html").is_file()
+    assert (run / "report" / "samples.png").is_file()  # the sample tiles were predicted
+    assert "No sample tiles" not in (run / "report" / "index.html").read_text()
