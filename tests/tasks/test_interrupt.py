@@ -45,6 +45,7 @@ def signal_when(
     [
         (signal.SIGINT, 130, "training started"),
         (signal.SIGTERM, 143, "after the first validation"),
+        (signal.SIGUSR1, 138, "training started"),  # SLURM's --signal=USR1@90
     ],
 )
 def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupted_one(
@@ -83,3 +84,14 @@ def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupt
     for key, value in ref_weights.items():
         assert torch.equal(weights[key], value), key
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_stop_signals_are_chosen_by_the_config(demo_config: dict, tmp_path: Path) -> None:
+    """Without SIGUSR1 in device_setup.stop_signals, it is left alone (its default kills)."""
+    demo_config["train_setup"].update(epochs=50, batch_size=4)
+    demo_config["output_setup"].update(name_exp_log="exp", version_name="v1")
+    demo_config["device_setup"]["stop_signals"] = ["SIGTERM"]
+    run = tmp_path / "runs" / "exp" / "v1"
+    config = write_config(tmp_path / "c.json", demo_config)
+    code, _ = signal_when(["train", "-c", str(config)], (run / "run.json").exists, signal.SIGUSR1)
+    assert code == -signal.SIGUSR1

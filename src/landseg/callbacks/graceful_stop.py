@@ -1,4 +1,4 @@
-"""Stop a run cleanly on Ctrl-C (SIGINT) or SIGTERM: at a step boundary, resumable, no loss.
+"""Stop a run cleanly on Ctrl-C (SIGINT), SIGTERM or SIGUSR1: at a step boundary, resumable.
 
 The signal handler only records the signal. The run then stops at the next point where a
 checkpoint holds its whole state:
@@ -11,7 +11,8 @@ checkpoint holds its whole state:
   validation per epoch (or none).
 
 It then raises :class:`StopRequested`, which the run lifecycle turns into an ``interrupted``
-run and the command line into exit code 128 + the signal (130 for SIGINT, 143 for SIGTERM).
+run and the command line into exit code 128 + the signal (130 for SIGINT, 143 for SIGTERM,
+138 for SIGUSR1; ``device_setup.stop_signals`` chooses SIGTERM and SIGUSR1).
 Lightning would otherwise catch the KeyboardInterrupt itself and exit with code 1. A second
 SIGINT stops at once (a KeyboardInterrupt), for a person who does not want to wait.
 

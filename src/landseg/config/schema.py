@@ -456,6 +456,11 @@ STRATEGIES = (
 )
 
 
+StopSignal = Literal["SIGTERM", "SIGUSR1"]
+#: The signals that stop a run at a resumable point, besides Ctrl-C (SIGINT).
+STOP_SIGNALS: tuple[StopSignal, ...] = ("SIGTERM", "SIGUSR1")
+
+
 class DeviceSetup(StrictModel):
     """Hardware (004, section Device setup), mapped onto Lightning's Trainer.
 
@@ -486,6 +491,13 @@ class DeviceSetup(StrictModel):
         default=False,
         description="landseg: keep the model and its inputs in channels-last memory format, "
         "which convolutions run faster in on GPUs with tensor cores (with bf16/16-mixed).",
+    )
+    stop_signals: list[StopSignal] = Field(
+        default_factory=lambda: list(STOP_SIGNALS),
+        description="landseg: the signals that stop a run at a resumable point (after the "
+        "current optimiser step, with a checkpoint), as Ctrl-C (SIGINT) always does; the "
+        "command then exits 128 + the signal (143, 138). SLURM (--signal=USR1@90) and "
+        "Kubernetes (SIGTERM) send them before ending a job.",
     )
 
     def problems(self) -> list[str]:

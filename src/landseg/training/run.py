@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,8 @@ def train(
             return run.path
     handler = _setup_file_logging(run, verbose) if rank_zero else None
     try:
-        with StopSignals() as stop_signals:  # from the start: a Ctrl-C is never lost
+        signals = [signal.SIGINT, *(getattr(signal, n) for n in config.device_setup.stop_signals)]
+        with StopSignals(signals) as stop_signals:  # from the start: a Ctrl-C is never lost
             return _train_in(
                 run, config, summary, rank_zero, checkpoint, extra_callbacks, changes, stop_signals
             )
