@@ -18,6 +18,16 @@ from typing import Any
 import numpy as np
 
 
+def temporary_path(destination: Path) -> Path:
+    """A new empty file ``.<name>.<random>.tmp`` beside ``destination``: the one naming of
+    landseg's temporary files, which a continued run finds and removes when a kill left one."""
+    fd, name = tempfile.mkstemp(
+        prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
+    )
+    os.close(fd)
+    return Path(name)
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``destination``; rename it over on success.
@@ -27,11 +37,7 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_path(destination)
     try:
         yield tmp
         _fsync_file(tmp)

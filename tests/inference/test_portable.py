@@ -11,7 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pytest
 import rasterio
@@ -22,6 +21,7 @@ from landseg.cli import main
 from landseg.inference.portable import PortableModel, deepness_metadata
 from landseg.inference.scene import Tiling, predict_array
 from landseg.loggers.figures import class_palette
+from tests.inference.test_scene import read, save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
 
@@ -46,19 +46,6 @@ def demo_task(demo_dir: Path, tmp: Path):
     return SegmentationTask(config, 4, LABELS).eval()
 
 
-def save_checkpoint(task, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": task.state_dict(),
-            "hyper_parameters": dict(task.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
-    return path
-
-
 def write_scene(path: Path, height: int, width: int, seed: int = 0) -> Path:
     """A (4, H, W) uint8 landscape with structure at several scales and a nodata corner."""
     rng = np.random.default_rng(seed)
@@ -81,11 +68,6 @@ def write_scene(path: Path, height: int, width: int, seed: int = 0) -> Path:
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(pixels)
     return path
-
-
-def read(path: Path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read()
 
 
 @pytest.fixture(scope="module")

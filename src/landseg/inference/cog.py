@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from landseg.io import atomic_path
+from landseg.io import atomic_path, temporary_path
 
 #: Tile size of the staging file and the COG (GDAL needs multiples of 16).
 BLOCK = 256
@@ -173,11 +172,7 @@ class CogWriter:
 @contextlib.contextmanager
 def _staging(destination: Path) -> Iterator[Path]:
     """A temporary path beside ``destination``, removed (with GDAL's side files) on exit."""
-    fd, name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
-    )
-    os.close(fd)
-    path = Path(name)
+    path = temporary_path(destination)
     try:
         yield path
     finally:
