@@ -229,7 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except StopRequested as stop:
-        print(f"interrupted: {stop}; {_how_to_continue(args, stop)}", file=sys.stderr)
+        if stop.requeue:
+            from landseg.cluster import requeue_slurm_job
+
+            print(f"interrupted: {stop}; {requeue_slurm_job()}", file=sys.stderr)
+        else:
+            print(f"interrupted: {stop}; {_how_to_continue(args, stop)}", file=sys.stderr)
         return stop.exit_code
 
 

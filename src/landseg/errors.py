@@ -65,6 +65,9 @@ class StopRequested(Exception):
         self.step = step
         self.checkpoint = checkpoint
         self.run: Path | None = None
+        #: Whether the command asks SLURM to requeue its job before exiting (set by the owner
+        #: of the config: ``device_setup.slurm_requeue``, under SLURM, on SIGUSR1).
+        self.requeue = False
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
 
     @property

@@ -255,3 +255,31 @@ def test_a_worker_sets_its_threads_before_torch_starts() -> None:
     first, *info = done.stdout.splitlines()
     assert first == "1 1 1"
     assert any(line.split() == ["omp_get_max_threads()", ":", "1"] for line in info), info
+
+
+def test_cv_under_srun_trains_each_task_alone_and_sigterm_does_not_requeue(
+    reference: Path, make_cv_config, tmp_path: Path
+) -> None:
+    """``srun -n 2 landseg cv``: SLURM says the job has 2 tasks; each cv task still trains in
+    its own process (not a DDP run waiting for a second rank). SIGTERM (scancel, preemption)
+    stops the job at a checkpoint with 143 and no requeue; the running task goes back to
+    pending; the job run again ends with the uninterrupted job's summary."""
+    from tests.tasks.test_interrupt import signal_when
+    from tests.tasks.test_slurm import landseg, scontrol_calls, slurm_env
+
+    config = write_config(tmp_path / "cv.json", make_cv_config())
+    job = tmp_path / "runs" / "job"
+    env = slurm_env(tmp_path, job="77", ntasks=2)
+    code, err = signal_when(
+        ["cv", "-c", str(config)], lambda: first_checkpoint(job), signal.SIGTERM, env=env
+    )
+    assert code == 143, err
+    assert "Traceback" not in err
+    assert scontrol_calls(tmp_path) == []
+    with sqlite3.connect(job / "job.sqlite") as db:
+        statuses = dict(db.execute("SELECT task_id, status FROM tasks").fetchall())
+    assert "pending" in statuses.values() and "running" not in statuses.values()
+
+    code, err = landseg(["cv", "-c", str(config)], {**env, "SLURM_RESTART_COUNT": "1"})
+    assert code == 0, err
+    assert summary(job) == summary(reference)

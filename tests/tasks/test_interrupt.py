@@ -4,6 +4,7 @@ and the continued run ends exactly like an uninterrupted one."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,19 +21,28 @@ from tests.tasks.test_resume import final_state
 
 
 def signal_when(
-    command: list[str], moment: Callable[[], bool], signum: int, timeout: float = 120
+    command: list[str],
+    moment: Callable[[], bool],
+    signum: int,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> tuple[int, str]:
-    """Run ``landseg COMMAND``, send ``signum`` once ``moment()`` is true; (exit code, stderr)."""
+    """Run ``landseg COMMAND``, send ``signum`` once ``moment()`` is true; (exit code, stderr).
+
+    The signal goes to the command's whole process group, as SLURM, Kubernetes and a terminal
+    send it (DataLoader workers included)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "landseg.cli", *command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if moment():
-            process.send_signal(signum)
+            os.killpg(process.pid, signum)
             break
         time.sleep(0.002)
     _, err = process.communicate(timeout=timeout)

@@ -121,6 +121,23 @@ class GracefulStop(Checkpoint):
     def requested(self) -> int | None:
         return self.signals.requested
 
+    def agreed(self, trainer: pl.Trainer) -> int | None:
+        """The stop signal, once any rank has one; the same answer on every rank.
+
+        A signal may reach one rank only (``kill`` of one process) or the ranks at different
+        steps (SLURM signals every process, not at the same instant); the ranks must still
+        stop after the same step, or the one still training waits forever in its next
+        gradient all-reduce. One all-reduce (max) of the signal number per check when there
+        are several processes; nothing more for one.
+        """
+        if trainer.world_size <= 1:
+            return self.requested
+        import torch
+
+        mine = torch.tensor(float(self.requested or 0), device=trainer.strategy.root_device)
+        agreed = int(trainer.strategy.reduce(mine, reduce_op="max").item())
+        return agreed or None
+
     # ------------------------------------------------------------------ Lightning hooks
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -149,12 +166,15 @@ class GracefulStop(Checkpoint):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.requested is None or validation_follows(trainer, batch_idx):
+        if validation_follows(trainer, batch_idx):
+            return
+        signum = self.agreed(trainer)
+        if signum is None:
             return
         name = CheckpointName.template(self.base, "step").format(step=trainer.global_step)
         path = self.dirpath / f"{name}{CheckpointName.SUFFIX}"
-        trainer.save_checkpoint(path)
-        raise StopRequested(self.requested, trainer.global_step, path)
+        trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes
+        raise StopRequested(signum, trainer.global_step, path)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not _checkpoints_wait_for_epoch_end(trainer):
@@ -164,5 +184,8 @@ class GracefulStop(Checkpoint):
         self._stop_after_checkpoints(trainer)
 
     def _stop_after_checkpoints(self, trainer: pl.Trainer) -> None:
-        if self.requested is not None and not trainer.sanity_checking:
-            raise StopRequested(self.requested, trainer.global_step)
+        if trainer.sanity_checking:
+            return
+        signum = self.agreed(trainer)
+        if signum is not None:
+            raise StopRequested(signum, trainer.global_step)

@@ -499,6 +499,13 @@ class DeviceSetup(StrictModel):
         "command then exits 128 + the signal (143, 138). SLURM (--signal=USR1@90) and "
         "Kubernetes (SIGTERM) send them before ending a job.",
     )
+    slurm_requeue: bool = Field(
+        default=True,
+        description="landseg: inside a SLURM batch job, a run (or cv job) stopped by SIGUSR1 "
+        "(sbatch --signal=USR1@90: the time limit is near) calls `scontrol requeue` for its "
+        "job once it is checkpointed, and the requeued job continues it. SIGTERM (scancel, "
+        "preemption) never requeues. Outside SLURM it does nothing.",
+    )
 
     def problems(self) -> list[str]:
         """Unknown accelerator or strategy names and malformed device ids, one line each."""

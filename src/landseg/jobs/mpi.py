@@ -6,6 +6,11 @@ them to stop. A worker's GPU is chosen from its rank among the workers of its no
 (``COMM_TYPE_SHARED``). Messages are JSON encoded as bytes (``Send``/``Recv`` of buffers),
 never pickled.
 
+Stop signals (SIGINT, ``device_setup.stop_signals``; SLURM sends them to every rank): a
+worker stops its task at a checkpoint, or stops between tasks, and reports ``stopped``; rank
+0 gives that task back (pending), hands out no new task, and once every worker has stopped
+exits like a stopped run (128 + the signal; ``scontrol requeue`` on SLURM's SIGUSR1).
+
 mpi4py is imported only here, and this module only when the process was launched by an MPI
 launcher (:func:`launched_by_mpi`), so plain runs never initialise MPI.
 """
@@ -20,13 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from landseg.errors import LandsegError
+from landseg.callbacks.graceful_stop import StopSignals
+from landseg.errors import LandsegError, StopRequested
 from landseg.jobs.plan import Job, prepare_job
 from landseg.jobs.progress import Claim, Worker
 from landseg.jobs.runner import (
     Outcome,
     attempt,
     console_logging,
+    job_stop_signals,
+    job_stopped,
     new_session,
     next_claim,
     pin_gpu,
@@ -38,8 +46,9 @@ from landseg.jobs.runner import (
 
 log = logging.getLogger("landseg.cv")
 
-#: Set by mpiexec/mpirun of MPICH, Intel MPI and Open MPI in every rank.
-MPI_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALRANKID")
+#: Set in every rank by mpiexec/mpirun of MPICH, Intel MPI and Open MPI (PMI), and by PMIx
+#: launchers (``srun --mpi=pmix``, Open MPI 5's prterun).
+MPI_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALRANKID", "PMIX_RANK")
 REQUEST, REPLY, SETUP = 1, 2, 3
 #: Seconds between two looks for a message (latency is irrelevant next to a training task).
 RECV_POLL_S = 0.05
@@ -126,13 +135,21 @@ def _coordinate(
         _send(comm, {"job": str(job.folder)}, rank, SETUP)
     held: dict[int, Claim] = {}
     active = comm.Get_size() - 1
-    with log_db:
+    stopped_by: int | None = None  # a stop signal seen by this rank or reported by a worker
+    with log_db, StopSignals(job_stop_signals(job)) as stop:
         while active:
             message, rank = _recv(comm, MPI.ANY_SOURCE, REQUEST)
             worker = Worker(f"rank-{rank}", message["host"], message["pid"], session)
+            if message.get("stopped"):  # the worker stopped at a checkpoint and exits
+                stopped_by = stopped_by or int(message["stopped"])
+                if rank in held:
+                    log_db.release(held.pop(rank), f"stopped in {worker.name}")
+                active -= 1
+                continue
             if message.get("outcome") and rank in held:
                 record(log_db, held.pop(rank), Outcome(**message["outcome"]), worker.name)
-            claim = next_claim(log_db, worker)
+            stopped_by = stopped_by or stop.requested
+            claim = None if stopped_by else next_claim(log_db, worker)
             if claim is None:
                 _send(comm, {"stop": True}, rank, REPLY)
                 active -= 1
@@ -141,6 +158,8 @@ def _coordinate(
             else:
                 held[rank] = claim
                 _send(comm, {"task": claim.task_id}, rank, REPLY)
+        if stopped_by:  # the tasks in flight went back to pending; a rerun continues them
+            raise job_stopped(job, stopped_by)
         return job.folder, write_summary(job, log_db)
 
 
@@ -156,13 +175,30 @@ def _work(comm: Any, index: int, verbose: bool) -> None:
     job = Job.load(Path(setup["job"]))
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     outcome: dict[str, Any] | None = None
-    while True:
-        _send(comm, {**me, "outcome": outcome}, 0, REQUEST)
-        reply, _ = _recv(comm, 0, REPLY)
-        outcome = None
-        if reply.get("stop"):
-            return
-        if "wait" in reply:
-            time.sleep(float(reply["wait"]))
-            continue
-        outcome = attempt(job, job.plan.task(reply["task"]), verbose=verbose).to_json()
+    with StopSignals(job_stop_signals(job)) as stop:
+
+        def stop_if_signalled() -> None:
+            """Between tasks: tell rank 0 (it gives back a task it just handed out), stop."""
+            if stop.requested is not None:
+                _send(comm, {**me, "stopped": stop.requested}, 0, REQUEST)
+                stopped = job_stopped(job, stop.requested)
+                stopped.requeue = False  # rank 0 requeues the job, once
+                raise stopped
+
+        while True:
+            stop_if_signalled()
+            _send(comm, {**me, "outcome": outcome}, 0, REQUEST)
+            reply, _ = _recv(comm, 0, REPLY)
+            outcome = None
+            if reply.get("stop"):
+                return
+            if "wait" in reply:
+                time.sleep(float(reply["wait"]))
+                continue
+            stop_if_signalled()
+            try:
+                outcome = attempt(job, job.plan.task(reply["task"]), verbose=verbose).to_json()
+            except StopRequested as stopped:  # the task stopped at a checkpoint
+                _send(comm, {**me, "stopped": stopped.signum}, 0, REQUEST)
+                stopped.requeue = False  # rank 0 requeues the job, once
+                raise

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from landseg.callbacks.graceful_stop import StopSignals
+from landseg.cluster import requeue_wanted
 from landseg.errors import LandsegError, StopRequested
 from landseg.io import atomic_write_text
 from landseg.jobs.plan import Job, Row, Task, write_task_files
@@ -69,6 +72,7 @@ def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
             verbose=verbose,
             run=run,
             extra_callbacks=[EpochCheckpoint(run.checkpoints, task.id, every)],
+            standalone=True,  # a task is one run of its own, not one rank of the SLURM job
         )
 
 
@@ -161,21 +165,29 @@ def next_claim(log_db: JobLog, worker: Worker) -> Claim | float | None:
 def work(
     job: Job, log_db: JobLog, worker: Worker, *, verbose: bool = False, parent: int | None = None
 ) -> None:
-    """Take tasks until none is left. A worker whose parent died takes no new task."""
-    while parent is None or os.getppid() == parent:
-        claim = next_claim(log_db, worker)
-        if claim is None:
-            return
-        if isinstance(claim, float):
-            time.sleep(claim)
-            continue
-        task = job.plan.task(claim.task_id)
-        try:
-            outcome = attempt(job, task, verbose=verbose)
-        except BaseException:
-            log_db.release(claim, f"interrupted in {worker.name}")
-            raise
-        record(log_db, claim, outcome, worker.name)
+    """Take tasks until none is left. A worker whose parent died takes no new task.
+
+    A stop signal during a task stops the task at a checkpoint (the run's own handler); one
+    that arrives between tasks stops the loop before the next claim. Either way the task is
+    given back (pending) and :class:`StopRequested` propagates.
+    """
+    with StopSignals(job_stop_signals(job)) as stop:
+        while parent is None or os.getppid() == parent:
+            if stop.requested is not None:
+                raise job_stopped(job, stop.requested)
+            claim = next_claim(log_db, worker)
+            if claim is None:
+                return
+            if isinstance(claim, float):
+                time.sleep(claim)
+                continue
+            task = job.plan.task(claim.task_id)
+            try:
+                outcome = attempt(job, task, verbose=verbose)
+            except BaseException:
+                log_db.release(claim, f"interrupted in {worker.name}")
+                raise
+            record(log_db, claim, outcome, worker.name)
 
 
 # ---------------------------------------------------------------------------- local workers
@@ -285,27 +297,55 @@ def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: b
     for process in processes:
         process.start()
     alive: dict[Any, Any] = {process.sentinel: process for process in processes}
-    try:
-        while alive:
-            for sentinel in wait(list(alive)):
-                process = alive.pop(sentinel)
-                process.join()
-                if process.exitcode and process.pid is not None:
-                    given_back = log_db.release_pid(
-                        process.pid, f"worker {process.name} exited with code {process.exitcode}"
-                    )
-                    log.warning(
-                        "worker %s exited with code %s; tasks given back: %s",
-                        process.name,
-                        process.exitcode,
-                        ", ".join(given_back) or "none",
-                    )
-    except BaseException:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-        raise
+    with StopSignals(job_stop_signals(job)) as stop:
+        forwarded = False
+        try:
+            while alive:
+                if stop.requested is not None and not forwarded:
+                    # SLURM and a terminal signal the whole group: the workers have it too;
+                    # a signal sent to this process alone is passed on (once: a second
+                    # SIGINT would make them stop at once instead of at a checkpoint)
+                    forwarded = True
+                    if stop.requested != signal.SIGINT:
+                        for process in alive.values():
+                            if process.pid is not None:
+                                with contextlib.suppress(ProcessLookupError):
+                                    os.kill(process.pid, stop.requested)
+                for sentinel in wait(list(alive), timeout=0.5):
+                    process = alive.pop(sentinel)
+                    process.join()
+                    if process.exitcode and process.pid is not None:
+                        given_back = log_db.release_pid(
+                            process.pid,
+                            f"worker {process.name} exited with code {process.exitcode}",
+                        )
+                        log.warning(
+                            "worker %s exited with code %s; tasks given back: %s",
+                            process.name,
+                            process.exitcode,
+                            ", ".join(given_back) or "none",
+                        )
+        except BaseException:
+            for process in processes:
+                process.join(timeout=30)
+                if process.is_alive():
+                    process.terminate()
+            raise
+        if stop.requested is not None:  # every worker stopped at a checkpoint
+            raise job_stopped(job, stop.requested)
+
+
+def job_stop_signals(job: Job) -> list[int]:
+    """SIGINT and the config's ``device_setup.stop_signals``, as a run has them."""
+    names = job.config.device_setup.stop_signals
+    return [signal.SIGINT, *(getattr(signal, name) for name in names)]
+
+
+def job_stopped(job: Job, signum: int) -> StopRequested:
+    """The stop of a whole job by ``signum``: asks SLURM to requeue it as a run would."""
+    stop = StopRequested(signum, 0)
+    stop.requeue = requeue_wanted(signum, job.config.device_setup.slurm_requeue)
+    return stop
 
 
 # ---------------------------------------------------------------------------- a job

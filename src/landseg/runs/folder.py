@@ -20,12 +20,14 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from landseg.cluster import slurm_job_id
 from landseg.config.schema import LandsegConfig
 from landseg.errors import RunFolderError
 from landseg.io import atomic_write_json
@@ -408,20 +410,10 @@ class RunFolder:
 # ---------------------------------------------------------------------------- choosing the folder
 
 
-def slurm_job_name(environ: dict[str, str] | None = None) -> str | None:
+def slurm_job_name(environ: Mapping[str, str] | None = None) -> str | None:
     """``job-<id>`` (``job-<array id>_<task id>`` for an array task) inside a SLURM batch
-    allocation, else None.
-
-    Detected as Lightning's ``SLURMEnvironment.detect`` does (``SLURM_NTASKS`` set, and the
-    job not an interactive ``bash`` or ``interactive`` session), without importing it.
-    """
-    env = os.environ if environ is None else environ
-    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
-        return None
-    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        return f"job-{array}_{task}"
-    job = env.get("SLURM_JOB_ID")
+    job (detected as Lightning's ``SLURMEnvironment.detect`` does), else None."""
+    job = slurm_job_id(environ)
     return f"job-{job}" if job else None
 
 

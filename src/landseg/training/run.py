@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from landseg.callbacks.checkpoints import best_loss_checkpoint, keep_newest_step_checkpoint
 from landseg.callbacks.graceful_stop import StopSignals
+from landseg.cluster import external_launch, requeue_wanted
 from landseg.config.continuation import continuation_problems
 from landseg.config.schema import LandsegConfig
 from landseg.data.datamodule import DATAMODULES
@@ -48,6 +49,7 @@ from landseg.runs.folder import (
     resolve_run_folder,
 )
 from landseg.tasks.segmentation import SegmentationTask
+from landseg.training.launch import DecisionBoard, RunDecision, receive_decision
 from landseg.training.trainer import build_trainer, checkpoint_base_name
 
 log = logging.getLogger("landseg.train")
@@ -204,6 +206,7 @@ def train(
     run: RunFolder | None = None,
     checkpoint: Path | None = None,
     extra_callbacks: list[Callback] | None = None,
+    standalone: bool = False,
 ) -> Path:
     """Train (or continue) one run and return its folder.
 
@@ -211,9 +214,60 @@ def train(
     (``--resume`` and cross-validation jobs use them). A continued run is compared with the
     run's own config first, and refused before anything is written when a setting it may not
     change differs; a run that is complete is left as it is.
+
+    When a launcher started several landseg processes (``srun``, ``torchrun``, one command
+    per node), global rank 0 decides and the others train in its folder from its checkpoint
+    (:mod:`landseg.training.launch`). ``standalone`` (cross-validation tasks) trains in this
+    process alone, whatever SLURM says about the job's other tasks.
     """
+    launch = None
+    if not standalone and RUN_DIR_ENV not in os.environ:
+        launch = external_launch(config.device_setup.num_nodes)
+    if launch is not None and launch.rank != 0:
+        decision = receive_decision(launch)
+        if decision.error is not None:
+            raise LandsegError(f"rank 0 refused the run: {decision.error}")
+        assert decision.run is not None
+        if decision.finished:
+            return Path(decision.run)
+        run = RunFolder(Path(decision.run), resuming=decision.resuming)
+        return _train_with_signals(
+            run,
+            config,
+            summary,
+            False,
+            decision.checkpoint_path,
+            extra_callbacks,
+            {},
+            None,
+            standalone,
+        )
+    board = DecisionBoard(launch) if launch is not None else None
+    try:
+        return _train_as_rank_zero(
+            config, summary, verbose, run, checkpoint, extra_callbacks, board, standalone
+        )
+    except LandsegError as error:
+        if board is not None:
+            board.publish(RunDecision(error=error.problems[0]))
+        raise
+    finally:
+        if board is not None:
+            board.close()
+
+
+def _train_as_rank_zero(
+    config: LandsegConfig,
+    summary: DataSummary,
+    verbose: bool,
+    run: RunFolder | None,
+    checkpoint: Path | None,
+    extra_callbacks: list[Callback] | None,
+    board: DecisionBoard | None,
+    standalone: bool,
+) -> Path:
     run = run or resolve_run_folder(config)
-    rank_zero = RUN_DIR_ENV not in os.environ
+    rank_zero = RUN_DIR_ENV not in os.environ  # else a process Lightning started for DDP
     changes: dict[str, list[Any]] = {}
     if rank_zero and run.resuming:
         refuse_live_run(run.path)
@@ -221,19 +275,62 @@ def train(
         done = _completion(run, config)
         if done is not None:
             print(f"{run.path}: {done}; nothing left to do")
+            if board is not None:
+                board.publish(RunDecision(run=str(run.path), finished=True))
             return run.path
     handler = _setup_file_logging(run, verbose) if rank_zero else None
     try:
-        signals = [signal.SIGINT, *(getattr(signal, n) for n in config.device_setup.stop_signals)]
-        with StopSignals(signals) as stop_signals:  # from the start: a Ctrl-C is never lost
-            return _train_in(
-                run, config, summary, rank_zero, checkpoint, extra_callbacks, changes, stop_signals
-            )
+        return _train_with_signals(
+            run,
+            config,
+            summary,
+            rank_zero,
+            checkpoint,
+            extra_callbacks,
+            changes,
+            board,
+            standalone,
+        )
     finally:
         if handler is not None:
             for name in ("landseg", "lightning.pytorch"):
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
+
+
+def _train_with_signals(
+    run: RunFolder,
+    config: LandsegConfig,
+    summary: DataSummary,
+    rank_zero: bool,
+    checkpoint: Path | None,
+    extra_callbacks: list[Callback] | None,
+    changes: dict[str, list[Any]],
+    board: DecisionBoard | None,
+    standalone: bool,
+) -> Path:
+    signals = [signal.SIGINT, *(getattr(signal, n) for n in config.device_setup.stop_signals)]
+    with StopSignals(signals) as stop_signals:  # from the start: a Ctrl-C is never lost
+        try:
+            return _train_in(
+                run,
+                config,
+                summary,
+                rank_zero,
+                checkpoint,
+                extra_callbacks,
+                changes,
+                stop_signals,
+                board,
+                standalone,
+            )
+        except StopRequested as stop:
+            # SLURM's warning before the time limit (sbatch --signal=USR1@90): rank 0 asks
+            # for the job to be queued again once the run is checkpointed and marked
+            stop.requeue = rank_zero and requeue_wanted(
+                stop.signum, config.device_setup.slurm_requeue
+            )
+            raise
 
 
 def _train_in(
@@ -245,6 +342,8 @@ def _train_in(
     extra_callbacks: list[Callback] | None,
     changes: dict[str, list[Any]],
     stop_signals: StopSignals,
+    board: DecisionBoard | None = None,
+    standalone: bool = False,
 ) -> Path:
     ckpt_path = checkpoint or (latest_checkpoint(run) if run.resuming else None)
     pl.seed_everything(config.train_setup.random_seed, workers=True, verbose=False)
@@ -265,9 +364,17 @@ def _train_in(
         )
         for key, (before, after) in changes.items():
             log.info("continued with %s changed: %r -> %r", key, before, after)
+        if board is not None:  # the other ranks of the launch train here, from this checkpoint
+            board.publish(
+                RunDecision(
+                    run=str(run.path),
+                    checkpoint=str(ckpt_path) if ckpt_path else None,
+                    resuming=run.resuming,
+                )
+            )
     try:
         datamodule = DATAMODULES.get("csv")(config, summary)
-        trainer = build_trainer(config, run, extra_callbacks, stop_signals)
+        trainer = build_trainer(config, run, extra_callbacks, stop_signals, standalone)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -89,14 +89,22 @@ def build_callbacks(
     return callbacks
 
 
-def trainer_plugins() -> list[Any]:
-    """Atomic checkpoint writes; under SLURM, Lightning's SLURM environment without its
-    auto-requeue (it checkpoints from inside the signal handler at an arbitrary moment, and
-    landseg stops at a resumable point itself: see callbacks/graceful_stop.py)."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
+def trainer_plugins(standalone: bool = False) -> list[Any]:
+    """Atomic checkpoint writes, and the cluster environment.
+
+    Under SLURM, Lightning's SLURM environment without its auto-requeue (it checkpoints from
+    inside the signal handler at an arbitrary moment, and landseg stops at a resumable point
+    itself: see callbacks/graceful_stop.py; the requeue is :mod:`landseg.cluster`'s).
+    ``standalone`` (a cross-validation task) trains in this process alone: Lightning's default
+    environment, not the SLURM one, which would make the task join all of the job's SLURM
+    tasks (``srun -n 8 landseg cv``: eight cv workers, not one DDP run of eight).
+    """
+    from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
 
     plugins: list[Any] = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():
+    if standalone:
+        plugins.append(LightningEnvironment())
+    elif SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return plugins
 
@@ -106,6 +114,7 @@ def build_trainer(
     run: RunFolder,
     extra_callbacks: list[Callback] | None = None,
     stop_signals: StopSignals | None = None,
+    standalone: bool = False,
 ) -> pl.Trainer:
     train = config.train_setup
     loggers = build_loggers(config.output_setup.logger_names(), run)
@@ -131,6 +140,6 @@ def build_trainer(
         enable_model_summary=False,
         use_distributed_sampler=False,  # the datamodule's sampler shards by rank itself
         log_every_n_steps=1,
-        plugins=trainer_plugins(),
+        plugins=trainer_plugins(standalone),
         **config.device_setup.lightning_args(),
     )

@@ -1,0 +1,157 @@
+"""SLURM simulated for real: ``landseg train`` and ``landseg cv`` run with the environment that
+``srun`` gives a task and a fake ``scontrol`` on PATH that records its arguments.
+
+SLURM's warning before the time limit (``sbatch --signal=USR1@90``) stops the run at a
+resumable point, requeues the job (``scontrol requeue <id>``) and exits 138; the requeued job
+(the same command, the same job id) continues the run in ``<output>/slurm/job-<id>`` and ends
+exactly like an uninterrupted run. SIGTERM (scancel, preemption) stops without a requeue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from landseg.cli import main
+from landseg.cluster import requeue_slurm_job, requeue_wanted, slurm_job_id
+from tests.conftest import write_config
+from tests.tasks.test_interrupt import signal_when
+from tests.tasks.test_resume import final_state
+
+
+def slurm_env(tmp_path: Path, job: str = "4242", ntasks: int = 1, **extra: str) -> dict[str, str]:
+    """What ``srun`` sets for task 0 of a one-node job, and a fake ``scontrol`` first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
+    scontrol.chmod(0o755)
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": job,
+        "SLURM_JOB_NAME": "train.sbatch",
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_NTASKS_PER_NODE": str(ntasks),
+        "SLURM_NNODES": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": socket.gethostname(),
+        "SLURM_RESTART_COUNT": "0",
+        **extra,
+    }
+
+
+def scontrol_calls(tmp_path: Path) -> list[str]:
+    calls = tmp_path / "scontrol.calls"
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def landseg(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "landseg.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
+    return done.returncode, done.stderr
+
+
+# ---------------------------------------------------------------------------- the rules
+
+
+@pytest.mark.parametrize(
+    ("signum", "env", "expected"),
+    [
+        (signal.SIGUSR1, {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"}, True),
+        (signal.SIGTERM, {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"}, False),  # scancel
+        (signal.SIGINT, {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"}, False),
+        (signal.SIGUSR1, {}, False),  # not under SLURM
+        (signal.SIGUSR1, {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7", "SLURM_PROCID": "2"}, False),
+        (signal.SIGUSR1, {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "interactive"}, False),
+    ],
+)
+def test_only_slurms_time_limit_warning_requeues(
+    signum: int, env: dict[str, str], expected: bool
+) -> None:
+    assert requeue_wanted(signum, True, env) is expected
+    assert requeue_wanted(signum, False, env) is False  # device_setup.slurm_requeue: false
+
+
+def test_requeue_names_the_array_task_and_never_raises(tmp_path: Path) -> None:
+    array = {"SLURM_NTASKS": "1", "SLURM_ARRAY_JOB_ID": "90", "SLURM_ARRAY_TASK_ID": "3"}
+    assert slurm_job_id({**array, "SLURM_JOB_ID": "93"}) == "90_3"
+    calls: list[list[str]] = []
+
+    def fake(args: list[str], **_: object) -> object:
+        calls.append(args)
+        return type("Done", (), {"returncode": 1, "stderr": "Invalid job id", "stdout": ""})()
+
+    line = requeue_slurm_job({**array, "SLURM_JOB_ID": "93"}, run=fake)  # type: ignore[arg-type]
+    assert calls == [["scontrol", "requeue", "90_3"]]
+    assert line == "scontrol requeue 90_3 failed (Invalid job id); resubmit the job to continue"
+
+    def missing(args: list[str], **_: object) -> object:
+        raise FileNotFoundError(2, "No such file or directory", "scontrol")
+
+    assert "failed" in requeue_slurm_job({"SLURM_NTASKS": "1", "SLURM_JOB_ID": "5"}, run=missing)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- train
+
+
+@pytest.mark.slow
+def test_usr1_requeues_the_job_and_the_requeued_job_continues_its_run(
+    demo_config: dict, tmp_path: Path
+) -> None:
+    demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
+    demo_config["output_setup"].update(use_tensorboard=False, get_prediction=False, save_top_k=2)
+    demo_config["data_source"].pop("test_file")
+    reference = json.loads(json.dumps(demo_config))
+    reference["output_setup"].update(name_exp_log="exp", version_name="reference")
+    assert main(["train", "-c", str(write_config(tmp_path / "ref.json", reference))]) == 0
+
+    # no name_exp_log / version_name: the run folder is the job's
+    demo_config["output_setup"].pop("name_exp_log", None)
+    demo_config["output_setup"].pop("version_name", None)
+    config = write_config(tmp_path / "slurm.json", demo_config)
+    run = tmp_path / "runs" / "slurm" / "job-4242"
+    env = slurm_env(tmp_path)
+    code, err = signal_when(
+        ["train", "-c", str(config)], (run / "history.json").exists, signal.SIGUSR1, env=env
+    )
+    assert code == 138, err
+    assert scontrol_calls(tmp_path) == ["requeue 4242"]
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and lines[0].endswith(
+        "SLURM job 4242 requeued: it continues this run when it starts again"
+    ), err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+    # the requeued job: the same command, the same job id, SLURM's restart count
+    code, err = landseg(["train", "-c", str(config)], {**env, "SLURM_RESTART_COUNT": "1"})
+    assert code == 0, err
+    assert scontrol_calls(tmp_path) == ["requeue 4242"]  # no second requeue
+    ref_history, ref_weights, ref_names, ref_scalars = final_state(
+        tmp_path / "runs" / "exp" / "reference"
+    )
+    history, weights, names, scalars = final_state(run)
+    assert history == ref_history and names == ref_names and scalars == ref_scalars
+    for key, value in ref_weights.items():
+        assert torch.equal(weights[key], value), key
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert sorted(
+        p.name for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
+    ) == ["exp", "slurm"]
