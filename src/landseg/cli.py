@@ -84,7 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         prepared = prepare(args.config, args.overrides)
         run_dir = train(prepared.config, prepared.summary, verbose=args.verbose)
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+    from landseg.cluster import global_rank_zero
+
+    if global_rank_zero():
         from landseg.runs.folder import RunFolder
 
         print(f"run folder: {run_dir}")

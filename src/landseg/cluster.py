@@ -96,6 +96,20 @@ def requeue_slurm_job(
     return f"SLURM job {job} requeued: it continues this run when it starts again"
 
 
+def global_rank_zero(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is global rank 0 of its launch (or runs alone), by its environment.
+
+    SLURM's ``SLURM_PROCID``, torchrun's ``RANK``, and for the processes Lightning starts
+    itself ``LOCAL_RANK`` and ``NODE_RANK``: what prints the run's closing lines once.
+    """
+    env = _env(environ)
+    if in_slurm_batch(env) and env.get("SLURM_PROCID", "0") != "0":
+        return False
+    if "TORCHELASTIC_RUN_ID" in env and env.get("RANK", "0") != "0":
+        return False
+    return env.get("LOCAL_RANK", "0") == "0" and env.get("NODE_RANK", "0") == "0"
+
+
 @dataclass(frozen=True)
 class ExternalLaunch:
     """This process among ``size`` processes that a launcher started (each runs ``landseg``).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from landseg.cluster import in_slurm_batch
 from landseg.config.load import (
     apply_overrides,
     read_config_file,
@@ -114,6 +116,8 @@ def prepare(
     device = sections.get("device_setup")
     if device_check and device is not None and not _rejected("device_setup", schema_lines):
         problems += host_device_problems(device)
+        if sections.get("cross_validation") is None:  # cv tasks train one process each
+            problems += slurm_layout_problems(device)
     summary: DataSummary | None = None
     data_lines: list[str] = []
     data = sections.get("data_source")
@@ -274,6 +278,38 @@ def host_device_problems(device: DeviceSetup) -> list[str]:
     if accelerator == "tpu" and importlib.util.find_spec("torch_xla") is None:
         return [f"device_setup.accelerator: 'tpu', but torch_xla is not installed here{hint}"]
     return []
+
+
+def slurm_layout_problems(
+    device: DeviceSetup, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Where ``device_setup`` and the SLURM job it runs in disagree on the processes.
+
+    Under SLURM every training process is a SLURM task (``srun`` starts them, Lightning does
+    not), so the devices per node must be the job's tasks per node and ``num_nodes`` its
+    nodes; Lightning would otherwise stop with a traceback, or wait for ranks that never come.
+    """
+    env = os.environ if environ is None else environ
+    if device.problems() or not in_slurm_batch(env):
+        return []
+    devices = device.lightning_args()["devices"]
+    count = len(devices) if isinstance(devices, list) else devices
+    problems = []
+    per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # "4(x2)": 4 on 2 nodes
+    if isinstance(count, int) and per_node.isdigit() and int(per_node) != count:
+        what = "device" if device.lightning_args()["accelerator"] != "cpu" else "num_processes"
+        problems.append(
+            f"device_setup.{what}: {count} training processes per node, but this SLURM job "
+            f"runs {per_node} tasks per node (--ntasks-per-node); under SLURM each process is "
+            f"a task that srun starts: make them equal"
+        )
+    nodes = env.get("SLURM_NNODES", "")
+    if nodes.isdigit() and int(nodes) != device.num_nodes:
+        problems.append(
+            f"device_setup.num_nodes: {device.num_nodes}, but this SLURM job has {nodes} "
+            "nodes (--nodes): make them equal"
+        )
+    return problems
 
 
 def _logger_keys(out: OutputSetup) -> list[str] | None:

@@ -155,3 +155,37 @@ def test_usr1_requeues_the_job_and_the_requeued_job_continues_its_run(
     assert sorted(
         p.name for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
     ) == ["exp", "slurm"]
+
+
+def test_processes_that_do_not_match_the_slurm_job_are_one_line_and_exit_2(
+    demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """``sbatch --nodes 1 --ntasks-per-node 2`` for a run of 1 process on 2 nodes."""
+    job = {"SLURM_JOB_ID": "9", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2(x1)"}
+    for name, value in {**job, "SLURM_NNODES": "1", "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    demo_config["device_setup"].update(accelerator="cpu", num_processes=1, num_nodes=2)
+    config = write_config(tmp_path / "c.json", demo_config)
+    assert main(["train", "-c", str(config)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: device_setup.num_processes: 1 training processes per node, but this SLURM job "
+        "runs 2 tasks per node (--ntasks-per-node); under SLURM each process is a task that "
+        "srun starts: make them equal",
+        "error: device_setup.num_nodes: 2, but this SLURM job has 1 nodes (--nodes): make "
+        "them equal",
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "launched"),
+    [("PMI_RANK", True), ("PMIX_RANK", True), ("OMPI_COMM_WORLD_SIZE", True), ("RANK", False)],
+)
+def test_mpi_launches_are_known_by_pmi_and_pmix(name: str, launched: bool, monkeypatch) -> None:
+    """``srun --mpi=pmi2`` sets PMI_RANK, ``srun --mpi=pmix`` PMIX_RANK: both are MPI ranks."""
+    from landseg.jobs.mpi import MPI_ENV_VARS, launched_by_mpi
+
+    for other in (*MPI_ENV_VARS, "RANK"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, "0")
+    assert launched_by_mpi() is launched
