@@ -283,3 +283,39 @@ def test_cv_under_srun_trains_each_task_alone_and_sigterm_does_not_requeue(
     code, err = landseg(["cv", "-c", str(config)], {**env, "SLURM_RESTART_COUNT": "1"})
     assert code == 0, err
     assert summary(job) == summary(reference)
+
+
+def test_cv_status_on_another_host_reads_the_snapshot_not_sqlite(
+    reference: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    here = socket.gethostname()
+    assert main(["cv", "status", str(reference)]) == 0
+    live = capsys.readouterr().out.splitlines()
+    monkeypatch.setattr(socket, "gethostname", lambda: "login-node")
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: pytest.fail("opened the SQLite log"))
+    assert main(["cv", "status", str(reference)]) == 0
+    first, *rest = capsys.readouterr().out.splitlines()
+    assert first.startswith(f"snapshot written by {here} at ")
+    assert rest == live
+
+
+def test_a_job_run_by_another_host_is_refused_with_one_line(
+    make_cv_config, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from landseg.jobs.progress import LOG_FILE, JobLog
+
+    config = write_config(tmp_path / "cv.json", make_cv_config())
+    job = tmp_path / "runs" / "job"
+    real = socket.gethostname
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-a")
+    with JobLog(job / LOG_FILE) as log_db:
+        log_db.take_writer("elsewhere", now=time.time() - 5)
+    monkeypatch.setattr(socket, "gethostname", real)
+    assert main(["cv", "-c", str(config)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {job}: this job is being run on host node-a (pid ")
+    assert not (job / "tasks").exists()  # nothing planned, nothing trained

@@ -144,3 +144,52 @@ def test_concurrent_workers_claim_each_task_once(tmp_path: Path) -> None:
         events = [e for e in log_db.events() if e["event"] in ("claimed", "finished")]
         assert len(events) == 60
         assert all(t["attempts"] == 1 for t in log_db.tasks())
+
+
+# ---------------------------------------------------------------------------- one writing host
+
+
+def test_the_snapshot_follows_every_change(job_log: JobLog, tmp_path: Path) -> None:
+    from landseg.jobs.progress import SNAPSHOT_FILE, JobSnapshot
+
+    claim = job_log.claim(Worker.here("main", "s1"))
+    assert claim is not None
+    snapshot = JobSnapshot(tmp_path / SNAPSHOT_FILE)
+    assert (
+        snapshot.counts()
+        == job_log.counts()
+        == {
+            "pending": 3,
+            "running": 1,
+            "finished": 0,
+            "failed": 0,
+        }
+    )
+    assert snapshot.tasks() == job_log.tasks() and snapshot.subjects() == job_log.subjects()
+    job_log.finish(claim, {"val_miou": 0.25}, "main")
+    assert JobSnapshot(tmp_path / SNAPSHOT_FILE).tasks()[0]["best"] == {"val_miou": 0.25}
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+
+def test_a_second_host_cannot_run_a_job_another_host_runs(
+    job_log: JobLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from landseg.jobs.progress import WRITER_STALE_S
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-a")
+    job_log.take_writer("s1", now=1000.0)
+    job_log.take_writer("s2", now=1001.0)  # another launch on the same host shares it
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-b")
+    events = len(job_log.events())
+    with pytest.raises(LandsegError, match=r"being run on host node-a .* last heartbeat 9 s ago"):
+        job_log.take_writer("s3", now=1010.0)
+    assert len(job_log.events()) == events and job_log.writer()["host"] == "node-a"
+    # node-a stopped beating (killed, node lost): after WRITER_STALE_S node-b may take over
+    job_log.take_writer("s3", now=1001.0 + WRITER_STALE_S)
+    assert job_log.writer()["host"] == "node-b"
+    job_log.release_writer("s1")  # not the holder: nothing happens
+    assert job_log.writer()["host"] == "node-b"
+    job_log.release_writer("s3")
+    assert job_log.writer() is None

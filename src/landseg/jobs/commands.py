@@ -8,6 +8,7 @@ Lightning, mpi4py) are imported inside the handlers.
 from __future__ import annotations
 
 import argparse
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from landseg.errors import LandsegError
 
 def _cv_status(args: argparse.Namespace) -> int:
     from landseg.jobs.plan import cv_section, job_folder
-    from landseg.jobs.progress import LOG_FILE, JobLog
+    from landseg.jobs.progress import LOG_FILE, SNAPSHOT_FILE, JobLog, JobSnapshot
     from landseg.jobs.summary import status_report
 
     config_path = args.status_config or args.config
@@ -31,6 +32,16 @@ def _cv_status(args: argparse.Namespace) -> int:
         folder = job_folder(config)
     else:
         raise LandsegError("cv status: give the job folder or -c CONFIG")
+    snapshot = folder / SNAPSHOT_FILE
+    if snapshot.is_file():
+        held = JobSnapshot(snapshot)
+        if held.data["host"] != socket.gethostname():  # never open another host's SQLite
+            print(
+                f"snapshot written by {held.data['host']} at {held.data['written']} "
+                "(the job log is read only on the host that runs the job)"
+            )
+            print(status_report(held))
+            return 0
     with JobLog(folder / LOG_FILE, create=False) as log_db:
         print(status_report(log_db))
     return 0

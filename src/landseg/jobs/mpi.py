@@ -28,7 +28,7 @@ from typing import Any
 from landseg.callbacks.graceful_stop import StopSignals
 from landseg.errors import LandsegError, StopRequested
 from landseg.jobs.plan import Job, prepare_job
-from landseg.jobs.progress import Claim, Worker
+from landseg.jobs.progress import Claim, Worker, writer_lease
 from landseg.jobs.runner import (
     Outcome,
     attempt,
@@ -136,7 +136,7 @@ def _coordinate(
     held: dict[int, Claim] = {}
     active = comm.Get_size() - 1
     stopped_by: int | None = None  # a stop signal seen by this rank or reported by a worker
-    with log_db, StopSignals(job_stop_signals(job)) as stop:
+    with log_db, writer_lease(log_db.path, session), StopSignals(job_stop_signals(job)) as stop:
         while active:
             message, rank = _recv(comm, MPI.ANY_SOURCE, REQUEST)
             worker = Worker(f"rank-{rank}", message["host"], message["pid"], session)

@@ -25,16 +25,27 @@ import json
 import os
 import socket
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from landseg.errors import LandsegError
+from landseg.io import atomic_write_json
 from landseg.processes import pid_alive, process_start
 from landseg.runs.folder import now_iso
 
 LOG_FILE = "job.sqlite"
+#: The job's state as JSON, rewritten (atomically) after every change by the host that runs
+#: the job: what ``landseg cv status`` reads from another host (a login node), which must not
+#: open the SQLite file (WAL needs shared memory, so one host only).
+SNAPSHOT_FILE = "status.json"
+#: Seconds between two heartbeats of the host that runs a job, and after which a host that
+#: stopped beating (killed, its node lost) no longer holds the job.
+WRITER_HEARTBEAT_S = 30
+WRITER_STALE_S = 120
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "finished", "failed")
 #: Seconds a writer waits for another's transaction before giving up.
@@ -138,7 +149,10 @@ class JobLog:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write: ``BEGIN IMMEDIATE`` takes the write lock up front (no deadlock)."""
+        """One atomic write: ``BEGIN IMMEDIATE`` takes the write lock up front (no deadlock).
+
+        The snapshot (:data:`SNAPSHOT_FILE`) is rewritten after every commit.
+        """
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -146,6 +160,80 @@ class JobLog:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+        self.write_snapshot()
+
+    def write_snapshot(self) -> None:
+        """``status.json``: the tasks, subjects and counts, and who wrote it when (atomic)."""
+        atomic_write_json(
+            self.path.parent / SNAPSHOT_FILE,
+            {
+                "written": now_iso(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "writer": self.writer(),
+                "counts": self.counts(),
+                "subjects": self.subjects(),
+                "tasks": self.tasks(),
+            },
+        )
+
+    # ------------------------------------------------------------------ the writing host
+
+    def writer(self) -> dict[str, Any] | None:
+        """The host that runs the job: ``{host, pid, session, heartbeat}``, or None."""
+        value = self.meta("writer")
+        return None if value is None else dict(json.loads(value))
+
+    def take_writer(self, session: str, now: float | None = None) -> None:
+        """Make this host the job's only writer, or refuse (LandsegError) while another host
+        runs it: its heartbeat is less than :data:`WRITER_STALE_S` old.
+
+        SQLite in WAL mode is safe for several processes of one host, not for several hosts
+        (its shared-memory index does not work over network filesystems): one host at a time
+        runs a job. Processes of this host share it (``--workers``, a second launch here).
+        """
+        now = time.time() if now is None else now
+        host = socket.gethostname()
+        with self.transaction() as db:
+            holder = self.writer()
+            if holder is not None and holder["host"] != host:
+                age = now - float(holder["heartbeat"])
+                if age < WRITER_STALE_S:
+                    raise LandsegError(
+                        f"{self.path.parent}: this job is being run on host {holder['host']} "
+                        f"(pid {holder['pid']}, last heartbeat {age:.0f} s ago); one host at a "
+                        "time writes a job log. Stop it there, or wait "
+                        f"{WRITER_STALE_S - age:.0f} s if that host is gone; `landseg cv "
+                        "status` reads its snapshot from any host"
+                    )
+            record = {"host": host, "pid": os.getpid(), "session": session, "heartbeat": now}
+            db.execute(
+                "INSERT INTO job VALUES ('writer', ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value",
+                (json.dumps(record),),
+            )
+
+    def beat(self, session: str) -> None:
+        """Renew this launch's hold on the job, or take it up when nobody holds it (a launch
+        of this host that held it has ended)."""
+        with self.transaction() as db:
+            holder = self.writer()
+            if holder is not None and holder["session"] != session:
+                return  # another launch holds it (this host's, or a later one's)
+            record = {"host": socket.gethostname(), "pid": os.getpid(), "session": session}
+            db.execute(
+                "INSERT INTO job VALUES ('writer', ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value",
+                (json.dumps({**record, "heartbeat": time.time()}),),
+            )
+
+    def release_writer(self, session: str) -> None:
+        """Give the job up (the job ended or stopped): any host may run it at once."""
+        holder = self.writer()
+        if holder is None or holder["session"] != session:
+            return
+        with self.transaction() as db:
+            db.execute("DELETE FROM job WHERE key = 'writer'")
 
     def _event(self, task_id: str | None, event: str, worker: str | None, detail: Any) -> None:
         text = detail if isinstance(detail, str) or detail is None else json.dumps(detail)
@@ -397,3 +485,47 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
         if row.get(key) is not None:
             row[key] = json.loads(row[key])
     return row
+
+
+@contextlib.contextmanager
+def writer_lease(path: Path, session: str) -> Iterator[None]:
+    """Hold the job for this host while the block runs: a heartbeat every
+    :data:`WRITER_HEARTBEAT_S` (a thread with its own connection), released at the end.
+
+    Take it with :meth:`JobLog.take_writer` first; a process killed without releasing it
+    holds the job until its heartbeat is :data:`WRITER_STALE_S` old.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        with JobLog(path, create=False) as log_db:
+            while not stop.wait(WRITER_HEARTBEAT_S):
+                with contextlib.suppress(sqlite3.Error):
+                    log_db.beat(session)
+
+    thread = threading.Thread(target=beat, name="landseg-job-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        with JobLog(path, create=False) as log_db:
+            log_db.release_writer(session)
+
+
+class JobSnapshot:
+    """A job's :data:`SNAPSHOT_FILE`, read like a :class:`JobLog` by ``landseg cv status``."""
+
+    def __init__(self, path: Path):
+        self.path = path.parent / LOG_FILE  # the log it is a snapshot of (for the title)
+        self.data = json.loads(path.read_text())
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return list(self.data["tasks"])
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.data["counts"])
+
+    def subjects(self) -> list[dict[str, Any]]:
+        return list(self.data["subjects"])

@@ -32,7 +32,7 @@ from landseg.cluster import requeue_wanted
 from landseg.errors import LandsegError, StopRequested
 from landseg.io import atomic_write_text
 from landseg.jobs.plan import Job, Row, Task, write_task_files
-from landseg.jobs.progress import LOG_FILE, Claim, JobLog, Worker
+from landseg.jobs.progress import LOG_FILE, Claim, JobLog, Worker, writer_lease
 from landseg.runs.folder import RUN_DIR_ENV, RunFolder
 
 log = logging.getLogger("landseg.cv")
@@ -355,6 +355,7 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
     """Record the plan in the job log, write the task files, reset tasks of dead workers."""
     log_db = JobLog(job.folder / LOG_FILE)
     try:
+        log_db.take_writer(session)  # before any write: another host may be running the job
         log_db.sync_plan(
             [
                 {**task.to_json(), "hash": job.hashes[task.id], "run_dir": str(job.task_dir(task))}
@@ -386,7 +387,10 @@ def run_job(
     from landseg.jobs.summary import write_summary
 
     session = new_session()
-    with start_job(job, rows, session, retry_failed=retry_failed) as log_db:
+    with (
+        start_job(job, rows, session, retry_failed=retry_failed) as log_db,
+        writer_lease(log_db.path, session),
+    ):
         if workers <= 1:
             work(job, log_db, Worker.here("main", session), verbose=verbose)
         else:

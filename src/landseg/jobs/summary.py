@@ -22,7 +22,7 @@ from typing import Any
 
 from landseg.io import atomic_path, atomic_write_json, atomic_write_text
 from landseg.jobs.plan import Job
-from landseg.jobs.progress import JobLog
+from landseg.jobs.progress import JobLog, JobSnapshot
 from landseg.processes import pid_alive
 from landseg.runs.folder import RunFolder
 
@@ -238,8 +238,11 @@ def write_summary(job: Job, log_db: JobLog) -> dict[str, Any]:
     return summary
 
 
-def status_report(log_db: JobLog) -> str:
-    """``landseg cv status``: done, running (by whom, since when), pending and failed tasks."""
+def status_report(log_db: JobLog | JobSnapshot) -> str:
+    """``landseg cv status``: done, running (by whom, since when), pending and failed tasks.
+
+    From the job log on the host that runs the job, or from its snapshot elsewhere.
+    """
     tasks = log_db.tasks()
     counts = log_db.counts()
     lines = [
