@@ -26,8 +26,11 @@ def signal_when(
     signum: int,
     timeout: float = 120,
     env: dict[str, str] | None = None,
+    group_size: int = 1,
 ) -> tuple[int, str]:
-    """Run ``landseg COMMAND``, send ``signum`` once ``moment()`` is true; (exit code, stderr).
+    """Run ``landseg COMMAND``, send ``signum`` once ``moment()`` is true and the command's
+    process group has ``group_size`` processes (its DataLoader workers are running); return
+    (exit code, stderr).
 
     The signal goes to the command's whole process group, as SLURM, Kubernetes and a terminal
     send it (DataLoader workers included)."""
@@ -41,7 +44,7 @@ def signal_when(
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        if moment():
+        if moment() and processes_in_group(process.pid) >= group_size:
             os.killpg(process.pid, signum)
             break
         time.sleep(0.002)
@@ -49,18 +52,33 @@ def signal_when(
     return process.returncode, err
 
 
+def processes_in_group(group: int) -> int:
+    """How many live processes are in process group ``group`` (Linux /proc)."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        count += fields[0] != "Z" and int(fields[2]) == group
+    return count
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("signum", "code", "when"),
+    ("signum", "code", "when", "loader_workers"),
     [
-        (signal.SIGINT, 130, "training started"),
-        (signal.SIGTERM, 143, "after the first validation"),
-        (signal.SIGUSR1, 138, "training started"),  # SLURM's --signal=USR1@90
+        (signal.SIGINT, 130, "training started", 0),
+        (signal.SIGTERM, 143, "after the first validation", 0),
+        (signal.SIGUSR1, 138, "training started", 0),  # SLURM's --signal=USR1@90
+        # SLURM and Kubernetes signal every process: the DataLoader workers survive it
+        (signal.SIGTERM, 143, "training started", 2),
     ],
 )
 def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupted_one(
-    signum: int, code: int, when: str, demo_config: dict, tmp_path: Path
+    signum: int, code: int, when: str, loader_workers: int, demo_config: dict, tmp_path: Path
 ) -> None:
+    demo_config["device_setup"]["num_workers"] = loader_workers
     demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
     demo_config["output_setup"].update(
         name_exp_log="exp", save_top_k=2, use_tensorboard=False, get_prediction=False
@@ -77,7 +95,9 @@ def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupt
         "after the first validation": lambda: (run / "history.json").exists(),
     }
     config = write_config(tmp_path / "stopped.json", demo_config)
-    exit_code, err = signal_when(["train", "-c", str(config)], moments[when], signum)
+    exit_code, err = signal_when(
+        ["train", "-c", str(config)], moments[when], signum, group_size=1 + loader_workers
+    )
     assert exit_code == code, err
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]
     assert len(lines) == 1 and "continue with: landseg train --resume " in lines[0], err

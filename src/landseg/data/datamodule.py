@@ -16,7 +16,9 @@ The train loader is a :class:`~landseg.data.resumable.ResumableDataLoader`, whos
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from typing import Any
 
 import lightning as L
@@ -35,18 +37,39 @@ from landseg.registry import Registry
 DATAMODULES: Registry[type[L.LightningDataModule]] = Registry("datamodule")
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader worker ignores Ctrl-C (SIGINT) and SIGUSR1: the main process decides.
+#: Seconds a DataLoader worker lives on after its first SIGTERM when nobody stops it: longer
+#: than any grace period (SLURM's KillWait, Kubernetes' terminationGracePeriodSeconds: 30 s by
+#: default), within which the main process stops and ends its workers itself.
+WORKER_SIGTERM_GRACE_S = 120.0
 
-    A terminal sends Ctrl-C to the whole process group, and a cluster's SIGUSR1 reaches every
-    process of a job, whose default action would kill the workers; the main process stops the
-    run at a resumable point and then ends its workers itself. SIGTERM keeps its default: it
-    is how torch and multiprocessing end workers that do not stop by themselves.
+
+def _worker_sigterm(signum: int, frame: object) -> None:
+    """A worker's SIGTERM: the first is the cluster's (sent to every process of the job while
+    the main process stops the run at a checkpoint, which needs this worker's batches); a
+    second one, torch's own ``terminate()`` of a worker that did not stop when asked, or the
+    grace running out, ends the worker."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the next SIGTERM kills
+    timer = threading.Timer(WORKER_SIGTERM_GRACE_S, os._exit, args=(128 + signum,))
+    timer.daemon = True
+    timer.start()
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker leaves stop signals to the main process, which decides.
+
+    A terminal sends Ctrl-C to the whole process group, and SLURM and Kubernetes send SIGTERM
+    and SIGUSR1 to every process of a job; their default actions would kill the workers, and
+    the main process would fail on its next batch instead of stopping the run at a resumable
+    point. SIGINT and SIGUSR1 are ignored; the first SIGTERM is survived (see
+    :func:`_worker_sigterm`), because SIGTERM is also how torch ends a worker that does not
+    stop by itself.
     """
     for name in ("SIGINT", "SIGUSR1"):
         signum = getattr(signal, name, None)
         if signum is not None:
             signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _worker_sigterm)
 
 
 @DATAMODULES.register("csv")
