@@ -71,10 +71,19 @@ def torchrun_nodes(port: int) -> list[dict[str, str]]:
     return [{**common, "RANK": str(n), "GROUP_RANK": str(n)} for n in (0, 1)]
 
 
-@pytest.mark.parametrize("launcher", [slurm_nodes, torchrun_nodes], ids=["srun", "torchrun"])
+def plain_nodes(port: int) -> list[dict[str, str]]:
+    """One ``landseg train`` per node with ``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK``
+    (Lightning's default environment, which would start a node's other processes itself)."""
+    common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return [{**common, "NODE_RANK": str(n)} for n in (0, 1)]
+
+
+@pytest.mark.parametrize(
+    "launcher", [slurm_nodes, torchrun_nodes, plain_nodes], ids=["srun", "torchrun", "plain"]
+)
 def test_two_nodes_train_one_run(launcher, demo_config: dict, tmp_path: Path) -> None:
-    """No run name: under SLURM the job's folder; under torchrun rank 0's launch time, which
-    node 1, started 1.2 s later, would not have chosen itself."""
+    """No run name: under SLURM the job's folder; otherwise rank 0's launch time, which node
+    1, started 1.2 s later, would not have chosen itself."""
     demo_config["train_setup"].update(epochs=2, batch_size=4)
     demo_config["output_setup"].update(save_top_k=1, use_tensorboard=False)
     demo_config["output_setup"].pop("name_exp_log", None)
