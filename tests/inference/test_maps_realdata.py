@@ -57,10 +57,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             # TTA averages over the transforms the model was trained to be invariant to
             "data_augmentation": {"train": ["rotation90"]},
         },
-        "train_setup": {  # enough to find buildings on the other scene (IoU about 0.2)
+        # 200 steps: a model that finds buildings on the other scene (IoU about 0.5 here)
+        # and has learnt the rotations TTA averages over; with 50 or 100 steps the TTA effect
+        # is noise (-3 and -1 points measured here, +1.7 with 200)
+        "train_setup": {
             "model_name": "lightunet",
             "model_params": {"batch_norm": True},
-            "epochs": 10,
+            "epochs": 40,
             "batch_size": 8,
             "lr": 0.01,
             "class_imbalance": [1.0, 3.0],
@@ -73,7 +76,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "progress": 0,
             "class_colors": ["#d9d9d9", "#e31a1c"],
         },
-        "device_setup": {"accelerator": "cpu", "num_workers": 0},
+        # float32: the same model on every machine (auto would train in bf16 on some)
+        "device_setup": {"accelerator": "cpu", "num_workers": 0, "precision": "32-true"},
     }
     assert main(["train", "-c", str(write_config(tmp_path / "c.json", config))]) == 0
     return tmp_path / "runs" / "mass" / "v1", tmp_path
@@ -117,7 +121,7 @@ def test_from_a_trained_run_to_a_map(
     assert area == pytest.approx(int((classes == 1).sum()) * pixel_area, rel=1e-3)
 
     plain_iou = building_iou(out, masks)
-    assert plain_iou > 0.15  # a model that maps buildings: the comparisons below mean something
+    assert plain_iou > 0.3  # a model that maps buildings: the comparisons below mean something
 
     # the ONNX export predicts the same map
     assert main(["export", str(run), "--format", "onnx", "--tile", "128"]) == 0
@@ -130,11 +134,6 @@ def test_from_a_trained_run_to_a_map(
     assert same >= 0.999
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 12): measured here, --tta rot90 lowers the building IoU of a lightunet "
-    "trained with rotation90 (0.18 -> 0.15) on the unseen scene",
-)
 def test_tta_keeps_the_iou(trained: tuple[Path, Path], shared_data: Path, tmp_path: Path) -> None:
     run, _ = trained
     data = shared_data / "massachusetts-buildings"
