@@ -19,7 +19,7 @@ SRC = Path(landseg.__file__).parent
 #: Bottom to top. A module may import its own layer's modules (without a cycle) and the layers
 #: below; never a layer above. The longest matching prefix decides a module's layer.
 LAYERS: dict[str, int] = {
-    "landseg": 0,  # the package itself, errors, io, registry, processes, cluster
+    "landseg": 0,  # the package, errors, io, registry, processes, cluster, stop_signals, hardware
     "landseg.config": 1,
     "landseg.data": 2,
     "landseg.models": 2,

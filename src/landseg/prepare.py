@@ -93,6 +93,7 @@ def prepare(
     overrides: list[str] | None = None,
     *,
     device_check: bool = True,
+    one_run: bool = True,
 ) -> Prepared:
     """Read, override, validate and check a config and its data; raise one error listing every
     problem (:class:`~landseg.errors.DataError` when they are all about the data,
@@ -101,7 +102,9 @@ def prepare(
     ``source`` is a config file (JSON or YAML), a raw mapping (relative paths taken from the
     working directory), or a :class:`LandsegConfig` already validated (its registry and data
     checks still run). ``device_check``: whether the devices named exist on this machine
-    (off for a config written on a login node for the compute nodes).
+    (off for a config written on a login node for the compute nodes). ``one_run``: the config
+    trains one run whose processes are the SLURM job's tasks (not a cv job's tasks, which
+    train one process each).
     """
     if isinstance(source, LandsegConfig):
         config: LandsegConfig | None = source
@@ -116,8 +119,8 @@ def prepare(
     device = sections.get("device_setup")
     if device_check and device is not None and not _rejected("device_setup", schema_lines):
         problems += host_device_problems(device)
-        if sections.get("cross_validation") is None:  # cv tasks train one process each
-            problems += slurm_layout_problems(device)
+        if one_run and sections.get("cross_validation") is None:
+            problems += slurm_layout_problems(device)  # cv tasks train one process each
     summary: DataSummary | None = None
     data_lines: list[str] = []
     data = sections.get("data_source")

@@ -6,6 +6,7 @@ is the machinery, which does not depend on the weights being good.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -135,7 +136,7 @@ def test_tiles_inside_lie_on_the_global_grid_and_edge_tiles_are_flush(anchor: in
     # every grid tile that fits is there; at most the two edge tiles are off the grid
     assert inner == [s for s in range(-(anchor % 16), 69) if s >= 0 and (s + anchor) % 16 == 0]
     assert len(starts) - len(inner) <= 2
-    assert all(b - a <= 16 for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= 16 for a, b in itertools.pairwise(starts))
 
 
 def test_tile_count_matches_a_hand_written_sliding_window_on_the_scene_grid() -> None:

@@ -125,3 +125,35 @@ def test_stop_signals_are_chosen_by_the_config(demo_config: dict, tmp_path: Path
     config = write_config(tmp_path / "c.json", demo_config)
     code, _ = signal_when(["train", "-c", str(config)], (run / "run.json").exists, signal.SIGUSR1)
     assert code == -signal.SIGUSR1
+
+
+@pytest.mark.parametrize("stage", ["validation_step", "test_step"])
+def test_sigterm_during_lightnings_own_stages_is_still_a_clean_stop(
+    stage: str, demo_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning puts its own SIGTERM handler in front when a stage starts (its loops would
+    end with SystemExit, exit status 0). During validation the run stops after it, with its
+    checkpoints, 143; during the test after training, the finished run stays finished."""
+    from landseg.tasks.segmentation import SegmentationTask
+
+    demo_config["train_setup"].update(epochs=3, batch_size=2)
+    demo_config["output_setup"].update(name_exp_log="exp", version_name="v1", get_prediction=False)
+    original = getattr(SegmentationTask, stage)
+    sent: list[bool] = []
+
+    def step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationTask, stage, step)
+    code = main(["train", "-c", str(write_config(tmp_path / "c.json", demo_config))])
+    run = tmp_path / "runs" / "exp" / "v1"
+    state = json.loads((run / "run.json").read_text())
+    if stage == "validation_step":
+        assert code == 143 and state["status"] == "interrupted"
+        assert list((run / "checkpoints").glob("*-last.ckpt"))  # the validation's checkpoints
+        assert state["epochs_done"] == 1
+    else:
+        assert code == 0 and state["status"] == "finished"

@@ -82,11 +82,14 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loader_workers", [0, 2])
 def test_sigkill_at_an_epoch_end_then_continue_equals_uninterrupted(
-    demo_config: dict, tmp_path: Path
+    loader_workers: int, demo_config: dict, tmp_path: Path
 ) -> None:
     """Killed once the first epoch's `-last` exists (no step checkpoints): the run resumes at
-    that epoch's end, where Lightning runs the epoch-end hooks again, then a new epoch."""
+    that epoch's end, where Lightning runs the epoch-end hooks again, then a new epoch. With
+    loader workers too, whose iterator Lightning creates before it sets the resumed epoch."""
+    demo_config["device_setup"]["num_workers"] = loader_workers
     demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
     demo_config["output_setup"].update(name_exp_log="exp", save_top_k=1, get_prediction=False)
     demo_config["data_source"].pop("test_file")

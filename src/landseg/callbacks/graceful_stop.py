@@ -23,11 +23,7 @@ what it stops after, includes their state for the same step.
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
@@ -35,6 +31,7 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from landseg.errors import StopRequested
 from landseg.runs.folder import CheckpointName
+from landseg.stop_signals import StopSignals
 
 __all__ = ["GracefulStop", "StopRequested", "StopSignals", "validation_follows"]
 
@@ -58,47 +55,6 @@ def _checkpoints_wait_for_epoch_end(trainer: pl.Trainer) -> bool:
         if isinstance(callback, ModelCheckpoint) and callback.save_last:
             return bool(callback._should_save_on_train_epoch_end(trainer))
     return False
-
-
-class StopSignals:
-    """The stop signals of one run: the handlers only record the signal (``requested``).
-
-    A context manager: the handlers are installed on entry (in the main thread, where Python
-    delivers signals) and the previous ones restored on exit. Install it around the whole run
-    so that a signal during start-up is not lost; :class:`GracefulStop` acts on it. A second
-    SIGINT raises KeyboardInterrupt at once, for a person who does not want to wait.
-    """
-
-    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
-        self.signals = tuple(signals)
-        self.requested: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now
-        self.requested = signum
-
-    def install(self) -> None:
-        """Handle the signals here (again: Lightning puts its own SIGTERM handler in place when
-        fit starts, which would stop the run mid-validation with exit status 0)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in self.signals:
-            previous = signal.signal(signum, self._handle)
-            self._previous.setdefault(signum, previous)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def __enter__(self) -> StopSignals:
-        self.install()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
 
 
 class GracefulStop(Checkpoint):
@@ -141,7 +97,23 @@ class GracefulStop(Checkpoint):
     # ------------------------------------------------------------------ Lightning hooks
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.signals.install()  # after Lightning's signal connector: ours, not its, decide
+        self.signals.install()
+
+    # Lightning puts its own SIGTERM handler in front of every handler when a stage starts
+    # (after on_fit_start): its loops would then end the run with SystemExit (exit status
+    # 0) at an arbitrary point. Ours is put back once Lightning's is in place.
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.signals.install()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.signals.install()
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.signals.install()
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.signals.install()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release()

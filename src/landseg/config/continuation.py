@@ -11,7 +11,9 @@ may change, and are applied:
 - ``device_setup.*`` except ``precision``, as long as the number of training processes stays
   the same (a different count would break the loader's position inside an epoch);
 - display and logging: ``output_setup.progress``, ``figures_every_n_epochs``,
-  ``log_learning_rate``, ``loggers``, ``use_tensorboard``, ``use_wandb``, ``class_colors``.
+  ``log_learning_rate``, ``loggers``, ``use_tensorboard``, ``use_wandb``, ``class_colors``;
+- the decoded-tile cache: ``data_source.cache``, ``cache_dir``, ``cache_limit_gb`` (it changes
+  how fast tiles are read, never what is read).
 
 Any other difference is refused. A cross-validation task's hash (what its results depend on)
 leaves out the same keys, plus ``train_setup.continue_training``.
@@ -32,6 +34,7 @@ CHANGEABLE = (
     "train_setup.early_stopping.min_delta",
     "train_setup.val_check_interval",
     "train_setup.continue_training",
+    "train_setup.compile",
     "device_setup.*",
     "output_setup.progress",
     "output_setup.figures_every_n_epochs",
@@ -40,6 +43,9 @@ CHANGEABLE = (
     "output_setup.use_tensorboard",
     "output_setup.use_wandb",
     "output_setup.class_colors",
+    "data_source.cache",
+    "data_source.cache_dir",
+    "data_source.cache_limit_gb",
 )
 #: Changeable keys that a continued run must nevertheless keep.
 KEPT = ("device_setup.precision",)

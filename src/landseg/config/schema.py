@@ -153,6 +153,29 @@ class DataSource(StrictModel):
         default=None,
         description="landseg: a class-index mask value to ignore besides the mask's nodata.",
     )
+    cache: Literal["none", "memory", "disk"] = Field(
+        default="disk",
+        description="landseg: keep every tile as first decoded (before scaling and "
+        "augmentation, which still run on every read), so that later epochs skip decoding. "
+        "disk: one file per tile in cache_dir, shared by the runs of the output folder, "
+        "workers and ranks, kept for continued runs, redone when a raster changes, read "
+        "through the page cache (no process memory); memory: the train and val tiles of each "
+        "training process in RAM, refused when they do not fit; none: decode every read. "
+        "Results are identical either way (design.md, section Data cache).",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="landseg: the disk cache's folder; default "
+        "`<output_folder>/.landseg-cache`. Deleting it is always safe (tiles are decoded again).",
+    )
+    cache_limit_gb: float = Field(
+        default=20.0,
+        gt=0,
+        description="landseg: the most the cache may hold, in GB (10^9 bytes). disk: no tile "
+        "is added beyond it, nor when the disk would keep less than 10 % free (tiles left "
+        "out are decoded every time); memory: the run is refused when the tiles need more, "
+        "or more than half the memory available.",
+    )
 
     def n_classes(self) -> int | None:
         """The number of classes when the config alone tells it (else the data does)."""
@@ -272,6 +295,13 @@ class TrainSetup(StrictModel):
         description="Float in (0, 1]: fraction of an epoch; int: every N training batches.",
     )
     deterministic: bool = Field(default=False, description="Use deterministic algorithms.")
+    compile: bool = Field(
+        default=False,
+        description="landseg: compile the network for training with torch.compile "
+        "(nn.Module.compile(), which keeps the checkpoint keys; prediction and exports use "
+        "the plain network). Pays a compilation at the start of each process; whether it "
+        "pays back is measured in benchmarks/README.md.",
+    )
     random_seed: int = Field(default=42, ge=0, description="Seed for every random generator.")
     testing: bool = Field(
         default=False, description="Use a small fixed subset of every split (debugging)."
@@ -481,16 +511,21 @@ class DeviceSetup(StrictModel):
         default=1, description="Processes for distributed training on the CPU."
     )
     strategy: str | None = Field(default=None, description="auto, ddp, ddp_spawn, ...")
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
-        default="32-true",
-        description="landseg: Lightning's precision. bf16-mixed: bfloat16 autocast (recent "
-        "GPUs and CPUs); 16-mixed: float16 autocast with loss scaling (GPUs; Lightning uses "
-        "bf16-mixed on the CPU instead). Weights and checkpoints stay float32.",
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        default="auto",
+        description="landseg: Lightning's precision. auto: bf16-mixed where the hardware "
+        "computes bfloat16 natively (CPUs with AMX or AVX-512 BF16, CUDA GPUs of compute "
+        "capability 8.0 or more), else 32-true; the choice is printed, recorded in run.json "
+        "and kept by a continued run. 32-true: float32 throughout, today's results bit for "
+        "bit. bf16-mixed: bfloat16 autocast; 16-mixed: float16 autocast with loss scaling "
+        "(GPUs). Weights, checkpoints and exports stay float32; losses and metrics are "
+        "computed in float32.",
     )
-    channels_last: bool = Field(
-        default=False,
+    channels_last: bool | Literal["auto"] = Field(
+        default="auto",
         description="landseg: keep the model and its inputs in channels-last memory format, "
-        "which convolutions run faster in on GPUs with tensor cores (with bf16/16-mixed).",
+        "which convolutions run faster in with bf16/16-mixed (tensor cores, AMX). auto: on "
+        "exactly when the precision is bf16-mixed or 16-mixed.",
     )
     stop_signals: list[StopSignal] = Field(
         default_factory=lambda: list(STOP_SIGNALS),
@@ -648,7 +683,7 @@ class LandsegConfig(StrictModel):
     def resolve_paths(self, base: Path) -> LandsegConfig:
         """Relative paths in the config are relative to the config file's folder."""
         data = self.data_source
-        for key in ("train_file", "val_file", "test_file"):
+        for key in ("train_file", "val_file", "test_file", "cache_dir"):
             value = getattr(data, key)
             if value is not None and not value.is_absolute():
                 setattr(data, key, (base / value).resolve())

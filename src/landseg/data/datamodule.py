@@ -12,13 +12,15 @@ is needed; the workers' one (:func:`ignore_stop_signals`) leaves stop signals to
 process.
 The train loader is a :class:`~landseg.data.resumable.ResumableDataLoader`, whose state
 (epoch, batches done) Lightning checkpoints, so a resumed epoch skips what was trained.
+
+The decoded-tile caches (``data_source.cache``, :mod:`landseg.data.cache`) are set up when the
+first loader is built, in the training process and before its workers start (a memory cache
+must be, to outlive the workers of one epoch); the datasets alone (a report's sample tiles)
+get none.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 from typing import Any
 
 import lightning as L
@@ -26,50 +28,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from landseg.config.schema import LandsegConfig
+from landseg.data.cache import build_caches
 from landseg.data.csvfiles import SamplePair, load_splits
 from landseg.data.dataset import SegmentationDataset
 from landseg.data.resumable import ResumableDataLoader
 from landseg.data.sampler import SeededSampler
 from landseg.data.summary import DataSummary
+from landseg.data.workers import SignalSafeDataLoader, ignore_stop_signals
 from landseg.errors import DataError
 from landseg.registry import Registry
 
 DATAMODULES: Registry[type[L.LightningDataModule]] = Registry("datamodule")
-
-
-#: Seconds a DataLoader worker lives on after its first SIGTERM when nobody stops it: longer
-#: than any grace period (SLURM's KillWait, Kubernetes' terminationGracePeriodSeconds: 30 s by
-#: default), within which the main process stops and ends its workers itself.
-WORKER_SIGTERM_GRACE_S = 120.0
-
-
-def _worker_sigterm(signum: int, frame: object) -> None:
-    """A worker's SIGTERM: the first is the cluster's (sent to every process of the job while
-    the main process stops the run at a checkpoint, which needs this worker's batches); a
-    second one, torch's own ``terminate()`` of a worker that did not stop when asked, or the
-    grace running out, ends the worker."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the next SIGTERM kills
-    timer = threading.Timer(WORKER_SIGTERM_GRACE_S, os._exit, args=(128 + signum,))
-    timer.daemon = True
-    timer.start()
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader worker leaves stop signals to the main process, which decides.
-
-    A terminal sends Ctrl-C to the whole process group, and SLURM and Kubernetes send SIGTERM
-    and SIGUSR1 to every process of a job; their default actions would kill the workers, and
-    the main process would fail on its next batch instead of stopping the run at a resumable
-    point. SIGINT and SIGUSR1 are ignored; the first SIGTERM is survived (see
-    :func:`_worker_sigterm`), because SIGTERM is also how torch ends a worker that does not
-    stop by itself.
-    """
-    for name in ("SIGINT", "SIGUSR1"):
-        signum = getattr(signal, name, None)
-        if signum is not None:
-            signal.signal(signum, signal.SIG_IGN)
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, _worker_sigterm)
 
 
 @DATAMODULES.register("csv")
@@ -82,6 +51,7 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         self.summary = summary
         self.datasets: dict[str, SegmentationDataset] = {}
         self.samplers: dict[str, SeededSampler] = {}
+        self.caches_built = False
 
     # ------------------------------------------------------------------ building
 
@@ -151,11 +121,23 @@ class CsvSegmentationDataModule(L.LightningDataModule):
             raise DataError(f"data_source.{split}_file is not set: there is no {split} split")
         return self.datasets[split]
 
+    def build_caches(self) -> None:
+        """Give each split its cache (once); ConfigError when a memory cache does not fit."""
+        self.setup()
+        if self.caches_built:
+            return
+        sizes = {split: len(dataset) for split, dataset in self.datasets.items()}
+        for split, cache in build_caches(self.config, self.summary, sizes).items():
+            self.datasets[split].cache = cache
+        self.caches_built = True
+
     def _loader(self, split: str) -> DataLoader[dict[str, Any]]:
+        dataset = self._split(split)
+        self.build_caches()
         # the train loader keeps its place in the epoch across a resume (ResumeTracker)
-        loader_class = ResumableDataLoader if split == "train" else DataLoader
+        loader_class = ResumableDataLoader if split == "train" else SignalSafeDataLoader
         return loader_class(
-            self._split(split),
+            dataset,
             batch_size=self.config.train_setup.batch_size,
             sampler=self.samplers[split],
             num_workers=self.config.device_setup.num_workers,

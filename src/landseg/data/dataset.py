@@ -3,7 +3,9 @@
 A sample is a pure function of its pair and its ``sample_seed`` (given by
 :class:`~landseg.data.sampler.SeededSampler`), so it is identical in any worker process, for
 any number of workers, and after a resume. Rasters are opened per read, never kept open, so
-the dataset forks and pickles cleanly.
+the dataset forks and pickles cleanly. With a :attr:`SegmentationDataset.cache` (set by the
+datamodule, :mod:`landseg.data.cache`), a tile is decoded once and read back afterwards;
+scaling, augmentation and standardisation still run on every read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch.utils.data import Dataset
 
 from landseg.config.schema import SplitStats
 from landseg.data.augmentations import build_augmentations
+from landseg.data.cache import Decoded, TileCache
 from landseg.data.csvfiles import SamplePair
 from landseg.data.normalization import scale, standardize
 from landseg.data.raster import read_image_and_nodata, read_mask
@@ -45,6 +48,7 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         augmentations: Sequence[str] = (),
         seed: int = 0,
         ignore_index: int | None = None,
+        cache: TileCache | None = None,
     ):
         self.pairs = list(pairs)
         self.image_bands = list(image_bands) if image_bands else None
@@ -59,6 +63,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
             raise ConfigError(f"data_source.data_augmentation: {err.args[0]}") from err
         self.seed = seed
         self.ignore_index = ignore_index
+        #: Where decoded tiles are kept between epochs (None: decode every read).
+        self.cache: TileCache | None = cache
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -68,8 +74,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         index = int(index)
         if sample_seed is None:
             sample_seed = derive_seed(self.seed, 0, index)
-        pair = self.pairs[index]
-        image, mask = self.load(pair)
+        raw, mask = self.decoded(index)
+        image = scale(raw, self.pixel_range)
         if self.augmentations:
             rng = np.random.default_rng(sample_seed)
             for augment in self.augmentations:
@@ -82,7 +88,19 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         }
 
     def load(self, pair: SamplePair) -> tuple[np.ndarray, np.ndarray]:
-        """The pair's 0-1 float32 image and int64 class mask, before augmentation.
+        """The pair's 0-1 float32 image and int64 class mask, before augmentation."""
+        raw, mask = self.decode(pair)
+        return scale(raw, self.pixel_range), mask
+
+    def decoded(self, index: int) -> Decoded:
+        """Row ``index`` as :meth:`decode` returns it, from the cache when there is one."""
+        pair = self.pairs[index]
+        if self.cache is None:
+            return self.decode(pair)
+        return self.cache.fetch(index, pair, lambda: self.decode(pair))
+
+    def decode(self, pair: SamplePair) -> Decoded:
+        """The pair's image in the raster's dtype and its int64 class mask: what is cached.
 
         Image nodata pixels (every band at the image's nodata value) are ignored like
         unlabelled mask pixels, and their pixel values are set to 0 (black), whatever the
@@ -101,4 +119,4 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
             )
         if missing is not None:
             mask[missing] = IGNORE_INDEX
-        return scale(raw, self.pixel_range), mask
+        return raw, mask

@@ -9,17 +9,45 @@ an uninterrupted run would have seen, in the same order, with the same augmentat
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
 
 from landseg.data.sampler import SeededSampler
+from landseg.data.workers import SignalSafeDataLoader
 
 
-class ResumableDataLoader(DataLoader):
+class _DeferredIterator:
+    """The loader's iterator, created at the first batch rather than when asked for.
+
+    Lightning asks for the train iterator when it sets the loop up, before it sets the
+    sampler's epoch for a run resumed at an epoch's end; worker processes fetch indices from
+    the sampler as soon as their iterator exists, so they would follow the wrong epoch's
+    order (0 workers read the sampler only at the first batch, after the epoch is set).
+    """
+
+    def __init__(self, start: Callable[[], Iterator[Any]]):
+        self._start = start
+        self._iterator: Iterator[Any] | None = None
+
+    def __iter__(self) -> _DeferredIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
+
+
+class ResumableDataLoader(SignalSafeDataLoader):
     """A DataLoader over a :class:`~landseg.data.sampler.SeededSampler` with a resumable state."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        if self.num_workers == 0:
+            return self._start_workers()
+        return _DeferredIterator(self._start_workers)
 
     counting_epoch: int = 0
     batches_done: int = 0

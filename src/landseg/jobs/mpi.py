@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from landseg.callbacks.graceful_stop import StopSignals
 from landseg.errors import LandsegError, StopRequested
 from landseg.jobs.plan import Job, prepare_job
 from landseg.jobs.progress import Claim, Worker, writer_lease
@@ -43,6 +42,7 @@ from landseg.jobs.runner import (
     start_job,
     visible_gpus,
 )
+from landseg.stop_signals import StopSignals
 
 log = logging.getLogger("landseg.cv")
 

@@ -494,7 +494,7 @@ def prepare_job(
         atomic_write_text(rows_file, text)
         checked = csv_file if len(used) == len(rows) else rows_file
         whole = whole_data_config(config, checked)
-        summary = prepare(whole, device_check=device_check).summary
+        summary = prepare(whole, device_check=device_check, one_run=False).summary
     hashes, sizes = {}, {}
     for task in plan.tasks:
         hashes[task.id] = task_hash(task_config(config, task, folder), task_csvs(task, used))

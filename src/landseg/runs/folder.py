@@ -87,6 +87,11 @@ class RunState(BaseModel):
     resumed: list[Any] = Field(default_factory=list)
     error: str | None = None
     archived: ArchiveRecord | None = None
+    #: what ``device_setup.precision``/``channels_last`` (``auto`` included) resolved to when
+    #: the run started; a continued run keeps it, whichever machine it continues on
+    precision: str | None = None
+    channels_last: bool | None = None
+    fast_paths_reason: str | None = None
 
     @classmethod
     def read(cls, run_dir: Path) -> RunState | None:

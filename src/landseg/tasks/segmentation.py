@@ -38,7 +38,16 @@ class SegmentationTask(pl.LightningModule):
         class_labels: one name per class (their count is the number of classes).
     """
 
-    def __init__(self, config: dict[str, Any], in_channels: int, class_labels: list[str]):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        in_channels: int,
+        class_labels: list[str],
+        channels_last: bool | None = None,
+    ):
+        """``config`` as the run was given it (``auto`` values included: a continued run
+        compares it with its own); ``channels_last``: what training resolved
+        ``device_setup.channels_last`` to (None: the config's value when it is a bool)."""
         super().__init__()
         self.save_hyperparameters()
         self.config = LandsegConfig.model_validate(config)
@@ -48,7 +57,8 @@ class SegmentationTask(pl.LightningModule):
         n_classes = len(self.class_labels)
         self.model = build_model(train.model_name, in_channels, n_classes, train.model_params)
         self.size_multiple = model_size_multiple(train.model_name, train.model_params)
-        self.channels_last = self.config.device_setup.channels_last
+        configured = self.config.device_setup.channels_last
+        self.channels_last = configured is True if channels_last is None else channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(train.loss, n_classes, train.class_imbalance)
@@ -87,10 +97,14 @@ class SegmentationTask(pl.LightningModule):
     # ------------------------------------------------------------------ steps
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["image"])
-        loss = self.loss_fn(logits, batch["mask"])
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.detach(), batch["mask"])
+        # Under mixed precision the network computes in bf16/fp16; the loss, the metrics and
+        # the confusion matrix are computed in float32 from the logits cast to float32, with
+        # autocast off (it would run some of their ops in the low precision again).
+        logits = self(batch["image"]).float()
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            loss = self.loss_fn(logits, batch["mask"])
+            metrics = getattr(self, f"{stage}_metrics")
+            metrics.update(logits.detach(), batch["mask"])
         batch_size = batch["image"].shape[0]
         if stage == "train":
             self.log("train_miou", metrics, on_step=False, on_epoch=True, batch_size=batch_size)

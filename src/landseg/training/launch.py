@@ -41,6 +41,8 @@ class RunDecision:
     resuming: bool = False
     finished: bool = False  # the run is complete: every rank returns at once
     error: str | None = None  # rank 0 refused: every rank fails with this line
+    precision: str | None = None  # rank 0's device_setup.precision (auto resolved)
+    channels_last: bool | None = None
 
     def encode(self) -> bytes:
         return json.dumps(self.__dict__).encode()

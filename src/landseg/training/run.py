@@ -21,13 +21,13 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from pydantic import ValidationError
 
 from landseg.callbacks.checkpoints import best_loss_checkpoint, keep_newest_step_checkpoint
-from landseg.callbacks.graceful_stop import StopSignals
 from landseg.cluster import external_launch, requeue_wanted
 from landseg.config.continuation import continuation_problems
 from landseg.config.schema import LandsegConfig
 from landseg.data.datamodule import DATAMODULES
 from landseg.data.summary import DataSummary
 from landseg.errors import ConfigError, LandsegError, StopRequested
+from landseg.hardware import FastPaths, choose_fast_paths
 from landseg.inference.split import predict_split
 from landseg.io import (
     UnsafeCheckpointError,
@@ -48,6 +48,7 @@ from landseg.runs.folder import (
     now_iso,
     resolve_run_folder,
 )
+from landseg.stop_signals import StopSignals
 from landseg.tasks.segmentation import SegmentationTask
 from landseg.training.launch import DecisionBoard, RunDecision, receive_decision
 from landseg.training.trainer import build_trainer, checkpoint_base_name
@@ -198,6 +199,37 @@ def load_initial_weights(task: SegmentationTask, checkpoint: Path) -> None:
     task.model.load_state_dict(network)
 
 
+def fast_paths(config: LandsegConfig, run: RunFolder, given: FastPaths | None) -> FastPaths:
+    """The precision and memory format this run trains with (``auto`` resolved).
+
+    A continued run keeps what its first launch chose (recorded in run.json), whatever this
+    machine would choose: cluster nodes differ, and a run must not change precision midway.
+    ``given`` is global rank 0's choice, for the other ranks of a multi-node launch.
+    """
+    if given is not None:
+        return given
+    device = config.device_setup
+    if run.resuming:
+        state = RunState.read(run.path)
+        if state is not None and state.precision is not None:
+            return FastPaths(
+                state.precision,
+                bool(state.channels_last),
+                state.fast_paths_reason or "recorded in run.json",
+            )
+    return choose_fast_paths(
+        device.precision, device.channels_last, device.lightning_args()["accelerator"]
+    )
+
+
+def resolved_device(config: LandsegConfig, fast: FastPaths) -> LandsegConfig:
+    """``config`` with ``device_setup.precision`` and ``channels_last`` set to ``fast``'s."""
+    device = config.device_setup.model_copy(
+        update={"precision": fast.precision, "channels_last": fast.channels_last}
+    )
+    return config.model_copy(update={"device_setup": device})
+
+
 def train(
     config: LandsegConfig,
     summary: DataSummary,
@@ -231,6 +263,11 @@ def train(
         if decision.finished:
             return Path(decision.run)
         run = RunFolder(Path(decision.run), resuming=decision.resuming)
+        given = None
+        if decision.precision is not None:  # rank 0's choice: nodes may differ
+            given = FastPaths(
+                decision.precision, bool(decision.channels_last), "chosen by global rank 0"
+            )
         return _train_with_signals(
             run,
             config,
@@ -241,6 +278,7 @@ def train(
             {},
             None,
             standalone,
+            given,
         )
     board = DecisionBoard(launch) if launch is not None else None
     try:
@@ -308,6 +346,7 @@ def _train_with_signals(
     changes: dict[str, list[Any]],
     board: DecisionBoard | None,
     standalone: bool,
+    fast_paths_given: FastPaths | None = None,
 ) -> Path:
     signals = [signal.SIGINT, *(getattr(signal, n) for n in config.device_setup.stop_signals)]
     with StopSignals(signals) as stop_signals:  # from the start: a Ctrl-C is never lost
@@ -323,6 +362,7 @@ def _train_with_signals(
                 stop_signals,
                 board,
                 standalone,
+                fast_paths_given,
             )
         except StopRequested as stop:
             # SLURM's warning before the time limit (sbatch --signal=USR1@90): rank 0 asks
@@ -344,21 +384,36 @@ def _train_in(
     stop_signals: StopSignals,
     board: DecisionBoard | None = None,
     standalone: bool = False,
+    fast_paths_given: FastPaths | None = None,
 ) -> Path:
     ckpt_path = checkpoint or (latest_checkpoint(run) if run.resuming else None)
+    fast = fast_paths(config, run, fast_paths_given)
+    trained = resolved_device(config, fast)  # what Lightning trains with; the task keeps config
     pl.seed_everything(config.train_setup.random_seed, workers=True, verbose=False)
     task = SegmentationTask(
-        config.model_dump(mode="json"), summary.n_image_bands, list(summary.class_labels)
+        config.model_dump(mode="json"),
+        summary.n_image_bands,
+        list(summary.class_labels),
+        channels_last=fast.channels_last,
     )
     if ckpt_path is None and config.train_setup.init_weights is not None:
         load_initial_weights(task, config.train_setup.init_weights)
+    if config.train_setup.compile:  # in place: the state_dict keys stay the network's
+        task.model.compile()
     if rank_zero:
         if run.resuming:
             prune_checkpoints_after(run, ckpt_path)
             for path in remove_stale_temporaries(run.path):
                 log.info("removing %s, left by an interrupted write", path.relative_to(run.path))
         _write_run_files(config, run, task, changes)
+        run.update_state(
+            precision=fast.precision,
+            channels_last=fast.channels_last,
+            fast_paths_reason=fast.reason,
+        )
         os.environ[RUN_DIR_ENV] = str(run.path)
+        memory = ", channels-last" if fast.channels_last else ""
+        log.info("precision %s%s (%s)", fast.precision, memory, fast.reason)
         log.info(
             "run folder %s%s", run.path, f", resuming from {ckpt_path.name}" if ckpt_path else ""
         )
@@ -370,11 +425,13 @@ def _train_in(
                     run=str(run.path),
                     checkpoint=str(ckpt_path) if ckpt_path else None,
                     resuming=run.resuming,
+                    precision=fast.precision,
+                    channels_last=fast.channels_last,
                 )
             )
     try:
         datamodule = DATAMODULES.get("csv")(config, summary)
-        trainer = build_trainer(config, run, extra_callbacks, stop_signals, standalone)
+        trainer = build_trainer(trained, run, extra_callbacks, stop_signals, standalone)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import Logger
 from landseg.callbacks.cadence import VisualCadence
 from landseg.callbacks.checkpoints import LastCheckpoint, StepCheckpoint, top_k_checkpoints
 from landseg.callbacks.early_stopping import ConfiguredEarlyStopping
-from landseg.callbacks.graceful_stop import GracefulStop, StopSignals
+from landseg.callbacks.graceful_stop import GracefulStop
 from landseg.callbacks.history import HistoryWriter
 from landseg.callbacks.progress import progress_bar
 from landseg.callbacks.pth_export import PthExport
@@ -28,6 +28,7 @@ from landseg.data.resumable import ResumeTracker
 from landseg.loggers.registry import build_loggers
 from landseg.loggers.tensorboard import PhaseTensorBoardLogger
 from landseg.runs.folder import RunFolder
+from landseg.stop_signals import StopSignals
 from landseg.training.checkpoint_io import AtomicCheckpointIO
 
 
