@@ -1,6 +1,7 @@
 """``landseg train`` against a minimal hand-written PyTorch loop: seconds per epoch.
 
-Same network (lightunet, built by landseg's registry for both), same Dubai tiles, batch size,
+Same network (``--model``, lightunet by default, built by landseg's registry for both), same
+Dubai tiles, batch size,
 workers, epochs and optimiser. landseg runs with all its logging on (history, TensorBoard with
 images, histograms and figures, top-k checkpoints, ``last``, run.json); the hand loop is Adam,
 cross-entropy with ``ignore_index=-1`` and a validation pass with a bincount confusion matrix.
@@ -14,6 +15,13 @@ are made on some epochs only (``figures_every_n_epochs``). Wall and process CPU 
 reported (CPU time is less sensitive to other jobs on a shared machine).
 
     python -m benchmarks.bench_overhead --train 32 --val 8 --runs 3 --epochs 3
+
+landseg runs with the defaults a user gets (``device_setup.precision: auto``, the decoded-tile
+cache), unless ``--precision`` says otherwise; ``--hand-fast`` adds the hand loop with bf16
+autocast and channels-last written by hand (issue 14's three-way comparison):
+
+    python -m benchmarks.bench_overhead --model resnet18 --train 96 --val 48 --epochs 3 \
+        --runs 1 --hand-fast --profile-epochs 0
 """
 
 from __future__ import annotations
@@ -65,12 +73,15 @@ def landseg_epochs(
     return clock.clock.intervals(skip=0)
 
 
-def hand_epochs(args: argparse.Namespace, train_rows: list, val_rows: list) -> list:
-    """The same training by the hand-written loop; (wall, cpu) of every epoch."""
+def hand_epochs(
+    args: argparse.Namespace, train_rows: list, val_rows: list, fast: bool = False
+) -> list:
+    """The same training by the hand-written loop; (wall, cpu) of every epoch. ``fast``: with
+    bf16 autocast and channels-last written by hand, as a user who knows the tricks would."""
     from landseg.models.registry import build_model
 
     torch.manual_seed(0)
-    model = build_model("lightunet", 3, len(DUBAI_CLASSES), {})
+    model = build_model(args.model, 3, len(DUBAI_CLASSES), {})
     clock = Clock()
     hand_fit(
         model,
@@ -79,6 +90,8 @@ def hand_epochs(args: argparse.Namespace, train_rows: list, val_rows: list) -> l
         epochs=args.epochs,
         n_classes=len(DUBAI_CLASSES),
         clock=clock,
+        bf16=fast,
+        channels_last=fast,
     )
     return clock.intervals(skip=0)
 
@@ -103,12 +116,25 @@ def main() -> None:
     parser.add_argument(
         "--profile-epochs", type=int, default=2, help="an extra profiled landseg run (0: none)"
     )
+    parser.add_argument("--model", default="lightunet", help="lightunet, resnet18, ...")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="landseg's device_setup.precision (auto: the default users get)",
+    )
+    parser.add_argument(
+        "--hand-fast",
+        action="store_true",
+        help="also time the hand loop with bf16 autocast and channels-last written by hand",
+    )
     add_threads_argument(parser)
     args = parser.parse_args()
     apply_threads(args.threads)
     load_before = load_average()
     train_rows, val_rows = dubai_rows("train", args.train), dubai_rows("val", args.val)
     times: dict[str, list[list[tuple[float, float]]]] = {"landseg": [], "hand": []}
+    if args.hand_fast:
+        times["hand-fast"] = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         folder = Path(tmp)
         config = dubai_config(
@@ -118,10 +144,14 @@ def main() -> None:
             epochs=args.epochs,
             batch_size=args.batch_size,
             workers=args.workers,
+            model=args.model,
         )
+        config["device_setup"]["precision"] = args.precision
         for run in range(args.runs):  # alternate, so a change of load hits both alike
             times["landseg"].append(landseg_epochs(folder, config, f"run{run}"))
             times["hand"].append(hand_epochs(args, train_rows, val_rows))
+            if args.hand_fast:
+                times["hand-fast"].append(hand_epochs(args, train_rows, val_rows, fast=True))
             print(f"run {run}: load {load_average()}", flush=True)
         breakdown: dict[str, float] = {}
         if args.profile_epochs:
@@ -136,8 +166,10 @@ def main() -> None:
             "train_tiles": args.train,
             "val_tiles": args.val,
             "tile": "256x256x3 uint8, 6 classes",
-            "model": "lightunet",
-            **{k: getattr(args, k) for k in ("epochs", "runs", "batch_size", "workers")},
+            **{
+                k: getattr(args, k)
+                for k in ("model", "precision", "epochs", "runs", "batch_size", "workers")
+            },
         }
     }
     for kind in ("wall", "cpu"):
@@ -160,6 +192,15 @@ def main() -> None:
                 "overhead_s": round(landseg_s - hand_s, 3),
                 "per_run": {n: [round(v, 3) for v in values] for n, values in per_run.items()},
             }
+            if args.hand_fast:
+                fast_s = median(per_run["hand-fast"])
+                result[f"{kind}_{label}"].update(
+                    {
+                        "hand_fast": round(fast_s, 3),
+                        "ratio_to_hand_fast": round(landseg_s / fast_s, 4),
+                        "speedup_over_hand_float32": round(hand_s / landseg_s, 3),
+                    }
+                )
     result["epoch_s"] = {
         name: [[round(t[0], 2) for t in run] for run in runs] for name, runs in times.items()
     }

@@ -389,7 +389,9 @@ def memory(folder: Path, checkpoint: Path, scene: Path, args: argparse.Namespace
 # ---------------------------------------------------------------------------- main
 
 
-def timings(model: Any, scene: Path, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+def timings(
+    model: Any, scene: Path, folder: Path, args: argparse.Namespace, tta: bool = True
+) -> dict[str, Any]:
     from landseg.inference.tta import TTAModel
 
     with rasterio.open(scene) as src:
@@ -398,7 +400,7 @@ def timings(model: Any, scene: Path, folder: Path, args: argparse.Namespace) -> 
         "landseg": lambda out: landseg_predict(model, scene, out, args),
         "hand": lambda out: hand_predict(model.model, scene, out, args),
     }
-    for mode in args.tta:
+    for mode in args.tta if tta else []:
         wrapped = TTAModel(model, mode)
         variants[f"landseg+tta-{mode}"] = lambda out, w=wrapped: landseg_predict(
             w, scene, out, args
@@ -427,7 +429,7 @@ def timings(model: Any, scene: Path, folder: Path, args: argparse.Namespace) -> 
         }
     base = median(seconds["landseg"])
     results["landseg_vs_hand_time"] = round(base / median(seconds["hand"]), 3)
-    for mode in args.tta:
+    for mode in args.tta if tta else []:
         results[f"tta_cost_factor_{mode}"] = round(median(seconds[f"landseg+tta-{mode}"]) / base, 2)
     return results
 
@@ -460,6 +462,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="rounds of every variant")
     parser.add_argument("--factor", type=int, default=10, help="size of the large VRT scene")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS children")
+    parser.add_argument(
+        "--large",
+        default="3x3",
+        help="also time landseg and the hand loop on a ROWSxCOLS VRT mosaic of the scene "
+        "('' to skip)",
+    )
     parser.add_argument("--train-steps", type=int, default=400, help="0: untrained model")
     parser.add_argument("--train-tile", type=int, default=64)
     parser.add_argument("--train-batch", type=int, default=8)
@@ -495,6 +503,13 @@ def main() -> None:
         model = LoadedModel.from_task(task.eval())
         figures: dict[str, Any] = {"training": training}
         figures["throughput"] = timings(model, scene, folder, args)
+        if args.large:  # the edge tiles' share falls as scenes grow
+            rows, cols = (int(n) for n in args.large.split("x"))
+            large = mosaic_vrt(scene, folder / "large.vrt", rows, cols)
+            figures["throughput_large"] = {
+                "mosaic_rows_cols": [rows, cols],
+                **timings(model, large, folder, args, tta=False),
+            }
         figures["other_scene"] = other_scene_iou(model, folder, args)
         if not args.no_memory:
             checkpoint = save_checkpoint(task.cpu(), folder / "model.ckpt")

@@ -19,15 +19,39 @@ reference's; the last checkpoint's weights equal; the same checkpoint files; run
 and finished; for cv the same summary.json. Prints the kills survived; exit code 1 on any
 problem.
 
+``--signal TERM`` (or ``USR1``, ``INT``) sends that signal instead, to the whole process group
+(as SLURM and Kubernetes do: DataLoader workers get it too), at the same seeded moments, with
+one more trigger, ``validation`` (below), and then waits for the command to stop by itself.
+Each stop must exit with exactly 128 + the signal (143, 138, 130) within ``STOP_TIMEOUT_S``
+(else it is SIGKILLed and the round fails), leave run.json ``interrupted`` (train; for cv no
+task left ``running`` in the job log) and pass the same file checks as after a kill; a signal
+that lands after the command has done its work (exit 0) counts as "ended before the signal".
+A signal sent while the process has no handler for it (``SigCgt`` in ``/proc/PID/status``:
+the interpreter is still importing, or cv is between two tasks) kills it by the default
+action: counted apart, and a problem when landseg had already handled that signal earlier
+in the same start. ``--loader-workers N`` trains with N DataLoader workers.
+
+* ``validation``: no file changes when a validation starts; this trigger waits for the last
+  step checkpoint before one (``-step=`` of the step before a validation step of the
+  uninterrupted run's history), then waits a seeded fraction of two step intervals, which
+  lands in the last training step of the epoch or in the validation loop (both stop after
+  the validation and its checkpoints). Needs step checkpoints; one planned signal in each
+  run of seven (picked by a second seeded RNG, so the others keep the moments of
+  ``--signal KILL``) becomes one. The validation's end (history, run.json, figures, top-k
+  checkpoints) is what the ``history``, ``run-state`` and ``checkpoint`` triggers hit.
+
     python -m benchmarks.torture --kills 30 --cv-kills 10 --seed 1
+    python -m benchmarks.torture --signal TERM --kills 8 --cv-kills 3 --seed 1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -39,7 +63,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 TRIGGERS = ("startup", "random", "checkpoint", "history", "run-state", "temp-file")
 #: Files whose appearance or change fires each trigger, relative to the run or job folder.
@@ -49,19 +73,46 @@ WATCHED = {
     "history": ["**/history*.json", "**/.history*.tmp"],
     "run-state": ["**/run.json", "**/.run.json.*.tmp", "job.sqlite*"],
     "temp-file": ["**/.*.tmp"],
+    # the step checkpoints (not their dot-named temporary files) of ``validation``
+    "validation": ["**/checkpoints/*-step=*.ckpt"],
 }
 POLL_S = 0.002
 #: Torch threads of every run. One: results must not depend on the thread count (float sums
 #: do), and on a loaded 2-core machine two OpenMP threads make a tiny step 10-50x slower.
 THREADS = 1
+#: The signals ``--signal`` sends; KILL kills, the others ask for a graceful stop.
+SIGNALS = {
+    "KILL": signal.SIGKILL,
+    "TERM": signal.SIGTERM,
+    "USR1": signal.SIGUSR1,
+    "INT": signal.SIGINT,
+}
+#: Seconds a graceful stop may take, from the signal to the process's exit.
+STOP_TIMEOUT_S = 30.0
+#: One planned signal in each run of this many becomes a ``validation`` trigger (not for KILL).
+VALIDATION_EVERY = 7
 
 
 @dataclass
 class Kill:
+    """One planned signal, and after it is sent what came of it."""
+
     trigger: str
-    delay: float
+    delay: float  # seconds; for ``validation``, a fraction of two step intervals until sent
     changes: int = 1  # watched-file changes to wait for before the delay starts
     at: float | None = None  # seconds after launch when the signal was sent
+    # graceful signals only:
+    code: int | None = None  # the exit status (Popen's: -N when the signal N killed it)
+    exit_s: float | None = None  # seconds from the signal to the exit
+    caught: bool | None = None  # whether the process had a handler for it (SigCgt)
+    caught_before: bool = False  # whether it had one at some moment before, in this start
+    strays: int = 0  # processes of its group still alive after it exited (then SIGKILLed)
+    #: graceful (128 + the signal), default (its default action: no handler), ended (exit 0,
+    #: the run complete), other (anything else, a problem)
+    outcome: str = ""
+    late_claims: list[str] = field(default_factory=list)  # cv tasks taken after the signal
+    stopped: str = ""  # landseg's "stopped by SIGTERM at step N", if it said so
+    step: int | None = None  # that step
 
 
 @dataclass
@@ -73,6 +124,8 @@ class Target:
     resume_args: list[str]
     folder: Path
     epochs: int
+    #: The global steps at which the uninterrupted run validated (its history's steps).
+    val_steps: frozenset[int] = frozenset()
 
     def args(self) -> list[str]:
         started = self.folder.is_dir() and any(self.folder.iterdir())
@@ -86,14 +139,62 @@ class Report:
     problems: list[str] = field(default_factory=list)
     finished_early: bool = False
     leftover_temp_files: int = 0
+    signal: str = "KILL"
+    val_steps: frozenset[int] = frozenset()
 
     def line(self) -> str:
         status = "OK" if not self.problems else f"{len(self.problems)} PROBLEMS"
+        if self.signal != "KILL":
+            return f"{self.target}: {self.signal_summary()}, {status}"
         early = " (the run finished before the last planned kill)" if self.finished_early else ""
         return (
             f"{self.target}: {len(self.kills)} kills survived{early}, {status}; "
             f"{self.leftover_temp_files} temporary files left behind"
         )
+
+    def graceful(self) -> list[Kill]:
+        """The signals the command stopped on with exactly 128 + the signal."""
+        expected = 128 + SIGNALS[self.signal]
+        return [kill for kill in self.kills if kill.code == expected]
+
+    def signal_summary(self) -> str:
+        """Signals sent, how the command ended after each, the slowest stop."""
+        signum = SIGNALS[self.signal]
+        graceful = self.graceful()
+        where = {"after a validation": 0, "at a step checkpoint": 0, "between tasks": 0}
+        where["before training (no 'stopped by' line)"] = 0
+        for kill in graceful:
+            if kill.step is None:
+                where["before training (no 'stopped by' line)"] += 1
+            elif kill.step == 0:  # cv's loop stops between tasks at "step 0"
+                where["between tasks"] += 1
+            elif kill.step in self.val_steps:
+                where["after a validation"] += 1
+            else:
+                where["at a step checkpoint"] += 1
+        places = ", ".join(f"{count} {place}" for place, count in where.items() if count)
+        default = [kill for kill in self.kills if kill.outcome == "default"]
+        ended = [kill for kill in self.kills if kill.outcome == "ended"]
+        other = [kill for kill in self.kills if kill.outcome == "other"]
+        times = [kill.exit_s for kill in self.kills if kill.exit_s is not None]
+        slowest = f"{max(times):.2f} s" if times else "-"
+        parts = [
+            f"{len(self.kills)} SIG{self.signal} sent",
+            f"{len(graceful)} graceful exits (code {128 + signum}{': ' if places else ''}{places})",
+        ]
+        if default:
+            starts = ", ".join(f"{kill.at} s" for kill in default)
+            parts.append(f"{len(default)} ended by the default action (no handler; at {starts})")
+        if ended:
+            parts.append(f"{len(ended)} ended before the signal (exit 0, finished)")
+        if other:
+            codes = ", ".join(str(kill.code) for kill in other)
+            parts.append(f"{len(other)} other exits (codes {codes})")
+        parts.append(f"max signal->exit {slowest}")
+        if self.finished_early:
+            parts.append("the run finished before the last planned signal")
+        parts.append(f"{self.leftover_temp_files} temporary files left behind")
+        return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------- kill plans
@@ -105,11 +206,14 @@ def kill_plan(
     span: float,
     triggers: Sequence[str] | None = None,
     changes: int = 1,
+    validation: bool = False,
 ) -> list[Kill]:
     """``count`` kills from a seeded RNG; ``span``: an uninterrupted run's duration (s).
 
     Triggers are drawn from :data:`TRIGGERS`, or taken in turn from ``triggers``; file
     triggers fire at the ``changes``-th change of their files after each start.
+    ``validation``: a second RNG (of the same seed) turns one kill in each run of
+    :data:`VALIDATION_EVERY` into a ``validation`` trigger; the others keep their moments.
     """
     rng = random.Random(seed)
     plan = []
@@ -119,9 +223,16 @@ def kill_plan(
             delay = rng.uniform(0.05, 3.0)
         elif trigger == "random":
             delay = rng.uniform(0.0, span)
+        elif trigger == "validation":
+            delay = rng.random()
         else:
             delay = rng.choice([0.0, rng.uniform(0.0, 0.005), rng.uniform(0.0, 0.05)])
         plan.append(Kill(trigger, delay, changes))
+    if validation and not triggers:
+        other = random.Random(f"validation-{seed}")
+        for block in range(0, count, VALIDATION_EVERY):
+            number = other.randrange(block, min(block + VALIDATION_EVERY, count))
+            plan[number] = Kill("validation", other.random(), changes)
     return plan
 
 
@@ -144,38 +255,135 @@ def snapshot(folder: Path, patterns: Sequence[str], tmpdir: Path | None) -> dict
     return state
 
 
+def handles(pid: int, signum: int) -> bool | None:
+    """Whether process ``pid`` has a handler for ``signum`` (``SigCgt`` of /proc), or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (zombies excepted)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _step_of(path: str) -> int:
+    match = re.search(r"-step=(\d+)\.ckpt$", path)
+    return int(match.group(1)) if match else -1
+
+
 def launch_and_kill(
-    args: list[str], env: dict[str, str], target: Target, kill: Kill, tmpdir: Path
+    args: list[str],
+    env: dict[str, str],
+    target: Target,
+    kill: Kill,
+    tmpdir: Path,
+    signum: int = signal.SIGKILL,
 ) -> tuple[int | None, str]:
-    """Start ``landseg ARGS``; SIGKILL it as ``kill`` says. (exit code or None if killed, err)."""
+    """Start ``landseg ARGS``; send ``signum`` to its process group as ``kill`` says.
+
+    Returns (None, stderr) once the signal is sent, (exit code, stderr) when the command
+    ended before it. SIGKILL: the command is gone at once. Any other signal: wait for the
+    command to exit by itself (SIGKILL after :data:`STOP_TIMEOUT_S`) and record in ``kill``
+    its exit code, the seconds from the signal to the exit, whether it had a handler for the
+    signal, and where landseg says it stopped.
+    """
+    with tempfile.TemporaryFile() as stderr:  # not a pipe: a full pipe would stall the command
+        code = _launch_and_signal(args, env, target, kill, tmpdir, signum, stderr)
+        stderr.seek(0)
+        err = stderr.read().decode(errors="replace")
+    stopped = re.search(r"stopped by SIG\w+ at step (\d+)", err)
+    if code is None and stopped:
+        kill.stopped, kill.step = stopped.group(0), int(stopped.group(1))
+    return code, err
+
+
+def _launch_and_signal(
+    args: list[str],
+    env: dict[str, str],
+    target: Target,
+    kill: Kill,
+    tmpdir: Path,
+    signum: int,
+    stderr: IO[bytes],
+) -> int | None:
+    """:func:`launch_and_kill` with stderr going to ``stderr``; the exit code or None."""
     patterns = WATCHED.get(kill.trigger, WATCHED["run-state"])
     watch_tmp = tmpdir if kill.trigger in ("checkpoint", "temp-file") else None
     before = snapshot(target.folder, patterns, watch_tmp)
+    graceful = signum != signal.SIGKILL
     launched = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "landseg.cli", *args],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: the kill takes DataLoader workers too
+        stderr=stderr,
+        start_new_session=True,  # its own process group: the signal reaches DataLoader workers
+        # Ctrl-C's default, even where this script runs with SIGINT ignored (a background job)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     fire_at = launched + kill.delay if kill.trigger == "startup" else None
     changes = 0
+    step_times: list[float] = []  # when this start's step checkpoints appeared
+    ever_caught = False  # whether the command has had a handler for the signal
     while process.poll() is None:
         now = time.monotonic()
+        if graceful and not ever_caught:
+            ever_caught = bool(handles(process.pid, signum))
         if fire_at is None:
             seen = snapshot(target.folder, patterns, watch_tmp)
-            if seen != before:
+            if seen != before and kill.trigger == "validation":
+                new = [path for path in seen if path not in before]
+                step_times += [now] if new else []
+                if any(_step_of(path) + 1 in target.val_steps for path in new):
+                    interval = step_times[-1] - step_times[-2] if len(step_times) > 1 else 0.05
+                    kill.delay = round(kill.delay * 2 * interval, 4)
+                    fire_at = now + kill.delay
+                before = seen
+            elif seen != before:
                 before, changes = seen, changes + 1
                 if changes >= kill.changes:
                     fire_at = now + kill.delay
         if fire_at is not None and now >= fire_at:
-            os.killpg(process.pid, signal.SIGKILL)
+            caught = handles(process.pid, signum) if graceful else None
+            os.killpg(process.pid, signum)
             kill.at = round(now - launched, 3)
-            process.wait()
-            return None, ""
+            if not graceful:
+                process.wait()
+                return None
+            claims = _claims(target.folder) if target.name == "cv" else []
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+                kill.code = process.returncode
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            kill.exit_s = round(time.monotonic() - now, 3)
+            kill.caught, kill.caught_before = caught, ever_caught
+            if target.name == "cv":
+                kill.late_claims = _claims(target.folder)[len(claims) :]
+            strays = group_members(process.pid)
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            kill.strays = len(strays)
+            return None
         time.sleep(POLL_S)
-    return process.returncode, process.stderr.read().decode() if process.stderr else ""
+    return process.returncode
 
 
 # ---------------------------------------------------------------------------- checks
@@ -369,6 +577,114 @@ def compare_jobs(job: Path, reference: Path, epochs: int) -> list[str]:
 # ---------------------------------------------------------------------------- the torture
 
 
+def stop_problems(target: Target, kill: Kill, signum: int, err: str) -> list[str]:
+    """What is wrong with how the command ended after the graceful signal ``signum``."""
+    name = signal.Signals(signum).name
+    tail = " | ".join(line for line in err.strip().splitlines()[-4:] if line.strip())[-1000:]
+    problems = []
+    if kill.strays:
+        problems.append(f"{kill.strays} processes of its group outlived it (SIGKILLed)")
+    if kill.late_claims:
+        problems.append(f"took tasks {kill.late_claims} after {name}: the signal was lost")
+    if kill.code is None:
+        return [*problems, f"no exit within {STOP_TIMEOUT_S:.0f} s of {name}: SIGKILLed"]
+    if kill.exit_s is not None and kill.exit_s > STOP_TIMEOUT_S:
+        problems.append(f"{kill.exit_s} s from {name} to the exit")
+    if kill.outcome == "default":  # the default action: no handler at that moment
+        # (SIGINT: Python always has one, landseg's or its own, so that cannot be told)
+        if kill.caught_before and signum != signal.SIGINT:
+            problems.append(
+                f"killed by {name}'s default action, having handled {name} earlier in this "
+                f"start: {tail or 'nothing on stderr'}"
+            )
+        return problems
+    if kill.code == 0:
+        if not completed(target):
+            problems.append(f"exit 0 after {name}, but the run is not complete: {tail}")
+        return problems
+    if kill.code != 128 + signum:
+        return [*problems, f"exit {kill.code}, expected {128 + signum}: {tail}"]
+    if target.name == "train":
+        state = _read_quietly(target.folder / "run.json")
+        if state is not None and state.get("status") != "interrupted":
+            problems.append(f"run.json says {state.get('status')}, expected interrupted")
+    else:
+        for run_json in sorted(target.folder.glob("tasks/*/run.json")):
+            state = _read_quietly(run_json)
+            if state is not None and state.get("status") == "running":
+                problems.append(f"{run_json}: still says running")
+        running = _running_tasks(target.folder / "job.sqlite")
+        if running:
+            problems.append(f"job log: tasks {running} still running, expected pending")
+    return problems
+
+
+def completed(target: Target) -> bool:
+    """Whether the run says it finished (train) or the job wrote its summary (cv)."""
+    if target.name == "train":
+        return (_read_quietly(target.folder / "run.json") or {}).get("status") == "finished"
+    return bool((_read_quietly(target.folder / "summary.json") or {}).get("complete"))
+
+
+def outcome(kill: Kill, signum: int, completed: bool, err: str = "") -> str:
+    """How the command ended after a graceful signal: see :attr:`Kill.outcome`.
+
+    SIGINT's default in Python is a KeyboardInterrupt: one that escapes with a traceback
+    (exit 1) came before ``landseg.cli.main`` could catch it, since landseg's own handler
+    never raises on a first SIGINT."""
+    if kill.code == 128 + signum:
+        return "graceful"
+    if kill.code == -signum or (
+        signum == signal.SIGINT and kill.code == 1 and err.rstrip().endswith("KeyboardInterrupt")
+    ):
+        return "default"
+    if kill.code == 0 and completed and not kill.late_claims:
+        return "ended"
+    return "other"
+
+
+def _read_quietly(path: Path) -> Any:
+    """``path``'s JSON, or None when absent or unreadable (inspect() reports those)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _running_tasks(path: Path) -> list[str]:
+    """The tasks the job log says are running."""
+    return [
+        row[0] for row in job_log_rows(path, "SELECT task_id FROM tasks WHERE status = 'running'")
+    ]
+
+
+def _claims(folder: Path) -> list[str]:
+    """Every task claim in the job log of the cv job in ``folder``, oldest first."""
+    query = "SELECT task_id FROM events WHERE event = 'claimed' ORDER BY id"
+    return [row[0] for row in job_log_rows(folder / "job.sqlite", query)]
+
+
+def job_log_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+    """``query``'s rows in the job log, read from a copy (see sqlite_problem); none when
+    the log is absent or unreadable (sqlite_problem reports that)."""
+    if not path.exists():
+        return []
+    with tempfile.TemporaryDirectory(prefix="torture-sqlite-") as tmp:
+        copy = Path(tmp) / path.name
+        for suffix in ("", "-wal"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                shutil.copyfile(source, copy.with_name(copy.name + suffix))
+        try:
+            db = sqlite3.connect(copy, timeout=10)
+            try:
+                return db.execute(query).fetchall()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return []
+
+
 def torture(
     target: Target,
     plan: list[Kill],
@@ -377,12 +693,18 @@ def torture(
     compare: Callable[[], list[str]],
     finish: Callable[[list[str]], int] | None = None,
     log: Callable[[str], None] = print,
+    signal_name: str = "KILL",
 ) -> Report:
     """Kill ``target`` as ``plan`` says, let it finish, check it; ``finish`` runs the last
-    start in this process (faster) instead of a new interpreter."""
-    report = Report(target.name)
+    start in this process (faster) instead of a new interpreter.
+
+    ``signal_name`` other than KILL: send that signal instead, wait for each stop and check
+    it (:func:`stop_problems`) besides the files; a start that ends badly is a problem, and
+    the torture goes on with the next start."""
+    report = Report(target.name, signal=signal_name, val_steps=target.val_steps)
+    signum = SIGNALS[signal_name]
     for number, kill in enumerate(plan, start=1):
-        code, err = launch_and_kill(target.args(), env, target, kill, tmpdir)
+        code, err = launch_and_kill(target.args(), env, target, kill, tmpdir, signum)
         if code is not None:  # it ended before the kill
             if code != 0:
                 report.problems.append(f"start {number} exited {code}: {err.strip()[-2000:]}")
@@ -392,8 +714,23 @@ def torture(
         report.kills.append(kill)
         found = inspect(target.folder)
         when = f"{kill.trigger} +{kill.delay:.3f}s, at {kill.at}s"
-        log(f"{target.name} kill {number}: {when}: {found or 'every file reads'}")
-        report.problems += [f"after kill {number} ({kill.trigger}): {p}" for p in found]
+        if signum == signal.SIGKILL:
+            log(f"{target.name} kill {number}: {when}: {found or 'every file reads'}")
+            report.problems += [f"after kill {number} ({kill.trigger}): {p}" for p in found]
+            continue
+        kill.outcome = outcome(kill, signum, completed(target), err)
+        found = stop_problems(target, kill, signum, err) + found
+        how = f"exit {kill.code} after {kill.exit_s} s"
+        if kill.outcome == "default":
+            how += " (the signal's default action: no landseg handler at that moment)"
+        log(
+            f"{target.name} SIG{signal_name} {number}: {when}: {how}"
+            f"{', ' + kill.stopped if kill.stopped else ''}: {found or 'every file reads'}"
+        )
+        report.problems += [f"after SIG{signal_name} {number} ({kill.trigger}): {p}" for p in found]
+        if kill.outcome == "ended":  # the command had done its work
+            report.finished_early = True
+            break
     if not report.finished_early:
         args = target.args()
         if finish is not None:
@@ -424,11 +761,17 @@ def demo_data(folder: Path, env: dict[str, str]) -> Path:
 
 
 def train_config(
-    demo: Path, output: Path, epochs: int, full: bool, step_checkpoints: bool = True
+    demo: Path,
+    output: Path,
+    epochs: int,
+    full: bool,
+    step_checkpoints: bool = True,
+    loader_workers: int = 0,
 ) -> dict[str, Any]:
     """The demo config, deterministic, with step checkpoints (every step) unless told not;
-    ``full``: TensorBoard, test split and predictions."""
+    ``full``: TensorBoard, test split and predictions; ``loader_workers`` DataLoader workers."""
     config = json.loads(demo.read_text())
+    config["device_setup"]["num_workers"] = loader_workers
     for key in ("train_file", "val_file", "test_file"):
         config["data_source"][key] = str(demo.parent / config["data_source"][key])
     config["data_source"]["data_augmentation"] = {"train": ["rotation90", "radiometry"]}
@@ -451,9 +794,9 @@ def train_config(
     return config
 
 
-def cv_config(demo: Path, output: Path, epochs: int) -> dict[str, Any]:
+def cv_config(demo: Path, output: Path, epochs: int, loader_workers: int = 0) -> dict[str, Any]:
     """Zone 1 held out, zones 2 and 3 take turns as validation set: 2 tasks."""
-    config = train_config(demo, output, epochs, full=False)
+    config = train_config(demo, output, epochs, full=False, loader_workers=loader_workers)
     config["data_source"].pop("val_file")
     config["data_source"]["train_file"] = str(demo.parent / "zones.csv")
     config["cross_validation"] = {"group_column": "zone", "test_groups": ["1"]}
@@ -488,6 +831,15 @@ def timed(args: list[str]) -> float:
     return time.monotonic() - start
 
 
+def validation_steps(*runs: Path) -> frozenset[int]:
+    """The global steps at which these (uninterrupted) runs validated, from their history."""
+    steps = set()
+    for run in runs:
+        history = _read_quietly(run / "history.json") or {}
+        steps |= {entry["step"] for entry in history.values() if "step" in entry}
+    return frozenset(steps)
+
+
 def torture_train(
     work: Path,
     kills: int,
@@ -501,13 +853,16 @@ def torture_train(
     changes: int = 1,
     step_checkpoints: bool = True,
     log: Callable[[str], None] = print,
+    signal_name: str = "KILL",
+    loader_workers: int = 0,
 ) -> Report:
-    """Torture ``landseg train`` in ``work``: reference run, kills, checks."""
+    """Torture ``landseg train`` in ``work``: reference run, kills (or ``signal_name``
+    signals), checks."""
     tmpdir = work / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**env, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": str(THREADS)}
     demo = demo_data(work / "demo", env)
-    config = train_config(demo, work / "runs", epochs, full, step_checkpoints)
+    config = train_config(demo, work / "runs", epochs, full, step_checkpoints, loader_workers)
     reference = {**config, "output_setup": {**config["output_setup"], "version_name": "ref"}}
     span = timed(["train", "-c", str(write(work / "reference.json", reference))])
     config["output_setup"]["version_name"] = "tortured"
@@ -515,8 +870,10 @@ def torture_train(
     config["train_setup"]["continue_training"] = True
     resume = write(work / "resume.json", config)
     run, ref = work / "runs" / "torture" / "tortured", work / "runs" / "torture" / "ref"
-    target = Target("train", ["train", "-c", str(start)], ["train", "-c", str(resume)], run, epochs)
-    plan = kill_plan(kills, seed, span, triggers, changes)
+    args = ["train", "-c", str(start)], ["train", "-c", str(resume)]
+    target = Target("train", *args, run, epochs, validation_steps(ref))
+    validation = signal_name != "KILL" and step_checkpoints
+    plan = kill_plan(kills, seed, span, triggers, changes, validation)
     return torture(
         target,
         plan,
@@ -525,28 +882,38 @@ def torture_train(
         lambda: compare_runs(run, ref, epochs),
         in_process if finish_here else None,
         log,
+        signal_name,
     )
 
 
 def torture_cv(
-    work: Path, kills: int, seed: int, env: dict[str, str], *, epochs: int = 2
+    work: Path,
+    kills: int,
+    seed: int,
+    env: dict[str, str],
+    *,
+    epochs: int = 2,
+    signal_name: str = "KILL",
+    loader_workers: int = 0,
 ) -> Report:
-    """Torture ``landseg cv`` in ``work``: reference job, kills, checks."""
+    """Torture ``landseg cv`` in ``work``: reference job, kills (or signals), checks."""
     tmpdir = work / "tmp-cv"
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**env, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": str(THREADS)}
     demo = work / "demo" / "demo.json"
     if not demo.exists():
         demo_data(demo.parent, env)
-    config = cv_config(demo, work / "cv-runs", epochs)
+    config = cv_config(demo, work / "cv-runs", epochs, loader_workers)
     reference = {**config, "output_setup": {**config["output_setup"], "name_exp_log": "ref"}}
     span = timed(["cv", "-c", str(write(work / "cv-reference.json", reference))])
     config["output_setup"]["name_exp_log"] = "tortured"
     path = write(work / "cv.json", config)
     job, ref = work / "cv-runs" / "tortured", work / "cv-runs" / "ref"
-    target = Target("cv", ["cv", "-c", str(path)], ["cv", "-c", str(path)], job, epochs)
-    plan = kill_plan(kills, seed, span)
-    return torture(target, plan, env, tmpdir, lambda: compare_jobs(job, ref, epochs))
+    val_steps = validation_steps(*(ref / "tasks").iterdir())
+    target = Target("cv", ["cv", "-c", str(path)], ["cv", "-c", str(path)], job, epochs, val_steps)
+    plan = kill_plan(kills, seed, span, validation=signal_name != "KILL")
+    compare = lambda: compare_jobs(job, ref, epochs)  # noqa: E731
+    return torture(target, plan, env, tmpdir, compare, signal_name=signal_name)
 
 
 def main() -> None:
@@ -564,6 +931,20 @@ def main() -> None:
         default=True,
         help="train with checkpoint_every_n_steps: 1 (default) or resume from -last alone",
     )
+    parser.add_argument(
+        "--signal",
+        choices=list(SIGNALS),
+        default="KILL",
+        help="KILL (default): kill and restart; TERM, USR1, INT: send it to the process group, "
+        "wait for the graceful stop and check it, then restart",
+    )
+    parser.add_argument(
+        "--loader-workers",
+        type=int,
+        default=0,
+        help="device_setup.num_workers of every run (default 0); their processes get the "
+        "signal too",
+    )
     args = parser.parse_args()
     print(f"load before: {load_average()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="landseg-torture-") as tmp:
@@ -579,17 +960,37 @@ def main() -> None:
                     env,
                     epochs=args.epochs,
                     step_checkpoints=args.step_checkpoints,
+                    signal_name=args.signal,
+                    loader_workers=args.loader_workers,
                 )
             )
         if args.cv_kills:
-            reports.append(torture_cv(work, args.cv_kills, args.seed + 1, env))
+            reports.append(
+                torture_cv(
+                    work,
+                    args.cv_kills,
+                    args.seed + 1,
+                    env,
+                    signal_name=args.signal,
+                    loader_workers=args.loader_workers,
+                )
+            )
     for report in reports:
         print(report.line())
         for problem in report.problems:
             print(f"  {problem}")
     # a kill is survived when the next start continued the run (a start that fails ends the
     # torture with a problem); problems in the end state are listed above
-    print(f"kills survived: {sum(len(r.kills) for r in reports)}")
+    if args.signal == "KILL":
+        print(f"kills survived: {sum(len(r.kills) for r in reports)}")
+    else:
+        graceful = sum(len(r.graceful()) for r in reports)
+        sent = sum(len(r.kills) for r in reports)
+        times = [k.exit_s for r in reports for k in r.kills if k.exit_s is not None]
+        print(
+            f"SIG{args.signal}: {sent} sent, {graceful} graceful stops survived; "
+            f"max signal->exit {max(times, default=0):.2f} s"
+        )
     print(f"load after: {load_average()}")
     sys.exit(1 if any(r.problems for r in reports) else 0)
 
