@@ -34,8 +34,8 @@ class StopSignals:
         self.requested = signum
 
     def install(self) -> None:
-        """Handle the signals here (again: Lightning puts its own SIGTERM handler in place when
-        fit starts, which would stop the run mid-validation with exit status 0)."""
+        """Handle the signals here, in the main thread (where Python delivers them); the
+        handlers in place before are kept for :meth:`restore`."""
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self.signals:

@@ -19,6 +19,9 @@ from landseg.cli import main
 from tests.conftest import write_config
 from tests.tasks.test_resume import final_state
 
+#: The grace period a stop must fit in: SLURM's KillWait and Kubernetes' default.
+GRACE_S = 30
+
 
 def signal_when(
     command: list[str],
@@ -43,12 +46,21 @@ def signal_when(
         start_new_session=True,
     )
     deadline = time.monotonic() + timeout
+    sent = False
     while time.monotonic() < deadline and process.poll() is None:
         if moment() and processes_in_group(process.pid) >= group_size:
             os.killpg(process.pid, signum)
+            sent = True
             break
         time.sleep(0.002)
-    _, err = process.communicate(timeout=timeout)
+    try:  # a stop must fit in a cluster's grace period (30 s by default), whole group included
+        _, err = process.communicate(timeout=GRACE_S if sent else timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise AssertionError(
+            f"still running {GRACE_S} s after {signal.Signals(signum).name}"
+        ) from None
     return process.returncode, err
 
 
@@ -72,6 +84,9 @@ def processes_in_group(group: int) -> int:
         (signal.SIGTERM, 143, "after the first validation", 0),
         (signal.SIGUSR1, 138, "training started", 0),  # SLURM's --signal=USR1@90
         # SLURM and Kubernetes signal every process: the DataLoader workers survive it
+        (signal.SIGTERM, 143, "workers running", 2),
+        # a signal before the workers start: the run stops at its first step and ends them
+        # at once (at exit they would survive multiprocessing's SIGTERM and be waited for)
         (signal.SIGTERM, 143, "training started", 2),
     ],
 )
@@ -92,11 +107,13 @@ def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupt
     run = tmp_path / "runs" / "exp" / "stopped"
     moments = {
         "training started": lambda: (run / "run.json").exists(),
+        "workers running": lambda: (run / "run.json").exists(),
         "after the first validation": lambda: (run / "history.json").exists(),
     }
     config = write_config(tmp_path / "stopped.json", demo_config)
+    group = 1 + loader_workers if when == "workers running" else 1
     exit_code, err = signal_when(
-        ["train", "-c", str(config)], moments[when], signum, group_size=1 + loader_workers
+        ["train", "-c", str(config)], moments[when], signum, group_size=group
     )
     assert exit_code == code, err
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]

@@ -99,22 +99,6 @@ class GracefulStop(Checkpoint):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.signals.install()
 
-    # Lightning puts its own SIGTERM handler in front of every handler when a stage starts
-    # (after on_fit_start): its loops would then end the run with SystemExit (exit status
-    # 0) at an arbitrary point. Ours is put back once Lightning's is in place.
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.signals.install()
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.signals.install()
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.signals.install()
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.signals.install()
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release()
 

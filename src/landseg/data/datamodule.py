@@ -52,6 +52,7 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         self.datasets: dict[str, SegmentationDataset] = {}
         self.samplers: dict[str, SeededSampler] = {}
         self.caches_built = False
+        self.loaders: list[SignalSafeDataLoader] = []
 
     # ------------------------------------------------------------------ building
 
@@ -136,7 +137,7 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         self.build_caches()
         # the train loader keeps its place in the epoch across a resume (ResumeTracker)
         loader_class = ResumableDataLoader if split == "train" else SignalSafeDataLoader
-        return loader_class(
+        loader = loader_class(
             dataset,
             batch_size=self.config.train_setup.batch_size,
             sampler=self.samplers[split],
@@ -145,6 +146,13 @@ class CsvSegmentationDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=ignore_stop_signals,
         )
+        self.loaders.append(loader)
+        return loader
+
+    def shutdown_workers(self) -> None:
+        """End the DataLoader workers of every loader this module made (a run that stops)."""
+        for loader in self.loaders:
+            loader.shutdown_workers()
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader("train")

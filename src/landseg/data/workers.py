@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 #: Seconds a DataLoader worker lives on after its first SIGTERM when nobody stops it: longer
 #: than any grace period (SLURM's KillWait, Kubernetes' terminationGracePeriodSeconds: 30 s by
@@ -69,9 +71,32 @@ class SignalSafeDataLoader(DataLoader):
             return super().__iter__()
         before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
-            return super().__iter__()
+            iterator = super().__iter__()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        self._started.append(weakref.ref(iterator))
+        return iterator
+
+    @property
+    def _started(self) -> list[weakref.ref[Any]]:
+        started = self.__dict__.get("_started_iterators")
+        if started is None:
+            started = self.__dict__["_started_iterators"] = []
+        return started
+
+    def shutdown_workers(self) -> None:
+        """End the worker processes of every iterator this loader started, now.
+
+        A run that stops (a signal, an error) leaves its iterators to the garbage collector,
+        and the exception's traceback keeps them alive; at exit, multiprocessing would then
+        end the workers with SIGTERM, which they survive once (:func:`_worker_sigterm`), and
+        wait for them. Asked here, they stop at once, the way torch ends them after an epoch.
+        """
+        for ref in self._started:
+            iterator = ref()
+            if isinstance(iterator, _MultiProcessingDataLoaderIter):
+                iterator._shutdown_workers()
+        self._started.clear()
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return self._start_workers()

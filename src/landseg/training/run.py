@@ -429,8 +429,8 @@ def _train_in(
                     channels_last=fast.channels_last,
                 )
             )
+    datamodule = DATAMODULES.get("csv")(config, summary)
     try:
-        datamodule = DATAMODULES.get("csv")(config, summary)
         trainer = build_trainer(trained, run, extra_callbacks, stop_signals, standalone)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -453,6 +453,8 @@ def _train_in(
             run.update_state(status="failed", ended=now_iso(), error=failure_line(error))
         raise
     finally:
+        if hasattr(datamodule, "shutdown_workers"):  # workers end now, not at exit
+            datamodule.shutdown_workers()
         if rank_zero:
             os.environ.pop(RUN_DIR_ENV, None)
     if trainer.is_global_zero:

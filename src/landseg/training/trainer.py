@@ -128,7 +128,7 @@ def build_trainer(
     callbacks.append(LastCheckpoint(run.checkpoints, base))
     callbacks.append(GracefulStop(run.checkpoints, base, stop_signals))
     val_check = train.val_check_interval
-    return pl.Trainer(
+    trainer = pl.Trainer(
         max_epochs=train.epochs,
         default_root_dir=run.path,
         logger=loggers or False,
@@ -144,3 +144,9 @@ def build_trainer(
         plugins=trainer_plugins(standalone),
         **config.device_setup.lightning_args(),
     )
+    # landseg alone decides on stop signals (callbacks/graceful_stop.py). Lightning would put
+    # its own SIGTERM handler in front of every other when each stage starts, and its loops
+    # would then end the run with SystemExit (exit status 0) wherever they next look, even
+    # mid-validation; its signal connector is given nothing to do.
+    trainer._signal_connector.register_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return trainer
