@@ -123,6 +123,9 @@ def main() -> None:
         help="landseg's device_setup.precision (auto: the default users get)",
     )
     parser.add_argument(
+        "--compile", action="store_true", help="landseg with train_setup.compile: true"
+    )
+    parser.add_argument(
         "--hand-fast",
         action="store_true",
         help="also time the hand loop with bf16 autocast and channels-last written by hand",
@@ -147,6 +150,7 @@ def main() -> None:
             model=args.model,
         )
         config["device_setup"]["precision"] = args.precision
+        config["train_setup"]["compile"] = args.compile
         for run in range(args.runs):  # alternate, so a change of load hits both alike
             times["landseg"].append(landseg_epochs(folder, config, f"run{run}"))
             times["hand"].append(hand_epochs(args, train_rows, val_rows))
@@ -168,7 +172,15 @@ def main() -> None:
             "tile": "256x256x3 uint8, 6 classes",
             **{
                 k: getattr(args, k)
-                for k in ("model", "precision", "epochs", "runs", "batch_size", "workers")
+                for k in (
+                    "model",
+                    "precision",
+                    "compile",
+                    "epochs",
+                    "runs",
+                    "batch_size",
+                    "workers",
+                )
             },
         }
     }
