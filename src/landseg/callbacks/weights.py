@@ -66,5 +66,7 @@ class ModelGraph(Callback):
         self._done = True
         task = segmentation_module(pl_module)
         model = task.model
+        if getattr(model, "_compiled_call_impl", None) is not None:
+            return  # train_setup.compile: a compiled call cannot be traced into a graph
         example = torch.zeros(1, task.in_channels, self.patch_size, self.patch_size)
         tb.log_graph(model, model_input(model, example))
