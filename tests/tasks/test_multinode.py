@@ -7,7 +7,6 @@ confusion matrix counts every labelled validation pixel exactly once.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -16,13 +15,10 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from landseg.config.load import load_config
-from landseg.data.checks import check_data
-from landseg.data.datamodule import DATAMODULES
 from tests.conftest import write_config
+from tests.tasks.test_ddp import assert_two_epochs_counting_each_val_pixel_once
 
 pytestmark = pytest.mark.slow
 
@@ -114,14 +110,4 @@ def test_two_nodes_train_one_run(launcher, demo_config: dict, tmp_path: Path) ->
     if launcher is slurm_nodes:
         assert run == runs / "slurm" / "job-3131"
     assert f"run folder: {run}" in outputs[0][0]
-    state = json.loads((run / "run.json").read_text())
-    assert state["status"] == "finished" and state["epochs_done"] == 2
-    history = json.loads((run / "history.json").read_text())
-    assert list(history) == ["0", "1"]
-
-    config = load_config(path)
-    datamodule = DATAMODULES.get("csv")(config, check_data(config))
-    datamodule.setup("fit")
-    labelled = sum(int((item["mask"] >= 0).sum()) for item in datamodule.val_dataset)
-    for entry in history.values():
-        assert int(np.sum(entry["cm_macro"])) == labelled
+    assert_two_epochs_counting_each_val_pixel_once(run, path)

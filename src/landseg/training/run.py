@@ -9,10 +9,12 @@ Lightning starts for DDP re-run the same command and find the run folder through
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -470,6 +472,25 @@ def failure_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+@contextlib.contextmanager
+def float32_stage(trainer: pl.Trainer) -> Iterator[None]:
+    """Run a stage of ``trainer`` in float32 whatever precision it trained in.
+
+    The test metrics describe the model as it is delivered: float32 weights predicted in
+    float32 by ``landseg predict``, ``evaluate`` and the exports, so ``history_test.json``
+    equals what ``landseg evaluate`` reports for the same checkpoint, bit for bit.
+    """
+    from lightning.pytorch.plugins.precision import Precision
+
+    strategy = trainer.strategy
+    trained_in = strategy.precision_plugin
+    strategy.precision_plugin = Precision()
+    try:
+        yield
+    finally:
+        strategy.precision_plugin = trained_in
+
+
 def _after_fit(
     config: LandsegConfig,
     run: RunFolder,
@@ -480,7 +501,8 @@ def _after_fit(
     """Test the best val_loss model, predict the test split, export extra formats."""
     best = best_loss_checkpoint(trainer)
     if config.data_source.test_file is not None:
-        trainer.test(task, datamodule=datamodule, ckpt_path=best or "last", weights_only=True)
+        with float32_stage(trainer):
+            trainer.test(task, datamodule=datamodule, ckpt_path=best or "last", weights_only=True)
     if not trainer.is_global_zero:
         return
     if best:
