@@ -474,21 +474,27 @@ def sqlite_problem(path: Path) -> str | None:
     replays the log (a write), which a read-only connection cannot do ("attempt to write a
     readonly database"), and the original is left for the next start to recover itself.
     """
+    try:
+        (result,) = query_a_copy(path, "PRAGMA integrity_check")[0]
+    except sqlite3.Error as error:
+        return f"{path}: {error}"
+    return None if result == "ok" else f"{path}: integrity_check says {result}"
+
+
+def query_a_copy(path: Path, query: str) -> list[tuple[Any, ...]]:
+    """``query``'s rows, run on a copy of the job log and its write-ahead log (see
+    :func:`sqlite_problem`); sqlite3.Error when it cannot be read."""
     with tempfile.TemporaryDirectory(prefix="torture-sqlite-") as tmp:
         copy = Path(tmp) / path.name
         for suffix in ("", "-wal"):
             source = path.with_name(path.name + suffix)
             if source.exists():
                 shutil.copyfile(source, copy.with_name(copy.name + suffix))
+        db = sqlite3.connect(copy, timeout=10)
         try:
-            db = sqlite3.connect(copy, timeout=10)
-            try:
-                result = db.execute("PRAGMA integrity_check").fetchone()[0]
-            finally:
-                db.close()
-        except sqlite3.Error as error:
-            return f"{path}: {error}"
-    return None if result == "ok" else f"{path}: integrity_check says {result}"
+            return db.execute(query).fetchall()
+        finally:
+            db.close()
 
 
 def epochs_once(path: Path, epochs: int) -> str | None:
@@ -669,20 +675,10 @@ def job_log_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
     the log is absent or unreadable (sqlite_problem reports that)."""
     if not path.exists():
         return []
-    with tempfile.TemporaryDirectory(prefix="torture-sqlite-") as tmp:
-        copy = Path(tmp) / path.name
-        for suffix in ("", "-wal"):
-            source = path.with_name(path.name + suffix)
-            if source.exists():
-                shutil.copyfile(source, copy.with_name(copy.name + suffix))
-        try:
-            db = sqlite3.connect(copy, timeout=10)
-            try:
-                return db.execute(query).fetchall()
-            finally:
-                db.close()
-        except sqlite3.Error:
-            return []
+    try:
+        return query_a_copy(path, query)
+    except sqlite3.Error:
+        return []
 
 
 def torture(
