@@ -15,6 +15,46 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 GroupName = Annotated[str, Field(min_length=1)]
 
 
+class SpatialBlocks(BaseModel):
+    """Groups from the tiles' georeferencing: square blocks of the map, each tile in the block
+    that holds its centre (see cross_validation.md, Spatial blocks)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    size: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Side of the square blocks in map units (metres for a projected CRS); "
+        "the grid is anchored at multiples of size in the CRS, so block names do not change "
+        "when tiles are added. Set this or number.",
+    )
+    number: int | None = Field(
+        default=None,
+        ge=2,
+        description="About how many blocks cover the bounding box of the tile centres: the "
+        "block size is max(sqrt(W * H / number), max(W, H) / number) for a box of W x H map "
+        "units.",
+    )
+    buffer: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Map units: in each task, training and validation tiles whose footprint "
+        "lies closer than this to a footprint of a test tile are left out (0: none; any "
+        "buffer > 0 leaves out the tiles that touch a test tile).",
+    )
+
+    @model_validator(mode="after")
+    def _size_or_number(self) -> SpatialBlocks:
+        if (self.size is None) == (self.number is None):
+            raise ValueError(
+                "set exactly one of size (the side of a block in map units) and number "
+                "(about how many blocks)"
+            )
+        return self
+
+
 class CrossValidation(BaseModel):
     """`landseg cv` (see cross_validation.md): each test subject is held out in turn."""
 
@@ -31,13 +71,26 @@ class CrossValidation(BaseModel):
     )
     group_column: str | None = Field(
         default=None,
-        description="Column of the CSV that names each row's group (e.g. zone). Set this or "
-        "group_pattern.",
+        description="Column of the CSV that names each row's group (e.g. zone). Set exactly "
+        "one of group_column, group_pattern and spatial_blocks.",
     )
     group_pattern: str | None = Field(
         default=None,
         description="Regular expression with one capture group, searched in each row's image "
         "path; the captured text is the row's group (e.g. (zone\\d+)_).",
+    )
+    spatial_blocks: SpatialBlocks | None = Field(
+        default=None,
+        description="Groups made from the tiles' georeferencing: {size: map units} or "
+        "{number: blocks}, and an optional buffer (map units) between each task's test tiles "
+        "and its training and validation tiles. Every tile needs a CRS.",
+    )
+    folds: int | None = Field(
+        default=None,
+        ge=2,
+        description="Join the groups (blocks or zones) into this many folds, fold1..foldN, "
+        "balanced by tile count; the folds are then the job's groups (groups, test_groups "
+        "and validation name folds). Default: every group is its own.",
     )
     groups: list[GroupName] | None = Field(
         default=None,
@@ -89,10 +142,12 @@ class CrossValidation(BaseModel):
 
     @model_validator(mode="after")
     def _one_group_source(self) -> CrossValidation:
-        if (self.group_column is None) == (self.group_pattern is None):
+        sources = (self.group_column, self.group_pattern, self.spatial_blocks)
+        if sum(source is not None for source in sources) != 1:
             raise ValueError(
-                "set exactly one of group_column (a CSV column such as zone) and "
-                "group_pattern (a regular expression on the image path)"
+                "set exactly one of group_column (a CSV column such as zone), group_pattern "
+                "(a regular expression on the image path) and spatial_blocks (blocks of the "
+                "map, from the tiles' georeferencing)"
             )
         return self
 

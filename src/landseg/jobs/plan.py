@@ -15,9 +15,10 @@ import hashlib
 import io
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
 from landseg.data.summary import DataSummary
 from landseg.errors import ConfigError, DataError, LandsegError
 from landseg.io import atomic_write_json, atomic_write_text
+from landseg.jobs import spatial
 
 JOB_FILE = "job.json"
 ROWS_FILE = "rows.csv"
@@ -36,6 +38,8 @@ TASKS_DIR = "tasks"
 JOB_FORMAT = 1
 #: Task ids longer than this are cut and made unique with a hash (folder names stay short).
 MAX_ID_LENGTH = 100
+#: More spatial blocks than this without cross_validation.folds: a warning (many tasks).
+MANY_BLOCKS = 12
 log = logging.getLogger("landseg.cv")
 
 
@@ -60,9 +64,19 @@ def sanitize(raw: str) -> str:
 
 @dataclass(frozen=True)
 class Row:
+    """One row of the job: its group; with folds, the group (zone, block) the fold joined
+    (``origin``); with spatial blocks, the image's footprint (left, bottom, right, top)."""
+
     image: Path
     mask: Path
     group: str
+    origin: str = ""
+    bounds: spatial.Bounds | None = None
+
+    @property
+    def block(self) -> str:
+        """The spatial block (with spatial blocks): the group before folds joined it."""
+        return self.origin or self.group
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,8 @@ class Task:
     """One fold: train on ``train``, stop early on ``val``, test on ``test`` (group names).
 
     ``val`` empty means the validation set is data_source.percentage_val of the training rows.
+    ``buffer`` (spatial blocks): the training and validation rows closer than this to a test
+    row are left out (:func:`task_rows`).
     """
 
     id: str
@@ -79,6 +95,7 @@ class Task:
     test: tuple[str, ...]
     val: tuple[str, ...]
     train: tuple[str, ...]
+    buffer: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,7 +124,10 @@ def task_id(test: Sequence[str], val: Sequence[str]) -> str:
 
 
 def group_rows(pairs: Iterable[SamplePair], cv: CrossValidation, csv_path: Path) -> list[Row]:
-    """Each row with its group, from the CSV column or the pattern on the image path."""
+    """Each row with its group: from the CSV column, the pattern on the image path, or the
+    spatial block that holds the image's centre."""
+    if cv.spatial_blocks is not None:
+        return block_rows(list(pairs), cv)
     rows: list[Row] = []
     problems: list[str] = []
     pattern = re.compile(cv.group_pattern) if cv.group_pattern else None
@@ -142,6 +162,41 @@ def group_rows(pairs: Iterable[SamplePair], cv: CrossValidation, csv_path: Path)
         extra = len(problems) - 10
         raise DataError(problems[:10] + ([f"... and {extra} more rows"] if extra > 0 else []))
     return rows
+
+
+def block_rows(pairs: list[SamplePair], cv: CrossValidation) -> list[Row]:
+    """Each row in the spatial block that holds its image's centre, with its footprint."""
+    spec = cv.spatial_blocks
+    if spec is None:
+        raise ConfigError("cross_validation.spatial_blocks is not set")
+    footprints, crs = spatial.read_footprints(pairs)
+    names, size = spatial.assign_blocks(footprints, spec)
+    log.info(
+        "spatial blocks of %g map units (%s): %d tiles in %d blocks",
+        size,
+        crs,
+        len(names),
+        len(set(names)),
+    )
+    if cv.folds is None and len(set(names)) > MANY_BLOCKS:
+        log.warning(
+            "%d spatial blocks, each its own test subject (with rotations: n (n - 1) tasks); "
+            "set cross_validation.folds to join them into fewer",
+            len(set(names)),
+        )
+    return [
+        Row(pair.image, pair.mask, name, bounds=bounds)
+        for pair, name, bounds in zip(pairs, names, footprints, strict=True)
+    ]
+
+
+def fold_rows(rows: list[Row], folds: int) -> list[Row]:
+    """The rows with their groups joined into ``folds`` folds (cross_validation.folds)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.group] = counts.get(row.group, 0) + 1
+    assignment = spatial.join_folds(counts, folds, natural_key)
+    return [dataclasses.replace(row, group=assignment[row.group], origin=row.group) for row in rows]
 
 
 def _select_groups(rows: list[Row], cv: CrossValidation) -> list[str]:
@@ -229,28 +284,42 @@ class Plan:
 def build_plan(
     rows: list[Row], cv: CrossValidation, percentage_val: float
 ) -> tuple[Plan, list[Row]]:
-    """Every task of the job, in order (test subject, then rotation), and the rows it uses."""
+    """Every task of the job, in order (test subject, then rotation), and the rows it uses.
+
+    With cross_validation.folds, the groups are first joined into folds, which are then the
+    job's groups.
+    """
+    if cv.folds is not None:
+        rows = fold_rows(rows, cv.folds)
     groups = _select_groups(rows, cv)
     used = [row for row in rows if row.group in groups]
-    counts = {g: sum(row.group == g for row in used) for g in groups}
+    buffer = cv.spatial_blocks.buffer if cv.spatial_blocks is not None else 0.0
     tasks: list[Task] = []
     for subject in _subjects(cv, groups):
         val_sets = _validation_sets(cv, groups, subject)
         for rotation, val in enumerate(val_sets, start=1):
             train = tuple(g for g in groups if g not in subject and g not in val)
-            if not val:
-                _check_share(sum(counts[g] for g in train), percentage_val, subject)
-            tasks.append(
-                Task(
-                    id=task_id(subject, val),
-                    subject=subject_name(subject),
-                    rotation=rotation,
-                    rotations=len(val_sets),
-                    test=subject,
-                    val=val,
-                    train=train,
-                )
+            task = Task(
+                id=task_id(subject, val),
+                subject=subject_name(subject),
+                rotation=rotation,
+                rotations=len(val_sets),
+                test=subject,
+                val=val,
+                train=train,
+                buffer=buffer,
             )
+            members = task_rows(task, used)
+            for split in ("train", "val"):
+                if buffer > 0 and (split == "train" or val) and not members[split]:
+                    raise ConfigError(
+                        f"cross_validation.spatial_blocks.buffer: {buffer:g} leaves no "
+                        f"{'training' if split == 'train' else 'validation'} tile for task "
+                        f"{task.id} (every one lies within the buffer of a test tile)"
+                    )
+            if not val:
+                _check_share(len(members["train"]), percentage_val, subject)
+            tasks.append(task)
     ids = [task.id for task in tasks]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -281,13 +350,81 @@ def csv_text(rows: Iterable[Row], header: Sequence[str] | None = None) -> str:
     return buffer.getvalue()
 
 
+def rows_text(rows: Sequence[Row]) -> str:
+    """``rows.csv``: every row of the job with its group, and how it was assigned.
+
+    Columns ``image,mask,group``; with spatial blocks also ``block,x,y`` (the block and the
+    image's centre, in map units); with folds of zones, ``source_group`` (the zone).
+    """
+    located = any(row.bounds is not None for row in rows)
+    folded = any(row.origin for row in rows)
+    header = ["image", "mask", "group"]
+    if located:
+        header += ["block", "x", "y"]
+    elif folded:
+        header += ["source_group"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        cells: list[Any] = [row.image, row.mask, row.group]
+        if located:
+            left, bottom, right, top = row.bounds or (math.nan,) * 4
+            cells += [row.block, _number((left + right) / 2), _number((bottom + top) / 2)]
+        elif folded:
+            cells.append(row.origin)
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def _number(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def task_rows(task: Task, rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """The task's train, val and test rows, in the job's order.
+
+    With ``task.buffer`` > 0, the training and validation rows whose footprint lies closer
+    than the buffer to the footprint of a test row are left out.
+    """
+    members = {"train": task.train, "val": task.val, "test": task.test}
+    split = {name: [r for r in rows if r.group in groups] for name, groups in members.items()}
+    if task.buffer > 0 and split["test"]:
+        test = split["test"]
+        boxes = _footprints(test)
+        units = [row.block for row in test]
+        for name in ("train", "val"):
+            near = spatial.near_tiles(_footprints(split[name]), boxes, units, task.buffer)
+            split[name] = [row for row, out in zip(split[name], near, strict=True) if not out]
+    return split
+
+
+def _footprints(rows: Sequence[Row]) -> Any:
+    boxes = [row.bounds for row in rows]
+    missing = next((row for row, box in zip(rows, boxes, strict=True) if box is None), None)
+    if missing is not None:
+        raise LandsegError(
+            f"{missing.image}: no footprint; a buffer needs cross_validation.spatial_blocks"
+        )
+    return spatial.as_array(box for box in boxes if box is not None)
+
+
+def excluded_count(task: Task, rows: Sequence[Row]) -> int:
+    """How many training and validation rows the task's buffer leaves out."""
+    if task.buffer <= 0:
+        return 0
+    kept = task_rows(task, rows)
+    total = sum(row.group in task.train or row.group in task.val for row in rows)
+    return total - len(kept["train"]) - len(kept["val"])
+
+
 def task_csvs(task: Task, rows: list[Row]) -> dict[str, str]:
     """The task's CSV texts (absolute paths, no header); no ``val`` when it is a share."""
     members = {"train": task.train, "val": task.val, "test": task.test}
     return {
-        split: csv_text(row for row in rows if row.group in groups)
-        for split, groups in members.items()
-        if groups
+        split: csv_text(selected)
+        for split, selected in task_rows(task, rows).items()
+        if members[split]
     }
 
 
@@ -299,7 +436,7 @@ def job_folder(config: LandsegConfig) -> Path:
 
 def task_config(config: LandsegConfig, task: Task, folder: Path) -> LandsegConfig:
     """The plain train config of one task: its own CSV files, and its folder as the run folder."""
-    data = config.model_dump(mode="json", exclude={"cross_validation"})
+    data = config.model_dump(mode="json", exclude={"cross_validation", "search"})
     task_dir = folder / TASKS_DIR / task.id
     data["data_source"].update(
         train_file=str(task_dir / "train.csv"),
@@ -327,8 +464,7 @@ def task_hash(config: LandsegConfig, csvs: dict[str, str]) -> str:
 
 def split_sizes(task: Task, rows: list[Row], config: LandsegConfig) -> dict[str, int]:
     """Rows per split of one task, as the datamodule will build them (for its data summary)."""
-    members = {"train": task.train, "val": task.val, "test": task.test}
-    size = {split: sum(row.group in groups for row in rows) for split, groups in members.items()}
+    size = {split: len(selected) for split, selected in task_rows(task, rows).items()}
     if not task.val:
         size["val"] = val_size(size["train"], config.data_source.percentage_val)
         size["train"] -= size["val"]
@@ -338,6 +474,10 @@ def split_sizes(task: Task, rows: list[Row], config: LandsegConfig) -> dict[str,
 
 
 # ---------------------------------------------------------------------------- the job file
+
+
+#: Keys of a task entry of job.json that are not :class:`Task` fields.
+_TASK_EXTRAS = ("hash", "split_sizes", "excluded")
 
 
 @dataclass(frozen=True)
@@ -351,6 +491,8 @@ class Job:
     summary: DataSummary  # of every row of the job
     hashes: dict[str, str]  # task id -> task_hash
     split_sizes: dict[str, dict[str, int]]  # task id -> split sizes
+    # task id -> training and validation rows its spatial buffer leaves out
+    excluded: dict[str, int] = field(default_factory=dict)
 
     def task_dir(self, task: Task) -> Path:
         return self.folder / TASKS_DIR / task.id
@@ -374,6 +516,7 @@ class Job:
                         **task.to_json(),
                         "hash": self.hashes[task.id],
                         "split_sizes": self.split_sizes[task.id],
+                        "excluded": self.excluded.get(task.id, 0),
                     }
                     for task in self.plan.tasks
                 ],
@@ -391,7 +534,7 @@ class Job:
         if data.get("format") != JOB_FORMAT:
             raise LandsegError(f"{path}: job file format {data.get('format')}, expected 1")
         tasks = [
-            Task.from_json({k: v for k, v in item.items() if k not in ("hash", "split_sizes")})
+            Task.from_json({k: v for k, v in item.items() if k not in _TASK_EXTRAS})
             for item in data["tasks"]
         ]
         summary = data["data_summary"]
@@ -409,6 +552,7 @@ class Job:
             ),
             hashes={item["id"]: item["hash"] for item in data["tasks"]},
             split_sizes={item["id"]: item["split_sizes"] for item in data["tasks"]},
+            excluded={item["id"]: item.get("excluded", 0) for item in data["tasks"]},
         )
 
 
@@ -457,7 +601,7 @@ def _note_ignored_keys(config: LandsegConfig) -> None:
 
 def whole_data_config(config: LandsegConfig, csv_file: Path) -> LandsegConfig:
     """The config that checks every row of the job at once (each task's test split included)."""
-    data = config.model_dump(mode="json", exclude={"cross_validation"})
+    data = config.model_dump(mode="json", exclude={"cross_validation", "search"})
     data["data_source"].update(train_file=str(csv_file), val_file=None, test_file=str(csv_file))
     return LandsegConfig.model_validate(data)
 
@@ -488,16 +632,38 @@ def prepare_job(
     rows = group_rows(read_pairs(csv_file), cv, csv_file)
     plan, used = build_plan(rows, cv, config.data_source.percentage_val)
     folder = job_folder(config)
-    text = csv_text(used, header=("image", "mask", "group"))
+    text = rows_text(used)
     with tempfile.TemporaryDirectory(prefix="landseg-validate-") as scratch:
         rows_file = (Path(scratch) if dry_run else folder) / ROWS_FILE
         atomic_write_text(rows_file, text)
         checked = csv_file if len(used) == len(rows) else rows_file
         whole = whole_data_config(config, checked)
         summary = prepare(whole, device_check=device_check, one_run=False).summary
-    hashes, sizes = {}, {}
+    hashes, sizes, excluded = {}, {}, {}
     for task in plan.tasks:
         hashes[task.id] = task_hash(task_config(config, task, folder), task_csvs(task, used))
         sizes[task.id] = split_sizes(task, used, config)
-    job = Job(folder, config, csv_file, plan, summary, hashes, sizes)
+        excluded[task.id] = excluded_count(task, used)
+        if task.buffer > 0:
+            log.info(
+                "task %s: %d training and validation tiles within %g map units of its test "
+                "tiles left out",
+                task.id,
+                excluded[task.id],
+                task.buffer,
+            )
+    if cv.spatial_blocks is not None and not dry_run:
+        _write_block_map(folder / spatial.MAP_FILE, rows, used, cv)
+    job = Job(folder, config, csv_file, plan, summary, hashes, sizes, excluded)
     return job, used
+
+
+def _write_block_map(path: Path, rows: list[Row], used: list[Row], cv: CrossValidation) -> None:
+    """The map of the job's groups; the block size is that of every row of the CSV."""
+    if cv.spatial_blocks is None:
+        return
+    everything = [row.bounds for row in rows if row.bounds is not None]
+    size = spatial.block_size(spatial.centres(everything), cv.spatial_blocks)
+    footprints = [row.bounds for row in used if row.bounds is not None]
+    crs = spatial.crs_name_of(used[0].image) if used else ""
+    spatial.write_map(path, footprints, [row.group for row in used], size, crs, natural_key)
