@@ -1,13 +1,15 @@
 """Subcommands of this package, registered into ``landseg``'s parser (see landseg.cli).
 
 ``landseg cv -c CONFIG [--workers N]`` runs or resumes a cross-validation job;
-``landseg cv status (-c CONFIG | JOB_FOLDER)`` shows its job log. Heavy modules (torch,
-Lightning, mpi4py) are imported inside the handlers.
+``landseg cv status (-c CONFIG | JOB_FOLDER)`` shows its job log;
+``landseg cv compare JOB_A JOB_B [--metric M] [--json]`` compares two jobs' summaries. Heavy
+modules (torch, Lightning, mpi4py) are imported inside the handlers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,14 @@ def _cv_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cv_compare(args: argparse.Namespace) -> int:
+    from landseg.jobs.compare import compare_jobs, comparison_text
+
+    result = compare_jobs(args.job_a, args.job_b, args.compare_metric)
+    print(json.dumps(result, indent=2) if args.as_json else comparison_text(result))
+    return 0
+
+
 def _report(summary: dict[str, Any], folder: Path) -> None:
     from landseg.jobs.summary import SUMMARY_MD, summary_markdown
 
@@ -63,6 +73,8 @@ def _report(summary: dict[str, Any], folder: Path) -> None:
 def cmd_cv(args: argparse.Namespace) -> int:
     if args.cv_command == "status":
         return _cv_status(args)
+    if args.cv_command == "compare":
+        return _cv_compare(args)
     from landseg.jobs.runner import ddp_rank_task, run_ddp_rank
 
     task_dir = ddp_rank_task()
@@ -127,11 +139,27 @@ def register(add: Callable[..., Any]) -> None:
     cv.add_argument(
         "--retry-failed", action="store_true", help="run the tasks that failed earlier again"
     )
-    sub = cv.add_subparsers(dest="cv_command", metavar="{status}")
+    sub = cv.add_subparsers(dest="cv_command", metavar="{status,compare}")
     status = sub.add_parser(
         "status", help="show the job log: done, running (by whom, since when), pending, failed"
     )
     status.add_argument("job", nargs="?", type=Path, help="the job folder")
     status.add_argument(
         "-c", "--config", dest="status_config", metavar="CONFIG", type=Path, help="its config"
+    )
+    compare = sub.add_parser(
+        "compare",
+        help="B - A on the main metric over the test subjects both jobs share (with its "
+        "interval), and the settings that differ",
+    )
+    compare.add_argument("job_a", type=Path, help="job folder A (the reference)")
+    compare.add_argument("job_b", type=Path, help="job folder B")
+    compare.add_argument(
+        "--metric",
+        dest="compare_metric",
+        default="Average/IoU",
+        help="the metric compared (a key of summary.json; default Average/IoU, the mIoU)",
+    )
+    compare.add_argument(
+        "--json", dest="as_json", action="store_true", help="print the comparison as JSON"
     )
