@@ -16,7 +16,7 @@ DEMO_DIR ?= demo
 # --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE=1, so without it every
 # command would compile torch, Lightning and timm from source again (seconds of CPU each).
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra mpi --extra vector --extra onnx --compile-bytecode
+	$(UV) sync --frozen --extra mpi --extra vector --extra onnx --extra tune --compile-bytecode
 	touch $@
 
 install: $(VENV)/.installed

@@ -31,9 +31,11 @@ LAYERS: dict[str, int] = {
     "landseg.inference": 7,
     "landseg.training": 8,
     "landseg.jobs": 9,
+    "landseg.tuning": 9,  # a search runs cv jobs: above landseg.jobs, in its layer
     "landseg.cli": 10,
     "landseg.jobs.commands": 10,
     "landseg.inference.commands": 10,
+    "landseg.tuning.commands": 10,
 }
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger("landseg")
 
 #: Modules that add subcommands: each has ``register(add)`` where ``add(name, handler, help)``
 #: returns the new subparser. They import their heavy dependencies inside their handlers.
-COMMAND_MODULES = ("landseg.jobs.commands", "landseg.inference.commands")
+COMMAND_MODULES = ("landseg.jobs.commands", "landseg.inference.commands", "landseg.tuning.commands")
 
 #: The exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for
 #: any Unix tool that a closed pipe ended (``yes | head``), so ``set -o pipefail`` sees it.
@@ -45,14 +45,20 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Every check ``train`` (and ``cv``, for a config with ``cross_validation``) would make."""
+    """Every check ``train`` (and ``cv``, for a config with ``cross_validation``; ``tune``,
+    for one with ``search`` too) would make."""
     from landseg.prepare import prepare, read_source
 
     device_check = not args.no_device_check
     raw, _ = read_source(args.config, args.overrides)
-    if raw.get("cross_validation") is not None:
+    if raw.get("cross_validation") is not None or raw.get("search") is not None:
         from landseg.jobs.plan import prepare_job
 
+        searched = None
+        if raw.get("search") is not None:
+            from landseg.tuning.search import prepare_tuning
+
+            searched = prepare_tuning(args.config, args.overrides).search
         job, _ = prepare_job(args.config, args.overrides, dry_run=True, device_check=device_check)
         summary = job.summary
         tasks = job.plan.tasks
@@ -61,6 +67,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"  cross-validation: {len(job.plan.groups)} groups, "
             f"{len(job.plan.subjects)} test subjects, {len(tasks)} tasks"
         )
+        if searched is not None:
+            print(
+                f"  search: {searched.trials} trials of {len(tasks)} tasks over "
+                f"{', '.join(searched.params)}, objective {searched.objective}"
+            )
     else:
         summary = prepare(args.config, args.overrides, device_check=device_check).summary
         print(f"{args.config}: valid")

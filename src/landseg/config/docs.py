@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from landseg.config.cross_validation import CrossValidation
+from landseg.config.cross_validation import CrossValidation, SpatialBlocks
 from landseg.config.schema import (
     DataAugmentation,
     DataSource,
@@ -28,6 +28,7 @@ from landseg.config.schema import (
     SplitStats,
     TrainSetup,
 )
+from landseg.config.search import Search, SearchParam
 
 INTRO = """\
 # Configuration reference
@@ -96,7 +97,8 @@ def model_table(title: str, model: type[BaseModel], prefix: str) -> str:
     if doc:
         lines += [doc, ""]
     lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for name, field in model.model_fields.items():
+    for attribute, field in model.model_fields.items():
+        name = field.alias or attribute  # the key users write (``float``, not ``float_range``)
         description = (field.description or "").replace("|", "\\|")
         if description.startswith("landseg:"):
             description = "*landseg*:" + description.removeprefix("landseg:")
@@ -119,6 +121,9 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("output_setup", OutputSetup),
     ("device_setup", DeviceSetup),
     ("cross_validation", CrossValidation),
+    ("cross_validation.spatial_blocks", SpatialBlocks),
+    ("search", Search),
+    ("search.params.<setting>", SearchParam),
 ]
 
 

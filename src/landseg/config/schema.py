@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from landseg.config.cross_validation import CrossValidation
+from landseg.config.search import Search
 from landseg.registry import unknown_name_message
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -678,6 +679,11 @@ class LandsegConfig(StrictModel):
         default=None,
         description="landseg: group-wise cross-validation, used by `landseg cv` only "
         "(see cross_validation.md).",
+    )
+    search: Search | None = Field(
+        default=None,
+        description="landseg: settings searched inside cross-validation, used by `landseg "
+        "tune` only (see tuning.md).",
     )
 
     def resolve_paths(self, base: Path) -> LandsegConfig:

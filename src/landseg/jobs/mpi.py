@@ -17,16 +17,20 @@ launcher (:func:`launched_by_mpi`), so plain runs never initialise MPI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from landseg.config.schema import DeviceSetup
 from landseg.errors import LandsegError, StopRequested
-from landseg.jobs.plan import Job, prepare_job
+from landseg.jobs.plan import Job, Row, prepare_job
 from landseg.jobs.progress import Claim, Worker, writer_lease
 from landseg.jobs.runner import (
     Outcome,
@@ -95,87 +99,144 @@ def run_mpi(
     config_path: Path, overrides: list[str], *, retry_failed: bool, verbose: bool
 ) -> tuple[Path, dict[str, Any]] | None:
     """Run the job as one rank of an MPI launch; rank 0 returns (job folder, summary)."""
+    with run_mpi_jobs(verbose=verbose) as run_job:
+        if run_job is None:  # a worker rank: rank 0 reports
+            return None
+        job, rows = prepare_job(config_path, overrides)
+        return job.folder, run_job(job, rows, retry_failed)
+
+
+#: Rank 0's way to run one job over the worker ranks: (job, rows, retry_failed) -> summary.
+MpiJobRunner = Callable[[Job, list[Row], bool], dict[str, Any]]
+
+
+@contextlib.contextmanager
+def run_mpi_jobs(*, verbose: bool) -> Iterator[MpiJobRunner | None]:
+    """One rank of an MPI launch that runs one job or several in turn (``landseg tune``).
+
+    Rank 0 gets a function that runs a job over the worker ranks and returns its summary;
+    worker ranks serve every job rank 0 runs, then get None (nothing left to do). When rank
+    0's block ends, the workers are let go: with an error message (exit 2) when it failed
+    before a job started, else quietly.
+    """
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     index = worker_index(comm)
     if comm.Get_size() < 2:  # a single rank: nobody to hand tasks to
-        job, rows = prepare_job(config_path, overrides)
-        return job.folder, run_job(job, rows, retry_failed=retry_failed, verbose=verbose)
-    if comm.Get_rank() == 0:
-        return _coordinate(comm, config_path, overrides, retry_failed)
-    _work(comm, index, verbose)
-    return None
-
-
-def _coordinate(
-    comm: Any, config_path: Path, overrides: list[str], retry_failed: bool
-) -> tuple[Path, dict[str, Any]]:
-    """Rank 0: prepare the job, then answer every worker's request until none is left."""
-    from mpi4py import MPI
-
-    from landseg.jobs.summary import write_summary
-
-    session = new_session()
+        yield lambda job, rows, retry: run_job(job, rows, retry_failed=retry, verbose=verbose)
+        return
+    if comm.Get_rank() != 0:
+        _serve(comm, index, verbose)
+        yield None
+        return
+    coordinator = _Coordinator(comm)
     try:
-        job, rows = prepare_job(config_path, overrides)
+        yield coordinator.run
+    except StopRequested:
+        coordinator.release(None)
+        raise
+    except BaseException as error:
+        coordinator.release(str(error).splitlines()[0] if str(error) else "failed")
+        raise
+    coordinator.release(None)
+
+
+class _Coordinator:
+    """Rank 0: hands out the tasks of each job it is given; knows which workers wait for the
+    next job (a worker that stopped on a signal has left)."""
+
+    def __init__(self, comm: Any):
+        self.comm = comm
+        self.waiting = set(range(1, comm.Get_size()))
+
+    def release(self, error: str | None) -> None:
+        """Tell the waiting workers there is no further job (``error``: rank 0 failed)."""
+        message = {"error": error} if error else {"done": True}
+        for rank in sorted(self.waiting):
+            _send(self.comm, message, rank, SETUP)
+        self.waiting.clear()
+
+    def run(self, job: Job, rows: list[Row], retry_failed: bool) -> dict[str, Any]:
+        """Answer every worker's request until no task of ``job`` is left; the summary."""
+        from mpi4py import MPI
+
+        from landseg.jobs.summary import write_summary
+
+        comm = self.comm
+        session = new_session()
         if job.config.device_setup.starts_processes():
             raise LandsegError(
                 "device_setup: under mpiexec each task runs in one process on one device; "
                 "the ranks would be taken for DDP processes. Run DDP tasks without mpiexec"
             )
         log_db = start_job(job, rows, session, retry_failed=retry_failed)
-    except BaseException as error:
-        for rank in range(1, comm.Get_size()):
-            _send(
-                comm, {"error": str(error).splitlines()[0] if str(error) else "failed"}, rank, SETUP
-            )
-        raise
-    for rank in range(1, comm.Get_size()):
-        _send(comm, {"job": str(job.folder)}, rank, SETUP)
-    held: dict[int, Claim] = {}
-    active = comm.Get_size() - 1
-    stopped_by: int | None = None  # a stop signal seen by this rank or reported by a worker
-    with log_db, writer_lease(log_db.path, session), StopSignals(job_stop_signals(job)) as stop:
-        while active:
-            message, rank = _recv(comm, MPI.ANY_SOURCE, REQUEST)
-            worker = Worker(f"rank-{rank}", message["host"], message["pid"], session)
-            if message.get("stopped"):  # the worker stopped at a checkpoint and exits
-                stopped_by = stopped_by or int(message["stopped"])
-                if rank in held:
-                    log_db.release(held.pop(rank), f"stopped in {worker.name}")
-                active -= 1
-                continue
-            if message.get("outcome") and rank in held:
-                record(log_db, held.pop(rank), Outcome(**message["outcome"]), worker.name)
-            stopped_by = stopped_by or stop.requested
-            claim = None if stopped_by else next_claim(log_db, worker)
-            if claim is None:
-                _send(comm, {"stop": True}, rank, REPLY)
-                active -= 1
-            elif isinstance(claim, float):
-                _send(comm, {"wait": claim}, rank, REPLY)
-            else:
-                held[rank] = claim
-                _send(comm, {"task": claim.task_id}, rank, REPLY)
-        if stopped_by:  # the tasks in flight went back to pending; a rerun continues them
-            raise job_stopped(job, stopped_by)
-        return job.folder, write_summary(job, log_db)
+        serving = sorted(self.waiting)
+        for rank in serving:
+            _send(comm, {"job": str(job.folder)}, rank, SETUP)
+        self.waiting.clear()
+        held: dict[int, Claim] = {}
+        active = len(serving)
+        stopped_by: int | None = None  # a stop signal seen by this rank or reported by a worker
+        with (
+            log_db,
+            writer_lease(log_db.path, session),
+            StopSignals(job_stop_signals(job)) as stop,
+        ):
+            while active:
+                message, rank = _recv(comm, MPI.ANY_SOURCE, REQUEST)
+                worker = Worker(f"rank-{rank}", message["host"], message["pid"], session)
+                if message.get("stopped"):  # the worker stopped at a checkpoint and exits
+                    stopped_by = stopped_by or int(message["stopped"])
+                    if rank in held:
+                        log_db.release(held.pop(rank), f"stopped in {worker.name}")
+                    active -= 1
+                    continue
+                if message.get("outcome") and rank in held:
+                    record(log_db, held.pop(rank), Outcome(**message["outcome"]), worker.name)
+                stopped_by = stopped_by or stop.requested
+                claim = None if stopped_by else next_claim(log_db, worker)
+                if claim is None:
+                    _send(comm, {"stop": True}, rank, REPLY)
+                    self.waiting.add(rank)  # it waits for the next job
+                    active -= 1
+                elif isinstance(claim, float):
+                    _send(comm, {"wait": claim}, rank, REPLY)
+                else:
+                    held[rank] = claim
+                    _send(comm, {"task": claim.task_id}, rank, REPLY)
+            if stopped_by:  # the tasks in flight went back to pending; a rerun continues them
+                raise job_stopped(job, stopped_by)
+            return write_summary(job, log_db)
 
 
-def _work(comm: Any, index: int, verbose: bool) -> None:
-    """A worker rank: ask rank 0 for a task, run it, report, ask again."""
+def _serve(comm: Any, index: int, verbose: bool) -> None:
+    """A worker rank: serve each job rank 0 announces, until it says there is none left."""
     pin_gpu(index, visible_gpus())
     import landseg.training.run  # noqa: F401  (the slow imports, while rank 0 plans the job)
 
-    setup, _ = _recv(comm, 0, SETUP)
-    if "error" in setup:
-        raise SystemExit(2)
     console_logging(verbose)
-    job = Job.load(Path(setup["job"]))
+    signals = [signal.SIGINT, *(getattr(signal, n) for n in DeviceSetup().stop_signals)]
+    with StopSignals(signals) as waiting:  # until a job's own config says which
+        while True:
+            setup, _ = _recv(comm, 0, SETUP)
+            if "error" in setup:
+                raise SystemExit(2)
+            if setup.get("done"):
+                if waiting.requested is not None:  # signalled between two jobs
+                    raise StopRequested(waiting.requested, 0)
+                return
+            _work(comm, Job.load(Path(setup["job"])), verbose, waiting.requested)
+
+
+def _work(comm: Any, job: Job, verbose: bool, signalled: int | None) -> None:
+    """Serve one job: ask rank 0 for a task, run it, report, ask again, until told to stop.
+
+    ``signalled``: a stop signal received while waiting for the job, acted on at once."""
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     outcome: dict[str, Any] | None = None
     with StopSignals(job_stop_signals(job)) as stop:
+        stop.requested = signalled
 
         def stop_if_signalled() -> None:
             """Between tasks: tell rank 0 (it gives back a task it just handed out), stop."""
