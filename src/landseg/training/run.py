@@ -502,7 +502,13 @@ def _after_fit(
     best = best_loss_checkpoint(trainer)
     if config.data_source.test_file is not None:
         with float32_stage(trainer):
-            trainer.test(task, datamodule=datamodule, ckpt_path=best or "last", weights_only=True)
+            trainer.test(
+                task,
+                datamodule=datamodule,
+                ckpt_path=best or "last",
+                weights_only=True,
+                verbose=config.output_setup.progress > 0,  # progress 0: no table either
+            )
     if not trainer.is_global_zero:
         return
     if best:
