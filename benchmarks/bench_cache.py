@@ -131,7 +131,7 @@ class Ready(Dataset):
 
 
 def ceiling(module: Any) -> SimpleNamespace:
-    """The same loader (sampler, batch, workers started every epoch) over :class:`Ready`:
+    """The same loader (sampler, batch, workers, persistent as landseg's) over :class:`Ready`:
     what the loader machinery allows on this machine, whatever the dataset does."""
     loader = module.loader
     ready = Ready(module.train_dataset[0], len(module.train_dataset))
@@ -142,7 +142,7 @@ def ceiling(module: Any) -> SimpleNamespace:
             batch_size=loader.batch_size,
             sampler=module.train_sampler,
             num_workers=loader.num_workers,
-            persistent_workers=False,
+            persistent_workers=loader.persistent_workers,
             worker_init_fn=loader.worker_init_fn,
         ),
     )

@@ -303,7 +303,7 @@ def test_two_loader_workers_fill_the_cache_that_later_epochs_read(
     module = CsvSegmentationDataModule(config, check_data(config))
     loader = module.train_dataloader()
     dataset = module.train_dataset
-    assert loader.num_workers == 2 and not loader.persistent_workers
+    assert loader.num_workers == 2 and loader.persistent_workers
     for epoch in (0, 1):
         module.train_sampler.set_epoch(epoch)
         batches = list(loader)
@@ -312,7 +312,7 @@ def test_two_loader_workers_fill_the_cache_that_later_epochs_read(
         assert torch.equal(images, torch.stack([r["image"] for r in reference]))
         masks = torch.cat([b["mask"] for b in batches])
         assert torch.equal(masks, torch.stack([r["mask"] for r in reference]))
-        if epoch == 0:  # filled by the workers, which are gone now
+        if epoch == 0:  # filled by the workers, seen from this process
             if isinstance(dataset.cache, MemoryCache):
                 assert dataset.cache.filled() == len(dataset) == 9
             else:

@@ -69,7 +69,7 @@ def test_pickles_for_workers_and_spawn(tmp_path: Path, make_dataset, make_config
     clone = pickle.loads(pickle.dumps(module))
     assert clone.train_sampler.epoch == 1
     loader = module.train_dataloader()
-    assert loader.num_workers == 2 and not loader.persistent_workers
+    assert loader.num_workers == 2 and loader.persistent_workers  # started once per fit
     batches = [b["index"].tolist() for b in loader]
     assert sorted(i for b in batches for i in b) == sorted(
         i for b in clone.train_dataloader() for i in b["index"].tolist()

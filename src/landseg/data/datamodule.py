@@ -137,12 +137,17 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         self.build_caches()
         # the train loader keeps its place in the epoch across a resume (ResumeTracker)
         loader_class = ResumableDataLoader if split == "train" else SignalSafeDataLoader
+        workers = self.config.device_setup.num_workers
         loader = loader_class(
             dataset,
             batch_size=self.config.train_setup.batch_size,
             sampler=self.samplers[split],
-            num_workers=self.config.device_setup.num_workers,
-            persistent_workers=False,
+            num_workers=workers,
+            # the train and val workers live for the whole fit: starting them every epoch
+            # cost more than a cached epoch's reading. Safe because a sample is a pure
+            # function of the (index, seed) key the sampler sends from this process; a
+            # stopped run ends them (shutdown_workers)
+            persistent_workers=workers > 0 and split in ("train", "val"),
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=ignore_stop_signals,
         )
