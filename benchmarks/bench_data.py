@@ -52,6 +52,9 @@ def landseg_loader(
     from landseg.prepare import prepare
 
     config = dubai_config(folder, rows, rows[:1], batch_size=batch_size, workers=workers)
+    # decoding is what is compared with the bare reader: no decoded-tile cache (bench_cache
+    # measures the cache), or every repeat after the first would read decoded arrays
+    config["data_source"]["cache"] = "none"
     if augment:
         config["data_source"]["data_augmentation"] = {"train": augment}
     path = folder / "data.json"

@@ -68,6 +68,7 @@ def measure(folder: Path, tiles: int, factor: int, workers: int) -> dict:
     rows = dubai_rows("train", tiles)
     here = folder / f"x{factor}-workers{workers}"
     config = dubai_config(here, rows * factor, rows[:1], workers=workers, logging=False)
+    config["data_source"]["cache"] = "none"  # the reading path; the disk cache: bench_cache
     path = here / "config.json"
     path.write_text(json.dumps(config))
     command = [sys.executable, "-m", "benchmarks.bench_memory", "--child", str(path)]
