@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,38 @@ def test_sigkill_in_a_trial_then_rerun_ends_with_the_same_search(
     assert (folder / "best_config.yaml").read_text().replace(str(tmp_path), "") == (
         reference / "best_config.yaml"
     ).read_text().replace(str(reference.parent.parent), "")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_search_with_130_and_a_rerun_continues_it(
+    reference: Path, demo_dir: Path, tmp_path: Path
+) -> None:
+    """SIGINT to the process group in trial 0: its task stops at a resumable point, the trial
+    stays RUNNING, the command says how to continue; the re-run ends as the reference."""
+    config = write_config(tmp_path / "tune.json", tune_config(demo_dir, tmp_path / "runs"))
+    folder = tmp_path / "runs" / "search"
+    checkpoints = folder / "trials" / "trial-000" / "tasks"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "landseg.cli", "tune", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if any(checkpoints.glob("*/checkpoints/*-last.ckpt")):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+        time.sleep(0.005)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and lines[0].endswith("run the same command again to continue"), err
+    assert "Traceback" not in err
+    assert study_states(folder) == [(0, "RUNNING")]
+    assert main(["tune", "-c", str(config)]) == 0
+    assert results(folder) == results(reference)
 
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"

@@ -59,8 +59,9 @@ class SignalSafeDataLoader(DataLoader):
     """A DataLoader whose workers start with SIGTERM blocked.
 
     torch installs its own SIGTERM handler in a new worker before it calls
-    ``worker_init_fn``; a SIGTERM to the process group in that window (every epoch starts new
-    workers) would end the worker and fail the run. With SIGTERM blocked while the workers
+    ``worker_init_fn``; a SIGTERM to the process group in that window (each fit starts the
+    train and val workers, each test or prediction pass its own) would end the worker and
+    fail the run. With SIGTERM blocked while the workers
     are forked, such a signal stays pending until :func:`ignore_stop_signals` has put the
     worker's own handler in place and unblocks it. The main process unblocks at once: a
     SIGTERM it received meanwhile is then delivered to its handler as usual.
