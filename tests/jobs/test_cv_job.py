@@ -24,7 +24,7 @@ import torch
 from landseg.cli import main
 from landseg.config.schema import DeviceSetup
 from landseg.jobs import runner
-from tests.conftest import sigkill_when, write_config
+from tests.conftest import sigint_group_when, sigkill_when, write_config
 from tests.jobs.conftest import cv_config
 
 pytestmark = pytest.mark.slow
@@ -115,21 +115,8 @@ def test_ctrl_c_stops_the_job_with_130_and_a_rerun_equals_uninterrupted(
     resumable point and goes back to pending, the command says how to continue, exit 130."""
     config = write_config(tmp_path / "cv.json", make_cv_config())
     job = tmp_path / "runs" / "job"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli", "cv", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if first_checkpoint(job):
-            os.killpg(process.pid, signal.SIGINT)
-            break
-        time.sleep(0.005)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    returncode, err = sigint_group_when(["cv", "-c", str(config)], lambda: first_checkpoint(job))
+    assert returncode == 130, err
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]
     assert len(lines) == 1 and lines[0].endswith("run the same command again to continue"), err
     assert "Traceback" not in err

@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from landseg.config.search import Search
 from landseg.errors import ConfigError
 from landseg.tuning.results import nested_selection
 from landseg.tuning.search import prepare_tuning, task_validation_score
-from tests.conftest import sigkill_when, write_config
+from tests.conftest import sigint_group_when, sigkill_when, write_config
 from tests.jobs.conftest import cv_config
 
 SEARCH = {"params": {"train_setup.lr": {"float": [1e-4, 1e-1], "log": True}}, "trials": 3}
@@ -234,21 +233,10 @@ def test_ctrl_c_stops_the_search_with_130_and_a_rerun_continues_it(
     config = write_config(tmp_path / "tune.json", tune_config(demo_dir, tmp_path / "runs"))
     folder = tmp_path / "runs" / "search"
     checkpoints = folder / "trials" / "trial-000" / "tasks"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli", "tune", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    returncode, err = sigint_group_when(
+        ["tune", "-c", str(config)], lambda: any(checkpoints.glob("*/checkpoints/*-last.ckpt"))
     )
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if any(checkpoints.glob("*/checkpoints/*-last.ckpt")):
-            os.killpg(process.pid, signal.SIGINT)
-            break
-        time.sleep(0.005)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert returncode == 130, err
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]
     assert len(lines) == 1 and lines[0].endswith("run the same command again to continue"), err
     assert "Traceback" not in err

@@ -26,13 +26,10 @@ from landseg.config.continuation import result_relevant
 from landseg.errors import LandsegError
 from landseg.jobs.plan import JOB_FILE, JOB_FORMAT
 from landseg.jobs.summary import (
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
-    CONFIDENCE,
-    MIN_RELIABLE,
     MIOU,
     SUMMARY_JSON,
     bootstrap_mean_ci,
+    bootstrap_record,
     format_table,
 )
 
@@ -142,14 +139,7 @@ def compare_jobs(folder_a: Path, folder_b: Path, metric: str = MIOU) -> dict[str
         "mean_diff": statistics.fmean(diffs),
         "ci_low": low,
         "ci_high": high,
-        "bootstrap": {
-            "resamples": BOOTSTRAP_RESAMPLES,
-            "seed": BOOTSTRAP_SEED,
-            "confidence": CONFIDENCE,
-            "subjects": n,
-            "min_subjects": MIN_RELIABLE,
-            "reliable": n >= MIN_RELIABLE,
-        },
+        "bootstrap": bootstrap_record(n),
         "only_a": [name for name in values_a if name not in values_b],
         "only_b": [name for name in values_b if name not in values_a],
         "settings": {
