@@ -58,8 +58,14 @@ def build_module(
     workers: int,
     batch_size: int,
     augment: Sequence[str] = (),
+    compact: bool = False,
+    scale_here: bool = True,
 ) -> Any:
-    """The datamodule ``landseg train`` builds, its train loader ready (caches set up)."""
+    """The datamodule ``landseg train`` builds, its train loader ready (caches set up).
+
+    ``compact``: the loader sends uint8 batches, as on a GPU (landseg.data.transport);
+    ``scale_here``: such batches are scaled in this process (the CPU device), else left as
+    they arrive (a GPU scales them)."""
     from landseg.data.datamodule import CsvSegmentationDataModule
     from landseg.prepare import prepare
 
@@ -73,7 +79,9 @@ def build_module(
     path.write_text(json.dumps(config))
     prepared = prepare(path, [])
     module = CsvSegmentationDataModule(prepared.config, prepared.summary)
+    module.compact_transport = compact
     module.loader = module.train_dataloader()
+    module.scale_here = scale_here
     return module
 
 
@@ -105,7 +113,10 @@ def run_epoch(module: Any, epoch: int, probe_every: int = 0) -> tuple[float, dic
     start = time.perf_counter()
     iterator = iter(module.loader)
     workers = [w.pid for w in getattr(iterator, "_workers", [])]
-    for index, _ in enumerate(iterator):
+    here = getattr(module, "scale_here", False)
+    scale = module.scaler("train") if here else (lambda batch: batch)
+    for index, batch in enumerate(iterator):
+        scale(batch)  # a compact batch (uint8 from the workers) is scaled here, as in training
         if probe_every and index % probe_every == 0:
             probe(workers)
     if probe_every:
@@ -134,7 +145,8 @@ def ceiling(module: Any) -> SimpleNamespace:
     """The same loader (sampler, batch, workers, persistent as landseg's) over :class:`Ready`:
     what the loader machinery allows on this machine, whatever the dataset does."""
     loader = module.loader
-    ready = Ready(module.train_dataset[0], len(module.train_dataset))
+    # the sample as the loader's own dataset makes it (compact when the loader sends uint8)
+    ready = Ready(loader.dataset[(0, 0)], len(module.train_dataset))
     return SimpleNamespace(
         train_sampler=module.train_sampler,
         loader=DataLoader(
@@ -156,23 +168,30 @@ def throughput(
     The configurations take turns epoch by epoch, so a change of the machine's load hits
     them alike.
     """
-    setups = [
-        ("none", "none", ()),
-        ("disk", "disk", ()),
-        ("memory", "memory", ()),
-        ("none+augment", "none", AUGMENTATIONS),
-        ("disk+augment", "disk", AUGMENTATIONS),
+    setups: list[tuple[str, str, Sequence[str], bool, bool]] = [
+        ("none", "none", (), False, True),
+        ("disk", "disk", (), False, True),
+        ("memory", "memory", (), False, True),
+        ("none+augment", "none", AUGMENTATIONS, False, True),
+        ("disk+augment", "disk", AUGMENTATIONS, False, True),
     ]
+    if workers:  # compact batches (only with workers): as a GPU gets them, and scaled here
+        setups += [
+            ("disk+compact (GPU)", "disk", (), True, False),
+            ("disk+compact, scaled on the CPU", "disk", (), True, True),
+        ]
     modules = {
         name: build_module(
-            folder / f"{name}-w{workers}",
+            folder / f"{name.replace(' ', '_')}-w{workers}",
             rows,
             cache=cache,
             workers=workers,
             batch_size=batch_size,
             augment=augment,
+            compact=compact,
+            scale_here=scale_here,
         )
-        for name, cache, augment in setups
+        for name, cache, augment, compact, scale_here in setups
     }
     modules["ceiling"] = ceiling(modules["none"])
     first = {name: run_epoch(module, 0)[0] for name, module in modules.items()}
@@ -194,6 +213,11 @@ def throughput(
         "memory_vs_none": round(rate["memory"] / rate["none"], 2),
         "disk+augment_vs_none+augment": round(rate["disk+augment"] / rate["none+augment"], 2),
         "disk_share_of_ceiling": round(rate["disk"] / rate["ceiling"], 2),
+        **{
+            f"{name}_vs_none": round(rate[name] / rate["none"], 2)
+            for name in rate
+            if "compact" in name
+        },
         "augment_ms_per_tile_on_disk": round(1000 / rate["disk+augment"] - 1000 / rate["disk"], 2),
         "load": load_average(),
     }

@@ -19,7 +19,7 @@ import json
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ AUGMENTATIONS = ["rotation90", "radiometry"]
 
 def landseg_loader(
     folder: Path, rows: list[Row], batch_size: int, workers: int, augment: list[str]
-) -> DataLoader:
+) -> ScaledLoader:
     """The train loader that ``landseg train`` builds for these rows."""
     from landseg.data.datamodule import CsvSegmentationDataModule
     from landseg.prepare import prepare
@@ -61,10 +61,22 @@ def landseg_loader(
     path.write_text(json.dumps(config))
     prepared = prepare(path, [])
     checked, summary = prepared.config, prepared.summary
-    return CsvSegmentationDataModule(checked, summary).train_dataloader()
+    module = CsvSegmentationDataModule(checked, summary)
+    return ScaledLoader(module.train_dataloader(), module.scaler("train"))
 
 
-def tiles_per_second(loader: DataLoader, tiles: int) -> float:
+class ScaledLoader:
+    """The loader's batches as training gets them: a compact batch (uint8 sent by the
+    workers, landseg.data.transport) is scaled in this process, as on the CPU device."""
+
+    def __init__(self, loader: DataLoader, scale: Any):
+        self.loader, self.scale = loader, scale
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.scale(batch) for batch in self.loader)
+
+
+def tiles_per_second(loader: Iterable[Any], tiles: int) -> float:
     start = time.perf_counter()
     for _ in loader:
         pass

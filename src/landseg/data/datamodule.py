@@ -21,6 +21,7 @@ get none.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning as L
@@ -34,6 +35,7 @@ from landseg.data.dataset import SegmentationDataset
 from landseg.data.resumable import ResumableDataLoader
 from landseg.data.sampler import SeededSampler
 from landseg.data.summary import DataSummary
+from landseg.data.transport import BatchScaler, compact_eligible, is_compact
 from landseg.data.workers import SignalSafeDataLoader, ignore_stop_signals
 from landseg.errors import DataError
 from landseg.registry import Registry
@@ -53,6 +55,11 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         self.samplers: dict[str, SeededSampler] = {}
         self.caches_built = False
         self.loaders: list[SignalSafeDataLoader] = []
+        self.scalers: dict[str, BatchScaler] = {}
+        #: Send uint8 batches from the workers, scaled after the transfer: set by the run
+        #: when its batches go to a GPU, which scales them for free; on the CPU the scaling
+        #: would move from the workers into the training process (landseg.data.transport).
+        self.compact_transport = False
 
     # ------------------------------------------------------------------ building
 
@@ -135,9 +142,16 @@ class CsvSegmentationDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader[dict[str, Any]]:
         dataset = self._split(split)
         self.build_caches()
+        workers = self.config.device_setup.num_workers
+        if (
+            self.compact_transport
+            and split in ("train", "val")
+            and compact_eligible(self.summary.image_dtype, dataset.augmentation_names, workers)
+        ):
+            dataset = copy.copy(dataset)  # the shared dataset (report tiles) stays plain
+            dataset.compact = True
         # the train loader keeps its place in the epoch across a resume (ResumeTracker)
         loader_class = ResumableDataLoader if split == "train" else SignalSafeDataLoader
-        workers = self.config.device_setup.num_workers
         loader = loader_class(
             dataset,
             batch_size=self.config.train_setup.batch_size,
@@ -153,6 +167,22 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         )
         self.loaders.append(loader)
         return loader
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Scale a compact batch on its device (:mod:`landseg.data.transport`): the train
+        loader's while training, the val loader's otherwise (only they send compact ones)."""
+        if not is_compact(batch):
+            return batch
+        trainer = getattr(self, "trainer", None)
+        training = trainer is not None and trainer.training
+        return self.scaler("train" if training else "val")(batch)
+
+    def scaler(self, split: str) -> BatchScaler:
+        """Compact batch of ``split``'s loader -> the plain batch its dataset would give."""
+        if split not in self.scalers:
+            dataset = self._split(split)
+            self.scalers[split] = BatchScaler(dataset.pixel_range, dataset.stats)
+        return self.scalers[split]
 
     def shutdown_workers(self) -> None:
         """End the DataLoader workers of every loader this module made (a run that stops)."""

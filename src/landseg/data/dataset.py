@@ -65,6 +65,9 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         self.ignore_index = ignore_index
         #: Where decoded tiles are kept between epochs (None: decode every read).
         self.cache: TileCache | None = cache
+        #: Samples as raw uint8 pixels and int16 classes, scaled after the transfer from a
+        #: worker (:mod:`landseg.data.transport`; set on a loader's own copy of the dataset).
+        self.compact = False
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -75,6 +78,16 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         if sample_seed is None:
             sample_seed = derive_seed(self.seed, 0, index)
         raw, mask = self.decoded(index)
+        if self.compact:  # pixel permutations only: they commute with the scaling
+            if self.augmentations:
+                rng = np.random.default_rng(sample_seed)
+                for augment in self.augmentations:
+                    raw, mask = augment(raw, mask, rng)
+            return {
+                "image": torch.from_numpy(np.ascontiguousarray(raw, dtype=np.uint8)),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int16)),
+                "index": index,
+            }
         image = scale(raw, self.pixel_range)
         if self.augmentations:
             rng = np.random.default_rng(sample_seed)

@@ -7,6 +7,7 @@ resumable point (it needs their batches until then), and still end when torch en
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import threading
@@ -55,6 +56,12 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
+def _shutdown_at_exit(loader: weakref.ref[SignalSafeDataLoader]) -> None:
+    alive = loader()
+    if alive is not None:
+        alive.shutdown_workers()
+
+
 class SignalSafeDataLoader(DataLoader):
     """A DataLoader whose workers start with SIGTERM blocked.
 
@@ -76,6 +83,12 @@ class SignalSafeDataLoader(DataLoader):
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, before)
         self._started.append(weakref.ref(iterator))
+        if self.persistent_workers and not self.__dict__.get("_shutdown_at_exit"):
+            # persistent workers outlive the epoch: end them before multiprocessing's own
+            # exit handler terminates them (atexit runs the latest registered first), which
+            # torch would report as workers that "exited unexpectedly"
+            atexit.register(_shutdown_at_exit, weakref.ref(self))
+            self.__dict__["_shutdown_at_exit"] = True
         return iterator
 
     @property

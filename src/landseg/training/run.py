@@ -16,9 +16,10 @@ import signal
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from pydantic import ValidationError
 
@@ -434,6 +435,10 @@ def _train_in(
     datamodule = DATAMODULES.get("csv")(config, summary)
     try:
         trainer = build_trainer(trained, run, extra_callbacks, stop_signals, standalone)
+        # uint8 batches from the loader workers, scaled on the GPU (landseg.data.transport)
+        if hasattr(datamodule, "compact_transport"):
+            on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
+            cast(Any, datamodule).compact_transport = on_gpu
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -1,0 +1,71 @@
+"""Compact batches from the DataLoader workers: uint8 images and int16 masks, scaled after.
+
+A worker hands each sample to the main process through shared memory. A float32 image and an
+int64 mask are 1.3 MB for a 256x256 RGB tile; its uint8 pixels and int16 classes are 0.33 MB.
+With the decoded-tile cache a worker does little else, and this transfer became what limits
+a loader with workers (benchmarks/README.md, section 9b). So, when it changes nothing, the
+train and val workers send the raw pixels (after the augmentations) and the batch is scaled
+and standardised after it reaches its device (the datamodule's ``on_after_batch_transfer``:
+on a GPU, for free, and after a transfer four times smaller).
+
+Only when the batches go to a GPU (the run sets ``compact_transport`` on the datamodule): on
+the CPU the scaling would move from the workers, which run beside the training, into the
+training process, and a loader measured on the CPU delivers fewer tiles per second that way
+(benchmarks/README.md, section 9c).
+
+"When it changes nothing": the images are uint8 (what the cache keeps, before any float
+arithmetic), every augmentation is a permutation of pixels (``rotation90``: rotating then
+scaling is scaling then rotating, exactly), and there are workers (without, nothing is
+transferred). The scaling is then the very same float32 arithmetic as the dataset's
+(:func:`~landseg.data.normalization.scale` then ``standardize``), so a batch is bit for bit the
+one the plain path gives (tested). Anything else keeps the plain float32 samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from landseg.config.schema import SplitStats
+
+#: Augmentations that only move pixels, so they commute with the per-pixel scaling.
+PIXEL_PERMUTATIONS = frozenset({"rotation90"})
+
+
+def compact_eligible(image_dtype: str, augmentations: Sequence[str], workers: int) -> bool:
+    """Whether a loader may send raw uint8 images (see the module's docstring)."""
+    return workers > 0 and image_dtype == "uint8" and set(augmentations) <= PIXEL_PERMUTATIONS
+
+
+def is_compact(batch: Any) -> bool:
+    return (
+        isinstance(batch, dict)
+        and batch.get("image") is not None
+        and (batch["image"].dtype == torch.uint8)
+    )
+
+
+class BatchScaler:
+    """Turns a compact batch (uint8 image, int16 mask) into the plain one (float32 scaled and
+    standardised image, int64 mask), on whatever device it is; plain batches pass unchanged."""
+
+    def __init__(self, pixel_range: float, stats: SplitStats | None):
+        self.pixel_range = np.float32(pixel_range)
+        self.mean = None if stats is None else torch.tensor(stats.mean, dtype=torch.float32)
+        self.std = None if stats is None else torch.tensor(stats.std, dtype=torch.float32)
+
+    def __call__(self, batch: Any) -> Any:
+        if not is_compact(batch):
+            return batch
+        image = batch["image"].to(torch.float32)
+        if self.pixel_range != 1.0:
+            image = torch.div(image, torch.full((), float(self.pixel_range), device=image.device))
+        if self.mean is not None and self.std is not None:
+            shape = (1, -1, 1, 1)
+            mean = self.mean.to(image.device).view(shape)
+            std = self.std.to(image.device).view(shape)
+            image = (image - mean) / std
+        return {**batch, "image": image, "mask": batch["mask"].to(torch.int64)}
