@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import select
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,12 +21,18 @@ from typing import Any
 
 from landseg import __version__
 from landseg.errors import LandsegError, StopRequested
+from landseg.stop_signals import EarlyStop, EarlyStops
 
 log = logging.getLogger("landseg")
 
 #: Modules that add subcommands: each has ``register(add)`` where ``add(name, handler, help)``
 #: returns the new subparser. They import their heavy dependencies inside their handlers.
 COMMAND_MODULES = ("landseg.jobs.commands", "landseg.inference.commands", "landseg.tuning.commands")
+
+#: The commands that start a run or a job, and the stop signals they honour while starting
+#: (SIGINT, and the default ``device_setup.stop_signals``), before their config is read.
+EARLY_STOP_COMMANDS = ("train", "cv", "tune")
+EARLY_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 #: The exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for
 #: any Unix tool that a closed pipe ended (``yes | head``), so ``set -o pipefail`` sees it.
@@ -224,8 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train" and args.config is None and args.resume is None:
         parser.error("train needs -c CONFIG or --resume CKPT")
     _console_logging(args.verbose)
+    starting = EarlyStops(EARLY_STOP_SIGNALS if args.command in EARLY_STOP_COMMANDS else ())
     try:
-        status = args.handler(args)
+        with starting:
+            status = args.handler(args)
         sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's exit
         return status
     except BrokenPipeError:
@@ -241,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except EarlyStop as early:
+        return _stopped_while_starting(early.signum)
     except StopRequested as stop:
         if stop.requeue:
             from landseg.cluster import requeue_slurm_job
@@ -249,6 +260,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"interrupted: {stop}; {_how_to_continue(args, stop)}", file=sys.stderr)
         return stop.exit_code
+
+
+def _stopped_while_starting(signum: int) -> int:
+    """A stop signal before the run or job began: nothing was written; SLURM's SIGUSR1
+    requeues the job as a stopped run would (``slurm_requeue`` is on by default)."""
+    from landseg.cluster import requeue_slurm_job, requeue_wanted
+
+    then = requeue_slurm_job() if requeue_wanted(signum, True) else "run the same command again"
+    print(f"interrupted: {signal.Signals(signum).name} while starting; {then}", file=sys.stderr)
+    return 128 + signum
 
 
 def _how_to_continue(args: argparse.Namespace, stop: StopRequested) -> str:

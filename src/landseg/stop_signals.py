@@ -13,6 +13,59 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+#: Whether the command is still starting (imports, config and data checks) with no run or job
+#: handler in place yet: see :func:`handle_early_stops`.
+_early_window = False
+
+
+class EarlyStop(Exception):
+    """A stop signal received while a command was starting, before anything was written."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} while starting")
+
+
+def _early_handler(signum: int, frame: FrameType | None) -> None:
+    if _early_window:
+        raise EarlyStop(signum)
+    # a run or job has taken over its own stop signals; this one is not among them: do what
+    # the signal would have done had landseg never handled it
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
+class EarlyStops:
+    """Stop at once, cleanly, on ``signals`` received while a command starts.
+
+    A context manager around a whole command. Until a :class:`StopSignals` is installed (a
+    run's, a job's), such a signal raises :class:`EarlyStop` wherever the main thread is
+    (importing torch, checking the data): the command exits 128 + the signal with one line,
+    instead of dying by the signal's default action (for SLURM's SIGUSR1, without requeueing
+    its job). Once a :class:`StopSignals` takes over, a signal it does not handle gets its
+    default action, as it would have without landseg. The previous handlers are put back on
+    exit (a command run in-process, by a test or a library user, leaves none behind).
+    """
+
+    def __init__(self, signals: Sequence[int]):
+        self.signals = tuple(signals)
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> EarlyStops:
+        global _early_window
+        if threading.current_thread() is threading.main_thread():
+            _early_window = True
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, _early_handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _early_window
+        _early_window = False
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
 
 class StopSignals:
     """The stop signals of one run: the handlers only record the signal (``requested``).
@@ -36,8 +89,10 @@ class StopSignals:
     def install(self) -> None:
         """Handle the signals here, in the main thread (where Python delivers them); the
         handlers in place before are kept for :meth:`restore`."""
+        global _early_window
         if threading.current_thread() is not threading.main_thread():
             return
+        _early_window = False  # this run or job handles its stop signals from now on
         for signum in self.signals:
             previous = signal.signal(signum, self._handle)
             self._previous.setdefault(signum, previous)

@@ -174,3 +174,46 @@ def test_sigterm_during_lightnings_own_stages_is_still_a_clean_stop(
         assert state["epochs_done"] == 1
     else:
         assert code == 0 and state["status"] == "finished"
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_while_starting_exits_cleanly(
+    signum: int, demo_config: dict, tmp_path: Path
+) -> None:
+    """Sent as soon as the command handles it, while it still imports torch and checks the
+    data (bug 11: the signal's default action used to end it): one line, 128 + the signal,
+    nothing written."""
+    config = write_config(tmp_path / "c.json", demo_config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "landseg.cli", "train", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        if catches(process.pid, signum):
+            process.send_signal(signum)
+            break
+        time.sleep(0.001)
+    _, err = process.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: {name} while starting; run the same command again"
+    ), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
