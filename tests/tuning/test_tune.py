@@ -77,6 +77,20 @@ def test_the_search_section_is_checked_before_any_training(
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
+def test_tune_without_optuna_says_which_extra(
+    demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    path = write_config(tmp_path / "tune.json", tune_config(demo_dir, tmp_path / "runs"))
+    assert main(["tune", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "error: landseg tune needs Optuna: install landseg's tune extra, pip install "
+        "'landseg[tune]' (make installs it)"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
 def test_search_section_shape() -> None:
     with pytest.raises(ValueError, match="cannot be searched"):
         Search.model_validate(

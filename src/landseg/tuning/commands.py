@@ -23,6 +23,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     if args.workers < 1:
         raise LandsegError(f"--workers: must be at least 1, got {args.workers}")
+    try:
+        import optuna  # noqa: F401
+    except ImportError as error:
+        raise LandsegError(
+            "landseg tune needs Optuna: install landseg's tune extra, pip install "
+            "'landseg[tune]' (make installs it)"
+        ) from error
     from landseg.jobs.mpi import launched_by_mpi
     from landseg.tuning.results import SUMMARY_MD, results_markdown, write_results
     from landseg.tuning.search import prepare_tuning, run_search
