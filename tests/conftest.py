@@ -58,30 +58,6 @@ def sigkill_when(command: list[str], moment: Callable[[], bool], timeout: float 
     return process.wait()
 
 
-def sigint_group_when(
-    command: list[str], moment: Callable[[], bool], timeout: float = 120
-) -> tuple[int, str]:
-    """Run ``landseg COMMAND`` in its own process group and send SIGINT to the whole group,
-    as a terminal's Ctrl-C does, as soon as ``moment()`` is true; (exit status, stderr)."""
-    import os
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli", *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        if moment():
-            os.killpg(process.pid, signal.SIGINT)
-            break
-        time.sleep(0.005)
-    _, err = process.communicate(timeout=timeout)
-    return process.returncode, err
-
-
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(json.dumps(config, indent=2))
     return path

@@ -24,8 +24,9 @@ import torch
 from landseg.cli import main
 from landseg.config.schema import DeviceSetup
 from landseg.jobs import runner
-from tests.conftest import sigint_group_when, sigkill_when, write_config
+from tests.conftest import sigkill_when, write_config
 from tests.jobs.conftest import cv_config
+from tests.tasks.test_interrupt import signal_when
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +116,9 @@ def test_ctrl_c_stops_the_job_with_130_and_a_rerun_equals_uninterrupted(
     resumable point and goes back to pending, the command says how to continue, exit 130."""
     config = write_config(tmp_path / "cv.json", make_cv_config())
     job = tmp_path / "runs" / "job"
-    returncode, err = sigint_group_when(["cv", "-c", str(config)], lambda: first_checkpoint(job))
+    returncode, err = signal_when(
+        ["cv", "-c", str(config)], lambda: first_checkpoint(job), signal.SIGINT
+    )
     assert returncode == 130, err
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]
     assert len(lines) == 1 and lines[0].endswith("run the same command again to continue"), err
@@ -251,7 +254,6 @@ def test_cv_under_srun_trains_each_task_alone_and_sigterm_does_not_requeue(
     its own process (not a DDP run waiting for a second rank). SIGTERM (scancel, preemption)
     stops the job at a checkpoint with 143 and no requeue; the running task goes back to
     pending; the job run again ends with the uninterrupted job's summary."""
-    from tests.tasks.test_interrupt import signal_when
     from tests.tasks.test_slurm import landseg, scontrol_calls, slurm_env
 
     config = write_config(tmp_path / "cv.json", make_cv_config())

@@ -24,8 +24,9 @@ from landseg.config.search import Search
 from landseg.errors import ConfigError
 from landseg.tuning.results import nested_selection
 from landseg.tuning.search import prepare_tuning, task_validation_score
-from tests.conftest import sigint_group_when, sigkill_when, write_config
+from tests.conftest import sigkill_when, write_config
 from tests.jobs.conftest import cv_config
+from tests.tasks.test_interrupt import signal_when
 
 SEARCH = {"params": {"train_setup.lr": {"float": [1e-4, 1e-1], "log": True}}, "trials": 3}
 
@@ -247,8 +248,10 @@ def test_ctrl_c_stops_the_search_with_130_and_a_rerun_continues_it(
     config = write_config(tmp_path / "tune.json", tune_config(demo_dir, tmp_path / "runs"))
     folder = tmp_path / "runs" / "search"
     checkpoints = folder / "trials" / "trial-000" / "tasks"
-    returncode, err = sigint_group_when(
-        ["tune", "-c", str(config)], lambda: any(checkpoints.glob("*/checkpoints/*-last.ckpt"))
+    returncode, err = signal_when(
+        ["tune", "-c", str(config)],
+        lambda: any(checkpoints.glob("*/checkpoints/*-last.ckpt")),
+        signal.SIGINT,
     )
     assert returncode == 130, err
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]

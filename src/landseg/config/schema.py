@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import signal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -542,6 +543,11 @@ class DeviceSetup(StrictModel):
         "job once it is checkpointed, and the requeued job continues it. SIGTERM (scancel, "
         "preemption) never requeues. Outside SLURM it does nothing.",
     )
+
+    def stop_signal_numbers(self) -> list[int]:
+        """SIGINT (Ctrl-C stops every run) and ``stop_signals``, as signal numbers: what a
+        run, a cv job and a search install their stop handlers for."""
+        return [signal.SIGINT, *(getattr(signal, name) for name in self.stop_signals)]
 
     def problems(self) -> list[str]:
         """Unknown accelerator or strategy names and malformed device ids, one line each."""

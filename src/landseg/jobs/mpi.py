@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -216,8 +215,9 @@ def _serve(comm: Any, index: int, verbose: bool) -> None:
     import landseg.training.run  # noqa: F401  (the slow imports, while rank 0 plans the job)
 
     console_logging(verbose)
-    signals = [signal.SIGINT, *(getattr(signal, n) for n in DeviceSetup().stop_signals)]
-    with StopSignals(signals) as waiting:  # until a job's own config says which
+    with StopSignals(
+        DeviceSetup().stop_signal_numbers()
+    ) as waiting:  # until a job's own config says which
         while True:
             setup, _ = _recv(comm, 0, SETUP)
             if "error" in setup:

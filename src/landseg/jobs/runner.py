@@ -337,8 +337,7 @@ def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: b
 
 def job_stop_signals(job: Job) -> list[int]:
     """SIGINT and the config's ``device_setup.stop_signals``, as a run has them."""
-    names = job.config.device_setup.stop_signals
-    return [signal.SIGINT, *(getattr(signal, name) for name in names)]
+    return job.config.device_setup.stop_signal_numbers()
 
 
 def job_stopped(job: Job, signum: int) -> StopRequested:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,8 +350,9 @@ def _train_with_signals(
     standalone: bool,
     fast_paths_given: FastPaths | None = None,
 ) -> Path:
-    signals = [signal.SIGINT, *(getattr(signal, n) for n in config.device_setup.stop_signals)]
-    with StopSignals(signals) as stop_signals:  # from the start: a Ctrl-C is never lost
+    with StopSignals(
+        config.device_setup.stop_signal_numbers()
+    ) as stop_signals:  # from the start: a Ctrl-C is never lost
         try:
             return _train_in(
                 run,

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,9 +276,7 @@ def run_search(tuning: Tuning, run_job: JobRunner) -> Any:
     from landseg.jobs.runner import job_stopped
 
     study = open_study(tuning)
-    device = tuning.config.device_setup
-    signals = [signal.SIGINT, *(getattr(signal, name) for name in device.stop_signals)]
-    with StopSignals(signals) as stop:
+    with StopSignals(tuning.config.device_setup.stop_signal_numbers()) as stop:
         while (chosen := next_trial(study, tuning)) is not None:
             number, params = chosen
             log.info("trial %d: %s", number, ", ".join(f"{k}={v}" for k, v in params.items()))
