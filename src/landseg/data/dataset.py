@@ -79,26 +79,29 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
             sample_seed = derive_seed(self.seed, 0, index)
         raw, mask = self.decoded(index)
         if self.compact:  # pixel permutations only: they commute with the scaling
-            if self.augmentations:
-                rng = np.random.default_rng(sample_seed)
-                for augment in self.augmentations:
-                    raw, mask = augment(raw, mask, rng)
+            raw, mask = self._augment(raw, mask, sample_seed)
             return {
                 "image": torch.from_numpy(np.ascontiguousarray(raw, dtype=np.uint8)),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int16)),
                 "index": index,
             }
-        image = scale(raw, self.pixel_range)
-        if self.augmentations:
-            rng = np.random.default_rng(sample_seed)
-            for augment in self.augmentations:
-                image, mask = augment(image, mask, rng)
+        image, mask = self._augment(scale(raw, self.pixel_range), mask, sample_seed)
         image = standardize(image, self.stats)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
             "index": index,
         }
+
+    def _augment(
+        self, image: np.ndarray, mask: np.ndarray, sample_seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The augmentations in order, drawn from the sample's own seed."""
+        if self.augmentations:
+            rng = np.random.default_rng(sample_seed)
+            for augment in self.augmentations:
+                image, mask = augment(image, mask, rng)
+        return image, mask
 
     def load(self, pair: SamplePair) -> tuple[np.ndarray, np.ndarray]:
         """The pair's 0-1 float32 image and int64 class mask, before augmentation."""
