@@ -112,3 +112,58 @@ def test_checking_optimiser_parameters_does_not_import_torch_dynamo() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def _parameters() -> list[torch.nn.Parameter]:
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_an_optimizer_with_a_fused_kernel_uses_it_unless_the_config_chooses(name: str) -> None:
+    assert build_optimizer(name, _parameters(), 0.01, {}).param_groups[0]["fused"] is True
+    chosen = build_optimizer(name, _parameters(), 0.01, {"foreach": True}).param_groups[0]
+    assert (chosen["foreach"], chosen["fused"]) == (True, None)
+    assert (
+        build_optimizer(name, _parameters(), 0.01, {"fused": False}).param_groups[0]["fused"]
+        is False
+    )
+
+
+def test_an_optimizer_without_a_fused_kernel_is_built_as_torch_would() -> None:
+    group = build_optimizer("rmsprop", _parameters(), 0.01, {}).param_groups[0]
+    assert "fused" not in group and group["foreach"] is None
+
+
+def test_parameters_of_a_device_without_fused_kernels_keep_torch_s_default() -> None:
+    on_meta = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    assert build_optimizer("adam", on_meta, 0.01, {}).param_groups[0]["fused"] is None
+
+
+def test_the_fused_step_is_adam_s_update() -> None:
+    """Fused and foreach Adam compute the same update (to float32 rounding), steps apart."""
+    fused, plain = _parameters(), _parameters()
+    fused_optimizer = build_optimizer("adam", fused, 0.01, {})
+    plain_optimizer = build_optimizer("adam", plain, 0.01, {"fused": False})
+    for step in range(5):
+        for params, optimizer in ((fused, fused_optimizer), (plain, plain_optimizer)):
+            optimizer.zero_grad()
+            loss = (params[0].sum(0) * params[1] * (step + 1)).square().sum()
+            loss.backward()
+            optimizer.step()
+    for a, b, start in zip(fused, plain, _parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert (a - start).abs().min() > 0.01  # five steps of lr 0.01 moved every value
+
+
+def test_a_continued_run_keeps_the_step_implementation_of_its_checkpoint() -> None:
+    """A run started before fused kernels were the default continues with foreach."""
+    params = _parameters()
+    old = build_optimizer("adam", params, 0.01, {"fused": False})
+    params[0].sum().backward()
+    old.step()
+    old_state = old.state_dict()
+    old_state["param_groups"][0]["fused"] = None  # what such a checkpoint records
+    continued = build_optimizer("adam", _parameters(), 0.01, {})
+    continued.load_state_dict(old_state)
+    assert continued.param_groups[0]["fused"] is None

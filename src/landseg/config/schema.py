@@ -218,7 +218,8 @@ class OptimizerConfig(BaseModel):
     optimizer: str = Field(
         default="adam",
         description="adam, radam, adamax, sgd, rmsprop or adamw; other keys are its "
-        "parameters (checked against the torch.optim signature).",
+        "parameters (checked against the torch.optim signature). adam, adamw and sgd use "
+        "torch's fused kernel unless fused, foreach, differentiable or capturable is given.",
     )
 
     @property

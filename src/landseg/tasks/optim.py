@@ -137,13 +137,54 @@ def _typed_or_raise(cls: type[Any], params: dict[str, Any], key: str) -> dict[st
     return values
 
 
+#: The keyword arguments by which a config chooses how an optimiser computes its step. When it
+#: names none of them, :func:`build_optimizer` picks the fused kernel.
+STEP_IMPLEMENTATION_KEYS = ("fused", "foreach", "differentiable", "capturable")
+
+
 def build_optimizer(
     name: str, parameters: Any, lr: float, params: dict[str, Any]
 ) -> torch.optim.Optimizer:
+    """The optimiser ``name`` over ``parameters``, with the config's keyword arguments.
+
+    Where the class has a fused kernel (Adam, AdamW, SGD) and the config chooses no step
+    implementation, the fused one is used: one kernel over all the parameters instead of
+    torch's default ``foreach`` ops, a quarter of the time of an Adam step on a CPU (7.6
+    against 35 ms for a U-Net ResNet-18) and the standard fast path on GPUs. Its step is the
+    same update, computed in another order, so values may differ from ``foreach`` in the last
+    bits; a config that writes ``fused: false`` or ``foreach: true`` gets torch's default. A
+    continued run keeps the implementation its checkpoint records (the optimiser's
+    ``param_groups`` are restored with it). Where the parameters' device has no fused kernel,
+    torch's default is kept.
+    """
     cls = OPTIMIZERS.get(name)
     values = _typed_or_raise(cls, params, "train_setup.optimizer_config")
+    parameters = list(parameters)
+    if _fused_by_default(cls, values, parameters):
+        values = {**values, "fused": True}
     optimizer: torch.optim.Optimizer = cls(parameters, lr=lr, **values)  # type: ignore[call-arg]
     return optimizer
+
+
+#: The devices whose fused optimiser kernels landseg uses by default (torch checks the device
+#: only at the first step, so it is checked here, before).
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def _fused_by_default(
+    cls: type[torch.optim.Optimizer], values: dict[str, Any], parameters: list[Any]
+) -> bool:
+    if "fused" not in inspect.signature(cls).parameters:
+        return False
+    if any(key in values for key in STEP_IMPLEMENTATION_KEYS):
+        return False
+    tensors = [
+        p for item in parameters for p in (item["params"] if isinstance(item, dict) else [item])
+    ]
+    return all(
+        isinstance(p, torch.Tensor) and p.is_floating_point() and p.device.type in _FUSED_DEVICES
+        for p in tensors
+    )
 
 
 def build_scheduler(
