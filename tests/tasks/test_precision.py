@@ -127,3 +127,24 @@ def test_auto_is_recorded_kept_on_continue_and_deterministic(
         True,
         3,
     )
+
+
+@pytest.mark.parametrize(("deterministic", "autotuned"), [(False, True), (True, False)])
+def test_cudnn_picks_its_fastest_algorithms_unless_the_run_is_deterministic(
+    deterministic: bool, autotuned: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from landseg.config.schema import LandsegConfig
+    from landseg.runs.folder import RunFolder
+    from landseg.training.trainer import build_trainer
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not autotuned)  # put back after
+    config = LandsegConfig.model_validate(
+        {
+            "data_source": {"train_file": "t.csv", "class_labels": ["a", "b"]},
+            "train_setup": {"model_name": "lightunet", "deterministic": deterministic},
+            "output_setup": {"output_folder": str(tmp_path)},
+            "device_setup": {"precision": "32-true"},  # what a run resolves auto to
+        }
+    )
+    build_trainer(config, RunFolder(tmp_path / "run"))
+    assert torch.backends.cudnn.benchmark is autotuned

@@ -134,6 +134,10 @@ def build_trainer(
         logger=loggers or False,
         callbacks=callbacks,
         deterministic="warn" if train.deterministic else None,
+        # cuDNN tries its convolution algorithms on the first batch of each shape and keeps
+        # the fastest (tiles have one size): the GPU fast path, which picks algorithms by
+        # timing, so only for runs that do not ask to be deterministic
+        benchmark=None if train.deterministic else True,
         val_check_interval=val_check,
         check_val_every_n_epoch=1 if isinstance(val_check, float) else None,
         num_sanity_val_steps=0,
