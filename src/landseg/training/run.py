@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -271,16 +272,16 @@ def train(
                 decision.precision, bool(decision.channels_last), "chosen by global rank 0"
             )
         return _train_with_signals(
-            run,
-            config,
-            summary,
-            False,
-            decision.checkpoint_path,
-            extra_callbacks,
-            {},
-            None,
-            standalone,
-            given,
+            _ProcessRun(
+                run,
+                config,
+                summary,
+                rank_zero=False,
+                checkpoint=decision.checkpoint_path,
+                extra_callbacks=extra_callbacks,
+                standalone=standalone,
+                fast_paths_given=given,
+            )
         )
     board = DecisionBoard(launch) if launch is not None else None
     try:
@@ -321,15 +322,17 @@ def _train_as_rank_zero(
     handler = _setup_file_logging(run, verbose) if rank_zero else None
     try:
         return _train_with_signals(
-            run,
-            config,
-            summary,
-            rank_zero,
-            checkpoint,
-            extra_callbacks,
-            changes,
-            board,
-            standalone,
+            _ProcessRun(
+                run,
+                config,
+                summary,
+                rank_zero=rank_zero,
+                checkpoint=checkpoint,
+                extra_callbacks=extra_callbacks,
+                changes=changes,
+                board=board,
+                standalone=standalone,
+            )
         )
     finally:
         if handler is not None:
@@ -338,59 +341,43 @@ def _train_as_rank_zero(
             handler.close()
 
 
-def _train_with_signals(
-    run: RunFolder,
-    config: LandsegConfig,
-    summary: DataSummary,
-    rank_zero: bool,
-    checkpoint: Path | None,
-    extra_callbacks: list[Callback] | None,
-    changes: dict[str, list[Any]],
-    board: DecisionBoard | None,
-    standalone: bool,
-    fast_paths_given: FastPaths | None = None,
-) -> Path:
+@dataclass
+class _ProcessRun:
+    """What this process trains, once decided (by this process, or by global rank 0 for the
+    other ranks of a launch): carried whole through the signal handling into the fit."""
+
+    run: RunFolder
+    config: LandsegConfig
+    summary: DataSummary
+    rank_zero: bool  # writes the run's files
+    checkpoint: Path | None  # to start from; None: the run's latest when it resumes
+    extra_callbacks: list[Callback] | None
+    changes: dict[str, list[Any]] = field(default_factory=dict)  # continued with these
+    board: DecisionBoard | None = None  # where rank 0 tells the launch's other ranks
+    standalone: bool = False
+    fast_paths_given: FastPaths | None = None  # rank 0's precision, for the other ranks
+
+
+def _train_with_signals(process: _ProcessRun) -> Path:
     with StopSignals(
-        config.device_setup.stop_signal_numbers()
+        process.config.device_setup.stop_signal_numbers()
     ) as stop_signals:  # from the start: a Ctrl-C is never lost
         try:
-            return _train_in(
-                run,
-                config,
-                summary,
-                rank_zero,
-                checkpoint,
-                extra_callbacks,
-                changes,
-                stop_signals,
-                board,
-                standalone,
-                fast_paths_given,
-            )
+            return _train_in(process, stop_signals)
         except StopRequested as stop:
             # SLURM's warning before the time limit (sbatch --signal=USR1@90): rank 0 asks
             # for the job to be queued again once the run is checkpointed and marked
-            stop.requeue = rank_zero and requeue_wanted(
-                stop.signum, config.device_setup.slurm_requeue
+            stop.requeue = process.rank_zero and requeue_wanted(
+                stop.signum, process.config.device_setup.slurm_requeue
             )
             raise
 
 
-def _train_in(
-    run: RunFolder,
-    config: LandsegConfig,
-    summary: DataSummary,
-    rank_zero: bool,
-    checkpoint: Path | None,
-    extra_callbacks: list[Callback] | None,
-    changes: dict[str, list[Any]],
-    stop_signals: StopSignals,
-    board: DecisionBoard | None = None,
-    standalone: bool = False,
-    fast_paths_given: FastPaths | None = None,
-) -> Path:
-    ckpt_path = checkpoint or (latest_checkpoint(run) if run.resuming else None)
-    fast = fast_paths(config, run, fast_paths_given)
+def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
+    run, config, summary = process.run, process.config, process.summary
+    rank_zero, changes, board = process.rank_zero, process.changes, process.board
+    ckpt_path = process.checkpoint or (latest_checkpoint(run) if run.resuming else None)
+    fast = fast_paths(config, run, process.fast_paths_given)
     trained = resolved_device(config, fast)  # what Lightning trains with; the task keeps config
     pl.seed_everything(config.train_setup.random_seed, workers=True, verbose=False)
     task = SegmentationTask(
@@ -434,7 +421,9 @@ def _train_in(
             )
     datamodule = DATAMODULES.get("csv")(config, summary)
     try:
-        trainer = build_trainer(trained, run, extra_callbacks, stop_signals, standalone)
+        trainer = build_trainer(
+            trained, run, process.extra_callbacks, stop_signals, process.standalone
+        )
         # uint8 batches from the loader workers, scaled on the GPU (landseg.data.transport)
         if hasattr(datamodule, "compact_transport"):
             on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
