@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from landseg import __version__
+from landseg.config.overrides import add_overrides_argument
 from landseg.errors import LandsegError, StopRequested
 from landseg.stop_signals import EarlyStop, EarlyStops
 
@@ -41,14 +42,7 @@ STDOUT_CLOSED = 141
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, required=True, help="JSON or YAML config")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train_setup.lr=0.01 (repeatable, typed)",
-    )
+    add_overrides_argument(parser)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -148,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = add("train", cmd_train, "train a model from a config file (ODEON's train tool)")
     train.add_argument("-c", "--config", type=Path, help="JSON or YAML config")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides_argument(train)
     train.add_argument("--resume", type=Path, metavar="CKPT", help="resume from a checkpoint alone")
 
     validate = add("validate", cmd_validate, "check a config and its data, then exit")

@@ -32,11 +32,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from landseg.cluster import in_slurm_batch
-from landseg.config.load import (
-    apply_overrides,
-    read_config_file,
-    validate_config,
-)
+from landseg.config.load import read_config_file, validate_config
+from landseg.config.overrides import apply_overrides
 from landseg.config.schema import (
     DataSource,
     DeviceSetup,

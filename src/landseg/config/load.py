@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from landseg.config.overrides import apply_overrides
 from landseg.config.schema import LandsegConfig
 from landseg.errors import ConfigError
 from landseg.registry import closest
@@ -67,36 +68,6 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
         type(value), type(value).__name__
     )
-
-
-def parse_override_value(text: str) -> Any:
-    """Type a ``--set`` value: JSON first (numbers, booleans, lists), then YAML, then a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return text if isinstance(value, (dict, type(None))) and text.strip() else value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (``--set``) to the raw config, in order."""
-    for override in overrides:
-        key, sep, raw_value = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. train_setup.lr=0.01")
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {override}: '{part}' is not a section")
-            node = child
-        node[parts[-1]] = parse_override_value(raw_value)
-    return data
 
 
 def format_location(loc: tuple[Any, ...]) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from landseg.config.overrides import add_overrides_argument
 from landseg.errors import LandsegError
 
 
@@ -125,10 +126,7 @@ def register(add: Callable[..., Any]) -> None:
         "run or resume a group-wise cross-validation job (e.g. leave one zone out)",
     )
     cv.add_argument("-c", "--config", type=Path, help="JSON or YAML config with cross_validation")
-    cv.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )  # fmt: skip
+    add_overrides_argument(cv)
     cv.add_argument(
         "--workers",
         type=int,

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from landseg.config.overrides import add_overrides_argument
 from landseg.errors import LandsegError
 
 
@@ -78,10 +79,7 @@ def register(add: Callable[..., Any]) -> None:
     tune.add_argument(
         "-c", "--config", type=Path, required=True, help="config with cross_validation and search"
     )
-    tune.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )  # fmt: skip
+    add_overrides_argument(tune)
     tune.add_argument(
         "--workers",
         type=int,

@@ -258,7 +258,7 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
 
 def best_config_text(tuning: Tuning, params: dict[str, Any], trial: int) -> str:
     """The base config with the best trial's values, as plain YAML (paths absolute)."""
-    from landseg.config.load import apply_overrides
+    from landseg.config.overrides import apply_overrides
     from landseg.tuning.search import setting_override
 
     data = tuning.config.model_dump(mode="json", exclude={"search"}, exclude_none=True)

@@ -1,0 +1,58 @@
+"""``--set KEY=VALUE``: the option, and how its values change a raw config.
+
+Light on purpose: the command line builds its parser with :func:`add_overrides_argument`
+before any config is read, so this module imports nothing heavy at its top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from landseg.errors import ConfigError
+
+
+def parse_override_value(text: str) -> Any:
+    """Type a ``--set`` value: JSON first (numbers, booleans, lists), then YAML, then a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    import yaml  # here: the command line imports this module before any config is read
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, (dict, type(None))) and text.strip() else value
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable) on a command that reads a config: the one spelling of
+    the option whose values :func:`apply_overrides` applies, in ``args.overrides``."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train_setup.lr=0.01 (repeatable, typed)",
+    )
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (``--set``) to the raw config, in order."""
+    for override in overrides:
+        key, sep, raw_value = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. train_setup.lr=0.01")
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {override}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = parse_override_value(raw_value)
+    return data
