@@ -74,10 +74,15 @@ def landseg_epochs(
 
 
 def hand_epochs(
-    args: argparse.Namespace, train_rows: list, val_rows: list, fast: bool = False
+    args: argparse.Namespace,
+    train_rows: list,
+    val_rows: list,
+    fast: bool = False,
+    fused: bool = False,
 ) -> list:
     """The same training by the hand-written loop; (wall, cpu) of every epoch. ``fast``: with
-    bf16 autocast and channels-last written by hand, as a user who knows the tricks would."""
+    bf16 autocast and channels-last written by hand, as a user who knows the tricks would;
+    ``fused``: with Adam's fused step too (landseg's default optimiser step)."""
     from landseg.models.registry import build_model
 
     torch.manual_seed(0)
@@ -92,6 +97,7 @@ def hand_epochs(
         clock=clock,
         bf16=fast,
         channels_last=fast,
+        fused=fused,
     )
     return clock.intervals(skip=0)
 
@@ -130,6 +136,11 @@ def main() -> None:
         action="store_true",
         help="also time the hand loop with bf16 autocast and channels-last written by hand",
     )
+    parser.add_argument(
+        "--hand-fused",
+        action="store_true",
+        help="with --hand-fast: also that loop with Adam's fused step (fused=True) by hand",
+    )
     add_threads_argument(parser)
     args = parser.parse_args()
     apply_threads(args.threads)
@@ -138,6 +149,8 @@ def main() -> None:
     times: dict[str, list[list[tuple[float, float]]]] = {"landseg": [], "hand": []}
     if args.hand_fast:
         times["hand-fast"] = []
+        if args.hand_fused:
+            times["hand-fast-fused"] = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         folder = Path(tmp)
         config = dubai_config(
@@ -156,6 +169,10 @@ def main() -> None:
             times["hand"].append(hand_epochs(args, train_rows, val_rows))
             if args.hand_fast:
                 times["hand-fast"].append(hand_epochs(args, train_rows, val_rows, fast=True))
+            if "hand-fast-fused" in times:
+                times["hand-fast-fused"].append(
+                    hand_epochs(args, train_rows, val_rows, fast=True, fused=True)
+                )
             print(f"run {run}: load {load_average()}", flush=True)
         breakdown: dict[str, float] = {}
         if args.profile_epochs:
@@ -218,6 +235,15 @@ def main() -> None:
                         "hand_fast": round(fast_s, 3),
                         "ratio_to_hand_fast": round(landseg_s / fast_s, 4),
                         "speedup_over_hand_float32": round(hand_s / landseg_s, 3),
+                        "hand_fast_speedup_over_hand_float32": round(hand_s / fast_s, 3),
+                    }
+                )
+            if "hand-fast-fused" in per_run:
+                fused_s = median(per_run["hand-fast-fused"])
+                result[f"{kind}_{label}"].update(
+                    {
+                        "hand_fast_fused": round(fused_s, 3),
+                        "ratio_to_hand_fast_fused": round(landseg_s / fused_s, 4),
                     }
                 )
     result["epoch_s"] = {

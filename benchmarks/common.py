@@ -258,14 +258,16 @@ def hand_fit(
     device: str = "cpu",
     bf16: bool = False,
     channels_last: bool = False,
+    fused: bool = False,
     clock: Clock | None = None,
 ) -> list[float]:
-    """The minimal PyTorch loop: Adam, cross-entropy (ignore -1), a validation pass with a
-    confusion matrix. Stamps ``clock`` at each epoch start and at the end; returns val mIoU."""
+    """The minimal PyTorch loop: Adam (torch's default step, or the ``fused`` one),
+    cross-entropy (ignore -1), a validation pass with a confusion matrix. Stamps ``clock`` at
+    each epoch start and at the end; returns val mIoU."""
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
     criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     memory = torch.channels_last if channels_last else torch.contiguous_format
