@@ -308,3 +308,31 @@ def test_a_job_run_by_another_host_is_refused_with_one_line(
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {job}: this job is being run on host node-a (pid ")
     assert not (job / "tasks").exists()  # nothing planned, nothing trained
+
+
+def test_a_stop_signal_while_the_summary_is_written_lets_it_finish(
+    reference: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's work is done when its summary is written: a SIGTERM then is recorded, not
+    given its default action (which ended the process with the summary half made)."""
+    from landseg.jobs import summary as summary_module
+    from landseg.jobs.plan import prepare_job
+
+    before = summary(reference)
+    write = summary_module.write_summary
+
+    def signalled_write(*args: object) -> dict:
+        signal.raise_signal(signal.SIGTERM)  # as the job finishes its last task
+        return write(*args)  # type: ignore[arg-type]
+
+    def default_action(signum: int, frame: object) -> None:
+        raise AssertionError("SIGTERM got its default action")
+
+    monkeypatch.setattr(summary_module, "write_summary", signalled_write)
+    previous = signal.signal(signal.SIGTERM, default_action)
+    try:
+        job, rows = prepare_job(reference.parent.parent / "cv.json", [])
+        result = runner.run_job(job, rows)  # the job is complete: nothing is trained again
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result["complete"] and summary(reference) == before

@@ -394,7 +394,11 @@ def run_job(
             work(job, log_db, Worker.here("main", session), verbose=verbose)
         else:
             run_local_workers(job, log_db, session, workers, verbose)
-        return write_summary(job, log_db)
+        # every task has had its turn: a stop signal now has nothing left to stop, and its
+        # default action would end the process in the middle of the summary; it is recorded
+        # instead (and passed on to an enclosing search, which then stops after this trial)
+        with StopSignals(job_stop_signals(job)):
+            return write_summary(job, log_db)
 
 
 def ddp_rank_task() -> Path | None:
