@@ -336,3 +336,25 @@ def test_a_stop_signal_while_the_summary_is_written_lets_it_finish(
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert result["complete"] and summary(reference) == before
+
+
+def test_a_refused_cv_leaves_the_job_s_files_as_they_were(
+    reference: Path, demo_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """Another set of rows is refused before anything in the job folder is written."""
+    lines = (demo_dir / "zones.csv").read_text().splitlines()
+    fewer = tmp_path / "zones_less.csv"  # the last tile left out, paths made absolute
+    fewer.write_text(
+        "\n".join(
+            [lines[0]] + [",".join([str(demo_dir / image), str(demo_dir / mask), zone])
+                          for image, mask, zone in (line.split(",") for line in lines[1:-1])]
+        ) + "\n"
+    )  # fmt: skip
+    before = {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()}
+    config = reference.parent.parent / "cv.json"
+    assert main(["cv", "-c", str(config), "--set", f"cross_validation.file={fewer}"]) == 2
+    assert "was started with another config or other rows" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()}
+    assert after.keys() == before.keys()
+    changed = sorted(name for name in before if after[name] != before[name])
+    assert changed == ["job.sqlite", "status.json"]  # the log's writer lease: bookkeeping only

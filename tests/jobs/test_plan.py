@@ -21,6 +21,7 @@ from landseg.jobs.plan import (
     sanitize,
     task_config,
     task_csvs,
+    write_task_files,
 )
 from tests.conftest import write_config
 
@@ -200,6 +201,8 @@ def test_prepare_job_checks_once_and_saves_the_job(make_cv_config, tmp_path: Pat
     assert job.folder == tmp_path / "runs" / "job" and len(used) == 24
     assert job.csv_file == demo / "zones.csv"
     assert job.split_sizes["test-1__val-2"] == {"train": 8, "val": 8, "test": 8}
+    assert not job.folder.exists()  # preparing writes nothing; the job's start does
+    write_task_files(job, used)
     assert (job.folder / "rows.csv").read_text().startswith("image,mask,group\n")
     job.save()
     again = Job.load(job.folder)

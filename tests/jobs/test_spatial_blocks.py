@@ -31,6 +31,7 @@ from landseg.jobs.plan import (
     prepare_job,
     task_csvs,
     task_rows,
+    write_task_files,
 )
 from tests.conftest import write_config
 
@@ -359,7 +360,8 @@ def test_the_job_folder_has_the_assignment_and_its_map(make_cv_config, tmp_path:
     assert main(["validate", "-c", str(path), "--no-device-check"]) == 0
     assert not (tmp_path / "runs").exists()  # validate writes nothing
 
-    job, _ = prepare_job(path, [], device_check=False)
+    job, used = prepare_job(path, [], device_check=False)
+    write_task_files(job, used)  # as the job's start does
     with open(job.folder / "rows.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert list(table[0]) == ["image", "mask", "group", "block", "x", "y"]

@@ -28,7 +28,7 @@ from landseg.config.schema import LandsegConfig
 from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
 from landseg.data.summary import DataSummary
 from landseg.errors import ConfigError, DataError, LandsegError
-from landseg.io import atomic_write_json, atomic_write_text
+from landseg.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from landseg.jobs import spatial
 
 JOB_FILE = "job.json"
@@ -493,6 +493,8 @@ class Job:
     split_sizes: dict[str, dict[str, int]]  # task id -> split sizes
     # task id -> training and validation rows its spatial buffer leaves out
     excluded: dict[str, int] = field(default_factory=dict)
+    # spatial_blocks.png, drawn when the job was prepared; written with the task files
+    block_map: bytes | None = None
 
     def task_dir(self, task: Task) -> Path:
         return self.folder / TASKS_DIR / task.id
@@ -557,7 +559,20 @@ class Job:
 
 
 def write_task_files(job: Job, rows: list[Row]) -> None:
-    """Each task's CSV files, written once: a finished task keeps the files it trained on."""
+    """The job's rows (``rows.csv``, and the spatial blocks' map) and each task's CSV files.
+
+    Called once the job log has accepted the plan, so a refused command (another config,
+    other rows, bad data) leaves an existing job's files as they were. Each file is written
+    only when it changes: a finished task keeps the files it trained on.
+    """
+    records: dict[Path, str | bytes] = {job.folder / ROWS_FILE: rows_text(rows)}
+    if job.block_map is not None:
+        records[job.folder / spatial.MAP_FILE] = job.block_map
+    for path, content in records.items():
+        current = path.read_bytes() if path.is_file() else None
+        data = content.encode() if isinstance(content, str) else content
+        if current != data:
+            atomic_write_bytes(path, data)
     for task in job.plan.tasks:
         for split, text in task_csvs(task, rows).items():
             path = job.task_dir(task) / f"{split}.csv"
@@ -616,9 +631,10 @@ def prepare_job(
     """Config file -> planned, checked job: every check (config, data, model) before any work.
 
     The data are checked once for the whole job (one read of each raster header): through the
-    job's CSV file, so problems name its rows, or through ``rows.csv`` (every row of the job
-    with its group, always written to the job folder) when cross_validation.groups leaves
-    rows out. ``dry_run`` (``landseg validate``): the same checks, nothing written.
+    job's CSV file, so problems name its rows, or through a scratch ``rows.csv`` (every row
+    of the job with its group) when cross_validation.groups leaves rows out. Nothing is
+    written here: the job folder gets its ``rows.csv`` when the job starts
+    (:func:`write_task_files`), after the job log has accepted the plan.
     """
     import tempfile
 
@@ -632,13 +648,16 @@ def prepare_job(
     rows = group_rows(read_pairs(csv_file), cv, csv_file)
     plan, used = build_plan(rows, cv, config.data_source.percentage_val)
     folder = job_folder(config)
-    text = rows_text(used)
-    with tempfile.TemporaryDirectory(prefix="landseg-validate-") as scratch:
-        rows_file = (Path(scratch) if dry_run else folder) / ROWS_FILE
-        atomic_write_text(rows_file, text)
+    block_map = None
+    with tempfile.TemporaryDirectory(prefix="landseg-job-") as scratch:
+        rows_file = Path(scratch) / ROWS_FILE
+        atomic_write_text(rows_file, rows_text(used))
         checked = csv_file if len(used) == len(rows) else rows_file
         whole = whole_data_config(config, checked)
         summary = prepare(whole, device_check=device_check, one_run=False).summary
+        if cv.spatial_blocks is not None and not dry_run:
+            _write_block_map(Path(scratch) / spatial.MAP_FILE, rows, used, cv)
+            block_map = (Path(scratch) / spatial.MAP_FILE).read_bytes()
     hashes, sizes, excluded = {}, {}, {}
     for task in plan.tasks:
         hashes[task.id] = task_hash(task_config(config, task, folder), task_csvs(task, used))
@@ -652,9 +671,7 @@ def prepare_job(
                 excluded[task.id],
                 task.buffer,
             )
-    if cv.spatial_blocks is not None and not dry_run:
-        _write_block_map(folder / spatial.MAP_FILE, rows, used, cv)
-    job = Job(folder, config, csv_file, plan, summary, hashes, sizes, excluded)
+    job = Job(folder, config, csv_file, plan, summary, hashes, sizes, excluded, block_map)
     return job, used
 
 
