@@ -95,6 +95,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = resume_from_checkpoint(args.resume, args.overrides, verbose=args.verbose)
     else:
         prepared = prepare(args.config, args.overrides)
+        if prepared.config.cross_validation is not None or prepared.config.search is not None:
+            log.warning(
+                "cross_validation and search are for landseg cv and landseg tune; landseg "
+                "train trains one model on data_source's files"
+            )
         run_dir = train(prepared.config, prepared.summary, verbose=args.verbose)
     from landseg.cluster import global_rank_zero
 
@@ -224,6 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and args.config is None and args.resume is None:
         parser.error("train needs -c CONFIG or --resume CKPT")
+    if args.command == "train" and args.config is not None and args.resume is not None:
+        parser.error(
+            "train takes -c CONFIG or --resume CKPT, not both: a resumed run keeps its own "
+            "config (change what may change with --set)"
+        )
     _console_logging(args.verbose)
     starting = EarlyStops(EARLY_STOP_SIGNALS if args.command in EARLY_STOP_COMMANDS else ())
     try:

@@ -62,6 +62,23 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def folder_problem(folder: str | os.PathLike[str]) -> str | None:
+    """Why ``folder`` could not be made (a file in its way, a parent landseg may not write
+    in), or None; creates nothing, so ``landseg validate`` can ask too."""
+    path = Path(folder)
+    if path.is_dir():
+        return None
+    while not path.exists():  # also False below a file (ENOTDIR): the file is found next
+        if path.parent == path:
+            return None
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is a file, not a folder"
+    if path != Path(folder) and not os.access(path, os.W_OK | os.X_OK):
+        return f"{path}: permission denied"
+    return None
+
+
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files that killed writers left under ``folder``; return them.
 

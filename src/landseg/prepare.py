@@ -47,6 +47,7 @@ from landseg.data.augmentations import augmentation_problems
 from landseg.data.checks import check_data
 from landseg.data.summary import DataSummary
 from landseg.errors import ConfigError, DataError
+from landseg.io import folder_problem
 from landseg.loggers.registry import logger_problems
 from landseg.models.export import export_problems
 from landseg.models.registry import model_problems
@@ -112,7 +113,7 @@ def prepare(
         raw, path = read_source(source, overrides)
         base = path.resolve().parent if path is not None else Path.cwd()
         config, schema_lines, sections = _validate(raw, base, path)
-    problems = schema_lines + _registry_problems(sections)
+    problems = schema_lines + _registry_problems(sections) + _output_problems(sections)
     device = sections.get("device_setup")
     if device_check and device is not None and not _rejected("device_setup", schema_lines):
         problems += host_device_problems(device)
@@ -136,6 +137,13 @@ def prepare(
     return Prepared(config, summary)
 
 
+def _output_problems(sections: dict[str, Any]) -> list[str]:
+    """output_setup.output_folder where no folder can be made (a file of that name...)."""
+    out = sections.get("output_setup")
+    problem = folder_problem(out.output_folder) if out is not None else None
+    return [f"output_setup.output_folder: cannot write there: {problem}"] if problem else []
+
+
 def prepare_config(
     source: str | Path | Mapping[str, Any], overrides: list[str] | None = None
 ) -> LandsegConfig:
@@ -143,7 +151,7 @@ def prepare_config(
     raw, path = read_source(source, overrides)
     base = path.resolve().parent if path is not None else Path.cwd()
     config, schema_lines, sections = _validate(raw, base, path)
-    problems = schema_lines + _registry_problems(sections)
+    problems = schema_lines + _registry_problems(sections) + _output_problems(sections)
     data = sections.get("data_source")
     problems += _class_count_problems(sections, data.n_classes() if data else None, None)
     if problems:

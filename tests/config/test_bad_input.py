@@ -176,7 +176,17 @@ def csv_bytes(data: bytes) -> Mutation:
     return mutate
 
 
+def output_under_a_file(config: dict, tmp: Path, demo: Path) -> None:
+    """output_folder inside a file: no folder can be made there (validate sees it too)."""
+    (tmp / "a-file").write_text("")
+    config["output_setup"]["output_folder"] = str(tmp / "a-file" / "runs")
+
+
 CASES: dict[str, tuple[Mutation, str]] = {
+    "output folder under a file": (
+        output_under_a_file,
+        "output_setup.output_folder: cannot write there: ",
+    ),
     # --- syntax
     "json missing comma": (syntax('{"data_source": {"a": 1\n "b": 2}}'), ":2:2"),
     "yaml bad indent": (syntax("data_source:\n  a: 1\n b: 2\n", ".yaml"), ":3:2"),

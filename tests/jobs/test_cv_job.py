@@ -358,3 +358,18 @@ def test_a_refused_cv_leaves_the_job_s_files_as_they_were(
     assert after.keys() == before.keys()
     changed = sorted(name for name in before if after[name] != before[name])
     assert changed == ["job.sqlite", "status.json"]  # the log's writer lease: bookkeeping only
+
+
+@pytest.mark.parametrize("command", ["cv", "tune"])
+def test_a_job_folder_that_is_a_file_is_one_line(
+    command: str, make_cv_config, tmp_path: Path, capsys
+) -> None:
+    config = make_cv_config()
+    config["search"] = {"params": {"train_setup.lr": {"float": [0.001, 0.01]}}, "trials": 1}
+    path = write_config(tmp_path / "cv.json", config)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "job").write_text("not a folder")
+    assert main([command, "-c", str(path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("error: output_setup.name_exp_log: cannot make the ")
+    assert line.endswith(f"{tmp_path / 'runs' / 'job'} is a file, not a folder")

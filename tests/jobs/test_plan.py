@@ -200,6 +200,7 @@ def test_prepare_job_checks_once_and_saves_the_job(make_cv_config, tmp_path: Pat
     assert "data_source.val_file not used by landseg cv" in caplog.text
     assert job.folder == tmp_path / "runs" / "job" and len(used) == 24
     assert job.csv_file == demo / "zones.csv"
+    assert job.config.cross_validation.file == demo / "zones.csv"  # absolute in job.json too
     assert job.split_sizes["test-1__val-2"] == {"train": 8, "val": 8, "test": 8}
     assert not job.folder.exists()  # preparing writes nothing; the job's start does
     write_task_files(job, used)

@@ -94,8 +94,18 @@ def test_existing_version_is_never_overwritten(small: dict, tmp_path: Path, caps
     assert run_train(small, tmp_path) == 0
     run = tmp_path / "runs" / "exp" / "v1"
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    small["cross_validation"] = {"group_column": "zone"}  # for landseg cv: train says so
     assert run_train(small, tmp_path) == 2
-    assert "output_setup.version_name" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "output_setup.version_name" in err
+    assert "cross_validation and search are for landseg cv and landseg tune" in err
+    del small["cross_validation"]
+    # -c with --resume: refused (a resumed run keeps its own config), nothing touched
+    last = next((run / "checkpoints").glob("*-last.ckpt"))
+    with pytest.raises(SystemExit) as refused:
+        run_train(small, tmp_path, "--resume", str(last))
+    assert refused.value.code == 2
+    assert "not both" in capsys.readouterr().err
     assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     # continuing a finished run has nothing left to do, and says so
     small["train_setup"]["continue_training"] = True

@@ -195,6 +195,7 @@ def test_search_writes_trials_nested_result_and_best_config(reference: Path, cap
     config = yaml.safe_load(text)
     assert config["train_setup"]["lr"] == best["params"]["train_setup.lr"]
     assert "search" not in config
+    assert config["output_setup"]["name_exp_log"] == f"{reference.name}-best"  # its own folder
     assert main(["validate", "-c", str(reference / "best_config.yaml")]) == 0
     markdown = (reference / "summary.md").read_text()
     assert "## Trials" in markdown and "importance.png" in markdown

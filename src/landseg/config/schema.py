@@ -706,4 +706,7 @@ class LandsegConfig(StrictModel):
         train = getattr(self, "train_setup", None)  # a partial config while validating
         if train is not None and train.init_weights and not train.init_weights.is_absolute():
             train.init_weights = (base / train.init_weights).resolve()
+        cv = getattr(self, "cross_validation", None)
+        if cv is not None and cv.file is not None and not cv.file.is_absolute():
+            cv.file = (base / cv.file).resolve()
         return self

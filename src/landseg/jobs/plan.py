@@ -28,7 +28,7 @@ from landseg.config.schema import LandsegConfig
 from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
 from landseg.data.summary import DataSummary
 from landseg.errors import ConfigError, DataError, LandsegError
-from landseg.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from landseg.io import atomic_write_bytes, atomic_write_json, atomic_write_text, folder_problem
 from landseg.jobs import spatial
 
 JOB_FILE = "job.json"
@@ -592,11 +592,9 @@ def cv_section(config: LandsegConfig, source: Path) -> CrossValidation:
     return config.cross_validation
 
 
-def _job_csv(config: LandsegConfig, cv: CrossValidation, config_path: Path) -> Path:
-    """cross_validation.file (relative to the config file's folder), else train_file."""
-    if cv.file is None:
-        return config.data_source.train_file
-    return cv.file if cv.file.is_absolute() else (config_path.resolve().parent / cv.file)
+def _job_csv(config: LandsegConfig, cv: CrossValidation) -> Path:
+    """cross_validation.file (made absolute with the config's other paths), else train_file."""
+    return config.data_source.train_file if cv.file is None else cv.file
 
 
 def _note_ignored_keys(config: LandsegConfig) -> None:
@@ -643,11 +641,14 @@ def prepare_job(
 
     config = prepare_config(config_path, overrides)
     cv = cv_section(config, config_path)
-    csv_file = _job_csv(config, cv, config_path)
+    csv_file = _job_csv(config, cv)
     _note_ignored_keys(config)
     rows = group_rows(read_pairs(csv_file), cv, csv_file)
     plan, used = build_plan(rows, cv, config.data_source.percentage_val)
     folder = job_folder(config)
+    problem = folder_problem(folder)
+    if problem:
+        raise ConfigError(f"output_setup.name_exp_log: cannot make the job folder: {problem}")
     block_map = None
     with tempfile.TemporaryDirectory(prefix="landseg-job-") as scratch:
         rows_file = Path(scratch) / ROWS_FILE

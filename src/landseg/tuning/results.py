@@ -256,6 +256,10 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
     return "\n".join(parts)
 
 
+#: Appended to the search's name for the job folder of ``best_config.yaml``.
+BEST_JOB_SUFFIX = "-best"
+
+
 def best_config_text(tuning: Tuning, params: dict[str, Any], trial: int) -> str:
     """The base config with the best trial's values, as plain YAML (paths absolute)."""
     from landseg.config.overrides import apply_overrides
@@ -263,6 +267,8 @@ def best_config_text(tuning: Tuning, params: dict[str, Any], trial: int) -> str:
 
     data = tuning.config.model_dump(mode="json", exclude={"search"}, exclude_none=True)
     apply_overrides(data, [setting_override(k, v) for k, v in params.items()])
+    # its own job folder: run as it is, `landseg cv` would otherwise write into the search's
+    data["output_setup"]["name_exp_log"] = f"{tuning.folder.name}{BEST_JOB_SUFFIX}"
     header = (
         f"# landseg tune: trial {trial} of {tuning.folder}, the best on every rotation at once.\n"
         "# Optimistic: every test subject was some task's validation group while it was chosen;\n"

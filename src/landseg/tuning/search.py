@@ -26,6 +26,7 @@ from landseg.config.continuation import result_relevant
 from landseg.config.schema import LandsegConfig
 from landseg.config.search import Search, SearchParam
 from landseg.errors import ConfigError
+from landseg.io import folder_problem
 from landseg.jobs.plan import Job, Row, prepare_job
 from landseg.runs.folder import CheckpointName, RunFolder
 from landseg.stop_signals import StopSignals
@@ -128,6 +129,9 @@ def prepare_tuning(config_path: Path, overrides: list[str]) -> Tuning:
 
     config = prepare_config(config_path, overrides)
     search = search_section(config, config_path)
+    problem = folder_problem(tune_folder(config))
+    if problem:
+        raise ConfigError(f"output_setup.name_exp_log: cannot make the search folder: {problem}")
     problems: list[str] = []
     for key, param in search.params.items():
         for value in param.extremes():
