@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -129,12 +130,35 @@ def prepare(
             data_lines = error.problems
     n_classes = summary.n_classes if summary is not None else (data.n_classes() if data else None)
     problems += _class_count_problems(sections, n_classes, summary)
+    if one_run and summary is not None:
+        problems += _validation_interval_problems(sections, summary)
     if problems or data_lines:
         if not problems:
             raise DataError(data_lines)
         raise ConfigError(problems + data_lines)
     assert config is not None and summary is not None  # no problem: everything validated
     return Prepared(config, summary)
+
+
+def _validation_interval_problems(sections: dict[str, Any], summary: DataSummary) -> list[str]:
+    """An integer val_check_interval longer than an epoch: Lightning then validates across
+    epochs, and what needs val_loss at each epoch's end (ReduceLROnPlateau, the checkpoints)
+    fails after the first one."""
+    train = sections.get("train_setup")
+    if train is None or not isinstance(train.val_check_interval, int):
+        return []
+    device = sections.get("device_setup")
+    processes = (device.process_count() if device is not None else None) or 1
+    rows = summary.split_sizes.get("train", 0)
+    batches = math.ceil(math.ceil(rows / processes) / train.batch_size)
+    if train.val_check_interval <= batches:
+        return []
+    return [
+        f"train_setup.val_check_interval: every {train.val_check_interval} training batches, "
+        f"but an epoch has {batches} ({rows} training tiles, batch_size {train.batch_size}"
+        f"{f', {processes} processes' if processes > 1 else ''}): at most {batches}, or a "
+        "fraction of an epoch such as 0.5"
+    ]
 
 
 def _output_problems(sections: dict[str, Any]) -> list[str]:
@@ -266,8 +290,15 @@ def host_device_problems(device: DeviceSetup) -> list[str]:
     args = device.lightning_args()
     accelerator, devices = args["accelerator"], args["devices"]
     hint = "; or validate with --no-device-check where the job will run on other machines"
-    if accelerator in ("gpu", "cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = torch.cuda.is_available()
+    if accelerator == "auto" and isinstance(devices, list) and not cuda:
+        # Lightning's auto picks the CPU here, which takes a process count, not device ids
+        return [
+            f"device_setup.device: GPU ids {devices} given, but this machine has no CUDA GPU "
+            f"(accelerator auto picks the CPU here): use device 0 for the CPU{hint}"
+        ]
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda):
+        count = torch.cuda.device_count() if cuda else 0
         if count == 0:
             return [
                 f"device_setup.accelerator: {device.accelerator!r}, but this machine has no "

@@ -183,6 +183,14 @@ def output_under_a_file(config: dict, tmp: Path, demo: Path) -> None:
 
 
 CASES: dict[str, tuple[Mutation, str]] = {
+    "val_check_interval beyond an epoch": (
+        setkey("train_setup.val_check_interval", 1000),
+        "train_setup.val_check_interval: every 1000 training batches, but an epoch has ",
+    ),
+    "scheduler failing at its first step": (
+        setkey("train_setup.scheduler_config", {"scheduler": "cosineannealinglr", "T_max": 0}),
+        "CosineAnnealingLR with T_max=0 fails at its first step",
+    ),
     "output folder under a file": (
         output_under_a_file,
         "output_setup.output_folder: cannot write there: ",

@@ -35,6 +35,24 @@ def test_a_gpu_this_machine_lacks_is_refused_unless_told_not_to_check(
     assert validate(path, capsys, "--no-device-check")[0] == 0
 
 
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
+@pytest.mark.parametrize("device", [[0, 1], "1"])  # ids, as a list and as ODEON's string
+def test_gpu_ids_without_an_accelerator_on_a_machine_without_gpu_are_one_line(
+    device: object, demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """accelerator auto (the default) picks the CPU here, where ids mean nothing: Lightning
+    failed with a traceback once the run folder was made."""
+    demo_config["device_setup"].pop("accelerator", None)
+    demo_config["device_setup"]["device"] = device
+    path = write_config(tmp_path / "c.json", demo_config)
+    code, err = validate(path, capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: device_setup.device: GPU ids [")
+    assert main(["train", "-c", str(path)]) == 2
+    assert not (tmp_path / "runs").exists()
+    assert validate(path, capsys, "--no-device-check")[0] == 0
+
+
 def test_a_parameter_of_the_wrong_type_is_refused_before_training(
     demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -167,3 +167,13 @@ def test_a_continued_run_keeps_the_step_implementation_of_its_checkpoint() -> No
     continued = build_optimizer("adam", _parameters(), 0.01, {})
     continued.load_state_dict(old_state)
     assert continued.param_groups[0]["fused"] is None
+
+
+def test_a_scheduler_that_fails_at_its_first_step_is_refused_before_training() -> None:
+    """CosineAnnealingLR takes T_max 0, then divides by it after the first epoch."""
+    (line,) = scheduler_problems("cosineannealinglr", {"T_max": 0}, 0.01, 8)
+    assert line == (
+        "train_setup.scheduler_config: CosineAnnealingLR with T_max=0 fails at its first "
+        "step: integer modulo by zero"
+    )
+    assert scheduler_problems("cosineannealinglr", {"T_max": 1}, 0.01, 8) == []

@@ -13,6 +13,7 @@ alike (:func:`typed_params`).
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -223,6 +224,9 @@ def _constructor_problems(
     except (TypeError, ValueError) as error:
         culprit = _culprit(str(error), params)
         return [f"{key}{'.' + culprit if culprit else ''}: {cls.__name__} rejects it: {error}"]
+    except ArithmeticError as error:  # accepted, then fails at its first step
+        given = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "its defaults"
+        return [f"{key}: {cls.__name__} with {given} fails at its first step: {error}"]
     return []
 
 
@@ -288,9 +292,23 @@ def optimizer_problems(name: str, params: dict[str, Any], lr: float) -> list[str
 
 def scheduler_problems(name: str, params: dict[str, Any], lr: float, epochs: int) -> list[str]:
     def build() -> Any:
-        return build_scheduler(name, _validation_optimizer(lr), params, lr, epochs)
+        scheduler = build_scheduler(name, _validation_optimizer(lr), params, lr, epochs)
+        _first_steps(scheduler)
+        return scheduler
 
     return _constructor_problems(SCHEDULERS, "scheduler", name, params, _SCHEDULER_FIXED, build)
+
+
+def _first_steps(scheduler: Any, steps: int = 2) -> None:
+    """Step a scheduler as training will: some values fail only then (CosineAnnealingLR's
+    ``T_max: 0`` divides by it at its first step, after the first epoch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepped before any optimizer step: torch says so
+        for _ in range(steps):
+            if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(1.0)
+            else:
+                scheduler.step()
 
 
 def _culprit(message: str, params: dict[str, Any]) -> str | None:
