@@ -199,6 +199,18 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "json missing comma": (syntax('{"data_source": {"a": 1\n "b": 2}}'), ":2:2"),
     "yaml bad indent": (syntax("data_source:\n  a: 1\n b: 2\n", ".yaml"), ":3:2"),
     "top level list": (syntax("[1, 2]"), "mapping of sections"),
+    "json key twice": (
+        syntax('{"train_setup": {"epochs": 0, "epochs": 12}}'),
+        "config.json: key 'epochs' is given twice in the same section",
+    ),
+    "yaml section twice": (
+        syntax("train_setup:\n  lr: 0.1\n  epochs: 3\ntrain_setup:\n  epochs: 5\n", ".yaml"),
+        "config.yaml:4: key 'train_setup' is given twice in the same section",
+    ),
+    "yaml nested key twice": (
+        syntax("train_setup:\n  lr: 0.1\n  lr: 0.2\n", ".yaml"),
+        "config.yaml:3: key 'lr' is given twice",
+    ),
     # --- keys and types
     "misspelt section": (setkey("train_setp", {}), "did you mean 'train_setup'"),
     "misspelt key": (setkey("data_source.mask_band", [1]), "did you mean 'mask_bands'"),
@@ -710,3 +722,12 @@ def test_json_and_yaml_read_the_same(demo_config: dict, tmp_path: Path) -> None:
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text(yaml.safe_dump(json.loads(json_path.read_text())))
     assert load_config(json_path) == load_config(yaml_path)
+
+
+def test_a_yaml_merge_may_override_what_it_merges(tmp_path: Path) -> None:
+    """``<<: *defaults`` then a key of its own is YAML's override, not a key given twice."""
+    from landseg.config.load import read_config_file
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &base {lr: 0.1, epochs: 3}\ntrain_setup:\n  <<: *base\n  lr: 0.2\n")
+    assert read_config_file(path)["train_setup"] == {"lr": 0.2, "epochs": 3}

@@ -36,26 +36,80 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = _parse_yaml(text, path)
     else:  # unknown extension: JSON if it parses, else YAML
         try:
-            data = json.loads(text)
+            data = _json_loads(text)
         except json.JSONDecodeError:
             data = _parse_yaml(text, path)
+        except _KeyGivenTwice as error:
+            raise ConfigError(_twice_line(path, str(error))) from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections, got {_kind(data)}")
     return data
 
 
+class _KeyGivenTwice(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: the json module keeps the last of two."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _KeyGivenTwice(key)
+        data[key] = value
+    return data
+
+
+def _json_loads(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def _parse_json(text: str, path: Path) -> Any:
     try:
-        return json.loads(text)
+        return _json_loads(text)
     except json.JSONDecodeError as error:
         raise ConfigError(
             f"{path}:{error.lineno}:{error.colno}: JSON syntax error: {error.msg}"
         ) from error
+    except _KeyGivenTwice as error:
+        raise ConfigError(_twice_line(path, str(error))) from error
+
+
+def _twice_line(path: Path, key: str, where: str = "") -> str:
+    return (
+        f"{path}{where}: key {key!r} is given twice in the same section: the second would "
+        "silently replace the first; keep one"
+    )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last:
+    a second ``train_setup:`` block would replace the whole first one without a word)."""
+
+
+def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise _KeyGivenTwice(f"{key}\0{key_node.start_mark.line + 1}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
 
 
 def _parse_yaml(text: str, path: Path) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
+    except _KeyGivenTwice as error:
+        key, line = str(error).split("\0")
+        raise ConfigError(_twice_line(path, key, f":{line}")) from error
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
