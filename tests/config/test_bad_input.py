@@ -130,6 +130,15 @@ def with_raster(kind: str) -> Mutation:
         elif kind == "small pair":
             write_geotiff(bad, np.ones((4, 16, 16), np.uint8))
             write_geotiff(tmp / "bad_mask.tif", np.ones((4, 16, 16), np.uint8))
+        elif kind in ("mask other crs", "mask shifted"):  # the same labels, placed elsewhere
+            with rasterio.open(mask) as src:
+                shift = src.transform * rasterio.Affine.translation(3, 0)  # 3 pixels east
+                write_geotiff(
+                    bad,
+                    src.read(),
+                    crs="EPSG:4326" if kind == "mask other crs" else src.crs,
+                    transform=src.transform if kind == "mask other crs" else shift,
+                )
         elif kind == "folder":
             bad.mkdir()
         if kind.startswith("mask"):
@@ -363,6 +372,8 @@ CASES: dict[str, tuple[Mutation, str]] = {
     # --- rasters
     "image is a folder": (with_raster("folder"), "bad.tif"),
     "garbage mask": (with_raster("mask garbage"), "bad.tif"),
+    "mask in another crs": (with_raster("mask other crs"), "bad.tif is in EPSG:4326 but image "),
+    "mask off its image's grid": (with_raster("mask shifted"), "bad.tif is not on the grid of "),
     "mixed dtypes": (with_raster("mixed dtypes"), "images have different dtypes"),
     "mixed patch sizes": (with_raster("small pair"), "patch sizes"),
     "index mask among one-hot": (

@@ -35,6 +35,7 @@ from landseg.data.raster import (
     index_mask_max,
     mask_kind,
     read_header,
+    registration_problem,
 )
 from landseg.data.summary import DataSummary, MaskKind
 from landseg.errors import DataError
@@ -195,6 +196,10 @@ def _scan_rasters(
                     f"{pair.where()}: image {image.path} is {image.size} but mask "
                     f"{mask.path} is {mask.size}",
                 )
+            else:
+                misregistered = registration_problem(image, mask)
+                if misregistered:
+                    problems.add("registration", f"{pair.where()}: {misregistered}")
             image_example = f"{image.path}, {pair.where()}"
             sizes = scan.test_sizes if split == "test" else scan.sizes
             sizes.add((image.height, image.width), image_example)

@@ -42,10 +42,50 @@ class RasterHeader:
     width: int
     dtype: str
     nodata: float | None
+    crs: str | None = None  # WKT; None without a CRS
+    transform: tuple[float, ...] | None = None  # GDAL order; None without georeferencing
 
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+
+def registration_problem(image: RasterHeader, mask: RasterHeader) -> str | None:
+    """Why a mask does not lie on its image (another CRS, another grid), or None.
+
+    Only where both say where they are: masks made by tools that drop the georeferencing are
+    taken as the image's grid, as the pixels are read. Grids match when every term of the
+    geotransforms agrees within 1 % of a pixel (float noise in origins written by other tools).
+    """
+    if image.crs is not None and mask.crs is not None:
+        from rasterio.crs import CRS
+
+        if CRS.from_wkt(image.crs) != CRS.from_wkt(mask.crs):
+            return (
+                f"mask {mask.path} is in {_crs_name(mask.crs)} but image {image.path} in "
+                f"{_crs_name(image.crs)}: the labels would not lie on their pixels"
+            )
+    if image.transform is not None and mask.transform is not None:
+        pixel = max(abs(image.transform[1]), abs(image.transform[5]), 1e-12)
+        if any(
+            abs(a - b) > 0.01 * pixel for a, b in zip(image.transform, mask.transform, strict=True)
+        ):
+            return (
+                f"mask {mask.path} is not on the grid of image {image.path} (origin "
+                f"{mask.transform[0]:.10g}, {mask.transform[3]:.10g} against "
+                f"{image.transform[0]:.10g}, {image.transform[3]:.10g}; pixel "
+                f"{mask.transform[1]:.10g} against {image.transform[1]:.10g}): the labels would "
+                "not lie on their pixels"
+            )
+    return None
+
+
+def _crs_name(wkt: str) -> str:
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(wkt)
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else (crs.to_string() or "a custom CRS")
 
 
 @contextlib.contextmanager
@@ -67,7 +107,17 @@ def read_header(path: str | Path) -> RasterHeader:
 
 
 def _header(src: rasterio.DatasetReader, path: str | Path) -> RasterHeader:
-    return RasterHeader(Path(path), src.count, src.height, src.width, src.dtypes[0], src.nodata)
+    georeferenced = not src.transform.is_identity
+    return RasterHeader(
+        Path(path),
+        src.count,
+        src.height,
+        src.width,
+        src.dtypes[0],
+        src.nodata,
+        crs=src.crs.to_wkt() if src.crs else None,
+        transform=tuple(src.transform.to_gdal()) if georeferenced else None,
+    )
 
 
 def mask_kind(band_count: int) -> MaskKind:
