@@ -724,6 +724,25 @@ def test_overrides_are_typed(demo_config: dict, tmp_path: Path, capsys) -> None:
     assert main(["validate", "-c", str(path), "--set", "nonsense"]) == 2
 
 
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1e-3", 0.001),
+        ("[1, 2]", [1, 2]),
+        ('{"optimizer": "sgd"}', {"optimizer": "sgd"}),
+        ("{optimizer: sgd, momentum: 0.9}", {"optimizer": "sgd", "momentum": 0.9}),
+        ("run: 2", "run: 2"),  # YAML would read a mapping: a name keeps its text
+        ("~", "~"),
+        ("yes", True),
+        ("unet", "unet"),
+    ],
+)
+def test_set_values_are_json_then_yaml_then_text(text: str, value: object) -> None:
+    from landseg.config.overrides import parse_override_value
+
+    assert parse_override_value(text) == value
+
+
 def test_json_and_yaml_read_the_same(demo_config: dict, tmp_path: Path) -> None:
     import yaml
 

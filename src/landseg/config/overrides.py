@@ -25,6 +25,9 @@ def parse_override_value(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, dict) and text.lstrip().startswith("{"):
+        return value  # a YAML flow mapping, written as one: {optimizer: sgd, momentum: 0.9}
+    # "a: b" is YAML for a mapping and "~" for null: a value such as a name keeps its text
     return text if isinstance(value, (dict, type(None))) and text.strip() else value
 
 

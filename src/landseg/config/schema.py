@@ -346,7 +346,10 @@ class OutputSetup(StrictModel):
 
     output_folder: Path = Field(description="Folder holding experiments and their versions.")
     model_filename: str | None = Field(
-        default=None, description="Base name of saved models; default the model name."
+        default=None,
+        description="Base name of saved models; default the model name. What follows its last "
+        "dot is taken for an extension and dropped (unet.pth, unet: unet-last.ckpt; so write "
+        "unet_lr0.01.pth, not unet_lr0.01).",
     )
     model_out_ext: Literal[".ckpt", ".pth", "ckpt", "pth"] | None = Field(
         default=None, description=".ckpt (default, Lightning checkpoints) or .pth."
