@@ -67,6 +67,11 @@ def test_the_search_section_is_checked_before_any_training(
             {"choice": ["lightunet", "resnet150x"]},
             'search.params.train_setup.model_name: "resnet150x": ',
         ),
+        "train_setup.epochs": (  # the misspelt key itself, and the keys a config writes
+            {"flaot": [0.1, 0.2]},
+            "search.params.train_setup.epochs.flaot: unknown key (did you mean 'float'?); "
+            "valid keys: choice, float, int, log, step",
+        ),
     }
     for key, (param, culprit) in bad.items():
         config["search"]["params"] = {key: param}

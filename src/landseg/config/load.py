@@ -9,6 +9,8 @@ name the file, line and column.
 from __future__ import annotations
 
 import json
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,37 +136,60 @@ def format_location(loc: tuple[Any, ...]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class _KeyedBy:
+    """Inside a ``dict[str, Model]`` field (``search.params``): the next part of a location
+    is one of its keys, and the part after it a field of ``model``."""
+
+    model: type[BaseModel]
+
+
+def _field_target(annotation: Any) -> type[BaseModel] | _KeyedBy | None:
+    """What a field's value is, for walking an error location: a model, a mapping of them."""
+    if typing.get_origin(annotation) is dict:
+        value_model = _first_model(typing.get_args(annotation)[-1])
+        return _KeyedBy(value_model) if value_model is not None else None
+    return _first_model(annotation)
+
+
+def _step(
+    current: type[BaseModel] | _KeyedBy | None, part: Any
+) -> type[BaseModel] | _KeyedBy | None:
+    """What holds the next part of a location after ``part`` (None below a plain value)."""
+    if isinstance(part, int) or current is None:
+        return current if isinstance(part, int) else None
+    if isinstance(current, _KeyedBy):
+        return current.model
+    field = current.model_fields.get(part)
+    return _field_target(field.annotation) if field else None
+
+
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model class that holds the field at ``loc`` (for key suggestions)."""
-    current: Any = model
+    current: type[BaseModel] | _KeyedBy | None = model
     for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(part)
-        if field is None:
-            return None
-        current = _first_model(field.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        current = _step(current, part)
+    return current if isinstance(current, type) else None
 
 
 def _clean_location(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """Drop pydantic's union-member tags (``int``, ``list[int]``...) from an error location.
 
-    Parts are kept while they name fields of the models along the path (or list indices);
-    below a non-model value only indices are kept.
+    Parts are kept while they name fields of the models along the path, keys of a mapping of
+    models (``search.params.<setting>``) or list indices; below a plain value only indices.
     """
     kept: list[Any] = []
-    current: Any = root
+    current: type[BaseModel] | _KeyedBy | None = root
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or current is not None:
             kept.append(part)
-        elif isinstance(current, type) and issubclass(current, BaseModel):
-            kept.append(part)
-            field = current.model_fields.get(part)
-            current = _first_model(field.annotation) if field else None
+        current = _step(current, part)
     return tuple(kept)
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    """The keys a config writes for ``model``'s fields (their alias where they have one)."""
+    return sorted(field.alias or name for name, field in model.model_fields.items())
 
 
 def _first_model(annotation: Any) -> Any:
@@ -246,7 +271,7 @@ def describe_validation_errors(error: ValidationError, root: type[BaseModel]) ->
         kind = item["type"]
         if kind == "extra_forbidden":
             parent = _model_at(root, loc[:-1])
-            valid = sorted(parent.model_fields) if parent else []
+            valid = _field_names(parent) if parent else []
             suggestion = unknown_key_hint(loc, valid)
             lines.append(f"{key}: unknown key{suggestion}; valid keys: {', '.join(valid)}")
         elif kind == "missing":
