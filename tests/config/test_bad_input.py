@@ -588,7 +588,8 @@ def test_out_of_range_mask_values_are_ignored(
     demo_config: dict, demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """Class-index mask values >= the number of classes (here 9 and 200, with 4 labels) are
-    not rejected (the check reads headers only); the pixels are ignored, never a class."""
+    not rejected; the pixels are ignored, never a class. Validation says so: it reads a
+    sample of the masks, and too few labels would otherwise lose classes without a word."""
     from landseg.data.datamodule import CsvSegmentationDataModule
 
     lines = []
@@ -608,6 +609,8 @@ def test_out_of_range_mask_values_are_ignored(
     config = write_config(tmp_path / "config.json", demo_config)
     code, err = run_cli(["validate", "-c", str(config)], capsys)
     assert code == 0, err
+    assert "data_source.class_labels names 4 classes, but mask " in err
+    assert "holds class value 200: pixels of values 4-200 are ignored" in err
     from landseg.prepare import prepare
 
     prepared = prepare(config, [])

@@ -17,6 +17,7 @@ could silently be wrong.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -40,8 +41,12 @@ from landseg.data.raster import (
 from landseg.data.summary import DataSummary, MaskKind
 from landseg.errors import DataError
 
+log = logging.getLogger("landseg.data")
+
 #: Index masks whose pixels may be read to count classes when class_labels is absent.
 MAX_MASKS_READ = 200
+#: Index masks read, spread over the rows, to see whether they hold classes beyond the labels.
+LABEL_SAMPLE_MASKS = 16
 #: Lines reported per kind of problem; the rest are counted in one more line.
 MAX_LINES_PER_KIND = 10
 
@@ -288,9 +293,9 @@ def _count_classes(
         return count, "one per band of the one-hot masks", 0
     if kind != "index":
         return None, "", 0
-    if source.class_labels:
-        return len(source.class_labels), "one per label", 0
     masks = [h.path for h in headers.values() if h is not None and mask_kind(h.count) == "index"]
+    if source.class_labels:
+        return len(source.class_labels), "one per label", _warn_unlabelled_classes(config, masks)
     if len(masks) > MAX_MASKS_READ:
         problems.add(
             "class_labels",
@@ -309,6 +314,37 @@ def _count_classes(
         problems.add("class_labels", "the class-index masks hold no class value (all nodata)")
         return None, "", len(masks)
     return top + 1, "the largest class value in the masks + 1", len(masks)
+
+
+def _warn_unlabelled_classes(config: LandsegConfig, masks: list[Path]) -> int:
+    """Warn when a sample of the index masks holds class values beyond class_labels: their
+    pixels are ignored (docs/design.md), which is right for an "unlabelled" value the config
+    did not declare, and a silent loss of classes when the labels are too few. Returns the
+    masks read."""
+    source = config.data_source
+    labels = len(source.class_labels or ())
+    step = max(1, len(masks) // LABEL_SAMPLE_MASKS)
+    sample = masks[::step][:LABEL_SAMPLE_MASKS]
+    top, where = -1, None
+    for path in sample:
+        try:
+            value = index_mask_max(path, source.ignore_index)
+        except DataError:
+            continue  # unreadable: reported by the header checks, or by training
+        if value > top:
+            top, where = value, path
+    if top >= labels:
+        log.warning(
+            "data_source.class_labels names %d classes, but mask %s holds class value %d: "
+            "pixels of values %d-%d are ignored; add their labels, or declare them with "
+            "data_source.ignore_index or the masks' nodata",
+            labels,
+            where,
+            top,
+            labels,
+            top,
+        )
+    return len(sample)
 
 
 def _check_class_lengths(
