@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,28 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
         path.write_text("x")
     assert remove_stale_temporaries(tmp_path) == sorted(left)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in left)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_get_the_mode_of_a_file_made_with_open(
+    umask: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not mkstemp's 0o600: a group sharing runs must read the checkpoints and run.json."""
+    import numpy as np
+
+    from landseg import io
+
+    previous = os.umask(umask)
+    io.new_file_mode.cache_clear()
+    try:
+        atomic_write_text(tmp_path / "run.json", "{}")
+        AtomicCheckpointIO().save_checkpoint({"w": torch.ones(1)}, tmp_path / "m.ckpt")
+        io.write_geotiff(tmp_path / "map.tif", np.zeros((1, 4, 4), np.uint8))
+        (tmp_path / "old.txt").write_text("x")
+        os.chmod(tmp_path / "old.txt", 0o600)
+        atomic_write_text(tmp_path / "old.txt", "y")  # replaced: the new file's mode
+    finally:
+        os.umask(previous)
+        io.new_file_mode.cache_clear()
+    for name in ("run.json", "m.ckpt", "map.tif", "old.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name

@@ -8,6 +8,7 @@ truncated history, config or raster behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -18,13 +19,27 @@ from typing import Any
 import numpy as np
 
 
+@functools.cache
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file, 0o666 less the umask (read once: setting the
+    umask is the only way to read it). ``mkstemp`` makes its files 0o600, which renamed into
+    place would keep every checkpoint, prediction and run.json from the user's group."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def temporary_path(destination: Path) -> Path:
     """A new empty file ``.<name>.<random>.tmp`` beside ``destination``: the one naming of
-    landseg's temporary files, which a continued run finds and removes when a kill left one."""
+    landseg's temporary files, which a continued run finds and removes when a kill left one.
+    It has the mode a file created with ``open()`` would have."""
     fd, name = tempfile.mkstemp(
         prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
     )
-    os.close(fd)
+    try:
+        os.fchmod(fd, new_file_mode())
+    finally:
+        os.close(fd)
     return Path(name)
 
 
@@ -41,6 +56,7 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        os.chmod(tmp, new_file_mode())  # a writer may have made the file again
         os.replace(tmp, destination)
         _fsync_dir(destination.parent)
     except BaseException:
