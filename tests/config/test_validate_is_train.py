@@ -4,6 +4,7 @@ nothing; `--resume` with `--set` follows the continue rule."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,25 @@ def test_resume_with_set_follows_the_continue_rule(
     capsys.readouterr()
     assert main(["train", "--resume", str(last), "--set", "train_setup.lr=0.5"]) == 2
     assert "error: train_setup.lr: " in capsys.readouterr().err
+    # a checkpoint outside a run's checkpoints folder: refused, the folders around untouched
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "ckpts").mkdir(parents=True)
+    shutil.copy(last, elsewhere / "ckpts" / "model.ckpt")
+    (elsewhere / "config.json").write_text("mine")
+    assert main(["train", "--resume", str(elsewhere / "ckpts" / "model.ckpt")]) == 2
+    assert "not in the checkpoints folder of a run (no run.json in" in capsys.readouterr().err
+    assert sorted(p.name for p in elsewhere.rglob("*")) == ["ckpts", "config.json", "model.ckpt"]
+    assert (elsewhere / "config.json").read_text() == "mine"
+    # a copy of the run (or an archived one, renamed) continues under its own names
+    shutil.copytree(run, tmp_path / "copy")
+    copy = tmp_path / "copy"
     assert main(["train", "--resume", str(last), "--set", "train_setup.epochs=2"]) == 0
     state = json.loads((run / "run.json").read_text())
     assert state["epochs_done"] == 2
     assert state["resumed"][-1]["changed"] == {"train_setup.epochs": [1, 2]}
+    copied_last = copy / "checkpoints" / "lightunet-last.ckpt"
+    assert main(["train", "--resume", str(copied_last), "--set", "train_setup.epochs=2"]) == 0
+    names = sorted(p.name for p in (copy / "checkpoints").glob("*.ckpt"))
+    assert names == sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")), names
+    assert torch.load(copied_last, weights_only=False)["epoch"] == 1  # the second, 0-based
+    assert json.loads((copy / "run.json").read_text())["epochs_done"] == 2

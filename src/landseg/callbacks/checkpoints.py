@@ -14,7 +14,39 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from landseg.runs.folder import CheckpointKind, CheckpointName, RunFolder
 
 
-class StepCheckpoint(ModelCheckpoint):
+class MovableCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose bookkeeping follows its run folder when the folder moves.
+
+    Lightning keeps the top-k files, ``best`` and ``last`` only when the checkpoint's saved
+    folder is this one; a run continued after ``landseg archive`` renamed it, or from a copy,
+    wrote ``last-v1`` beside ``last`` and never pruned its earlier top-k files. The saved
+    paths below the old folder are taken to the same names below the new one.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and saved != self.dirpath:
+            state_dict = _moved(state_dict, Path(saved), str(self.dirpath))
+        super().load_state_dict(state_dict)
+
+
+def _moved(state: dict[str, Any], old: Path, new: str) -> dict[str, Any]:
+    def move(path: Any) -> Any:
+        if not path:
+            return path
+        try:
+            return str(Path(new) / Path(path).relative_to(old))
+        except ValueError:  # not below the old folder: left as it was
+            return path
+
+    moved = {**state, "dirpath": new}
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        moved[key] = move(state.get(key))
+    moved["best_k_models"] = {move(k): v for k, v in (state.get("best_k_models") or {}).items()}
+    return moved
+
+
+class StepCheckpoint(MovableCheckpoint):
     """Checkpoints every N training steps, except on a step that a validation follows.
 
     A checkpoint taken there would resume past the validation without running it; the
@@ -45,7 +77,7 @@ class StepCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(MovableCheckpoint):
     """Writes ``<name>-last`` after every validation (or epoch, without one).
 
     Lightning's own ``save_last`` writes ``last`` only at a step where the same callback
@@ -71,7 +103,7 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_now(trainer)
 
 
-class EpochCheckpoint(ModelCheckpoint):
+class EpochCheckpoint(MovableCheckpoint):
     """``<base>-epoch=NNN`` every n epochs and after the last epoch (cross-validation tasks)."""
 
     def __init__(self, dirpath: Path, base: str, every_n_epochs: int):
@@ -108,7 +140,7 @@ def top_k_checkpoints(dirpath: Path, base: str, k: int) -> list[ModelCheckpoint]
         ("miou", "val_miou", "max"),
     )
     return [
-        ModelCheckpoint(
+        MovableCheckpoint(
             dirpath=dirpath,
             filename=CheckpointName.template(base, kind),
             monitor=monitor,

@@ -546,7 +546,16 @@ def resume_from_checkpoint(
         raw = state["hyper_parameters"]["config"]
     except (KeyError, TypeError) as error:
         raise LandsegError(f"{checkpoint}: checkpoint holds no landseg config") from error
+    run = RunFolder(checkpoint.resolve().parent.parent, resuming=True)
+    if not run.is_run or checkpoint.resolve().parent != run.checkpoints.resolve():
+        # the run's files would be written two folders above the checkpoint, over whatever
+        # is there
+        raise LandsegError(
+            f"{checkpoint}: not in the checkpoints folder of a run (no run.json in "
+            f"{run.path}); --resume continues a run where it is: give the checkpoint inside "
+            "its run folder, or start a run from these weights with "
+            "train_setup.init_weights"
+        )
     raw["train_setup"]["continue_training"] = True
     prepared = prepare(raw, overrides)
-    run = RunFolder(checkpoint.resolve().parent.parent, resuming=True)
     return train(prepared.config, prepared.summary, verbose=verbose, run=run, checkpoint=checkpoint)
