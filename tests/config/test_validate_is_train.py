@@ -131,8 +131,12 @@ def test_resume_with_set_follows_the_continue_rule(
     assert state["epochs_done"] == 2
     assert state["resumed"][-1]["changed"] == {"train_setup.epochs": [1, 2]}
     copied_last = copy / "checkpoints" / "lightunet-last.ckpt"
+    record = {"from": str(run), "date": "2026-12-01"}  # as landseg archive leaves a run
+    copied_state = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**copied_state, "archived": record}))
     assert main(["train", "--resume", str(copied_last), "--set", "train_setup.epochs=2"]) == 0
     names = sorted(p.name for p in (copy / "checkpoints").glob("*.ckpt"))
     assert names == sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")), names
     assert torch.load(copied_last, weights_only=False)["epoch"] == 1  # the second, 0-based
-    assert json.loads((copy / "run.json").read_text())["epochs_done"] == 2
+    continued = json.loads((copy / "run.json").read_text())
+    assert continued["epochs_done"] == 2 and continued["archived"] == record

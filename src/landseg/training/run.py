@@ -163,6 +163,7 @@ def _write_run_files(
                 "resumed": [*previous.resumed, {"at": now_iso(), "changed": changes}],
                 "best": previous.best,
                 "epochs_done": previous.epochs_done,
+                "archived": previous.archived,  # a continued archived run stays one
             }
         )
     state.write(run.path)
