@@ -73,6 +73,14 @@ def test_evaluate_command_writes_json(setup: dict, capsys) -> None:
     output = tmp / "scores.json"
     assert main([*args, "--output", str(output)]) == 0
     assert json.loads(output.read_text())["Average/IoU"] == written["Average/IoU"]
+    # the CSV of masks as output, or a folder: refused, the CSV untouched
+    before = (tmp / "pairs.csv").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--output", str(tmp / "pairs.csv")]) == 2
+    assert "it is the CSV of masks read" in capsys.readouterr().err
+    assert main([*args, "--output", str(tmp)]) == 2
+    assert "a folder; give the JSON file to write" in capsys.readouterr().err
+    assert (tmp / "pairs.csv").read_bytes() == before
 
 
 def test_evaluate_run_predicts_first(setup: dict) -> None:

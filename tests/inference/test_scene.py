@@ -323,6 +323,12 @@ def test_predict_command(task, scene: Path, tmp_path: Path, capsys) -> None:
     assert "none.tif: input not found" in capsys.readouterr().err
     assert main([*args, "--output", str(tmp_path / "x"), "--tile", "8", "--overlap", "0"]) == 2
     assert "--tile 8" in capsys.readouterr().err
+    # the output folder is the input folder: the scenes would be replaced by their maps
+    before = (folder / "a.tif").read_bytes()
+    same = ["predict", "--run", str(tmp_path / "run"), "--input", str(folder), "--glob", "*.tif"]
+    assert main([*same, "--output", str(folder), *common]) == 2
+    assert "the prediction of " in capsys.readouterr().err
+    assert (folder / "a.tif").read_bytes() == before
 
 
 # ---------------------------------------------------------------------------- issue 11

@@ -422,6 +422,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model = _load(args)
         source = model.config.data_source
         predictions = args.predictions or (model.run / "evaluation" / args.csv.stem)
+        _check_evaluation_output(args.output or Path(predictions) / EVALUATION_FILE, args.csv)
         images = [pair.image for pair in read_pairs(args.csv)]
         predict_files(model, images, predictions, options, not args.no_progress)
         entry = evaluate_predictions(
@@ -437,6 +438,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "evaluate needs --predictions DIR --masks CSV, or --run RUN --csv CSV"
             )
         predictions = args.predictions
+        _check_evaluation_output(args.output or Path(predictions) / EVALUATION_FILE, args.masks)
         entry = evaluate_predictions(predictions, args.masks)
     from landseg.io import atomic_write_json
 
@@ -445,6 +447,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _print_scores(entry)
     print(f"written to {output}", file=sys.stderr)
     return 0
+
+
+def _check_evaluation_output(output: Path, rows_csv: Path) -> None:
+    """Before any prediction: the scores' file can be written, and is not the CSV read."""
+    if output.is_dir():
+        raise LandsegError(f"--output {output}: a folder; give the JSON file to write")
+    if output.resolve() == rows_csv.resolve():
+        raise LandsegError(f"--output {output}: it is the CSV of masks read; choose another file")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -103,7 +103,7 @@ def predict_files_parallel(
     copy, used for the checks); returns the outputs in the order of ``inputs``."""
     import multiprocessing
 
-    check_inputs(model, inputs, options, hint)
+    check_inputs(model, inputs, options, hint, out_dir)
     gpus = visible_gpus(source.device)
     threads = cpu_threads(workers)
     context = multiprocessing.get_context("spawn")

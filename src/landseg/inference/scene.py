@@ -685,7 +685,7 @@ def predict_files(
     at once (one line each, naming the file, then a last line with ``hint``) and nothing is
     written.
     """
-    check_inputs(model, inputs, options, hint)
+    check_inputs(model, inputs, options, hint, out_dir)
     written = []
     with make_progress(show_progress) as progress:
         for source in inputs:
@@ -695,13 +695,24 @@ def predict_files(
 
 
 def check_inputs(
-    model: LoadedModel, inputs: Sequence[Path], options: PredictOptions, hint: str | None = None
+    model: LoadedModel,
+    inputs: Sequence[Path],
+    options: PredictOptions,
+    hint: str | None = None,
+    out_dir: Path | None = None,
 ) -> None:
     """Every check of :func:`predict_files` before any prediction; one error listing all."""
     stems = [p.stem for p in inputs]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
         raise LandsegError(f"inputs share file names ({', '.join(repeated)}): outputs would clash")
+    if out_dir is not None:
+        replaced = [p for p in inputs if prediction_path(out_dir, p).resolve() == p.resolve()]
+        if replaced:
+            raise LandsegError(
+                f"--output {out_dir}: the prediction of {replaced[0]} would be written over "
+                "it; choose another output folder"
+            )
     options.tiling.check_model(model)
     check_output_type(options.output_type, model.n_classes)
     if options.output_type == "classes":
