@@ -323,6 +323,19 @@ def test_predict_command(task, scene: Path, tmp_path: Path, capsys) -> None:
     assert "none.tif: input not found" in capsys.readouterr().err
     assert main([*args, "--output", str(tmp_path / "x"), "--tile", "8", "--overlap", "0"]) == 2
     assert "--tile 8" in capsys.readouterr().err
+    # numbers refused by the parser, before anything is loaded or written
+    for option, value in (
+        ("--pixel-range", "nan"),
+        ("--pixel-range", "inf"),
+        ("--min-area", "-5"),
+        ("--simplify", "-1"),
+    ):
+        extra = ["--vectorize"] if option != "--pixel-range" else []
+        with pytest.raises(SystemExit) as refused:
+            main([*args, "--output", str(tmp_path / "y"), *extra, option, value, *common])
+        assert refused.value.code == 2
+        assert f"{option}: must be a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
     # the output folder is the input folder: the scenes would be replaced by their maps
     before = (folder / "a.tif").read_bytes()
     same = ["predict", "--run", str(tmp_path / "run"), "--input", str(folder), "--glob", "*.tif"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,21 @@ _RUN_HELP = (
     "when several experiments have one; searched under --output-folder), a .ckpt file, or a "
     ".pth file inside its run folder"
 )
+
+
+def _positive(text: str) -> float:
+    """A finite number above 0 (``float()`` also reads nan and inf)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def register(add: Callable[..., Any]) -> None:
@@ -91,14 +107,14 @@ def register(add: Callable[..., Any]) -> None:
     )
     vectors.add_argument(
         "--min-area",
-        type=float,
+        type=_positive,
         default=None,
         help="with --vectorize: regions smaller than this (map units squared) are sieved into "
         "their neighbours first (not on a geographic CRS)",
     )
     vectors.add_argument(
         "--simplify",
-        type=float,
+        type=_non_negative,
         default=None,
         help="with --vectorize: simplification tolerance in map units (default: none)",
     )
@@ -139,7 +155,7 @@ def register(add: Callable[..., Any]) -> None:
     )
     export.add_argument(
         "--pixel-range",
-        type=float,
+        type=_positive,
         default=None,
         help="value that maps to 1.0 (default: the run's data_source.pixel_range, else by "
         "the dtype of its training images)",
@@ -173,7 +189,7 @@ def _prediction_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument(
         "--pixel-range",
-        type=float,
+        type=_positive,
         default=None,
         help="value that maps to 1.0 (default: the run's data_source.pixel_range, else by dtype)",
     )
