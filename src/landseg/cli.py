@@ -254,6 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        # a file or folder the command could not read or write (permissions, a folder where
+        # a file was expected, a full disk): every write is atomic, so nothing was half made
+        if args.verbose or error.filename is None:
+            raise
+        print(f"error: {_os_error_line(error)}", file=sys.stderr)
+        return 2
     except EarlyStop as early:
         return _stopped_while_starting(early.signum)
     except StopRequested as stop:
@@ -264,6 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"interrupted: {stop}; {_how_to_continue(args, stop)}", file=sys.stderr)
         return stop.exit_code
+
+
+def _os_error_line(error: OSError) -> str:
+    """``path: reason`` (``source -> destination: reason`` for a rename)."""
+    where = str(error.filename)
+    if error.filename2 is not None:
+        where += f" -> {error.filename2}"
+    return f"{where}: {error.strerror or error}"
 
 
 def _stopped_while_starting(signum: int) -> int:

@@ -81,6 +81,10 @@ def test_evaluate_command_writes_json(setup: dict, capsys) -> None:
     assert main([*args, "--output", str(tmp)]) == 2
     assert "a folder; give the JSON file to write" in capsys.readouterr().err
     assert (tmp / "pairs.csv").read_bytes() == before
+    # a file where its folder should be: the system's reason, one line, no traceback
+    assert main([*args, "--output", str(tmp / "pairs.csv" / "scores.json")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {tmp / 'pairs.csv'}") and "Traceback" not in line
 
 
 def test_evaluate_run_predicts_first(setup: dict) -> None:
