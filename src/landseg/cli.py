@@ -22,7 +22,7 @@ from typing import Any
 from landseg import __version__
 from landseg.config.overrides import add_overrides_argument
 from landseg.errors import LandsegError, StopRequested
-from landseg.stop_signals import EarlyStop, EarlyStops
+from landseg.stop_signals import EarlyStop, EarlyStops, TerminateAsInterrupt, Terminated
 
 log = logging.getLogger("landseg")
 
@@ -235,7 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config (change what may change with --set)"
         )
     _console_logging(args.verbose)
-    starting = EarlyStops(EARLY_STOP_SIGNALS if args.command in EARLY_STOP_COMMANDS else ())
+    starting: EarlyStops | TerminateAsInterrupt = (
+        EarlyStops(EARLY_STOP_SIGNALS)
+        if args.command in EARLY_STOP_COMMANDS
+        else TerminateAsInterrupt()  # no resumable point: SIGTERM cleans up as Ctrl-C does
+    )
     try:
         with starting:
             status = args.handler(args)
@@ -251,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in error.problems:
             print(f"error: {line}", file=sys.stderr)
         return error.exit_code
+    except Terminated:
+        print("interrupted: SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

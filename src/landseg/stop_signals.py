@@ -67,6 +67,36 @@ class EarlyStops:
         self._previous.clear()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a command with no resumable point to stop at (predict, evaluate, export).
+
+    A KeyboardInterrupt, so that everything Ctrl-C already cleans up (temporary files of
+    unfinished writes, worker processes) is cleaned up for ``kill`` and a scheduler's stop too,
+    instead of the signal's default action ending the process on the spot.
+    """
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+class TerminateAsInterrupt:
+    """A context manager: SIGTERM raises :class:`Terminated` in the main thread meanwhile."""
+
+    def __init__(self) -> None:
+        self._previous: Any = None
+
+    def __enter__(self) -> TerminateAsInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
 class StopSignals:
     """The stop signals of one run: the handlers only record the signal (``requested``).
 

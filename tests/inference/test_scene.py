@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -490,3 +491,64 @@ def test_training_predictions_are_written_like_predict(
         a_nodata, b_nodata = a.read_masks(1) == 0, b.read_masks(1) == 0
         assert ColorInterp.alpha not in a.colorinterp  # 4 uint8 classes are not RGBA
         assert a_nodata[:5, :7].all() and np.array_equal(a_nodata, b_nodata)
+
+
+# ---------------------------------------------------------------------------- stop signals
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_during_predict_leaves_no_temporary_file_and_no_worker(
+    workers: int, task, tmp_path: Path
+) -> None:
+    """SIGTERM (kill, a scheduler) cleans up as Ctrl-C does: exit 143 with one line, the
+    unfinished maps' temporary files removed, the workers ended with the command."""
+    import subprocess
+    import sys
+    import time
+
+    run = make_run_folder(task, tmp_path / "run")
+    scenes = tmp_path / "scenes"
+    for name in ("a", "b"):
+        write_scene(scenes / f"{name}.tif", scene_pixels(640, 640, seed=ord(name)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "landseg.cli", "predict", "--run", str(run)]
+    command += ["--input", str(scenes), "--output", str(out), "--workers", str(workers), *COMMON]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(out.glob(".*.tmp")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no map was started"
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read() if process.stderr else ""
+    workers_seen = _children(process.pid) if workers > 1 else []
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "interrupted: SIGTERM"
+    assert "Traceback" not in err
+    assert list(out.glob(".*.tmp")) == []
+    deadline = time.monotonic() + 15  # the workers, and multiprocessing's resource tracker
+    while not all(_gone(pid) for pid in workers_seen) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in workers_seen if not _gone(pid)] == []

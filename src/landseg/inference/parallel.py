@@ -11,6 +11,7 @@ interrupted half way (an error, Ctrl-C) never leaves a truncated file under its 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ def _start_worker(source: ModelSource, gpus: list[str], threads: int, counter: A
     """A worker's start: its GPU (the next one, round robin) or its share of the cores, then
     its model."""
     global _MODEL
+    # the main process decides on stops: a Ctrl-C to the whole group does not print a
+    # traceback per worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -83,6 +87,23 @@ def _start_worker(source: ModelSource, gpus: list[str], threads: int, counter: A
     if gpu is None:
         torch.set_num_threads(threads)
     _MODEL = source.load()
+    # from now on a worker writes maps: the SIGTERM the main process sends it ends the scene
+    # at hand through Python (SystemExit), so its unfinished temporary file is removed
+    # (while loading, the signal's default action ends it: there is nothing to remove)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """SIGTERM to every worker: the main process stops (Ctrl-C, SIGTERM, a worker's error),
+    and a worker would otherwise finish its scene, minutes perhaps, and write it after."""
+    processes = getattr(executor, "_processes", None) or {}  # the executor has no public way
+    for process in list(processes.values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def _predict_one(source: Path, destination: Path, options: PredictOptions) -> Path:
@@ -133,6 +154,9 @@ def predict_files_parallel(
                     future.result()  # a worker's error stops the whole prediction here
                     if task is not None:
                         progress.advance(task)
+    except BaseException:
+        _stop_workers(executor)
+        raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     return [future.result() for future in futures]
