@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,5 +200,10 @@ def checkpoint_error_line(path: str | os.PathLike[str], error: BaseException) ->
         return str(error)
     if isinstance(error, FileNotFoundError):
         return f"{path}: checkpoint not found"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive since torch 1.6
+        return (
+            f"{path}: not a torch checkpoint file (empty, truncated, another kind of file, "
+            "or saved by torch before 1.6)"
+        )
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return f"{path}: not a loadable landseg checkpoint ({reason})"

@@ -48,7 +48,7 @@ from landseg.data.augmentations import augmentation_problems
 from landseg.data.checks import check_data
 from landseg.data.summary import DataSummary
 from landseg.errors import ConfigError, DataError
-from landseg.io import folder_problem
+from landseg.io import checkpoint_error_line, folder_problem, load_checkpoint
 from landseg.loggers.registry import logger_problems
 from landseg.models.export import export_problems
 from landseg.models.registry import model_problems
@@ -115,6 +115,7 @@ def prepare(
         base = path.resolve().parent if path is not None else Path.cwd()
         config, schema_lines, sections = _validate(raw, base, path)
     problems = schema_lines + _registry_problems(sections) + _output_problems(sections)
+    problems += _init_weights_problems(sections)
     device = sections.get("device_setup")
     if device_check and device is not None and not _rejected("device_setup", schema_lines):
         problems += host_device_problems(device)
@@ -159,6 +160,22 @@ def _validation_interval_problems(sections: dict[str, Any], summary: DataSummary
         f"{f', {processes} processes' if processes > 1 else ''}): at most {batches}, or a "
         "fraction of an epoch such as 0.5"
     ]
+
+
+def _init_weights_problems(sections: dict[str, Any]) -> list[str]:
+    """train_setup.init_weights that is no landseg checkpoint (read memory-mapped: cheap);
+    whether its network fits is known once the model is built, at the start of training."""
+    train = sections.get("train_setup")
+    path = train.init_weights if train is not None else None
+    if path is None or not path.is_file():
+        return []  # none, or missing: TrainSetup's own check says so
+    try:
+        state = load_checkpoint(path)
+    except Exception as error:
+        return [f"train_setup.init_weights: {checkpoint_error_line(path, error)}"]
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        return [f"train_setup.init_weights: {path}: not a landseg checkpoint (no state_dict)"]
+    return []
 
 
 def _output_problems(sections: dict[str, Any]) -> list[str]:

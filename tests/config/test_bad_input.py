@@ -185,6 +185,15 @@ def csv_bytes(data: bytes) -> Mutation:
     return mutate
 
 
+def config_file_as(key: str) -> Mutation:
+    """Point ``key`` at a text file (the demo's CSV) where a checkpoint is expected."""
+
+    def mutate(config: dict, tmp: Path, demo: Path) -> None:
+        setkey(key, str(demo / "train.csv"))(config, tmp, demo)
+
+    return mutate
+
+
 def output_under_a_file(config: dict, tmp: Path, demo: Path) -> None:
     """output_folder inside a file: no folder can be made there (validate sees it too)."""
     (tmp / "a-file").write_text("")
@@ -199,6 +208,10 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "scheduler failing at its first step": (
         setkey("train_setup.scheduler_config", {"scheduler": "cosineannealinglr", "T_max": 0}),
         "CosineAnnealingLR with T_max=0 fails at its first step",
+    ),
+    "init_weights not a checkpoint": (
+        config_file_as("train_setup.init_weights"),
+        "train.csv: not a torch checkpoint file",
     ),
     "output folder under a file": (
         output_under_a_file,
