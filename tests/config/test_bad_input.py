@@ -213,6 +213,11 @@ CASES: dict[str, tuple[Mutation, str]] = {
         config_file_as("train_setup.init_weights"),
         "train.csv: not a torch checkpoint file",
     ),
+    "class label read as a boolean": (
+        setkey("data_source.class_labels", ["water", False, "soil", "building"]),
+        "data_source.class_labels[1]: Input should be a valid string, got false (YAML reads "
+        "yes, no, on, off, true and false as booleans: quote the value)",
+    ),
     "output folder under a file": (
         output_under_a_file,
         "output_setup.output_folder: cannot write there: ",
@@ -777,3 +782,19 @@ def test_a_yaml_merge_may_override_what_it_merges(tmp_path: Path) -> None:
     path = tmp_path / "merge.yaml"
     path.write_text("base: &base {lr: 0.1, epochs: 3}\ntrain_setup:\n  <<: *base\n  lr: 0.2\n")
     assert read_config_file(path)["train_setup"] == {"lr": 0.2, "epochs": 3}
+
+
+def test_names_yaml_reads_as_dates_or_numbers_are_the_names_written(
+    demo_config: dict, tmp_path: Path
+) -> None:
+    """ODEON's experiment names are dates; YAML reads them as dates, --set 2 as a number."""
+    import yaml
+
+    from landseg.config.load import load_config
+
+    demo_config["output_setup"].pop("name_exp_log", None)
+    text = yaml.safe_dump(demo_config) + ""
+    path = tmp_path / "c.yaml"
+    path.write_text(text.replace("output_setup:\n", "output_setup:\n  name_exp_log: 2022-06-17\n"))
+    out = load_config(path, ["output_setup.version_name=2"]).output_setup
+    assert (out.name_exp_log, out.version_name) == ("2022-06-17", "2")

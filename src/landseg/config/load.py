@@ -8,6 +8,7 @@ name the file, line and column.
 
 from __future__ import annotations
 
+import datetime
 import json
 import typing
 from dataclasses import dataclass
@@ -278,12 +279,23 @@ def describe_validation_errors(error: ValidationError, root: type[BaseModel]) ->
             lines.append(f"{key}: required key is missing")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {message}, got {_short(item.get('input'))}")
+            given = item.get("input")
+            hint = _yaml_hint(given) if kind == "string_type" else ""
+            lines.append(f"{key}: {message}, got {_short(given)}{hint}")
     # a union (e.g. int | str | list) yields one error per member: keep one line per key.
     unique: dict[str, str] = {}
     for line in lines:
         unique.setdefault(line.split(":", 1)[0], line)
     return list(unique.values())
+
+
+def _yaml_hint(value: Any) -> str:
+    """Why a value written as text arrived as something else: YAML 1.1 typed it."""
+    if isinstance(value, bool):
+        return " (YAML reads yes, no, on, off, true and false as booleans: quote the value)"
+    if isinstance(value, (datetime.date, int, float)):
+        return " (YAML read it as a number or a date: quote the value)"
+    return ""
 
 
 def validate_config(data: dict[str, Any], source: Path | None = None) -> LandsegConfig:

@@ -8,6 +8,7 @@ data in :mod:`landseg.data.checks`, and :mod:`landseg.prepare` runs them all.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import re
 import signal
@@ -360,6 +361,16 @@ class OutputSetup(StrictModel):
     version_name: str | None = Field(
         default=None, description="Version folder name; default the launch time HH-MM-SS."
     )
+
+    @field_validator("model_filename", "name_exp_log", "version_name", mode="before")
+    @classmethod
+    def _names_as_written(cls, value: Any) -> Any:
+        """A name YAML or --set read as a number or a date (``name_exp_log: 2022-06-17``,
+        ``version_name: 2``) is the name the user wrote; booleans are not (``no`` is False)."""
+        if isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
+            return value.isoformat() if isinstance(value, datetime.date) else str(value)
+        return value
+
     get_prediction: bool = Field(
         default=False, description="Write GeoTIFF predictions of the test split."
     )
