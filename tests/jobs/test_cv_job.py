@@ -353,7 +353,11 @@ def test_a_refused_cv_leaves_the_job_s_files_as_they_were(
     before = {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()}
     config = reference.parent.parent / "cv.json"
     assert main(["cv", "-c", str(config), "--set", f"cross_validation.file={fewer}"]) == 2
-    assert "was started with another config or other rows" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "was started with another config or other rows" in line
+    assert line.endswith(f"cross_validation.file: None in the job, '{fewer}' now")  # named
+    assert main(["cv", "-c", str(config), "--set", "train_setup.lr=0.5"]) == 2
+    assert capsys.readouterr().err.strip().endswith("train_setup.lr: 0.005 in the job, 0.5 now")
     after = {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()}
     assert after.keys() == before.keys()
     changed = sorted(name for name in before if after[name] != before[name])

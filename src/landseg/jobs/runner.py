@@ -355,13 +355,23 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
     log_db = JobLog(job.folder / LOG_FILE)
     try:
         log_db.take_writer(session)  # before any write: another host may be running the job
-        log_db.sync_plan(
-            [
-                {**task.to_json(), "hash": job.hashes[task.id], "run_dir": str(job.task_dir(task))}
-                for task in job.plan.tasks
-            ],
-            session,
-        )
+        try:
+            log_db.sync_plan(
+                [
+                    {
+                        **task.to_json(),
+                        "hash": job.hashes[task.id],
+                        "run_dir": str(job.task_dir(task)),
+                    }
+                    for task in job.plan.tasks
+                ],
+                session,
+            )
+        except LandsegError as refused:
+            detail = _what_changed(job)
+            if detail is None:
+                raise
+            raise LandsegError(f"{refused.problems[0]}: {detail}") from refused
         write_task_files(job, rows)
         job.save()
         if retry_failed:
@@ -372,6 +382,26 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
         log_db.close()
         raise
     return log_db
+
+
+def _what_changed(job: Job) -> str | None:
+    """What differs from the job as it was started (its job.json), for the refusal's line."""
+    from landseg.config.continuation import differences, result_relevant
+
+    try:
+        started = Job.load(job.folder)
+    except LandsegError:
+        return None  # no job.json yet (a kill before it was written), or an older format
+    before = result_relevant(started.config.model_dump(mode="json", exclude={"search"}))
+    now = result_relevant(job.config.model_dump(mode="json", exclude={"search"}))
+    changed = differences(before, now)
+    if changed:
+        return "; ".join(
+            f"{key}: {old!r} in the job, {new!r} now" for key, (old, new) in changed.items()
+        )
+    if started.split_sizes != job.split_sizes:
+        return "the same config, other rows (the job's CSV changed, or its groups)"
+    return None
 
 
 def run_job(
