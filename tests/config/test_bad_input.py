@@ -374,6 +374,10 @@ CASES: dict[str, tuple[Mutation, str]] = {
     # --- CSV files
     "missing val csv": (setkey("data_source.val_file", "/nonexistent/val.csv"), "val.csv"),
     "csv is a folder": (setkey("data_source.train_file", "/"), "CSV file does not exist"),
+    "csv header names mask first": (
+        csv_with(lambda tmp, demo: ["mask,image"] + [f"{m},{i}" for i, m in demo_rows(demo)]),
+        "broken_train_file.csv, row 1: the header puts mask before image",
+    ),
     "csv header only": (csv_with(lambda tmp, demo: ["image,mask"]), "broken_train_file.csv"),
     "csv not utf-8": (
         csv_bytes(b"\xff\xfe\x00\x80img.tif,\x81msk.tif\n"),

@@ -157,6 +157,13 @@ def test_archive_refusals(output: Path, tmp_path: Path) -> None:
         archive_run(tmp_path)
     assert main(["archive", str(live)]) == 2
     assert (output / "exp" / "live").is_dir()
+    # a place archive.json cannot go: refused before the run is renamed (it was renamed,
+    # then archive.json failed, and every later attempt said "already archived")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(LandsegError, match=r"not a folder, needed for archive\.json"):
+        archive_run(output / "exp" / "v1", tmp_path / "a-file", today=TODAY)
+    assert (output / "exp" / "v1" / "run.json").is_file()
+    assert json.loads((output / "exp" / "v1" / "run.json").read_text()).get("archived") is None
 
 
 def test_resolve_by_path_name_or_checkpoint(output: Path, monkeypatch) -> None:

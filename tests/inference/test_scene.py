@@ -337,6 +337,12 @@ def test_predict_command(task, scene: Path, tmp_path: Path, capsys) -> None:
         assert refused.value.code == 2
         assert f"{option}: must be a finite number" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+    # an output that is a file: said before the first prediction, naming --output
+    (tmp_path / "taken.tif").write_bytes(b"x")
+    assert main([*args, "--output", str(tmp_path / "taken.tif"), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {tmp_path / 'taken.tif'}: cannot write the predictions: " in err
+    assert "is a file, not a folder" in err
     # the output folder is the input folder: the scenes would be replaced by their maps
     before = (folder / "a.tif").read_bytes()
     same = ["predict", "--run", str(tmp_path / "run"), "--input", str(folder), "--glob", "*.tif"]

@@ -109,7 +109,11 @@ _StrictLoader.add_constructor(
 
 def _parse_yaml(text: str, path: Path) -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
+        loader = _StrictLoader(text)  # what yaml.load does, with this SafeLoader subclass
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except _KeyGivenTwice as error:
         key, line = str(error).split("\0")
         raise ConfigError(_twice_line(path, key, f":{line}")) from error

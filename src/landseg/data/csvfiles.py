@@ -6,7 +6,8 @@ Rules:
 * a header line is tolerated: the first row counts as a header when none of its cells is an
   existing file and every cell looks like a column name (``image,mask`` or ``image,mask,zone``);
   its names then key the extra columns of every row (:attr:`SamplePair.extra`, e.g. ``zone``
-  for group-wise cross-validation); without a header, extra columns are ignored;
+  for group-wise cross-validation); without a header, extra columns are ignored; the columns
+  stay positional, so a header that names the mask column first is refused;
 * paths are absolute or relative to the CSV file's own folder (not the working directory);
 * blank lines are skipped.
 
@@ -46,6 +47,11 @@ class SamplePair:
         return f"{self.csv}, row {self.row}" if self.csv else f"row {self.row}"
 
 
+#: Header names of the first two columns that say they are in the other order.
+_MASK_NAMES = frozenset({"mask", "masks", "msk", "label", "labels"})
+_IMAGE_NAMES = frozenset({"image", "images", "img"})
+
+
 def _is_header(cells: list[str], folder: Path) -> bool:
     return all(
         _COLUMN_NAME.match(cell) and not (folder / cell).is_file() for cell in cells if cell
@@ -82,7 +88,15 @@ def read_pairs(csv_path: str | Path, problems: list[str] | None = None) -> list[
             rows = []
         names: list[str] = []
         if rows and _is_header(rows[0][1], folder):
-            names = rows.pop(0)[1]
+            number, names = rows.pop(0)
+            swapped = [name.lower() for name in names[:2]]
+            if len(swapped) == 2 and swapped[0] in _MASK_NAMES and swapped[1] in _IMAGE_NAMES:
+                found.append(
+                    f"{csv_path}, row {number}: the header puts {names[0]} before {names[1]}, "
+                    "but the columns are read by position, image then mask (ODEON's order): "
+                    "put the image column first"
+                )
+                rows = []
         for number, cells in rows:
             if len(cells) < 2:
                 found.append(f"{csv_path}, row {number}: one column only; expected 'image,mask'")

@@ -46,7 +46,7 @@ from landseg.data.raster import nodata_pixels, open_raster
 from landseg.errors import DataError, LandsegError
 from landseg.inference.cog import CogLayout, cog_layout, cog_writer
 from landseg.inference.style import class_colors, colormap, remove_stale_style, write_qml
-from landseg.io import checkpoint_error_line, load_checkpoint
+from landseg.io import checkpoint_error_line, folder_problem, load_checkpoint
 from landseg.models.registry import model_size_multiple
 
 OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
@@ -707,6 +707,9 @@ def check_inputs(
     if repeated:
         raise LandsegError(f"inputs share file names ({', '.join(repeated)}): outputs would clash")
     if out_dir is not None:
+        problem = folder_problem(out_dir)
+        if problem:
+            raise LandsegError(f"--output {out_dir}: cannot write the predictions: {problem}")
         replaced = [p for p in inputs if prediction_path(out_dir, p).resolve() == p.resolve()]
         if replaced:
             raise LandsegError(

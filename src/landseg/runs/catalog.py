@@ -306,6 +306,17 @@ def archive_run(run: Path, output: Path | None = None, today: dt.date | None = N
     target = run.parent / name
     if target.exists():  # another archive won the race for this number
         raise LandsegError(f"{target}: already exists; run landseg archive again")
+    # all three writes are checked before the first: a run renamed but not recorded (or
+    # recorded nowhere) would be "already archived" to every later attempt
+    if output.exists() and not output.is_dir():
+        raise LandsegError(f"{output}: not a folder, needed for archive.json; nothing changed")
+    for place, needed_for in (
+        (run.parent, "renaming the run"),
+        (run, "marking its run.json"),
+        (output, "writing archive.json"),
+    ):
+        if place.exists() and not os.access(place, os.W_OK | os.X_OK):
+            raise LandsegError(f"{place}: not writable, needed for {needed_for}; nothing changed")
     os.rename(run, target)
     record = ArchiveRecord(source=_relative(run, output), date=date.isoformat())
     state.model_copy(update={"archived": record}).write(target)
