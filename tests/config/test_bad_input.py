@@ -373,7 +373,10 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "experiment ../..": (setkey("output_setup.name_exp_log", "../.."), "name_exp_log"),
     # --- CSV files
     "missing val csv": (setkey("data_source.val_file", "/nonexistent/val.csv"), "val.csv"),
-    "csv is a folder": (setkey("data_source.train_file", "/"), "CSV file does not exist"),
+    "csv is a folder": (
+        setkey("data_source.train_file", "/"),
+        "data_source.train_file: /: is a folder, not a CSV file",
+    ),
     "csv header names mask first": (
         csv_with(lambda tmp, demo: ["mask,image"] + [f"{m},{i}" for i, m in demo_rows(demo)]),
         "broken_train_file.csv, row 1: the header puts mask before image",
@@ -802,3 +805,12 @@ def test_names_yaml_reads_as_dates_or_numbers_are_the_names_written(
     path.write_text(text.replace("output_setup:\n", "output_setup:\n  name_exp_log: 2022-06-17\n"))
     out = load_config(path, ["output_setup.version_name=2"]).output_setup
     assert (out.name_exp_log, out.version_name) == ("2022-06-17", "2")
+
+
+def test_set_replaces_a_key_the_file_spells_the_odeon_way() -> None:
+    """004 writes "class imbalance"; --set train_setup.class_imbalance=... replaces it."""
+    from landseg.config.overrides import apply_overrides
+
+    data = {"train_setup": {"class imbalance": [1, 1], "lr": 0.1}}
+    apply_overrides(data, ["train_setup.class_imbalance=[1, 2]"])
+    assert data == {"train_setup": {"lr": 0.1, "class_imbalance": [1, 2]}}

@@ -88,7 +88,7 @@ def test_every_problem_at_once(tmp_path: Path, make_dataset, make_config) -> Non
     text = "\n".join(problems)
     expected = [
         f"{train}, row 7: one column only",
-        f"{tmp_path / 'nope.csv'}: CSV file does not exist",
+        f"data_source.test_file: {tmp_path / 'nope.csv'}: CSV file does not exist",
         f"{val}, row 1: image {tmp_path / 'val' / 'img' / '0.tif'} does not exist",
         f"{val}, row 2: {tmp_path / 'val' / 'img' / '1.tif'}: cannot read raster",
         f"{val}, row 3: image {tmp_path / 'val' / 'img' / '2.tif'} is 8x8 but mask",

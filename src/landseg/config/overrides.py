@@ -57,5 +57,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {override}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = parse_override_value(raw_value)
+        last = parts[-1]
+        for spelling in [k for k in node if k != last and _same_key(k, last)]:
+            del node[spelling]  # ODEON's "class imbalance": the override replaces its value
+        node[last] = parse_override_value(raw_value)
     return data
+
+
+def _same_key(a: str, b: str) -> bool:
+    return a.replace(" ", "_") == b.replace(" ", "_")

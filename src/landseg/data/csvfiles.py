@@ -58,7 +58,9 @@ def _is_header(cells: list[str], folder: Path) -> bool:
     ) and all(cells)
 
 
-def read_pairs(csv_path: str | Path, problems: list[str] | None = None) -> list[SamplePair]:
+def read_pairs(
+    csv_path: str | Path, problems: list[str] | None = None, key: str | None = None
+) -> list[SamplePair]:
     """Read the rows of one CSV file.
 
     With ``problems`` given, each problem is appended to it and the valid rows are returned,
@@ -69,7 +71,14 @@ def read_pairs(csv_path: str | Path, problems: list[str] | None = None) -> list[
     found: list[str] = []
     pairs: list[SamplePair] = []
     if not csv_path.is_file():
-        found.append(f"{csv_path}: CSV file does not exist")
+        what = "is a folder, not a CSV file" if csv_path.is_dir() else "CSV file does not exist"
+        where = (
+            f"{key}: {csv_path}: {what} (a relative path in a config is taken from the "
+            "config file's folder)"
+            if key
+            else f"{csv_path}: {what}"
+        )
+        found.append(where)
     else:
         folder = csv_path.parent
         try:
@@ -160,13 +169,13 @@ def load_splits(
     ``problems`` behaves as in :func:`read_pairs`.
     """
     found: list[str] = []
-    splits = {"train": read_pairs(train_file, found)}
+    splits = {"train": read_pairs(train_file, found, "data_source.train_file")}
     if val_file is not None:
-        splits["val"] = read_pairs(val_file, found)
+        splits["val"] = read_pairs(val_file, found, "data_source.val_file")
     else:
         splits["train"], splits["val"] = split_pairs(splits["train"], percentage_val, seed)
     if test_file is not None:
-        splits["test"] = read_pairs(test_file, found)
+        splits["test"] = read_pairs(test_file, found, "data_source.test_file")
     if testing:
         splits = testing_subset(splits)
     if problems is not None:
