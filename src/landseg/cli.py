@@ -74,7 +74,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 f"{', '.join(searched.params)}, objective {searched.objective}"
             )
     else:
-        summary = prepare(args.config, args.overrides, device_check=device_check).summary
+        from landseg.runs.folder import resolve_run_folder
+
+        prepared = prepare(args.config, args.overrides, device_check=device_check)
+        # train's refusals of the run folder too (a version that exists, nothing to continue)
+        resolve_run_folder(prepared.config, create=False)
+        summary = prepared.summary
         print(f"{args.config}: valid")
     print(
         f"  {summary.n_classes} classes ({', '.join(summary.class_labels)}), "

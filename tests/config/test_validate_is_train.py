@@ -54,6 +54,31 @@ def test_gpu_ids_without_an_accelerator_on_a_machine_without_gpu_are_one_line(
     assert validate(path, capsys, "--no-device-check")[0] == 0
 
 
+def test_validate_refuses_the_run_folders_train_refuses(
+    demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A version that exists already, or nothing to continue: train's refusals, and
+    validate creates nothing to find them."""
+    demo_config["output_setup"].update(name_exp_log="exp", version_name="v1")
+    demo_config["train_setup"]["continue_training"] = True
+    path = write_config(tmp_path / "c.json", demo_config)
+    code, err = validate(path, capsys)
+    assert code == 2 and err == [
+        f"error: train_setup.continue_training: no run to continue at "
+        f"{tmp_path / 'runs' / 'exp' / 'v1'}; set continue_training false to start it"
+    ]
+    assert not (tmp_path / "runs").exists()
+    run = tmp_path / "runs" / "exp" / "v1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text('{"status": "finished", "epochs_done": 1}')
+    demo_config["train_setup"]["continue_training"] = False
+    path = write_config(tmp_path / "c.json", demo_config)
+    code, err = validate(path, capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: output_setup.version_name: run folder {run} already exists")
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]
+
+
 def test_a_parameter_of_the_wrong_type_is_refused_before_training(
     demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

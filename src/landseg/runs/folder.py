@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from landseg.cluster import slurm_job_id
 from landseg.config.schema import LandsegConfig
 from landseg.errors import RunFolderError
-from landseg.io import atomic_write_json
+from landseg.io import atomic_write_json, folder_problem
 from landseg.processes import pid_alive, process_start
 
 #: Set by rank 0 so that the processes Lightning launches for DDP reuse its run folder.
@@ -430,8 +430,13 @@ def _run_path(config: LandsegConfig, experiment: str | None, version: str) -> Pa
     return out.output_folder / (experiment or "") / version
 
 
-def resolve_run_folder(config: LandsegConfig, now: dt.datetime | None = None) -> RunFolder:
-    """Pick the run folder; never reuse an existing version unless continue_training."""
+def resolve_run_folder(
+    config: LandsegConfig, now: dt.datetime | None = None, *, create: bool = True
+) -> RunFolder:
+    """Pick the run folder; never reuse an existing version unless continue_training.
+
+    ``create=False`` (``landseg validate``): the same refusals, and whether the folder could
+    be made, with nothing created."""
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited:  # a DDP worker process: rank 0 already chose and created the folder
         return RunFolder(Path(inherited), resuming=config.train_setup.continue_training)
@@ -439,7 +444,7 @@ def resolve_run_folder(config: LandsegConfig, now: dt.datetime | None = None) ->
     out = config.output_setup
     slurm = slurm_job_name()
     if slurm is not None and out.name_exp_log is None and out.version_name is None:
-        return _slurm_run_folder(config, slurm)
+        return _slurm_run_folder(config, slurm, create)
     experiment = out.name_exp_log or now.strftime("%Y-%m-%d")
     continuing = config.train_setup.continue_training
     if out.version_name is None and continuing:
@@ -465,6 +470,13 @@ def resolve_run_folder(config: LandsegConfig, now: dt.datetime | None = None) ->
             f"train_setup.continue_training: no run to continue at {path}; "
             "set continue_training false to start it"
         )
+    if not create:
+        problem = folder_problem(path)
+        if problem:
+            raise RunFolderError(
+                f"output_setup.output_folder: cannot write the run folder {path}: {problem}"
+            )
+        return RunFolder(path, resuming=exists)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -477,7 +489,7 @@ def resolve_run_folder(config: LandsegConfig, now: dt.datetime | None = None) ->
     return RunFolder(path, resuming=exists)
 
 
-def _slurm_run_folder(config: LandsegConfig, job: str) -> RunFolder:
+def _slurm_run_folder(config: LandsegConfig, job: str, create: bool = True) -> RunFolder:
     """``<output_folder>/slurm/<job>``: a requeued or relaunched job finds its own run there.
 
     The folder is named by the job, so a run found in it was started by this same job (before
@@ -487,6 +499,8 @@ def _slurm_run_folder(config: LandsegConfig, job: str) -> RunFolder:
     path = config.output_setup.output_folder / "slurm" / job
     run = RunFolder(path)
     resuming = run.is_run and not run.never_trained()
+    if not create:
+        return RunFolder(path, resuming=resuming)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
