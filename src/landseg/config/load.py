@@ -43,14 +43,25 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         except json.JSONDecodeError:
             data = _parse_yaml(text, path)
         except _KeyGivenTwice as error:
-            raise ConfigError(_twice_line(path, str(error))) from error
+            raise error.config_error(path) from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections, got {_kind(data)}")
     return data
 
 
 class _KeyGivenTwice(ValueError):
-    pass
+    """A key given twice in one mapping of a config (``line``: 1-based, YAML only)."""
+
+    def __init__(self, key: Any, line: int | None = None):
+        super().__init__(key)
+        self.key, self.line = key, line
+
+    def config_error(self, path: Path) -> ConfigError:
+        where = f":{self.line}" if self.line is not None else ""
+        return ConfigError(
+            f"{path}{where}: key {self.key!r} is given twice in the same section: the second "
+            "would silently replace the first; keep one"
+        )
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -75,14 +86,7 @@ def _parse_json(text: str, path: Path) -> Any:
             f"{path}:{error.lineno}:{error.colno}: JSON syntax error: {error.msg}"
         ) from error
     except _KeyGivenTwice as error:
-        raise ConfigError(_twice_line(path, str(error))) from error
-
-
-def _twice_line(path: Path, key: str, where: str = "") -> str:
-    return (
-        f"{path}{where}: key {key!r} is given twice in the same section: the second would "
-        "silently replace the first; keep one"
-    )
+        raise error.config_error(path) from error
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -97,7 +101,7 @@ def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> 
             continue
         key = loader.construct_object(key_node, deep=True)
         if key in seen:
-            raise _KeyGivenTwice(f"{key}\0{key_node.start_mark.line + 1}")
+            raise _KeyGivenTwice(key, key_node.start_mark.line + 1)
         seen.add(key)
     return loader.construct_mapping(node, deep=True)
 
@@ -115,8 +119,7 @@ def _parse_yaml(text: str, path: Path) -> Any:
         finally:
             loader.dispose()
     except _KeyGivenTwice as error:
-        key, line = str(error).split("\0")
-        raise ConfigError(_twice_line(path, key, f":{line}")) from error
+        raise error.config_error(path) from error
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
@@ -161,8 +164,10 @@ def _step(
     current: type[BaseModel] | _KeyedBy | None, part: Any
 ) -> type[BaseModel] | _KeyedBy | None:
     """What holds the next part of a location after ``part`` (None below a plain value)."""
-    if isinstance(part, int) or current is None:
-        return current if isinstance(part, int) else None
+    if isinstance(part, int):  # a list index: the same thing holds the next part
+        return current
+    if current is None:
+        return None
     if isinstance(current, _KeyedBy):
         return current.model
     field = current.model_fields.get(part)

@@ -362,15 +362,6 @@ class OutputSetup(StrictModel):
         default=None, description="Version folder name; default the launch time HH-MM-SS."
     )
 
-    @field_validator("model_filename", "name_exp_log", "version_name", mode="before")
-    @classmethod
-    def _names_as_written(cls, value: Any) -> Any:
-        """A name YAML or --set read as a number or a date (``name_exp_log: 2022-06-17``,
-        ``version_name: 2``) is the name the user wrote; booleans are not (``no`` is False)."""
-        if isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
-            return value.isoformat() if isinstance(value, datetime.date) else str(value)
-        return value
-
     get_prediction: bool = Field(
         default=False, description="Write GeoTIFF predictions of the test split."
     )
@@ -455,6 +446,15 @@ class OutputSetup(StrictModel):
             raise ValueError(
                 f'colours are written "#RRGGBB" (e.g. "#1f77b4"); not: {", ".join(bad)}'
             )
+        return value
+
+    @field_validator("model_filename", "name_exp_log", "version_name", mode="before")
+    @classmethod
+    def _names_as_written(cls, value: Any) -> Any:
+        """A name YAML or --set read as a number or a date (``name_exp_log: 2022-06-17``,
+        ``version_name: 2``) is the name the user wrote; booleans are not (``no`` is False)."""
+        if isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
+            return value.isoformat() if isinstance(value, datetime.date) else str(value)
         return value
 
     @field_validator("name_exp_log", "version_name")

@@ -57,7 +57,9 @@ def registration_problem(image: RasterHeader, mask: RasterHeader) -> str | None:
     taken as the image's grid, as the pixels are read. Grids match when every term of the
     geotransforms agrees within 1 % of a pixel (float noise in origins written by other tools).
     """
-    if image.crs is not None and mask.crs is not None:
+    # the same WKT (nearly every pair) needs no parsing; equivalent WKTs written by other
+    # tools are compared as CRSs
+    if image.crs is not None and mask.crs is not None and image.crs != mask.crs:
         from rasterio.crs import CRS
 
         if CRS.from_wkt(image.crs) != CRS.from_wkt(mask.crs):

@@ -24,19 +24,22 @@ _RUN_HELP = (
 )
 
 
-def _positive(text: str) -> float:
-    """A finite number above 0 (``float()`` also reads nan and inf)."""
+def _finite(text: str, *, zero: bool) -> float:
+    """A finite number above 0 (or at least 0 with ``zero``): ``float()`` also reads nan and
+    inf, which would pass as values."""
     value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "above 0"
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
     return value
+
+
+def _positive(text: str) -> float:
+    return _finite(text, zero=False)
 
 
 def _non_negative(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+    return _finite(text, zero=True)
 
 
 def register(add: Callable[..., Any]) -> None:

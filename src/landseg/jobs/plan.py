@@ -565,13 +565,11 @@ def write_task_files(job: Job, rows: list[Row]) -> None:
     other rows, bad data) leaves an existing job's files as they were. Each file is written
     only when it changes: a finished task keeps the files it trained on.
     """
-    records: dict[Path, str | bytes] = {job.folder / ROWS_FILE: rows_text(rows)}
+    records = {job.folder / ROWS_FILE: rows_text(rows).encode()}
     if job.block_map is not None:
         records[job.folder / spatial.MAP_FILE] = job.block_map
-    for path, content in records.items():
-        current = path.read_bytes() if path.is_file() else None
-        data = content.encode() if isinstance(content, str) else content
-        if current != data:
+    for path, data in records.items():
+        if not (path.is_file() and path.read_bytes() == data):
             atomic_write_bytes(path, data)
     for task in job.plan.tasks:
         for split, text in task_csvs(task, rows).items():
