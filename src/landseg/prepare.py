@@ -42,6 +42,7 @@ from landseg.config.schema import (
     OutputSetup,
     TrainSetup,
     output_class_problems,
+    path_from_config,
     prediction_problems,
 )
 from landseg.data.augmentations import augmentation_problems
@@ -235,8 +236,8 @@ def _lenient_sections(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         data = sections["data_source"]
         for key in ("train_file", "val_file", "test_file"):
             value = getattr(data, key)
-            if value is not None and not value.is_absolute():
-                setattr(data, key, (base / value).resolve())
+            if value is not None:
+                setattr(data, key, path_from_config(value, base))
     return sections
 
 

@@ -814,3 +814,26 @@ def test_set_replaces_a_key_the_file_spells_the_odeon_way() -> None:
     data = {"train_setup": {"class imbalance": [1, 1], "lr": 0.1}}
     apply_overrides(data, ["train_setup.class_imbalance=[1, 2]"])
     assert data == {"train_setup": {"lr": 0.1, "class_imbalance": [1, 2]}}
+
+
+def test_a_tilde_in_config_and_csv_paths_is_the_home_folder(
+    demo_config: dict, demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config is never passed through a shell: ``~/data/train.csv`` must not name a ``~``."""
+    from landseg.config.load import load_config
+    from landseg.data.csvfiles import read_pairs
+
+    monkeypatch.setenv("HOME", str(demo_dir.parent))
+    home_train = f"~/{demo_dir.name}/{Path(demo_config['data_source']['train_file']).name}"
+    demo_config["data_source"]["train_file"] = home_train
+    demo_config["output_setup"]["output_folder"] = "~/runs"
+    path = write_config(tmp_path / "c.json", demo_config)
+    config = load_config(path)
+    assert config.data_source.train_file == demo_dir / Path(home_train).name
+    assert config.output_setup.output_folder == demo_dir.parent / "runs"
+
+    image, mask = (Path(cell).relative_to(demo_dir) for cell in demo_rows(demo_dir)[-1][:2])
+    csv_path = tmp_path / "home_rows.csv"
+    csv_path.write_text(f"~/{demo_dir.name}/{image},~/{demo_dir.name}/{mask}\n")
+    pair = read_pairs(csv_path)[0]
+    assert (pair.image, pair.mask) == (demo_dir / image, demo_dir / mask)

@@ -40,7 +40,8 @@ A config is a JSON or YAML file with ODEON's four sections: `data_source`, `trai
 `output_setup`, `device_setup`. Every key of ODEON's train tool keeps its documented name,
 type and default, so an existing ODEON config runs unchanged. Keys marked *landseg* are
 extensions. Unknown keys are errors (with the closest valid key suggested). Relative paths
-are relative to the config file's folder. Any value can be overridden on the command line:
+are relative to the config file's folder, and `~` is your home folder. Any value can be
+overridden on the command line:
 `landseg train -c config.json --set train_setup.lr=0.01 --set train_setup.epochs=5`.
 
 `landseg validate -c FILE` runs every check (config, registries, data headers) and exits;

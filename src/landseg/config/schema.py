@@ -644,6 +644,17 @@ class DeviceSetup(StrictModel):
 # --------------------------------------------------------------------------- root
 
 
+def path_from_config(value: Path, base: Path) -> Path:
+    """Read a path as a config file means it, ``base`` being the config file's folder.
+
+    ``~`` is the user's home, as in a shell (a config is not passed through one, so without
+    this ``~/data/train.csv`` would name a folder called ``~``); a relative path is taken
+    from ``base``, so a config reads the same whichever folder the command runs from.
+    """
+    value = value.expanduser()
+    return value if value.is_absolute() else (base / value).resolve()
+
+
 def prediction_problems(data: DataSource, out: OutputSetup) -> list[str]:
     """``get_prediction`` predicts the test split: it needs one; polygons need class maps."""
     problems = []
@@ -708,19 +719,18 @@ class LandsegConfig(StrictModel):
     )
 
     def resolve_paths(self, base: Path) -> LandsegConfig:
-        """Relative paths in the config are relative to the config file's folder."""
+        """Make the config's paths absolute, as :func:`path_from_config` reads them."""
         data = self.data_source
         for key in ("train_file", "val_file", "test_file", "cache_dir"):
             value = getattr(data, key)
-            if value is not None and not value.is_absolute():
-                setattr(data, key, (base / value).resolve())
+            if value is not None:
+                setattr(data, key, path_from_config(value, base))
         out = self.output_setup
-        if not out.output_folder.is_absolute():
-            out.output_folder = (base / out.output_folder).resolve()
+        out.output_folder = path_from_config(out.output_folder, base)
         train = getattr(self, "train_setup", None)  # a partial config while validating
-        if train is not None and train.init_weights and not train.init_weights.is_absolute():
-            train.init_weights = (base / train.init_weights).resolve()
+        if train is not None and train.init_weights:
+            train.init_weights = path_from_config(train.init_weights, base)
         cv = getattr(self, "cross_validation", None)
-        if cv is not None and cv.file is not None and not cv.file.is_absolute():
-            cv.file = (base / cv.file).resolve()
+        if cv is not None and cv.file is not None:
+            cv.file = path_from_config(cv.file, base)
         return self

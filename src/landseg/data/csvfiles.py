@@ -67,7 +67,7 @@ def read_pairs(
     so a caller can report every problem of every file at once; otherwise a
     :class:`DataError` listing all problems of this file is raised.
     """
-    csv_path = Path(csv_path).absolute()
+    csv_path = Path(csv_path).expanduser().absolute()
     found: list[str] = []
     pairs: list[SamplePair] = []
     if not csv_path.is_file():
@@ -115,7 +115,13 @@ def read_pairs(
             else:
                 extra = dict(zip(names[2:], cells[2:], strict=False))
                 pairs.append(
-                    SamplePair(folder / cells[0], folder / cells[1], number, extra, csv_path)
+                    SamplePair(
+                        folder / Path(cells[0]).expanduser(),
+                        folder / Path(cells[1]).expanduser(),
+                        number,
+                        extra,
+                        csv_path,
+                    )
                 )
         if not rows and not found:
             found.append(f"{csv_path}: CSV file has no image,mask rows")
