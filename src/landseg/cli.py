@@ -57,10 +57,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         searched = None
         if raw.get("search") is not None:
-            from landseg.tuning.search import prepare_tuning
+            from landseg.tuning.search import prepare_tuning, refuse_other_search
 
-            searched = prepare_tuning(args.config, args.overrides).search
+            tuning = prepare_tuning(args.config, args.overrides)
+            refuse_other_search(tuning)  # tune's refusal of a folder holding another search
+            searched = tuning.search
         job, _ = prepare_job(args.config, args.overrides, dry_run=True, device_check=device_check)
+        if searched is None:
+            from landseg.jobs.runner import refuse_changed_job
+
+            refuse_changed_job(job)  # cv's refusal of a job started with another config
         summary = job.summary
         tasks = job.plan.tasks
         print(f"{args.config}: valid")
@@ -77,8 +83,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from landseg.runs.folder import resolve_run_folder
 
         prepared = prepare(args.config, args.overrides, device_check=device_check)
-        # train's refusals of the run folder too (a version that exists, nothing to continue)
-        resolve_run_folder(prepared.config, create=False)
+        # train's refusals of the run folder too (a version that exists, nothing to continue,
+        # a continued run's settings that may not change)
+        run = resolve_run_folder(prepared.config, create=False)
+        if run.resuming:
+            run.continuation_changes(prepared.config)
         summary = prepared.summary
         print(f"{args.config}: valid")
     print(

@@ -352,6 +352,12 @@ def test_a_refused_cv_leaves_the_job_s_files_as_they_were(
     )  # fmt: skip
     before = {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()}
     config = reference.parent.parent / "cv.json"
+    # validate makes cv's refusal, and writes nothing at all
+    assert main(["validate", "-c", str(config), "--set", "train_setup.lr=0.5"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "was started with another config" in line
+    assert line.endswith("train_setup.lr: 0.005 in the job, 0.5 now")
+    assert {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()} == before
     assert main(["cv", "-c", str(config), "--set", f"cross_validation.file={fewer}"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "was started with another config or other rows" in line

@@ -118,6 +118,9 @@ def test_a_changed_lr_is_refused_and_the_run_folder_is_left_untouched(
         err = capsys.readouterr().err
         assert f"error: train_setup.{key}: " in err and "Traceback" not in err
         assert snapshot(folder) == before  # config.json, run.json, train.log: byte-identical
+        # validate makes the same refusal (it said "valid", then train refused)
+        assert main(["validate", "-c", str(tmp_path / "c.json")]) == 2
+        assert capsys.readouterr().err == err
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -214,6 +215,52 @@ def test_search_writes_trials_nested_result_and_best_config(reference: Path, cap
     assert main(["tune", "-c", str(reference.parent.parent / "tune.json")]) == 0
     assert results(reference) == found
     assert "Test mIoU" in capsys.readouterr().out
+
+
+def test_a_folder_holding_another_search_is_refused_by_validate_and_tune(
+    reference: Path, capsys
+) -> None:
+    config = str(reference.parent.parent / "tune.json")
+    study = (reference / "study.db").read_bytes()
+    assert main(["validate", "-c", config, "--set", "search.trials=5"]) == 0  # continues it
+    capsys.readouterr()
+    other = "train_setup.batch_size=2"
+    for command in ("validate", "tune"):
+        assert main([command, "-c", config, "--set", other]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == (
+            f"error: {reference}: holds a search with another search section or base config; "
+            "give output_setup.name_exp_log another name to start a new search there"
+        )
+    assert (reference / "study.db").read_bytes() == study
+
+
+def test_a_moved_search_and_one_recorded_by_an_older_landseg_continue(
+    reference: Path, tmp_path: Path, capsys
+) -> None:
+    """The search's fingerprint leaves out output_setup: a search folder moved with its output
+    folder is the same search; a study that recorded the older fingerprint (output_setup
+    included) is accepted and recorded anew."""
+    import optuna
+
+    from landseg.tuning.search import FINGERPRINT, STUDY_NAME, prepare_tuning
+
+    moved = tmp_path / "runs"
+    shutil.copytree(reference.parent, moved)
+    config = reference.parent.parent / "tune.json"
+    overrides = [f"output_setup.output_folder={moved}"]
+    tuning = prepare_tuning(config, overrides)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{moved}/search/study.db")
+    study.set_user_attr(FINGERPRINT, tuning.fingerprint_before_2026_12_02())
+    found = results(moved / "search")
+    capsys.readouterr()
+    for command in ("validate", "tune"):
+        assert main([command, "-c", str(config), "--set", *overrides]) == 0
+    assert "holds a search" not in capsys.readouterr().err
+    assert study.user_attrs[FINGERPRINT] == tuning.fingerprint()
+    assert study.user_attrs[FINGERPRINT] == prepare_tuning(config, []).fingerprint()
+    trials = results(moved / "search")["trials"]
+    assert [trial["value"] for trial in trials] == [trial["value"] for trial in found["trials"]]
 
 
 def study_states(folder: Path) -> list[tuple[int, str]]:

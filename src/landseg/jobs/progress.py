@@ -277,6 +277,35 @@ class JobLog:
 
     # ------------------------------------------------------------------ planning
 
+    def plan_problem(self, tasks: list[dict[str, Any]]) -> str | None:
+        """Why :meth:`sync_plan` would refuse ``tasks`` (None: it would not), writing nothing:
+        ``landseg validate`` makes the refusal ``landseg cv`` makes."""
+        return self._plan_problem(self._known_hashes(self.db), tasks)
+
+    @staticmethod
+    def _known_hashes(db: sqlite3.Connection) -> dict[str, str]:
+        return {
+            row["task_id"]: row["config_hash"]
+            for row in db.execute("SELECT task_id, config_hash FROM tasks")
+        }
+
+    def _plan_problem(self, known: dict[str, str], tasks: list[dict[str, Any]]) -> str | None:
+        dropped = sorted(set(known) - {t["id"] for t in tasks})
+        if dropped:
+            return (
+                f"{self.path.parent}: the job has task {dropped[0]} that the config no "
+                "longer plans; restore cross_validation, or set output_setup.name_exp_log "
+                "to start a new job"
+            )
+        changed = [t["id"] for t in tasks if t["id"] in known and known[t["id"]] != t["hash"]]
+        if changed:
+            return (
+                f"{self.path.parent}: task {changed[0]} was started with another config or "
+                "other rows; set output_setup.name_exp_log to start a new job, or restore "
+                "the config"
+            )
+        return None
+
     def sync_plan(self, tasks: list[dict[str, Any]], session: str) -> None:
         """Add the plan's tasks (``Task.to_json()`` + ``hash`` + ``run_dir``); check old ones.
 
@@ -284,25 +313,10 @@ class JobLog:
         belong to that config. Tasks of the log that the plan no longer names are kept.
         """
         with self.transaction() as db:
-            known = {
-                row["task_id"]: row["config_hash"]
-                for row in db.execute("SELECT task_id, config_hash FROM tasks")
-            }
-            planned = {t["id"] for t in tasks}
-            dropped = sorted(set(known) - planned)
-            if dropped:
-                raise LandsegError(
-                    f"{self.path.parent}: the job has task {dropped[0]} that the config no "
-                    "longer plans; restore cross_validation, or set output_setup.name_exp_log "
-                    "to start a new job"
-                )
-            changed = [t["id"] for t in tasks if t["id"] in known and known[t["id"]] != t["hash"]]
-            if changed:
-                raise LandsegError(
-                    f"{self.path.parent}: task {changed[0]} was started with another config or "
-                    "other rows; set output_setup.name_exp_log to start a new job, or restore "
-                    "the config"
-                )
+            known = self._known_hashes(db)
+            problem = self._plan_problem(known, tasks)
+            if problem is not None:
+                raise LandsegError(problem)
             start = len(known)
             for task in tasks:
                 subject_position = db.execute("SELECT COUNT(*) FROM subjects").fetchone()[0]

@@ -356,22 +356,9 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
     try:
         log_db.take_writer(session)  # before any write: another host may be running the job
         try:
-            log_db.sync_plan(
-                [
-                    {
-                        **task.to_json(),
-                        "hash": job.hashes[task.id],
-                        "run_dir": str(job.task_dir(task)),
-                    }
-                    for task in job.plan.tasks
-                ],
-                session,
-            )
+            log_db.sync_plan(_logged_tasks(job), session)
         except LandsegError as refused:
-            detail = _what_changed(job)
-            if detail is None:
-                raise
-            raise LandsegError(f"{refused.problems[0]}: {detail}") from refused
+            raise _plan_refusal(job, refused.problems[0]) from refused
         write_task_files(job, rows)
         job.save()
         if retry_failed:
@@ -382,6 +369,31 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
         log_db.close()
         raise
     return log_db
+
+
+def refuse_changed_job(job: Job) -> None:
+    """The refusal :func:`start_job` makes of a job folder started with another config or
+    other rows, for ``landseg validate``: nothing is written."""
+    path = job.folder / LOG_FILE
+    if not path.is_file():
+        return
+    with JobLog(path, create=False) as log_db:
+        problem = log_db.plan_problem(_logged_tasks(job))
+    if problem is not None:
+        raise _plan_refusal(job, problem)
+
+
+def _logged_tasks(job: Job) -> list[dict[str, Any]]:
+    """The plan's tasks as the job log records them."""
+    return [
+        {**task.to_json(), "hash": job.hashes[task.id], "run_dir": str(job.task_dir(task))}
+        for task in job.plan.tasks
+    ]
+
+
+def _plan_refusal(job: Job, problem: str) -> LandsegError:
+    detail = _what_changed(job)
+    return LandsegError(problem if detail is None else f"{problem}: {detail}")
 
 
 def _what_changed(job: Job) -> str | None:

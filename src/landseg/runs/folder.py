@@ -28,8 +28,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from landseg.cluster import slurm_job_id
+from landseg.config.continuation import continuation_problems
 from landseg.config.schema import LandsegConfig
-from landseg.errors import RunFolderError
+from landseg.errors import ConfigError, RunFolderError
 from landseg.io import atomic_write_json, folder_problem
 from landseg.processes import pid_alive, process_start
 
@@ -367,6 +368,28 @@ class RunFolder:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def continuation_changes(self, config: LandsegConfig) -> dict[str, list[Any]]:
+        """The settings continuing this run with ``config`` changes, against its own
+        ``config.json``: ``{key: [before, after]}``.
+
+        Raises :class:`~landseg.errors.ConfigError` with one line per setting that may not
+        change (see :mod:`landseg.config.continuation`); it reads and writes nothing else,
+        so ``landseg validate`` makes the same refusal as ``landseg train``.
+        """
+        recorded = self.config_data()
+        if recorded is None:  # a run that never wrote its config has nothing to keep
+            return {}
+        try:
+            old = LandsegConfig.model_validate(recorded).model_dump(mode="json")
+        except ValidationError:  # written by another landseg version: compare as recorded
+            old = recorded
+        allowed, problems = continuation_problems(old, config.model_dump(mode="json"))
+        if problems:
+            raise ConfigError(
+                [f"{self.path}: cannot continue this run with these settings", *problems]
+            )
+        return {key: [before, after] for key, (before, after) in allowed.items()}
 
     # ------------------------------------------------------------------ checkpoints
 

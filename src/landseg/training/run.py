@@ -21,11 +21,9 @@ from typing import Any, cast
 import lightning.pytorch as pl
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping
-from pydantic import ValidationError
 
 from landseg.callbacks.checkpoints import best_loss_checkpoint, keep_newest_step_checkpoint
 from landseg.cluster import external_launch, requeue_wanted
-from landseg.config.continuation import continuation_problems
 from landseg.config.schema import LandsegConfig
 from landseg.data.datamodule import DATAMODULES
 from landseg.data.summary import DataSummary
@@ -125,25 +123,6 @@ def _completion(run: RunFolder, config: LandsegConfig) -> str | None:
     if state.epochs_done >= config.train_setup.epochs:
         return f"finished ({state.epochs_done} of {config.train_setup.epochs} epochs)"
     return None
-
-
-def continuation_changes(run: RunFolder, config: LandsegConfig) -> dict[str, list[Any]]:
-    """The settings a continued run changes, compared with the run's own ``config.json``.
-
-    Raises :class:`~landseg.errors.ConfigError` with one line per setting that may not change
-    (see :mod:`landseg.config.continuation`), before anything is written.
-    """
-    recorded = run.config_data()
-    if recorded is None:  # a run that never wrote its config has nothing to keep
-        return {}
-    try:
-        old = LandsegConfig.model_validate(recorded).model_dump(mode="json")
-    except ValidationError:  # written by another landseg version: compare as recorded
-        old = recorded
-    allowed, problems = continuation_problems(old, config.model_dump(mode="json"))
-    if problems:
-        raise ConfigError([f"{run.path}: cannot continue this run with these settings", *problems])
-    return {key: [before, after] for key, (before, after) in allowed.items()}
 
 
 def _write_run_files(
@@ -313,7 +292,7 @@ def _train_as_rank_zero(
     changes: dict[str, list[Any]] = {}
     if rank_zero and run.resuming:
         refuse_live_run(run.path)
-        changes = continuation_changes(run, config)
+        changes = run.continuation_changes(config)
         done = _completion(run, config)
         if done is not None:
             print(f"{run.path}: {done}; nothing left to do")

@@ -109,10 +109,24 @@ class Tuning:
 
     def fingerprint(self) -> str:
         """What the trials' results depend on: the searched space, the objective, the sampler
-        and the base config as cv hashes it (``trials`` is left out: raising it continues the
-        search)."""
-        base = result_relevant(self.config.model_dump(mode="json", exclude={"search"}))
-        base.pop("output_setup", None)
+        and the base config as cv hashes it, less ``output_setup`` (where the search is
+        written: a search folder moved with its output folder is the same search) and
+        ``search.trials`` (raising it continues the search)."""
+        return self._fingerprint(with_output_setup=False)
+
+    def fingerprint_before_2026_12_02(self) -> str:
+        """The fingerprint searches started before 2026-12-02 recorded: meant to leave
+        ``output_setup`` out, it kept it, so that such a search moved elsewhere is refused."""
+        return self._fingerprint(with_output_setup=True)
+
+    def _fingerprint(self, *, with_output_setup: bool) -> str:
+        base = {
+            key: value
+            for key, value in result_relevant(
+                self.config.model_dump(mode="json", exclude={"search"})
+            ).items()
+            if with_output_setup or not key.startswith("output_setup.")
+        }
         space = self.search.model_dump(mode="json", by_alias=True, exclude={"trials"})
         text = json.dumps({"base": base, "search": space}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -187,16 +201,36 @@ def open_study(tuning: Tuning) -> Any:
         direction=tuning.search.direction(),
         load_if_exists=True,
     )
-    fingerprint = tuning.fingerprint()
+    _refuse_other_search(study, tuning)
+    if study.user_attrs.get(FINGERPRINT) != tuning.fingerprint():  # new, or recorded before
+        study.set_user_attr(FINGERPRINT, tuning.fingerprint())
+    return study
+
+
+def refuse_other_search(tuning: Tuning) -> None:
+    """The refusal :func:`open_study` makes of a folder holding another search, for
+    ``landseg validate``: an existing study is read, nothing is created."""
+    path = tuning.folder / STUDY_FILE
+    if not path.is_file():
+        return
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}", skip_table_creation=True)
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    except KeyError:  # a study.db without the search's study: open_study creates it
+        return
+    _refuse_other_search(study, tuning)
+
+
+def _refuse_other_search(study: Any, tuning: Tuning) -> None:
     recorded = study.user_attrs.get(FINGERPRINT)
-    if recorded is None:
-        study.set_user_attr(FINGERPRINT, fingerprint)
-    elif recorded != fingerprint:
+    if recorded not in (None, tuning.fingerprint(), tuning.fingerprint_before_2026_12_02()):
         raise ConfigError(
             f"{tuning.folder}: holds a search with another search section or base config; "
             "give output_setup.name_exp_log another name to start a new search there"
         )
-    return study
 
 
 def next_trial(study: Any, tuning: Tuning) -> tuple[int, dict[str, Any]] | None:
