@@ -158,7 +158,7 @@ def main() -> None:
     throughput: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         for workers in args.workers:
-            loaders = {
+            loaders: dict[str, Any] = {
                 "bare": bare_loader(rows, args.batch_size, workers, shuffle=True),
                 "landseg": landseg_loader(Path(tmp), rows, args.batch_size, workers, []),
                 "landseg+augment": landseg_loader(

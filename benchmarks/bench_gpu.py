@@ -8,6 +8,7 @@ model trained for ``--epochs`` epochs (the first is warm-up and left out):
 * ``landseg``: ``landseg train`` (``model_name: resnet34``) with all logging on and the
   defaults a user gets (``device_setup.precision: auto``: bf16 and channels-last from compute
   capability 8.0 on, the decoded-tile cache);
+* ``landseg-nocache``: the same with ``data_source.cache: none`` (every epoch decodes);
 * ``landseg-fp32``: the same with ``precision: 32-true``;
 * ``landseg-bf16-cl``: the same with ``precision: bf16-mixed`` and ``channels_last: true`` set
   by hand;
@@ -17,7 +18,9 @@ model trained for ``--epochs`` epochs (the first is warm-up and left out):
 Images/s counts the train tiles of an epoch over its whole time (training, validation on
 ``--val`` tiles, and for landseg its checkpoints and loggers), with ``cuda.synchronize`` at
 each stamp. GPU utilisation is sampled with ``nvidia-smi`` every 0.5 s during the steady
-epochs; peak memory is ``torch.cuda.max_memory_allocated``.
+epochs; peak memory is ``torch.cuda.max_memory_allocated``. Then the loader alone
+(:func:`loader_feed`), with and without the cache: the images/s it delivers onto the GPU,
+and that rate over the training's (``feed_vs_training`` above 1: the loader keeps the GPU fed).
 
     python -m benchmarks.bench_gpu --tiles 128 --val 16 --batch-size 16 --workers 8
 """
@@ -48,6 +51,7 @@ from benchmarks.common import (
 
 VARIANTS = (
     "landseg",
+    "landseg-nocache",
     "landseg-fp32",
     "landseg-bf16-cl",
     "hand",
@@ -116,12 +120,10 @@ def synchronizer(args: argparse.Namespace) -> Callable[[], None] | None:
     return torch.cuda.synchronize if args.device == "cuda" else None
 
 
-def landseg_variant(
+def landseg_config(
     folder: Path, args: argparse.Namespace, train_rows: list, val_rows: list, name: str
-) -> Clock:
-    from landseg.prepare import prepare
-    from landseg.training.run import train
-
+) -> Path:
+    """The config file of a landseg variant (``name``), as a user would write it."""
     config = json.loads((folder / "data" / "demo.json").read_text())
     for split, rows in (("train", train_rows), ("val", val_rows)):
         csv = folder / f"{split}.csv"
@@ -146,13 +148,69 @@ def landseg_variant(
         config["device_setup"].update(precision="bf16-mixed", channels_last=True)
     elif name == "landseg-fp32":
         config["device_setup"].update(precision="32-true", channels_last=False)
-    path = folder / "gpu.json"
+    if name.endswith("nocache"):
+        config["data_source"]["cache"] = "none"
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(config))
-    prepared = prepare(path, [])
+    return path
+
+
+def landseg_variant(
+    folder: Path, args: argparse.Namespace, train_rows: list, val_rows: list, name: str
+) -> Clock:
+    from landseg.prepare import prepare
+    from landseg.training.run import train
+
+    prepared = prepare(landseg_config(folder, args, train_rows, val_rows, name), [])
     checked, summary = prepared.config, prepared.summary
     clock = EpochClock(sync=synchronizer(args))
     train(checked, summary, extra_callbacks=[clock])
     return clock.clock
+
+
+def loader_feed(
+    folder: Path, args: argparse.Namespace, train_rows: list, val_rows: list, name: str
+) -> dict[str, float]:
+    """Images/s that landseg's train loader delivers onto the device, without a model.
+
+    The datamodule ``landseg train`` builds, as a run on this device sets it up (compact uint8
+    batches when they go to a GPU), each batch copied to the device and scaled there as
+    ``on_after_batch_transfer`` does; median of the epochs after the first (which fills the
+    cache). Set beside a variant's images/s it says whether the loader keeps the GPU fed:
+    the loader must deliver faster than the model consumes.
+    """
+    from landseg.data.datamodule import CsvSegmentationDataModule
+    from landseg.prepare import prepare
+
+    prepared = prepare(landseg_config(folder, args, train_rows, val_rows, name), [])
+    module = CsvSegmentationDataModule(prepared.config, prepared.summary)
+    module.compact_transport = args.device == "cuda"
+    loader = module.train_dataloader()
+    scale = module.scaler("train")
+    device = torch.device(args.device)
+    sync = synchronizer(args)
+    walls = []
+    try:
+        for epoch in range(args.epochs):
+            module.train_sampler.set_epoch(epoch)
+            start = time.perf_counter()
+            for batch in loader:
+                moved = {
+                    key: value.to(device, non_blocking=True)
+                    if isinstance(value, torch.Tensor)
+                    else value
+                    for key, value in batch.items()
+                }
+                scale(moved)
+            if sync is not None:
+                sync()
+            walls.append(time.perf_counter() - start)
+    finally:
+        module.shutdown_workers()
+    return {
+        "images_per_s": round(len(train_rows) / median(walls[1:] or walls), 1),
+        "first_epoch_images_per_s": round(len(train_rows) / walls[0], 1),
+    }
 
 
 def hand_variant(args: argparse.Namespace, train_rows: list, val_rows: list, name: str) -> Clock:
@@ -183,6 +241,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="per variant; the first is skipped")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--no-loader",
+        action="store_true",
+        help="skip the loader-only measurement (with and without the cache)",
+    )
     parser.add_argument(
         "--device",
         default="cuda",
@@ -217,6 +280,19 @@ def main() -> None:
                 else None,
             }
             print(name, results[name], flush=True)
+    feeds: dict[str, Any] = {}
+    if not args.no_loader:
+        with tempfile.TemporaryDirectory(prefix="bench-gpu-loader-") as tmp:
+            folder = Path(tmp)
+            train_rows, val_rows = make_data(folder / "data", args)
+            for name in ("landseg", "landseg-nocache"):
+                feeds[name] = loader_feed(folder, args, train_rows, val_rows, name)
+                trained = results.get(name, {}).get("images_per_s")
+                if trained:  # above 1: the loader delivers faster than the model consumes
+                    feeds[name]["feed_vs_training"] = round(
+                        feeds[name]["images_per_s"] / trained, 2
+                    )
+                print(f"loader {name}", feeds[name], flush=True)
     pairs = [
         ("landseg", "hand"),  # the default a user gets against the float32 hand loop
         ("landseg", "hand-bf16-cl"),  # ... and against the hand loop with the tricks
@@ -231,7 +307,7 @@ def main() -> None:
     setup = {k: getattr(args, k) for k in ("tiles", "val", "size", "batch_size", "epochs")}
     device = torch.cuda.get_device_name(0) if cuda else "cpu (dry run)"
     setup.update(model="resnet34 U-Net (24.4M parameters)", device=device)
-    report("gpu", {"setup": setup, "results": results}, load_before)
+    report("gpu", {"setup": setup, "results": results, "loader": feeds}, load_before)
 
 
 if __name__ == "__main__":

@@ -207,7 +207,10 @@ def main() -> None:
         # whole run: each run's every epoch summed (first epoch, drawings, graph included)
         # s_per_middle_epoch: the first and last epochs left out (the last one carries the
         # end-of-fit drawings, a fixed cost of the run); needs at least 3 epochs
-        labels = [("s_per_epoch", 1, None), ("s_whole_run", 0, None)]
+        labels: list[tuple[str, int, int | None]] = [
+            ("s_per_epoch", 1, None),
+            ("s_whole_run", 0, None),
+        ]
         if args.epochs >= 3:
             labels.append(("s_per_middle_epoch", 1, -1))
         for label, first, last in labels:
