@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+#: ``gpu``: the demo config trains on the GPU (``benchmarks/gpu_session.sh`` runs the resume
+#: and precision tests so on a lent GPU machine); unset, everything runs on the CPU.
+TEST_ACCELERATOR_ENV = "LANDSEG_TEST_ACCELERATOR"
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +40,8 @@ def demo_config(demo_dir: Path, tmp_path: Path) -> dict:
             config["data_source"][key] = str(demo_dir / config["data_source"][key])
     config["output_setup"]["output_folder"] = str(tmp_path / "runs")
     config["output_setup"]["progress"] = 0
+    if os.environ.get(TEST_ACCELERATOR_ENV) == "gpu":  # the suite's runs on a GPU machine
+        config["device_setup"].update(accelerator="gpu", device=1)
     return config
 
 
