@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -383,3 +384,31 @@ def test_a_job_folder_that_is_a_file_is_one_line(
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith("error: output_setup.name_exp_log: cannot make the ")
     assert line.endswith(f"{tmp_path / 'runs' / 'job'} is a file, not a folder")
+
+
+def test_a_damaged_job_log_or_snapshot_and_wrong_folders_are_one_line(
+    reference: Path, tmp_path: Path, capsys
+) -> None:
+    """cv status and cv name the damaged file or what the path is, exit 2, no traceback."""
+    job = tmp_path / "job"
+    shutil.copytree(reference, job)
+    cases = [
+        ("job.sqlite", b"garbage", "job.sqlite: not a readable job log (file is not a database)"),
+        ("job.sqlite", b"", "job.sqlite: not a readable job log (no such table: job)"),
+        ("status.json", b"{bad", "status.json: cannot read the job's status snapshot"),
+    ]
+    for name, data, expected in cases:
+        kept = (job / name).read_bytes()
+        (job / name).write_bytes(data)
+        assert main(["cv", "status", str(job)]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: {job / name}") and expected in line, line
+        (job / name).write_bytes(kept)
+    config = reference.parent.parent / "cv.json"
+    for path, expected in [
+        (config, f"{config}: is a file, not a job folder; for a config, use cv status -c {config}"),
+        (tmp_path / "nope", f"{tmp_path / 'nope'}: no such job folder"),
+        (tmp_path, f"{tmp_path}: not a job folder; the jobs in it: {job}"),
+    ]:
+        assert main(["cv", "status", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {expected}"

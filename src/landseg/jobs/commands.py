@@ -27,6 +27,7 @@ def _cv_status(args: argparse.Namespace) -> int:
     config_path = args.status_config or args.config
     if args.job is not None:
         folder = args.job
+        _check_job_folder(folder, LOG_FILE)
     elif config_path is not None:
         from landseg.config.load import load_config  # the folder only: no registry or data
 
@@ -48,6 +49,24 @@ def _cv_status(args: argparse.Namespace) -> int:
     with JobLog(folder / LOG_FILE, create=False) as log_db:
         print(status_report(log_db))
     return 0
+
+
+def _check_job_folder(folder: Path, log_file: str) -> None:
+    """A job folder given on the command line that is none: say what it is instead."""
+    if folder.is_file():
+        raise LandsegError(
+            f"{folder}: is a file, not a job folder; for a config, use cv status -c {folder}"
+        )
+    if not folder.is_dir():
+        raise LandsegError(f"{folder}: no such job folder")
+    if (folder / log_file).is_file():
+        return
+    jobs = sorted(str(log.parent) for log in folder.glob(f"*/{log_file}"))
+    if jobs:
+        raise LandsegError(
+            f"{folder}: not a job folder; the jobs in it: {', '.join(jobs[:10])}"
+            + (f" and {len(jobs) - 10} more" if len(jobs) > 10 else "")
+        )
 
 
 def _cv_compare(args: argparse.Namespace) -> int:

@@ -126,6 +126,17 @@ class JobLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            self._open(create)
+        except sqlite3.DatabaseError as error:  # not SQLite, truncated, or not a job log
+            self.db.close()
+            raise LandsegError(
+                f"{path}: not a readable job log ({error}); it is damaged: move it away and "
+                "run the job again (tasks whose run folders hold checkpoints continue from them)"
+            ) from error
+
+    def _open(self, create: bool) -> None:
+        path = self.path
         self.db.row_factory = sqlite3.Row
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         if create:
@@ -533,7 +544,17 @@ class JobSnapshot:
 
     def __init__(self, path: Path):
         self.path = path.parent / LOG_FILE  # the log it is a snapshot of (for the title)
-        self.data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise LandsegError(
+                f"{path}: cannot read the job's status snapshot ({error}); the job log beside "
+                "it rewrites it at its next change"
+            ) from error
+        keys = {"host", "written", "tasks", "counts", "subjects"}
+        if not isinstance(data, dict) or not keys <= data.keys():
+            raise LandsegError(f"{path}: not a landseg job status snapshot")
+        self.data = data
 
     def tasks(self) -> list[dict[str, Any]]:
         return list(self.data["tasks"])
