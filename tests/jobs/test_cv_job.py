@@ -412,3 +412,36 @@ def test_a_damaged_job_log_or_snapshot_and_wrong_folders_are_one_line(
     ]:
         assert main(["cv", "status", str(path)]) == 2
         assert capsys.readouterr().err.strip() == f"error: {expected}"
+
+
+def test_a_task_whose_folder_is_gone_is_trained_again_and_lost_results_are_named(
+    reference: Path, tmp_path: Path, capsys
+) -> None:
+    """A finished task whose run folder was moved away is trained again (deterministic: the
+    same summary); one whose test results cannot be read is named with its file; archive
+    refuses a task folder, which its job needs where it is."""
+    config = str(reference.parent.parent / "cv.json")
+    task = reference / "tasks" / TASKS[1]
+    assert main(["archive", str(task)]) == 2
+    assert f"a task of the cross-validation job {reference}" in capsys.readouterr().err
+    before = summary(reference)
+    aside = tmp_path / "aside"
+    task.rename(aside)
+    try:
+        assert main(["cv", "-c", config]) == 0
+        assert summary(reference) == before
+    finally:
+        shutil.rmtree(task)
+        aside.rename(task)
+    results = task / "history_test.json"
+    kept = results.read_bytes()
+    results.write_text("{bad")
+    capsys.readouterr()
+    try:
+        assert main(["cv", "-c", config]) == 1
+        out = capsys.readouterr().out
+        assert f"task {TASKS[1]}: its test results {results} are missing or unreadable" in out
+    finally:
+        results.write_bytes(kept)
+        assert main(["cv", "-c", config]) == 0  # the job's summary as it was
+    assert summary(reference) == before

@@ -267,9 +267,16 @@ def _console() -> Any:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
+    from landseg.jobs.plan import job_of_task
     from landseg.runs.catalog import archive_run, resolve_run
 
     run = resolve_run(args.run, args.output_folder)
+    job = job_of_task(run)
+    if job is not None:
+        raise LandsegError(
+            f"{run}: a task of the cross-validation job {job}, whose summary and status "
+            "need it where it is; archive a copy of the task folder, or of the whole job"
+        )
     target = archive_run(run, args.output_folder)
     print(f"archived {run} as {target.name}: {target}")
     return 0

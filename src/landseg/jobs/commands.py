@@ -84,6 +84,9 @@ def _report(summary: dict[str, Any], folder: Path) -> None:
     print(text.split("## Per task")[0].rstrip())
     print(f"\njob folder: {folder}\nsummary: {folder / SUMMARY_MD}")
     if not summary["complete"]:
+        for missing in summary["missing"]:
+            if missing["status"] == "finished":
+                print(f"task {missing['task']}: {missing['error']}")
         print(
             f"{len(summary['missing'])} tasks missing; re-run the same command to resume "
             "(add --retry-failed to run failed tasks again)"

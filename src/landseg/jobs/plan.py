@@ -30,6 +30,7 @@ from landseg.data.summary import DataSummary
 from landseg.errors import ConfigError, DataError, LandsegError
 from landseg.io import atomic_write_bytes, atomic_write_json, atomic_write_text, folder_problem
 from landseg.jobs import spatial
+from landseg.jobs.progress import LOG_FILE
 
 JOB_FILE = "job.json"
 ROWS_FILE = "rows.csv"
@@ -615,6 +616,12 @@ def whole_data_config(config: LandsegConfig, csv_file: Path) -> LandsegConfig:
     data = config.model_dump(mode="json", exclude={"cross_validation", "search"})
     data["data_source"].update(train_file=str(csv_file), val_file=None, test_file=str(csv_file))
     return LandsegConfig.model_validate(data)
+
+
+def job_of_task(run: Path) -> Path | None:
+    """The cross-validation job folder ``run`` is a task of (``<job>/tasks/<task>``), or None."""
+    job = run.parent.parent
+    return job if run.parent.name == TASKS_DIR and (job / LOG_FILE).is_file() else None
 
 
 def prepare_job(

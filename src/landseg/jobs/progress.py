@@ -423,6 +423,19 @@ class JobLog:
                 self._release(row["task_id"], why)
         return [row["task_id"] for row in rows]
 
+    def redo_finished(self, task_ids: list[str], why: str) -> list[str]:
+        """Make these finished tasks pending again (their run folders are gone)."""
+        done: list[str] = []
+        with self.transaction() as db:
+            for task_id in task_ids:
+                row = db.execute(
+                    "SELECT status FROM tasks WHERE task_id = ?", (task_id,)
+                ).fetchone()
+                if row is not None and row["status"] == "finished":
+                    self._release(task_id, why)
+                    done.append(task_id)
+        return done
+
     def retry_failed(self) -> list[str]:
         """Make the failed tasks pending again (``landseg cv --retry-failed``)."""
         with self.transaction() as db:

@@ -359,6 +359,17 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
             log_db.sync_plan(_logged_tasks(job), session)
         except LandsegError as refused:
             raise _plan_refusal(job, refused.problems[0]) from refused
+        gone = [
+            task.id
+            for task in job.plan.tasks
+            if not RunFolder(job.task_dir(task)).run_file.exists()
+        ]
+        for task_id in log_db.redo_finished(gone, "its run folder is gone: it is trained again"):
+            log.warning(
+                "task %s: finished, but its run folder is gone (moved, archived or deleted); "
+                "it is trained again",
+                task_id,
+            )
         write_task_files(job, rows)
         job.save()
         if retry_failed:

@@ -201,7 +201,14 @@ def build_summary(job: Job, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         status = row.get("status", "pending")
         metrics = task_test_metrics(job.task_dir(task)) if status == "finished" else None
         if metrics is None:
-            missing.append({"task": task.id, "status": status, "error": row.get("error")})
+            error = row.get("error")
+            if status == "finished":  # trained and tested, but its results cannot be read
+                error = (
+                    f"its test results {RunFolder(job.task_dir(task)).test_history} are missing "
+                    "or unreadable: restore the file, or move the task's folder away and run "
+                    "the job again to train it again"
+                )
+            missing.append({"task": task.id, "status": status, "error": error})
         tasks[task.id] = {
             "subject": task.subject,
             "rotation": task.rotation,
