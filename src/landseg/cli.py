@@ -56,13 +56,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from landseg.jobs.plan import prepare_job
 
         searched = None
+        job_overrides = args.overrides
         if raw.get("search") is not None:
             from landseg.tuning.search import prepare_tuning, refuse_other_search
 
             tuning = prepare_tuning(args.config, args.overrides)
             refuse_other_search(tuning)  # tune's refusal of a folder holding another search
             searched = tuning.search
-        job, _ = prepare_job(args.config, args.overrides, dry_run=True, device_check=device_check)
+            job_overrides = tuning.trial_overrides(0, {})  # a trial's job, where tune puts it
+        job, _ = prepare_job(args.config, job_overrides, dry_run=True, device_check=device_check)
         if searched is None:
             from landseg.jobs.runner import refuse_changed_job
 

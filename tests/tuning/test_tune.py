@@ -347,3 +347,22 @@ def test_tune_under_mpiexec_runs_each_trial_over_the_ranks(
         workers |= {w for (w,) in con.execute("SELECT worker FROM tasks")}
         con.close()
     assert workers <= {"rank-1", "rank-2"}
+
+
+def test_cv_refuses_a_search_folder_and_tune_a_cv_job_folder(
+    reference: Path, demo_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """landseg cv on a tune config wrote its job into the search folder, over its summary."""
+    config = str(reference.parent.parent / "tune.json")
+    kept = (reference / "summary.json").read_bytes()
+    assert main(["cv", "-c", config]) == 2
+    assert f"{reference} holds a search (landseg tune)" in capsys.readouterr().err
+    assert main(["validate", "-c", config]) == 0  # it checks the trials' jobs, not this one
+    assert (reference / "summary.json").read_bytes() == kept
+    assert not (reference / "job.sqlite").exists()
+    job = tmp_path / "runs" / "search"
+    job.mkdir(parents=True)
+    (job / "job.sqlite").write_bytes(b"")
+    path = write_config(tmp_path / "tune.json", tune_config(demo_dir, tmp_path / "runs"))
+    assert main(["tune", "-c", str(path)]) == 2
+    assert f"{job} holds a cross-validation job (landseg cv)" in capsys.readouterr().err

@@ -429,6 +429,10 @@ def task_csvs(task: Task, rows: list[Row]) -> dict[str, str]:
     }
 
 
+#: The Optuna storage of a search (``landseg tune``): a folder holding it is no cv job's.
+STUDY_FILE = "study.db"
+
+
 def job_folder(config: LandsegConfig) -> Path:
     """``<output_folder>/<name_exp_log or "cv">``: stable, so re-running the command resumes."""
     out = config.output_setup
@@ -654,6 +658,11 @@ def prepare_job(
     problem = folder_problem(folder)
     if problem:
         raise ConfigError(f"output_setup.name_exp_log: cannot make the job folder: {problem}")
+    if (folder / STUDY_FILE).exists():  # a cv job written there would replace its summary
+        raise ConfigError(
+            f"output_setup.name_exp_log: {folder} holds a search (landseg tune); give the "
+            "cross-validation job another name_exp_log, or continue the search with landseg tune"
+        )
     block_map = None
     with tempfile.TemporaryDirectory(prefix="landseg-job-") as scratch:
         rows_file = Path(scratch) / ROWS_FILE

@@ -27,13 +27,13 @@ from landseg.config.schema import LandsegConfig
 from landseg.config.search import Search, SearchParam
 from landseg.errors import ConfigError
 from landseg.io import folder_problem
-from landseg.jobs.plan import Job, Row, prepare_job
+from landseg.jobs.plan import STUDY_FILE, Job, Row, prepare_job
+from landseg.jobs.progress import LOG_FILE
 from landseg.runs.folder import CheckpointName, RunFolder
 from landseg.stop_signals import StopSignals
 
 log = logging.getLogger("landseg.tune")
 
-STUDY_FILE = "study.db"
 STUDY_NAME = "landseg-tune"
 TRIALS_DIR = "trials"
 CACHE_DIR = ".landseg-cache"
@@ -143,9 +143,15 @@ def prepare_tuning(config_path: Path, overrides: list[str]) -> Tuning:
 
     config = prepare_config(config_path, overrides)
     search = search_section(config, config_path)
-    problem = folder_problem(tune_folder(config))
+    folder = tune_folder(config)
+    problem = folder_problem(folder)
     if problem:
         raise ConfigError(f"output_setup.name_exp_log: cannot make the search folder: {problem}")
+    if (folder / LOG_FILE).exists():  # a search written there would replace its summary
+        raise ConfigError(
+            f"output_setup.name_exp_log: {folder} holds a cross-validation job (landseg cv); "
+            "give the search another name_exp_log"
+        )
     problems: list[str] = []
     for key, param in search.params.items():
         for value in param.extremes():
