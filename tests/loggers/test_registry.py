@@ -163,3 +163,22 @@ def test_without_tensorboard_the_run_files_and_the_report_remain(
     assert main(["report", str(run.path), "--samples", "2"]) == 0
     page = (run.report / "index.html").read_text()
     assert page.count("<img ") == 5  # curves, confusion (2), per class, samples
+
+
+def test_the_csv_logger_keeps_the_rows_of_earlier_launches(
+    demo_config: dict, tmp_path: Path
+) -> None:
+    """Lightning's CSV writer deleted metrics.csv when a run was continued."""
+    demo_config["train_setup"].update(epochs=1, batch_size=8)
+    demo_config["output_setup"].update(
+        name_exp_log="exp", version_name="v", loggers=["csv"], get_prediction=False
+    )
+    assert main(["train", "-c", str(write_config(tmp_path / "a.json", demo_config))]) == 0
+    metrics = tmp_path / "runs" / "exp" / "v" / "csv_logs" / "metrics.csv"
+    first = metrics.read_text().splitlines()
+    demo_config["train_setup"].update(epochs=2, continue_training=True)
+    assert main(["train", "-c", str(write_config(tmp_path / "b.json", demo_config))]) == 0
+    rows = list(csv.DictReader(metrics.open()))
+    assert metrics.read_text().splitlines()[: len(first)] == first  # kept, byte for byte
+    epochs = {row["epoch"] for row in rows if row.get("val_loss")}
+    assert epochs == {"0", "1"}

@@ -56,9 +56,9 @@ def _wandb_image(logger: Any, phase: str, tag: str, rgb: np.ndarray, step: int) 
 
 
 def _csv(run: RunFolder) -> Logger:
-    from lightning.pytorch.loggers import CSVLogger
+    from landseg.loggers.csv_logger import make_csv_logger
 
-    return CSVLogger(run.csv_logs, name="", version="")
+    return make_csv_logger(run.csv_logs)
 
 
 LOGGERS.add(
