@@ -385,7 +385,14 @@ def test_every_input_is_checked_before_the_first_is_predicted(
     assert "a_mask.tif: the model takes 4 bands" in lines[0] and "raster has 1" in lines[0]
     assert "b_wide.tif: uint16 image" in lines[1] and "--pixel-range" in lines[1]
     assert "c_broken.tif: cannot read raster" in lines[2]
-    assert "3 of 4 input(s)" in lines[3] and "--glob" in lines[3]
+    assert lines[3] == (
+        "error: nothing predicted: 3 of 4 input(s) cannot be predicted (choose the folder's "
+        "files with --glob PATTERN)"
+    )
+    assert main([*args, *COMMON, "--glob", "*.tif"]) == 2  # chosen already: no such hint
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: nothing predicted: 3 of 4 input(s) cannot be predicted"
+    )
 
 
 def test_glob_selects_the_files_of_a_folder(task, scene: Path, tmp_path: Path, capsys) -> None:
@@ -558,3 +565,18 @@ def test_sigterm_during_predict_leaves_no_temporary_file_and_no_worker(
     while not all(_gone(pid) for pid in workers_seen) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [pid for pid in workers_seen if not _gone(pid)] == []
+
+
+@pytest.mark.parametrize(("tile", "overlap", "expected"), [(None, None, (256, 64)),
+                         (64, None, (64, 16)), (64, 8, (64, 8))])  # fmt: skip
+def test_the_default_overlap_is_a_quarter_of_the_tile(
+    tile: int | None, overlap: int | None, expected: tuple[int, int]
+) -> None:
+    """--tile 64 alone was refused for the default overlap 64 the user had never set."""
+    import argparse
+
+    from landseg.inference.commands import _options
+
+    args = argparse.Namespace(tile=tile, overlap=overlap, batch_size=8, pixel_range=None)
+    tiling = _options(args, "classes").tiling
+    assert (tiling.tile, tiling.overlap) == expected

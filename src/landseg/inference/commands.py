@@ -186,7 +186,7 @@ def _prediction_args(parser: argparse.ArgumentParser) -> None:
         "--overlap",
         type=int,
         default=None,
-        help="tile overlap in pixels (64; --model: the export's)",
+        help="tile overlap in pixels (a quarter of the tile: 64 for 256; --model: the export's)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (8)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -312,8 +312,9 @@ def _load(args: argparse.Namespace) -> Any:
     return with_tta(LoadedModel.load(checkpoint, args.device), args.tta)
 
 
-#: ``--tile`` and ``--overlap`` of a checkpoint's prediction when not given.
-DEFAULT_TILE, DEFAULT_OVERLAP = 256, 64
+#: ``--tile`` of a checkpoint's prediction when not given; ``--overlap`` is then a quarter of
+#: the tile (64 px for 256), as ``landseg export`` records it.
+DEFAULT_TILE = 256
 
 
 def _options(args: argparse.Namespace, output_type: str, export: Any = None) -> Any:
@@ -332,11 +333,8 @@ def _options(args: argparse.Namespace, output_type: str, export: Any = None) -> 
             )
         tile = export.tile
         overlap = export.overlap if overlap is None else overlap
-    tiling = Tiling(
-        DEFAULT_TILE if tile is None else tile,
-        DEFAULT_OVERLAP if overlap is None else overlap,
-        args.batch_size,
-    )
+    tile = DEFAULT_TILE if tile is None else tile
+    tiling = Tiling(tile, tile // 4 if overlap is None else overlap, args.batch_size)
     return PredictOptions(tiling, output_type, args.pixel_range)
 
 
@@ -407,7 +405,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         options = _options(args, args.output_type)
         model = _load(args)
     classes = _vector_classes(args.classes, list(model.class_labels)) if args.vectorize else None
-    hint = "choose the folder's files with --glob PATTERN" if args.input.is_dir() else None
+    hint = (
+        "choose the folder's files with --glob PATTERN"
+        if args.input.is_dir() and args.glob is None
+        else None
+    )
     if args.workers > 1:
         from landseg.inference.parallel import ModelSource, predict_files_parallel
 

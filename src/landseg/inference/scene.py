@@ -725,7 +725,7 @@ def check_inputs(
         raise LandsegError(
             [
                 *(line for lines in problems.values() for line in lines),
-                f"nothing predicted: {len(problems)} of {len(inputs)} input(s) cannot be"
-                + (f" ({hint})" if hint else ""),
+                f"nothing predicted: {len(problems)} of {len(inputs)} input(s) cannot be "
+                "predicted" + (f" ({hint})" if hint else ""),
             ]
         )
