@@ -330,6 +330,13 @@ def host_device_problems(device: DeviceSetup) -> list[str]:
             ]
         if isinstance(devices, int) and devices > count:
             return [f"device_setup.device: {devices} GPUs asked, this machine has {count}{hint}"]
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda)
+    if device.precision == "16-mixed" and on_cpu:
+        # Lightning would silently train in bfloat16 there, and run.json say float16
+        return [
+            "device_setup.precision: '16-mixed' (float16) is for GPUs; this run trains on the "
+            f"CPU: use 'bf16-mixed', or 'auto'{hint}"
+        ]
     if accelerator == "mps" and not torch.backends.mps.is_available():
         return [f"device_setup.accelerator: 'mps', but this machine has no Apple GPU{hint}"]
     if accelerator == "tpu" and importlib.util.find_spec("torch_xla") is None:
@@ -352,6 +359,14 @@ def slurm_layout_problems(
     devices = device.lightning_args()["devices"]
     count = len(devices) if isinstance(devices, list) else devices
     problems = []
+    ntasks = env.get("SLURM_NTASKS", "1")
+    if ntasks.isdigit() and int(ntasks) > 1 and "SLURM_NTASKS_PER_NODE" not in env:
+        # Lightning stops with a traceback: it needs the tasks per node, not their total
+        return [
+            f"device_setup: this SLURM job runs {ntasks} tasks given as --ntasks alone; "
+            "Lightning needs them per node: submit with --ntasks-per-node (and --nodes), "
+            "one task per training process"
+        ]
     per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # "4(x2)": 4 on 2 nodes
     if isinstance(count, int) and per_node.isdigit() and int(per_node) != count:
         what = "device" if device.lightning_args()["accelerator"] != "cpu" else "num_processes"

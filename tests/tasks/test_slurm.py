@@ -175,6 +175,23 @@ def test_processes_that_do_not_match_the_slurm_job_are_one_line_and_exit_2(
         "them equal",
     ]
     assert not (tmp_path / "runs").exists()
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")  # sbatch --ntasks 2 alone: Lightning's traceback
+    assert main(["validate", "-c", str(config)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: device_setup: this SLURM job runs 2 tasks given as --ntasks alone; Lightning "
+        "needs them per node: submit with --ntasks-per-node (and --nodes), one task per "
+        "training process"
+    ]
+
+
+def test_float16_on_the_cpu_is_refused(demo_config: dict, tmp_path: Path, capsys) -> None:
+    """Lightning trains '16-mixed' in bfloat16 on a CPU, and run.json said float16."""
+    demo_config["device_setup"].update(accelerator="cpu", precision="16-mixed")
+    assert main(["validate", "-c", str(write_config(tmp_path / "c.json", demo_config))]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: device_setup.precision: '16-mixed' (float16) is for GPUs; this run trains on "
+        "the CPU: use 'bf16-mixed', or 'auto'"
+    )
 
 
 @pytest.mark.parametrize(
