@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import math
 import os
 import warnings
@@ -52,7 +53,7 @@ from landseg.errors import ConfigError, DataError
 from landseg.io import checkpoint_error_line, folder_problem, load_checkpoint
 from landseg.loggers.registry import logger_problems
 from landseg.models.export import export_problems
-from landseg.models.registry import model_problems
+from landseg.models.registry import model_name_notes, model_problems
 from landseg.tasks.losses import loss_problems
 from landseg.tasks.optim import optimizer_problems, scheduler_problems
 
@@ -65,6 +66,8 @@ SECTIONS: dict[str, type[BaseModel]] = {
 }
 #: Rounds of leaving out rejected keys before a section is given up.
 MAX_ROUNDS = 10
+
+log = logging.getLogger("landseg.config")
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,8 @@ def _registry_problems(sections: dict[str, Any]) -> list[str]:
     if train is not None:
         problems += train.problems()
         problems += model_problems(train.model_name, train.model_params, None)
+        for note in model_name_notes(train.model_name):
+            log.warning(note)
         optimizer, scheduler = train.optimizer_config, train.scheduler_config
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. torch deprecation notes on dummy schedulers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -57,9 +58,21 @@ def test_big_resnet_unets_on_tiny_input(name: str) -> None:
     assert logits_shape(build_model(name, BANDS, CLASSES), 32) == (1, CLASSES, 32, 32)
 
 
-def test_resnet150_is_read_as_resnet152() -> None:
-    with pytest.warns(UserWarning, match="resnet150 is read as resnet152"):
-        model = build_model("resnet150", BANDS, CLASSES, {"decoder_mode": "transposed"})
+def test_resnet150_is_read_as_resnet152(
+    demo_config: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """004's slip: the network is ResNet-152, and validate (as train) says so."""
+    from landseg.cli import main
+    from tests.conftest import write_config
+
+    demo_config["train_setup"]["model_name"] = "resnet150"
+    with caplog.at_level("WARNING", logger="landseg.config"):
+        assert main(["validate", "-c", str(write_config(tmp_path / "c.json", demo_config))]) == 0
+    assert caplog.messages == [
+        "train_setup.model_name: 'resnet150' is read as 'resnet152' (ResNet has no 150-layer "
+        "network; ODEON's documentation lists it by mistake)"
+    ]
+    model = build_model("resnet150", BANDS, CLASSES, {"decoder_mode": "transposed"})
     assert len(model.encoder.layer3) == 36  # ResNet-152's third stage
     assert logits_shape(model, 32) == (1, CLASSES, 32, 32)
 

@@ -535,8 +535,8 @@ class DeviceSetup(StrictModel):
         "capability 8.0 or more), else 32-true; the choice is printed, recorded in run.json "
         "and kept by a continued run. 32-true: float32 throughout, today's results bit for "
         "bit. bf16-mixed: bfloat16 autocast; 16-mixed: float16 autocast with loss scaling, "
-        "GPUs only (refused for a run on the CPU). Weights, checkpoints and exports stay float32; losses and metrics are "
-        "computed in float32.",
+        "GPUs only (refused for a run on the CPU). Weights, checkpoints and exports stay "
+        "float32; losses and metrics are computed in float32.",
     )
     channels_last: bool | Literal["auto"] = Field(
         default="auto",

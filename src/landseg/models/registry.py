@@ -12,7 +12,6 @@ the config of a landseg U-Net imports neither.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -237,6 +236,17 @@ def model_problems(
     return problems
 
 
+def model_name_notes(name: str) -> list[str]:
+    """What a user should know of a model name that is accepted as another (ODEON's
+    ``resnet150``, a slip of its documentation, is ResNet-152)."""
+    if _known(name) and MODELS.is_alias(name):
+        return [
+            f"train_setup.model_name: {name!r} is read as {MODELS.canonical(name)!r} "
+            "(ResNet has no 150-layer network; ODEON's documentation lists it by mistake)"
+        ]
+    return []
+
+
 def build_model(
     name: str, in_channels: int, n_classes: int, params: dict[str, Any] | None = None
 ) -> nn.Module:
@@ -245,8 +255,6 @@ def build_model(
     problems = model_problems(name, params, None)
     if problems:
         raise ConfigError(problems)
-    if MODELS.is_alias(name):
-        warnings.warn(f"{name} is read as {MODELS.canonical(name)}", UserWarning, stacklevel=2)
     entry = MODELS.entry(name)
     try:
         return entry.factory(in_channels, n_classes, **{**entry.info["params"], **params})
