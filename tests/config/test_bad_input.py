@@ -218,6 +218,11 @@ CASES: dict[str, tuple[Mutation, str]] = {
         "data_source.class_labels[1]: Input should be a valid string, got false (YAML reads "
         "yes, no, on, off, true and false as booleans: quote the value)",
     ),
+    "class label read as a number": (
+        setkey("data_source.class_labels", ["water", 1, "soil", "building"]),
+        "data_source.class_labels[1]: Input should be a valid string, got 1 (read as a number "
+        'or a date: write it in quotes, as "1"; with --set, KEY=\'"1"\' or KEY=\'["1", "4"]\')',
+    ),
     "output folder under a file": (
         output_under_a_file,
         "output_setup.output_folder: cannot write there: ",

@@ -303,7 +303,11 @@ def _yaml_hint(value: Any) -> str:
     if isinstance(value, bool):
         return " (YAML reads yes, no, on, off, true and false as booleans: quote the value)"
     if isinstance(value, (datetime.date, int, float)):
-        return " (YAML read it as a number or a date: quote the value)"
+        # a JSON or YAML file, or --set (JSON first): an unquoted 1 is a number in all three
+        return (
+            " (read as a number or a date: write it in quotes, as \"1\"; with --set, "
+            "KEY='\"1\"' or KEY='[\"1\", \"4\"]')"
+        )
     return ""
 
 
