@@ -290,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stop.requeue:
             from landseg.cluster import requeue_slurm_job
 
-            print(f"interrupted: {stop}; {requeue_slurm_job()}", file=sys.stderr)
+            requeued, line = requeue_slurm_job()
+            then = "" if requeued else f"; {_how_to_continue(args, stop)}"
+            print(f"interrupted: {stop}; {line}{then}", file=sys.stderr)
         else:
             print(f"interrupted: {stop}; {_how_to_continue(args, stop)}", file=sys.stderr)
         return stop.exit_code
@@ -309,7 +311,10 @@ def _stopped_while_starting(signum: int) -> int:
     requeues the job as a stopped run would (``slurm_requeue`` is on by default)."""
     from landseg.cluster import requeue_slurm_job, requeue_wanted
 
-    then = requeue_slurm_job() if requeue_wanted(signum, True) else "run the same command again"
+    then = "run the same command again"
+    if requeue_wanted(signum, True):
+        requeued, line = requeue_slurm_job()
+        then = line if requeued else f"{line}; {then}"
     print(f"interrupted: {signal.Signals(signum).name} while starting; {then}", file=sys.stderr)
     return 128 + signum
 

@@ -72,28 +72,30 @@ def requeue_wanted(signum: int, enabled: bool, environ: Mapping[str, str] | None
 def requeue_slurm_job(
     environ: Mapping[str, str] | None = None,
     run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
-) -> str:
-    """Ask SLURM to requeue this job (``scontrol requeue <id>``); one line saying what happened.
+) -> tuple[bool, str]:
+    """Ask SLURM to requeue this job (``scontrol requeue <id>``): (whether it was, one line
+    saying what happened).
 
     Never raises: the run is already checkpointed and marked interrupted, so a failed requeue
-    (no ``scontrol``, a job that is not requeueable) only means the user relaunches it.
+    (no ``scontrol``, a job that is not requeueable) only means the user continues it; the
+    caller says how (a resubmitted job has another id, and an unnamed run another folder).
     """
     job = slurm_job_id(environ)
     if job is None:
-        return "not a SLURM batch job: nothing to requeue"
+        return False, "not a SLURM batch job: nothing to requeue"
     try:
         done = run(
             ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60, check=False
         )
     except (OSError, subprocess.SubprocessError) as error:
-        return f"scontrol requeue {job} failed ({error}); resubmit the job to continue"
+        return False, f"scontrol requeue {job} failed ({error})"
     if done.returncode != 0:
         why = (done.stderr or done.stdout).strip().splitlines()
         return (
-            f"scontrol requeue {job} failed ({why[0] if why else f'exit {done.returncode}'}); "
-            "resubmit the job to continue"
+            False,
+            f"scontrol requeue {job} failed ({why[0] if why else f'exit {done.returncode}'})",
         )
-    return f"SLURM job {job} requeued: it continues this run when it starts again"
+    return True, f"SLURM job {job} requeued: it continues this run when it starts again"
 
 
 def global_rank_zero(environ: Mapping[str, str] | None = None) -> bool:

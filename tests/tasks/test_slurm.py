@@ -99,14 +99,15 @@ def test_requeue_names_the_array_task_and_never_raises(tmp_path: Path) -> None:
         calls.append(args)
         return type("Done", (), {"returncode": 1, "stderr": "Invalid job id", "stdout": ""})()
 
-    line = requeue_slurm_job({**array, "SLURM_JOB_ID": "93"}, run=fake)  # type: ignore[arg-type]
+    done = requeue_slurm_job({**array, "SLURM_JOB_ID": "93"}, run=fake)  # type: ignore[arg-type]
     assert calls == [["scontrol", "requeue", "90_3"]]
-    assert line == "scontrol requeue 90_3 failed (Invalid job id); resubmit the job to continue"
+    assert done == (False, "scontrol requeue 90_3 failed (Invalid job id)")
 
     def missing(args: list[str], **_: object) -> object:
         raise FileNotFoundError(2, "No such file or directory", "scontrol")
 
-    assert "failed" in requeue_slurm_job({"SLURM_NTASKS": "1", "SLURM_JOB_ID": "5"}, run=missing)  # type: ignore[arg-type]
+    requeued, line = requeue_slurm_job({"SLURM_NTASKS": "1", "SLURM_JOB_ID": "5"}, run=missing)  # type: ignore[arg-type]
+    assert not requeued and line.startswith("scontrol requeue 5 failed")
 
 
 # ---------------------------------------------------------------------------- train
@@ -206,3 +207,28 @@ def test_mpi_launches_are_known_by_pmi_and_pmix(name: str, launched: bool, monke
         monkeypatch.delenv(other, raising=False)
     monkeypatch.setenv(name, "0")
     assert launched_by_mpi() is launched
+
+
+def test_a_second_run_with_other_settings_in_one_slurm_job_is_told_how_to_name_it(
+    demo_config: dict, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """An unnamed run's folder is its job's: a second launch in the job with another lr is
+    refused, and the line says why that folder and how to start another run."""
+    from landseg.config.load import load_config
+    from landseg.runs.folder import RunState
+
+    for name, value in slurm_env(tmp_path, job="31").items():
+        monkeypatch.setenv(name, value)
+    demo_config["output_setup"].pop("name_exp_log", None)
+    path = write_config(tmp_path / "c.json", demo_config)
+    run = tmp_path / "runs" / "slurm" / "job-31"  # as the job's first run left it
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(load_config(path).model_dump(mode="json")))
+    RunState(status="finished", epochs=1, epochs_done=1).write(run)
+    assert main(["validate", "-c", str(path), "--set", "train_setup.lr=0.5"]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == (
+        f"error: {run}: cannot continue this run with these settings (an unnamed run's folder "
+        "is its SLURM job's, so that a requeued job continues it; to start another run in the "
+        "same job, set output_setup.name_exp_log or version_name)"
+    )

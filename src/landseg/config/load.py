@@ -305,8 +305,8 @@ def _yaml_hint(value: Any) -> str:
     if isinstance(value, (datetime.date, int, float)):
         # a JSON or YAML file, or --set (JSON first): an unquoted 1 is a number in all three
         return (
-            " (read as a number or a date: write it in quotes, as \"1\"; with --set, "
-            "KEY='\"1\"' or KEY='[\"1\", \"4\"]')"
+            ' (read as a number or a date: write it in quotes, as "1"; with --set, '
+            'KEY=\'"1"\' or KEY=\'["1", "4"]\')'
         )
     return ""
 

@@ -36,6 +36,8 @@ from landseg.processes import pid_alive, process_start
 
 #: Set by rank 0 so that the processes Lightning launches for DDP reuse its run folder.
 RUN_DIR_ENV = "LANDSEG_RUN_DIR"
+#: ``<output_folder>/slurm/<job>``: the run folder of an unnamed run in a SLURM batch job.
+SLURM_DIR = "slurm"
 
 RunStatus = Literal["running", "finished", "failed", "interrupted", "unknown"]
 
@@ -386,9 +388,14 @@ class RunFolder:
             old = recorded
         allowed, problems = continuation_problems(old, config.model_dump(mode="json"))
         if problems:
-            raise ConfigError(
-                [f"{self.path}: cannot continue this run with these settings", *problems]
-            )
+            first = f"{self.path}: cannot continue this run with these settings"
+            if self.path.parent.name == SLURM_DIR:  # chosen by the job, not by the config
+                first += (
+                    " (an unnamed run's folder is its SLURM job's, so that a requeued job "
+                    "continues it; to start another run in the same job, set "
+                    "output_setup.name_exp_log or version_name)"
+                )
+            raise ConfigError([first, *problems])
         return {key: [before, after] for key, (before, after) in allowed.items()}
 
     # ------------------------------------------------------------------ checkpoints
@@ -519,7 +526,7 @@ def _slurm_run_folder(config: LandsegConfig, job: str, create: bool = True) -> R
     a requeue, a preemption or a node failure) and is continued, without the user editing
     the config; any other launch has another job id, and so another folder.
     """
-    path = config.output_setup.output_folder / "slurm" / job
+    path = config.output_setup.output_folder / SLURM_DIR / job
     run = RunFolder(path)
     resuming = run.is_run and not run.never_trained()
     if not create:
