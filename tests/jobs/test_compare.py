@@ -57,10 +57,11 @@ def test_compare_paired_difference_and_settings(jobs: tuple[Path, Path], capsys)
     assert result["bootstrap"]["reliable"] and result["bootstrap"]["seed"] == 0
     assert (result["only_a"], result["only_b"]) == (["z6"], ["z7"])
     assert result["mean_a"] == pytest.approx(statistics.fmean(A[s] for s in SHARED))
-    # lr and validation differ; epochs (a continued run may change it), the output folder
-    # and the job's name do not count
+    # lr, validation and epochs differ (a continued run may change epochs, but the results
+    # depend on it); the output folder and the job's name do not count
     assert result["settings"] == {
         "cross_validation.validation": {"a": 1, "b": "rotations"},
+        "train_setup.epochs": {"a": 1000, "b": 9},
         "train_setup.lr": {"a": 0.001, "b": 0.002},
     }
 
@@ -76,7 +77,7 @@ def test_compare_paired_difference_and_settings(jobs: tuple[Path, Path], capsys)
     ) in text
     assert "not reliable" not in text
     assert "only in A (left out): z6\nonly in B (left out): z7\n" in text
-    assert "settings that differ (2):" in text
+    assert "settings that differ (3):" in text
     assert "| train_setup.lr              | 0.001 | 0.002       |" in text
     assert '| cross_validation.validation | 1     | "rotations" |' in text
 

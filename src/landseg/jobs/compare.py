@@ -9,8 +9,9 @@ confidence as the summary's), flagged as not reliable below 5 shared subjects.
 
 The settings that differ are the dotted keys of the two jobs' configs whose values differ,
 less those a run's results do not depend on: the keys a continued run may change
-(:mod:`landseg.config.continuation`: hardware except precision, epochs, early-stopping
-patience, display, logging, the tile cache) and where the job writes its output
+(:mod:`landseg.config.continuation`: hardware except precision, display, logging, the tile
+cache) but for the ones that shape the training (:data:`SHAPE_THE_TRAINING`: epochs,
+early stopping, the validation cadence), and where the job writes its output
 (:data:`NOT_COMPARED`). Data paths (``data_source.train_file``, ``cross_validation.file``)
 are kept: other files may hold other rows.
 """
@@ -22,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from landseg.config.continuation import result_relevant
+from landseg.config.continuation import changeable, flatten
 from landseg.errors import LandsegError
 from landseg.jobs.plan import JOB_FILE, JOB_FORMAT
 from landseg.jobs.summary import (
@@ -87,10 +88,27 @@ def subject_values(summary: dict[str, Any], metric: str) -> dict[str, float]:
     return values
 
 
+#: Keys a continued run may change (train longer, stop sooner) that the results depend on.
+SHAPE_THE_TRAINING = (
+    "train_setup.epochs",
+    "train_setup.early_stopping.patience",
+    "train_setup.early_stopping.min_delta",
+    "train_setup.val_check_interval",
+)
+
+
+def _compared(config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in flatten(config).items()
+        if not changeable(key) or key in SHAPE_THE_TRAINING
+    }
+
+
 def differing_settings(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted config keys whose values differ between A and B (see the module docstring);
     a key missing from one config has ``None`` there."""
-    flat_a, flat_b = result_relevant(a), result_relevant(b)
+    flat_a, flat_b = _compared(a), _compared(b)
     return {
         key: (flat_a.get(key), flat_b.get(key))
         for key in sorted(flat_a.keys() | flat_b.keys())
