@@ -445,3 +445,10 @@ def test_a_task_whose_folder_is_gone_is_trained_again_and_lost_results_are_named
         results.write_bytes(kept)
         assert main(["cv", "-c", config]) == 0  # the job's summary as it was
     assert summary(reference) == before
+
+
+def test_the_tasks_share_the_output_folder_s_tile_cache(reference: Path) -> None:
+    """As the docs say: <output_folder>/.landseg-cache, shared by every job and run there
+    (each job had its own in its job folder, and decoded every tile again)."""
+    assert (reference.parent / ".landseg-cache").is_dir()
+    assert not (reference / ".landseg-cache").exists()

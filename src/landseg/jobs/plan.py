@@ -25,6 +25,7 @@ from typing import Any
 from landseg.config.continuation import result_relevant
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.schema import LandsegConfig
+from landseg.data.cache import DEFAULT_FOLDER as CACHE_FOLDER
 from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
 from landseg.data.summary import DataSummary
 from landseg.errors import ConfigError, DataError, LandsegError
@@ -448,6 +449,10 @@ def task_config(config: LandsegConfig, task: Task, folder: Path) -> LandsegConfi
         val_file=str(task_dir / "val.csv") if task.val else None,
         test_file=str(task_dir / "test.csv"),
     )
+    if data["data_source"]["cache_dir"] is None:
+        # the decoded-tile cache of the user's output folder, shared by all its jobs and runs
+        # (the task's own output folder is the job's); no part of the task's hash
+        data["data_source"]["cache_dir"] = str(config.output_setup.output_folder / CACHE_FOLDER)
     data["output_setup"].update(
         output_folder=str(folder), name_exp_log=TASKS_DIR, version_name=task.id, layout="odeon"
     )
