@@ -89,6 +89,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         # a continued run's settings that may not change)
         run = resolve_run_folder(prepared.config, create=False)
         if run.resuming:
+            from landseg.runs.catalog import refuse_archived_run
+
+            refuse_archived_run(run.path)
             run.continuation_changes(prepared.config)
         summary = prepared.summary
         print(f"{args.config}: valid")

@@ -164,4 +164,16 @@ def test_resume_with_set_follows_the_continue_rule(
     assert names == sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")), names
     assert torch.load(copied_last, weights_only=False)["epoch"] == 1  # the second, 0-based
     continued = json.loads((copy / "run.json").read_text())
-    assert continued["epochs_done"] == 2 and continued["archived"] == record
+    assert continued["epochs_done"] == 2 and continued["archived"] is None  # a run of its own
+    # the archive itself is kept as it was validated: continuing it is refused, untouched
+    archive = shutil.copytree(run, tmp_path / "exp" / "archived_v1_2026-12-01")
+    before = {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()}
+    archived_last = archive / "checkpoints" / "lightunet-last.ckpt"
+    capsys.readouterr()
+    assert main(["train", "--resume", str(archived_last), "--set", "train_setup.epochs=3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {archive}: an archived run is kept as it was validated; to train it further, "
+        "copy the folder under another name and continue the copy, or start a new run from "
+        "its weights with train_setup.init_weights"
+    )
+    assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before

@@ -73,6 +73,18 @@ def effective_status(state: RunState) -> str:
     return state.status
 
 
+def refuse_archived_run(run: Path) -> None:
+    """Raise for an archive (``archived_vX_yyyy-mm-dd``): it is kept as it was validated, for
+    reference (seed 003); continuing it would prune its checkpoints and change its metrics.
+    A copy under another name is a run of its own and may be continued."""
+    if ARCHIVED_NAME.match(run.name):
+        raise LandsegError(
+            f"{run}: an archived run is kept as it was validated; to train it further, copy "
+            "the folder under another name and continue the copy, or start a new run from "
+            "its weights with train_setup.init_weights"
+        )
+
+
 def refuse_live_run(run: Path) -> None:
     """Raise if another live process of this host trains ``run``: two writers would corrupt it.
 

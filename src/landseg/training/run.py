@@ -40,7 +40,7 @@ from landseg.io import (
 )
 from landseg.models.export import export_formats, export_model
 from landseg.prepare import prepare
-from landseg.runs.catalog import refuse_live_run
+from landseg.runs.catalog import refuse_archived_run, refuse_live_run
 from landseg.runs.folder import (
     RUN_DIR_ENV,
     RunFolder,
@@ -142,7 +142,6 @@ def _write_run_files(
                 "resumed": [*previous.resumed, {"at": now_iso(), "changed": changes}],
                 "best": previous.best,
                 "epochs_done": previous.epochs_done,
-                "archived": previous.archived,  # a continued archived run stays one
             }
         )
     state.write(run.path)
@@ -291,6 +290,7 @@ def _train_as_rank_zero(
     rank_zero = RUN_DIR_ENV not in os.environ  # else a process Lightning started for DDP
     changes: dict[str, list[Any]] = {}
     if rank_zero and run.resuming:
+        refuse_archived_run(run.path)
         refuse_live_run(run.path)
         changes = run.continuation_changes(config)
         done = _completion(run, config)
