@@ -251,3 +251,16 @@ def test_archived_names_qualified_by_their_experiment(output: Path, monkeypatch,
     capsys.readouterr()
     assert main(["archive", "exp/v2", "--output-folder", str(output)]) == 0
     assert "archived_v2_" in capsys.readouterr().out
+
+
+def test_a_damaged_run_json_is_named_and_a_file_is_no_output_folder(
+    output: Path, caplog: pytest.LogCaptureFixture, capsys
+) -> None:
+    damaged = output / "exp" / "v2" / "run.json"
+    damaged.write_text('{"status": "fini')
+    with caplog.at_level("WARNING", logger="landseg.runs.catalog"):
+        runs = {info.version: info.status for info in list_runs(output / "exp")}
+    assert runs["v2"] == "unknown"
+    assert caplog.messages == [f"{damaged}: unreadable (damaged?); the run is shown as unknown"]
+    assert main(["runs", str(damaged)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {damaged}: is a file, not an output folder"

@@ -145,7 +145,10 @@ def _train_csv_name(state: RunState) -> str | None:
 
 
 def run_info(path: Path, output: Path) -> RunInfo:
-    state = RunFolder(path).state()
+    folder = RunFolder(path)
+    state = folder.state()
+    if folder.run_file.is_file() and RunState.read(path) is None:
+        log.warning("%s: unreadable (damaged?); the run is shown as unknown", folder.run_file)
     parent = path.parent.relative_to(output) if path != output else Path()
     return RunInfo(
         path=path,
@@ -167,6 +170,8 @@ def run_info(path: Path, output: Path) -> RunInfo:
 def list_runs(output: Path) -> list[RunInfo]:
     """The runs under ``output``, by experiment then start time."""
     output = Path(output)
+    if output.is_file():
+        raise LandsegError(f"{output}: is a file, not an output folder")
     if not output.is_dir():
         raise LandsegError(f"{output}: output folder does not exist")
     infos = [run_info(path, output) for path in find_run_dirs(output)]

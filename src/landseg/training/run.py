@@ -134,6 +134,11 @@ def _write_run_files(
     atomic_write_json(run.config_file, config.model_dump(mode="json"))
     atomic_write_text(run.model_summary, f"{task.model}\n\n{_parameter_count(task)}\n")
     previous = RunState.read(run.path)
+    if previous is None and run.resuming and run.run_file.is_file():
+        log.warning(
+            "%s: unreadable (damaged?); rewritten without the run's start time and earlier resumes",
+            run.run_file,
+        )
     state = initial_state(config)
     if previous is not None and run.resuming:
         state = state.model_copy(
