@@ -147,6 +147,14 @@ def test_archive_refusals(output: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(LandsegError, match="still running"):
         archive_run(live)
+    foreign = make_run(output / "exp" / "foreign", status="running", host="node-17", pid=4321)
+    with pytest.raises(LandsegError) as refused:
+        archive_run(foreign)
+    assert refused.value.problems == [
+        f"{foreign}: run.json says running (pid 4321 on host node-17), which cannot be checked "
+        "from here; wait for it, or if that process is gone (a failed node), continue the run "
+        "to its end (landseg train --resume) and archive it then"
+    ]
     empty = make_run(output / "exp" / "empty", checkpoints=())
     with pytest.raises(LandsegError, match="no checkpoint"):
         archive_run(empty)
@@ -262,5 +270,6 @@ def test_a_damaged_run_json_is_named_and_a_file_is_no_output_folder(
         runs = {info.version: info.status for info in list_runs(output / "exp")}
     assert runs["v2"] == "unknown"
     assert caplog.messages == [f"{damaged}: unreadable (damaged?); the run is shown as unknown"]
+    capsys.readouterr()
     assert main(["runs", str(damaged)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {damaged}: is a file, not an output folder"

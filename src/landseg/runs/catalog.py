@@ -310,6 +310,13 @@ def archive_run(run: Path, output: Path | None = None, today: dt.date | None = N
     state = read
     status = effective_status(state)
     if status == "running":
+        if state.host not in (None, socket.gethostname()):
+            raise LandsegError(
+                f"{run}: run.json says running (pid {state.pid} on host {state.host}), which "
+                "cannot be checked from here; wait for it, or if that process is gone (a "
+                "failed node), continue the run to its end (landseg train --resume) and "
+                "archive it then"
+            )
         raise LandsegError(f"{run}: the run is still running (pid {state.pid}); wait for it")
     if ARCHIVED_NAME.match(run.name) or state.archived is not None:
         raise LandsegError(f"{run}: already archived")
