@@ -188,6 +188,15 @@ def test_resolve_by_path_name_or_checkpoint(output: Path, monkeypatch) -> None:
         resolve_run("v2", output)
     with pytest.raises(LandsegError, match="no run of that name"):
         resolve_run("archived_v9_2026-01-01", output)
+    run_json = target / "run.json"
+    with pytest.raises(LandsegError) as refused:
+        resolve_run(run_json)
+    assert refused.value.problems == [
+        f"{run_json}: is a file, not a run folder; its run folder is {target}"
+    ]
+    with pytest.raises(LandsegError) as refused:  # archived already, under another name
+        resolve_run(output / "exp" / "v1")
+    assert refused.value.problems == [f"{output / 'exp' / 'v1'}: was archived as {target}"]
     with pytest.raises(LandsegError, match="checkpoint not found"):
         resolve_checkpoint(output / "missing.ckpt")
 

@@ -210,6 +210,15 @@ def resolve_run(reference: str | Path, search: Path | None = None) -> Path:
         if not RunFolder(path).is_run:
             raise LandsegError(f"{path}: not a run folder (no {RunFolder.RUN_FILE})")
         return path
+    if path.is_file():
+        inside = RunFolder(path.parent).is_run
+        raise LandsegError(
+            f"{path}: is a file, not a run folder"
+            + (f"; its run folder is {path.parent}" if inside else "")
+        )
+    archive = _archive_of(path.absolute())
+    if archive is not None:
+        raise LandsegError(f"{reference}: was archived as {archive}")
     root = Path(search) if search is not None else Path.cwd()
     parts = path.parts
     if path.is_absolute() or not parts or ".." in parts or not root.is_dir():
@@ -224,6 +233,21 @@ def resolve_run(reference: str | Path, search: Path | None = None) -> Path:
             f"qualify it as EXP/NAME with the folder above it, e.g. {names[0]}"
         )
     return matches[0]
+
+
+def _archive_of(gone: Path) -> Path | None:
+    """The archive that a run folder which no longer exists was renamed to (its siblings'
+    ``run.json`` record where they came from)."""
+    if not gone.parent.is_dir():
+        return None
+    for sibling in sorted(gone.parent.iterdir()):
+        state = RunState.read(sibling) if ARCHIVED_NAME.match(sibling.name) else None
+        if state is None or state.archived is None:
+            continue
+        source = Path(state.archived.source).parts  # relative to the output folder, mostly
+        if gone.parts[-len(source) :] == source:
+            return sibling
+    return None
 
 
 def _qualified(run: Path, root: Path) -> tuple[str, ...]:
