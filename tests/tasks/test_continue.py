@@ -131,7 +131,10 @@ def test_more_epochs_continue_the_run_and_the_change_is_recorded(
     folder = RunFolder(tmp_path / "runs" / "exp" / "v1")
     capsys.readouterr()
     assert run_cli(continued(small, epochs=2), tmp_path) == 0  # nothing to do
-    assert "finished (2 of 2 epochs); nothing left to do" in capsys.readouterr().out
+    assert (
+        "finished (2 of 2 epochs); nothing left to do (train longer with more epochs: --set "
+        "train_setup.epochs=N)"
+    ) in capsys.readouterr().out
     assert run_cli(continued(small, epochs=3), tmp_path) == 0
     state = folder.state()
     assert state.status == "finished" and state.epochs_done == 3 and state.error is None

@@ -300,7 +300,12 @@ def _train_as_rank_zero(
         changes = run.continuation_changes(config)
         done = _completion(run, config)
         if done is not None:
-            print(f"{run.path}: {done}; nothing left to do")
+            more = (
+                ""
+                if "early stopping" in done
+                else " (train longer with more epochs: --set train_setup.epochs=N)"
+            )
+            print(f"{run.path}: {done}; nothing left to do{more}")
             if board is not None:
                 board.publish(RunDecision(run=str(run.path), finished=True))
             return run.path
