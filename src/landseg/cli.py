@@ -52,7 +52,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     device_check = not args.no_device_check
     raw, _ = read_source(args.config, args.overrides)
-    if raw.get("cross_validation") is not None or raw.get("search") is not None:
+    job_checked = raw.get("cross_validation") is not None or raw.get("search") is not None
+    if job_checked:
         from landseg.jobs.plan import prepare_job
 
         searched = None
@@ -74,7 +75,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid")
         print(
             f"  cross-validation: {len(job.plan.groups)} groups, "
-            f"{len(job.plan.subjects)} test subjects, {len(tasks)} tasks"
+            f"{len(job.plan.subjects)} test subjects, {len(tasks)} tasks, "
+            f"{_task_splits(job.split_sizes)}"
         )
         if searched is not None:
             print(
@@ -95,13 +97,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
             run.continuation_changes(prepared.config)
         summary = prepared.summary
         print(f"{args.config}: valid")
+    splits = "" if job_checked else f", splits {summary.split_sizes}"
     print(
         f"  {summary.n_classes} classes ({', '.join(summary.class_labels)}), "
         f"{summary.n_image_bands} image bands, patches {summary.patch_size[0]}x"
-        f"{summary.patch_size[1]}, splits {summary.split_sizes}"
+        f"{summary.patch_size[1]}{splits}"
     )
     print(f"  {summary.report}")
     return 0
+
+
+def _task_splits(sizes: dict[str, dict[str, int]]) -> str:
+    """``tiles per task: train 16, val 16, test 16`` (``min-max`` where the tasks differ)."""
+    names = list(dict.fromkeys(split for task in sizes.values() for split in task))
+    parts = []
+    for split in names:
+        values = [task.get(split, 0) for task in sizes.values()]
+        low, high = min(values), max(values)
+        parts.append(f"{split} {low}" if low == high else f"{split} {low}-{high}")
+    return "tiles per task: " + ", ".join(parts)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

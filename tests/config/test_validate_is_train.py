@@ -121,7 +121,11 @@ def test_a_valid_cv_config_validates_with_its_plan(
     capsys.readouterr()
     assert main(["validate", "-c", str(write_config(tmp_path / "c.json", config))]) == 0
     out = capsys.readouterr().out
-    assert "cross-validation: 2 groups, 1 test subjects, 1 tasks" in out
+    assert (
+        "cross-validation: 2 groups, 1 test subjects, 1 tasks, tiles per task: train 6, val 2, "
+        "test 8"
+    ) in out
+    assert "splits {" not in out  # the whole rows' split sizes, which no task has
     assert not (tmp_path / "runs").exists()
 
 
