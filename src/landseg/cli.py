@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -253,7 +254,8 @@ def _quiet_exit_on_closed_stdout() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``landseg`` command; returns its exit status.
 
-    User errors: one line each on stderr, status 2 (the traceback only with ``-v``). When the
+    User errors: one line each on stderr, status 2 (with ``-v`` the traceback instead, and
+    the same status, so that a script's check of it holds either way). When the
     reader of stdout goes away (``landseg cv status JOB | head -1``), the command stops
     quietly, without a traceback, with status 141 (128 + SIGPIPE) as a Unix tool killed by
     the closed pipe would; a broken pipe that is not stdout's is an error like any other.
@@ -283,8 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _quiet_exit_on_closed_stdout()
     except LandsegError as error:
-        if args.verbose:
-            raise
+        if args.verbose:  # the traceback, and the same status as without -v
+            traceback.print_exc()
+            return error.exit_code
         for line in error.problems:
             print(f"error: {line}", file=sys.stderr)
         return error.exit_code
@@ -297,9 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         # a file or folder the command could not read or write (permissions, a folder where
         # a file was expected, a full disk): every write is atomic, so nothing was half made
-        if args.verbose or error.filename is None:
+        if error.filename is None:
             raise
-        print(f"error: {_os_error_line(error)}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        else:
+            print(f"error: {_os_error_line(error)}", file=sys.stderr)
         return 2
     except EarlyStop as early:
         return _stopped_while_starting(early.signum)
