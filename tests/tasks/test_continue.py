@@ -238,3 +238,20 @@ def test_init_weights_must_exist(small: dict, tmp_path: Path) -> None:
     small["train_setup"]["init_weights"] = "nope.ckpt"
     with pytest.raises(ConfigError, match=r"train_setup.init_weights: .*nope.ckpt"):
         prepare(write_config(tmp_path / "c.json", small))
+
+
+@pytest.mark.slow
+def test_a_damaged_run_json_is_said_when_the_run_is_continued(
+    small: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    small["train_setup"]["epochs"] = 1
+    assert run_cli(small, tmp_path) == 0
+    run_json = tmp_path / "runs" / "exp" / "v1" / "run.json"
+    run_json.write_text('{"status": "fini')  # as a full disk might leave a file written in place
+    with caplog.at_level("WARNING", logger="landseg"):
+        assert run_cli(continued(small, epochs=2), tmp_path) == 0
+    assert (
+        f"{run_json}: unreadable (damaged?); rewritten without the run's start time and "
+        "earlier resumes"
+    ) in caplog.messages
+    assert RunState.read(run_json.parent).epochs_done == 2  # type: ignore[union-attr]
