@@ -226,8 +226,12 @@ def test_a_second_run_with_other_settings_in_one_slurm_job_is_told_how_to_name_i
     (run / "config.json").write_text(json.dumps(load_config(path).model_dump(mode="json")))
     RunState(status="finished", epochs=1, epochs_done=1).write(run)
     assert main(["validate", "-c", str(path), "--set", "train_setup.lr=0.5"]) == 2
-    first = capsys.readouterr().err.splitlines()[0]
-    assert first == (
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(
+        f"{run}: this SLURM job's run folder holds a run already, which is continued; to start "
+        "another run in the same job, set output_setup.name_exp_log or version_name"
+    )  # not a requeue (no SLURM_RESTART_COUNT): said even when the settings allow continuing
+    assert lines[1] == (
         f"error: {run}: cannot continue this run with these settings (an unnamed run's folder "
         "is its SLURM job's, so that a requeued job continues it; to start another run in the "
         "same job, set output_setup.name_exp_log or version_name)"

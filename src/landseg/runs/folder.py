@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -27,12 +28,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from landseg.cluster import slurm_job_id
+from landseg.cluster import global_rank_zero, slurm_job_id
 from landseg.config.continuation import continuation_problems
 from landseg.config.schema import LandsegConfig
 from landseg.errors import ConfigError, RunFolderError
 from landseg.io import atomic_write_json, folder_problem
 from landseg.processes import pid_alive, process_start
+
+log = logging.getLogger(__name__)
 
 #: Set by rank 0 so that the processes Lightning launches for DDP reuse its run folder.
 RUN_DIR_ENV = "LANDSEG_RUN_DIR"
@@ -529,6 +532,13 @@ def _slurm_run_folder(config: LandsegConfig, job: str, create: bool = True) -> R
     path = config.output_setup.output_folder / SLURM_DIR / job
     run = RunFolder(path)
     resuming = run.is_run and not run.never_trained()
+    if resuming and os.environ.get("SLURM_RESTART_COUNT", "0") == "0" and global_rank_zero():
+        # no requeue: a second training launched in the same job finds the first one's run
+        log.warning(
+            "%s: this SLURM job's run folder holds a run already, which is continued; to "
+            "start another run in the same job, set output_setup.name_exp_log or version_name",
+            path,
+        )
     if not create:
         return RunFolder(path, resuming=resuming)
     try:
