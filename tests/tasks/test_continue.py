@@ -255,3 +255,22 @@ def test_a_damaged_run_json_is_said_when_the_run_is_continued(
         "earlier resumes"
     ) in caplog.messages
     assert RunState.read(run_json.parent).epochs_done == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_a_run_whose_output_folder_moved_is_continued_there(small: dict, tmp_path: Path) -> None:
+    """The output folder copied to another disk: the config names the new place, and the run
+    continues there (it was refused: output_setup.output_folder differed from the run's)."""
+    small["train_setup"]["epochs"] = 1
+    assert run_cli(small, tmp_path) == 0
+    moved = tmp_path / "moved"
+    (tmp_path / "runs").rename(moved)
+    small["output_setup"]["output_folder"] = str(moved)
+    assert run_cli(continued(small, epochs=2), tmp_path) == 0
+    state = json.loads((moved / "exp" / "v1" / "run.json").read_text())
+    assert state["epochs_done"] == 2
+    assert state["resumed"][-1]["changed"] == {
+        "output_setup.output_folder": [str(tmp_path / "runs"), str(moved)],
+        "train_setup.epochs": [1, 2],
+    }
+    assert not (tmp_path / "runs").exists()  # nothing written at the old place

@@ -15,7 +15,9 @@ may change, and are applied:
 - the decoded-tile cache: ``data_source.cache``, ``cache_dir``, ``cache_limit_gb`` (it changes
   how fast tiles are read, never what is read).
 
-Any other difference is refused. A cross-validation task's hash (what its results depend on)
+``output_setup.output_folder`` may differ too: it says where the run lies (an output folder
+moved or copied elsewhere is continued there), not how it trains. Any other difference is
+refused. A cross-validation task's hash (what its results depend on)
 leaves out the same keys, plus ``train_setup.continue_training``.
 """
 
@@ -49,6 +51,10 @@ CHANGEABLE = (
 )
 #: Changeable keys that a continued run must nevertheless keep.
 KEPT = ("device_setup.precision",)
+#: Keys that may differ when a run is continued but are no settings of it: where its folder
+#: lies (an output folder moved, or copied to another disk, is continued there). Unlike
+#: :data:`CHANGEABLE` they stay in a cv task's hash (a job folder names its tasks' folders).
+WHERE_THE_RUN_LIES = ("output_setup.output_folder",)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -97,7 +103,11 @@ def continuation_problems(
         for key, values in differences(old, new).items()
         if key != "train_setup.continue_training"
     }
-    allowed = {key: values for key, values in changes.items() if changeable(key)}
+    allowed = {
+        key: values
+        for key, values in changes.items()
+        if changeable(key) or key in WHERE_THE_RUN_LIES
+    }
     problems = [
         f"{key}: {old_value!r} in the run, {new_value!r} now; a continued run keeps it (start "
         "a new run, or fine-tune from its weights with train_setup.init_weights)"
