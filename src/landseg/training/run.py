@@ -114,14 +114,18 @@ def _setup_file_logging(run: RunFolder, verbose: bool) -> logging.Handler:
 
 
 def _completion(run: RunFolder, config: LandsegConfig) -> str | None:
-    """Why a finished run has nothing left to do (None: it has)."""
+    """Why a finished run has nothing left to do, and what would give it more (None: it
+    has something left)."""
     state = run.state()
     if state.status != "finished":
         return None
     if state.early_stopped:
-        return f"ended by early stopping after {state.epochs_done} epochs"
+        return f"ended by early stopping after {state.epochs_done} epochs; nothing left to do"
     if state.epochs_done >= config.train_setup.epochs:
-        return f"finished ({state.epochs_done} of {config.train_setup.epochs} epochs)"
+        return (
+            f"finished ({state.epochs_done} of {config.train_setup.epochs} epochs); nothing "
+            "left to do (train longer with more epochs: --set train_setup.epochs=N)"
+        )
     return None
 
 
@@ -300,12 +304,7 @@ def _train_as_rank_zero(
         changes = run.continuation_changes(config)
         done = _completion(run, config)
         if done is not None:
-            more = (
-                ""
-                if "early stopping" in done
-                else " (train longer with more epochs: --set train_setup.epochs=N)"
-            )
-            print(f"{run.path}: {done}; nothing left to do{more}")
+            print(f"{run.path}: {done}")
             if board is not None:
                 board.publish(RunDecision(run=str(run.path), finished=True))
             return run.path
