@@ -67,7 +67,7 @@ def build_module(
     ``scale_here``: such batches are scaled in this process (the CPU device), else left as
     they arrive (a GPU scales them)."""
     from landseg.data.datamodule import CsvSegmentationDataModule
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
 
     folder.mkdir(parents=True)
     config = dubai_config(folder, rows, rows[:1], batch_size=batch_size, workers=workers)

@@ -49,7 +49,7 @@ def landseg_loader(
 ) -> ScaledLoader:
     """The train loader that ``landseg train`` builds for these rows."""
     from landseg.data.datamodule import CsvSegmentationDataModule
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
 
     config = dubai_config(folder, rows, rows[:1], batch_size=batch_size, workers=workers)
     # decoding is what is compared with the bare reader: no decoded-tile cache (bench_cache

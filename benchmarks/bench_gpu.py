@@ -158,7 +158,7 @@ def landseg_config(
 def landseg_variant(
     folder: Path, args: argparse.Namespace, train_rows: list, val_rows: list, name: str
 ) -> Clock:
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
     from landseg.training.run import train
 
     prepared = prepare(landseg_config(folder, args, train_rows, val_rows, name), [])
@@ -180,7 +180,7 @@ def loader_feed(
     the loader must deliver faster than the model consumes.
     """
     from landseg.data.datamodule import CsvSegmentationDataModule
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
 
     prepared = prepare(landseg_config(folder, args, train_rows, val_rows, name), [])
     module = CsvSegmentationDataModule(prepared.config, prepared.summary)

@@ -41,7 +41,7 @@ def peak_mib(who: int) -> float:
 def child(config_path: Path) -> None:
     """One epoch of the train loader; prints peak RSS (MiB) before and after, as JSON."""
     from landseg.data.datamodule import CsvSegmentationDataModule
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
 
     prepared = prepare(config_path, [])
     checked, summary = prepared.config, prepared.summary

@@ -59,7 +59,7 @@ def landseg_epochs(
     folder: Path, config: dict[str, Any], version: str, profiler: SimpleProfiler | None = None
 ) -> list[tuple[float, float]]:
     """Train with landseg (what ``landseg train -c`` runs); (wall, cpu) of every epoch."""
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
     from landseg.training.run import train
 
     path = folder / f"{version}.json"

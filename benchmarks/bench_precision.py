@@ -32,7 +32,7 @@ def train_once(
     folder: Path, config: dict[str, Any], version: str
 ) -> tuple[list[float], float, dict[str, Any]]:
     """Train one run in this process; (val mIoU per epoch, seconds, run.json)."""
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
     from landseg.training.run import train
 
     path = folder / f"{version}.json"

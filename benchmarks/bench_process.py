@@ -82,7 +82,7 @@ def run_landseg(folder: Path, config: dict[str, Any], name: str, env: dict[str, 
     path.write_text(json.dumps(config))
     start = time.time()
     subprocess.run(
-        [sys.executable, "-m", "landseg.cli", "train", "-c", str(path)],
+        [sys.executable, "-m", "landseg.cli.main", "train", "-c", str(path)],
         env=env,
         cwd=REPO,
         check=True,

@@ -89,7 +89,7 @@ def child(config_path: Path, out: Path) -> None:
     stamps: dict[str, float] = {}
     from unittest import mock
 
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
     from landseg.training import run as train_module
 
     stamps["imported"] = time.time()
@@ -143,7 +143,7 @@ def main() -> None:
     load_before = load_average()
     from landseg.data.demo import write_demo_dataset
     from landseg.models.registry import build_model
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
     from landseg.training.run import train
 
     with tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp:

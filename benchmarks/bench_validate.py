@@ -150,7 +150,7 @@ def landseg_command(entry: str) -> list[str]:
     script = Path(sys.executable).parent / "landseg"
     if entry == "script" and script.is_file():
         return [sys.executable, str(script)]
-    return [sys.executable, "-m", "landseg.cli"]
+    return [sys.executable, "-m", "landseg.cli.main"]
 
 
 def prepare(folder: Path, landseg: list[str], env: dict[str, str], extras: bool) -> dict:
@@ -171,7 +171,7 @@ def prepare(folder: Path, landseg: list[str], env: dict[str, str], extras: bool)
     commands["runs"] = [*landseg, "runs", str(runs)]
     job = folder / "cv-job"
     make_log = (  # an empty job log, as a started job has; in a child, to keep this one light
-        "import sys; from pathlib import Path; from landseg.jobs.progress import JobLog, LOG_FILE;"
+        "import sys; from pathlib import Path; from landseg.jobs.log import JobLog, LOG_FILE;"
         " JobLog(Path(sys.argv[1]) / LOG_FILE).close()"
     )
     made = subprocess.run([sys.executable, "-c", make_log, str(job)], env=env, cwd=folder,
@@ -454,7 +454,7 @@ def main() -> None:
         "--entry",
         choices=("script", "module"),
         default="script",
-        help="start landseg by the venv's console script (default) or python -m landseg.cli",
+        help="start landseg by the venv's console script (default) or python -m landseg.cli.main",
     )
     parser.add_argument(
         "--extras",

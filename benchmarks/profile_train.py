@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=0, help="also print pstats' top N lines")
     args = parser.parse_args()
 
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
     from landseg.training.run import train
 
     with tempfile.TemporaryDirectory(prefix="profile-train-") as tmp:

@@ -328,7 +328,7 @@ def _launch_and_signal(
     graceful = signum != signal.SIGKILL
     launched = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli", *args],
+        [sys.executable, "-m", "landseg.cli.main", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=stderr,
@@ -636,7 +636,7 @@ def outcome(kill: Kill, signum: int, completed: bool, err: str = "") -> str:
     """How the command ended after a graceful signal: see :attr:`Kill.outcome`.
 
     SIGINT's default in Python is a KeyboardInterrupt: one that escapes with a traceback
-    (exit 1) came before ``landseg.cli.main`` could catch it, since landseg's own handler
+    (exit 1) came before ``landseg.cli.main.main`` could catch it, since landseg's own handler
     never raises on a first SIGINT."""
     if kill.code == 128 + signum:
         return "graceful"
@@ -733,7 +733,7 @@ def torture(
             code, err = finish(args), ""
         else:
             done = subprocess.run(
-                [sys.executable, "-m", "landseg.cli", *args], env=env, capture_output=True
+                [sys.executable, "-m", "landseg.cli.main", *args], env=env, capture_output=True
             )
             code, err = done.returncode, done.stderr.decode()
         if code != 0:
@@ -751,7 +751,7 @@ def torture(
 
 def demo_data(folder: Path, env: dict[str, str]) -> Path:
     """``landseg demo-data FOLDER --tiles 24 --size 32``; returns its config."""
-    command = [sys.executable, "-m", "landseg.cli", "demo-data", str(folder)]
+    command = [sys.executable, "-m", "landseg.cli.main", "demo-data", str(folder)]
     subprocess.run([*command, "--tiles", "24", "--size", "32"], env=env, check=True)
     return folder / "demo.json"
 
@@ -808,7 +808,7 @@ def in_process(args: list[str]) -> int:
     """``landseg ARGS`` in this process, on one thread like the children (see ``THREADS``)."""
     import torch
 
-    from landseg.cli import main
+    from landseg.cli.main import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)

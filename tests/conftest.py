@@ -51,7 +51,7 @@ def sigkill_when(command: list[str], moment: Callable[[], bool], timeout: float 
     Returns the exit status (``-SIGKILL`` when killed; the command's own if it ended first).
     """
     process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli", *command],
+        [sys.executable, "-m", "landseg.cli.main", *command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -24,9 +24,9 @@ import pytest
 import rasterio
 import torch
 
-from landseg.cli import main
-from landseg.io import write_geotiff
-from landseg.processes import process_start
+from landseg.cli.main import main
+from landseg.core.files import write_geotiff
+from landseg.core.processes import process_start
 from tests.conftest import write_config
 
 Mutation = Callable[[dict, Path, Path], None]
@@ -641,7 +641,7 @@ def test_out_of_range_mask_values_are_ignored(
     assert code == 0, err
     assert "data_source.class_labels names 4 classes, but mask " in err
     assert "holds class value 200: pixels of values 4-200 are ignored" in err
-    from landseg.prepare import prepare
+    from landseg.planning.prepare import prepare
 
     prepared = prepare(config, [])
     checked, summary = prepared.config, prepared.summary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.config.docs import render
 from tests.conftest import REPO
 

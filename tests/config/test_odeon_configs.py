@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.config.load import KEY_SYNONYMS, validate_config
 from landseg.config.schema import LandsegConfig
-from landseg.errors import ConfigError
+from landseg.core.errors import ConfigError
+from landseg.core.registry import closest, unknown_name_message
 from landseg.models.registry import MODELS
-from landseg.registry import closest, unknown_name_message
 from tests.conftest import REPO
 
 EXAMPLES = REPO / "examples"

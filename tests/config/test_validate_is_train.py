@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from landseg.cli import main
+from landseg.cli.main import main
 from tests.conftest import write_config
 from tests.jobs.conftest import cv_config
 

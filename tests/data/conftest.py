@@ -11,7 +11,7 @@ import pytest
 from affine import Affine
 
 from landseg.config.schema import LandsegConfig
-from landseg.io import write_geotiff
+from landseg.core.files import write_geotiff
 
 
 def write_dataset(

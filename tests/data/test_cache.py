@@ -17,6 +17,8 @@ import torch
 
 from landseg.config.continuation import continuation_problems
 from landseg.config.schema import LandsegConfig
+from landseg.core.errors import ConfigError
+from landseg.core.files import write_geotiff
 from landseg.data.cache import (
     HEADER_SIZE,
     MAGIC,
@@ -31,8 +33,6 @@ from landseg.data.csvfiles import SamplePair, read_pairs
 from landseg.data.datamodule import CsvSegmentationDataModule
 from landseg.data.dataset import SegmentationDataset
 from landseg.data.sampler import derive_seed
-from landseg.errors import ConfigError
-from landseg.io import write_geotiff
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -399,10 +399,10 @@ def test_cache_keys_change_on_continue_and_stay_out_of_the_cv_hash(demo_config: 
 def test_a_run_killed_while_filling_the_cache_continues_like_an_uncached_run(
     tmp_path: Path,
 ) -> None:
-    from landseg.cli import main
+    from landseg.cli.main import main
     from landseg.data.demo import write_demo_dataset
     from tests.conftest import sigkill_when, write_config
-    from tests.tasks.test_resume import final_state
+    from tests.training.test_resume import final_state
 
     write_demo_dataset(tmp_path / "data", n_tiles=48, size=32, seed=0)
     config = json.loads((tmp_path / "data" / "demo.json").read_text())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from landseg.core.errors import DataError
 from landseg.data.csvfiles import (
     TESTING_SUBSET,
     SamplePair,
@@ -14,7 +15,6 @@ from landseg.data.csvfiles import (
     split_pairs,
     val_size,
 )
-from landseg.errors import DataError
 
 
 def _pairs(n: int) -> list[SamplePair]:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from landseg.core.errors import DataError
+from landseg.core.files import write_geotiff
 from landseg.data import checks
 from landseg.data.checks import check_data
-from landseg.errors import DataError
-from landseg.io import write_geotiff
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -101,7 +101,7 @@ def test_every_problem_at_once(tmp_path: Path, make_dataset, make_config) -> Non
         assert fragment in text, fragment
     assert sum(line.startswith("data_source.image_bands") for line in problems) == 7
     # the class weights are the loss's rule, and labels against mask_bands the config's:
-    # each is checked once, by landseg.prepare
+    # each is checked once, by landseg.planning.prepare
     assert "class_imbalance" not in text and "class_labels" not in text
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from landseg.core.errors import DataError
 from landseg.data.checks import check_data
 from landseg.data.datamodule import DATAMODULES, CsvSegmentationDataModule
-from landseg.errors import DataError
 
 
 def _module(config) -> CsvSegmentationDataModule:

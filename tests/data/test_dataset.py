@@ -10,12 +10,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from landseg.config.schema import SplitStats
+from landseg.core.errors import ConfigError, DataError
+from landseg.core.files import write_geotiff
 from landseg.data.csvfiles import read_pairs
 from landseg.data.dataset import SegmentationDataset
 from landseg.data.raster import read_image
 from landseg.data.sampler import SeededSampler
-from landseg.errors import ConfigError, DataError
-from landseg.io import write_geotiff
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

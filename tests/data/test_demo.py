@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from landseg.cli import build_parser
+from landseg.cli.main import build_parser
 from landseg.config.schema import LandsegConfig
+from landseg.core.errors import LandsegError
 from landseg.data.demo import MARKER, demo_data_command, write_demo_dataset
-from landseg.errors import LandsegError
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from landseg.config.schema import NormalizationWeights, SplitStats
+from landseg.core.errors import DataError
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
-from landseg.errors import DataError
 
 
 @pytest.mark.parametrize(

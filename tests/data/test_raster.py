@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from landseg.core.errors import DataError
+from landseg.core.files import write_geotiff
 from landseg.data.raster import index_mask_max, mask_kind, read_header, read_image, read_mask
 from landseg.data.summary import IGNORE_INDEX
-from landseg.errors import DataError
-from landseg.io import write_geotiff
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import rasterio
 
+from landseg.core.errors import DataError
 from landseg.data.checks import check_data
 from landseg.data.csvfiles import read_pairs
 from landseg.data.datamodule import CsvSegmentationDataModule
 from landseg.data.raster import read_mask
-from landseg.errors import DataError
 
 pytestmark = pytest.mark.realdata
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.data.checks import check_data
 from landseg.data.datamodule import CsvSegmentationDataModule
 from tests.conftest import write_config

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.data.datamodule import CsvSegmentationDataModule
-from landseg.hardware import choose_fast_paths
+from landseg.launch.hardware import choose_fast_paths
 from tests.conftest import write_config
-from tests.tasks.test_resume import final_state
+from tests.training.test_resume import final_state
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 

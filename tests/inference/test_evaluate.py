@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from landseg.cli import main
-from landseg.errors import LandsegError
+from landseg.cli.main import main
+from landseg.core.errors import LandsegError
 from landseg.inference.evaluate import evaluate_predictions
 from landseg.inference.scene import LoadedModel, PredictOptions, Tiling, predict_scene
 from tests.inference.test_scene import (

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from landseg.cli import main
+from landseg.cli.main import main
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.realdata

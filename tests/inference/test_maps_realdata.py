@@ -16,8 +16,8 @@ import pytest
 import rasterio
 import shapely
 
-from landseg.cli import main
-from landseg.inference.vectorize import vectorize
+from landseg.cli.main import main
+from landseg.maps.vectorize import vectorize
 from tests.conftest import SHARED_DATA, write_config
 from tests.inference.test_inference_realdata import OTHER_SCENE, TRAIN_SCENE, cut_tiles
 

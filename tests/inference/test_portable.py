@@ -17,7 +17,7 @@ import rasterio
 import torch
 from rasterio.transform import Affine
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.inference.portable import PortableModel, deepness_metadata
 from landseg.inference.scene import Tiling, predict_array
 from landseg.loggers.figures import class_palette

@@ -21,8 +21,8 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from landseg.cli import main
-from landseg.errors import LandsegError
+from landseg.cli.main import main
+from landseg.core.errors import LandsegError
 from landseg.inference.scene import (
     LoadedModel,
     PredictOptions,
@@ -546,7 +546,7 @@ def test_sigterm_during_predict_leaves_no_temporary_file_and_no_worker(
     for name in ("a", "b"):
         write_scene(scenes / f"{name}.tif", scene_pixels(640, 640, seed=ord(name)))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "landseg.cli", "predict", "--run", str(run)]
+    command = [sys.executable, "-m", "landseg.cli.main", "predict", "--run", str(run)]
     command += ["--input", str(scenes), "--output", str(out), "--workers", str(workers), *COMMON]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
@@ -575,7 +575,7 @@ def test_the_default_overlap_is_a_quarter_of_the_tile(
     """--tile 64 alone was refused for the default overlap 64 the user had never set."""
     import argparse
 
-    from landseg.inference.commands import _options
+    from landseg.cli.predict import _options
 
     args = argparse.Namespace(tile=tile, overlap=overlap, batch_size=8, pixel_range=None)
     tiling = _options(args, "classes").tiling

@@ -15,7 +15,7 @@ import rasterio
 import torch
 from rasterio.transform import Affine
 
-from landseg.errors import LandsegError
+from landseg.core.errors import LandsegError
 from landseg.inference.scene import (
     LoadedModel,
     PredictOptions,

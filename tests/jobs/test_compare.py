@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.jobs.summary import bootstrap_mean_ci, write_summary
 from tests.jobs.test_summary import Log, entry, fabricated_job
 

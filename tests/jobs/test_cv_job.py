@@ -22,12 +22,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.config.schema import DeviceSetup
 from landseg.jobs import runner
 from tests.conftest import sigkill_when, write_config
 from tests.jobs.conftest import cv_config
-from tests.tasks.test_interrupt import signal_when
+from tests.training.test_interrupt import signal_when
 
 pytestmark = pytest.mark.slow
 
@@ -197,7 +197,7 @@ def test_mpiexec_three_ranks(reference: Path, make_cv_config, tmp_path: Path) ->
     config = write_config(tmp_path / "cv.json", make_cv_config())
     job = tmp_path / "runs" / "job"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_"))}
-    command = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "landseg.cli", "cv", "-c"]
+    command = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "landseg.cli.main", "cv", "-c"]
     done = subprocess.run(
         [*command, str(config)], env=env, capture_output=True, text=True, timeout=500
     )
@@ -255,7 +255,7 @@ def test_cv_under_srun_trains_each_task_alone_and_sigterm_does_not_requeue(
     its own process (not a DDP run waiting for a second rank). SIGTERM (scancel, preemption)
     stops the job at a checkpoint with 143 and no requeue; the running task goes back to
     pending; the job run again ends with the uninterrupted job's summary."""
-    from tests.tasks.test_slurm import landseg, scontrol_calls, slurm_env
+    from tests.training.test_slurm import landseg, scontrol_calls, slurm_env
 
     config = write_config(tmp_path / "cv.json", make_cv_config())
     job = tmp_path / "runs" / "job"
@@ -296,7 +296,7 @@ def test_a_job_run_by_another_host_is_refused_with_one_line(
 ) -> None:
     import socket
 
-    from landseg.jobs.progress import LOG_FILE, JobLog
+    from landseg.jobs.log import LOG_FILE, JobLog
 
     config = write_config(tmp_path / "cv.json", make_cv_config())
     job = tmp_path / "runs" / "job"

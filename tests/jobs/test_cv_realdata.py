@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from landseg.cli import main
+from landseg.cli.main import main
 from tests.conftest import write_config
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.load import load_config, validate_config
+from landseg.core.errors import ConfigError, DataError
 from landseg.data.csvfiles import read_pairs
-from landseg.errors import ConfigError, DataError
 from landseg.jobs.plan import (
     Job,
     Row,

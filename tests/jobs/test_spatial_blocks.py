@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from rasterio.transform import Affine
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.load import validate_config
+from landseg.core.errors import ConfigError, DataError
+from landseg.core.files import write_geotiff
 from landseg.data.csvfiles import read_pairs
-from landseg.errors import ConfigError, DataError
-from landseg.io import write_geotiff
 from landseg.jobs import spatial
 from landseg.jobs.plan import (
     Job,

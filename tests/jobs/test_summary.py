@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.config.schema import LandsegConfig
+from landseg.core.files import atomic_write_json
 from landseg.data.summary import DataSummary
-from landseg.io import atomic_write_json
 from landseg.jobs import runner
+from landseg.jobs.log import LOG_FILE, JobLog
 from landseg.jobs.plan import Job, Row, build_plan
-from landseg.jobs.progress import LOG_FILE, JobLog
 from landseg.jobs.summary import (
     aggregate,
     bootstrap_mean_ci,

@@ -11,11 +11,11 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from landseg.callbacks.run_logger import read_scalars
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.config.schema import OutputSetup
+from landseg.core.registry import Entry
 from landseg.loggers.registry import LOGGERS, build_loggers, image_writers_of, logger_problems
 from landseg.loggers.tensorboard import PhaseTensorBoardLogger
-from landseg.registry import Entry
 from landseg.runs.folder import RunFolder
 from tests.conftest import write_config
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from landseg.errors import ConfigError
+from landseg.core.errors import ConfigError
 from landseg.loggers.wandb import make_wandb_logger
 
 WANDB_INSTALLED = importlib.util.find_spec("wandb") is not None

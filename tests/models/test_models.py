@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from landseg.errors import ConfigError
+from landseg.core.errors import ConfigError
 from landseg.models.registry import (
     MODELS,
     build_model,
@@ -62,7 +62,7 @@ def test_resnet150_is_read_as_resnet152(
     demo_config: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """004's slip: the network is ResNet-152, and validate (as train) says so."""
-    from landseg.cli import main
+    from landseg.cli.main import main
     from tests.conftest import write_config
 
     demo_config["train_setup"]["model_name"] = "resnet150"

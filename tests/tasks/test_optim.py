@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from landseg.errors import ConfigError
+from landseg.core.errors import ConfigError
 from landseg.tasks.optim import (
     SCHEDULERS,
     _validation_optimizer,

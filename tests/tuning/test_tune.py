@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 import yaml
 
-from landseg.cli import main
+from landseg.cli.main import main
 from landseg.config.search import Search
-from landseg.errors import ConfigError
+from landseg.core.errors import ConfigError
 from landseg.tuning.results import nested_selection
 from landseg.tuning.search import prepare_tuning, task_validation_score
 from tests.conftest import sigkill_when, write_config
 from tests.jobs.conftest import cv_config
-from tests.tasks.test_interrupt import signal_when
+from tests.training.test_interrupt import signal_when
 
 SEARCH = {"params": {"train_setup.lr": {"float": [1e-4, 1e-1], "log": True}}, "trials": 3}
 
@@ -330,7 +330,7 @@ def test_tune_under_mpiexec_runs_each_trial_over_the_ranks(
         tmp_path / "tune.json", tune_config(demo_dir, tmp_path / "runs", trials=2)
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_"))}
-    command = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "landseg.cli", "tune", "-c"]
+    command = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "landseg.cli.main", "tune", "-c"]
     done = subprocess.run(
         [*command, str(config)], env=env, capture_output=True, text=True, timeout=500
     )

@@ -29,9 +29,9 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
-from landseg.errors import StopRequested
+from landseg.core.errors import StopRequested
+from landseg.core.signals import StopSignals
 from landseg.runs.folder import CheckpointName
-from landseg.stop_signals import StopSignals
 
 __all__ = ["GracefulStop", "StopRequested", "StopSignals", "validation_follows"]
 

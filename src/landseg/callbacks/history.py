@@ -15,7 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from landseg.io import atomic_write_json
+from landseg.core.files import atomic_write_json
 from landseg.tasks.interface import segmentation_module
 
 

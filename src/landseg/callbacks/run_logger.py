@@ -15,7 +15,8 @@ Files under the run folder::
     arrays/<name>.npz       {"steps": (N,), "values": (N, ...)}, e.g. confusion_val.npz
     figures/<name>.png      the latest figure of each name (TensorBoard keeps every step)
 
-Every file is written by rename (:mod:`landseg.io`), except ``scalars.jsonl``, which is appended
+Every file is written by rename (:mod:`landseg.core.files`), except ``scalars.jsonl``, which is
+appended
 to: one ``write`` of one line, flushed and fsynced. A crash can then only leave the *last* line
 incomplete; :func:`read_scalars` skips such a line, and the next writer ends it with a newline
 before appending, so one torn line never corrupts the lines that follow it.
@@ -43,7 +44,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from matplotlib.figure import Figure
 
 from landseg.callbacks.cadence import DrawsOnCadence, VisualCadence
-from landseg.io import atomic_path, atomic_write_bytes
+from landseg.core.files import atomic_path, atomic_write_bytes
 from landseg.loggers import figures
 from landseg.loggers.registry import ImageSink
 from landseg.loggers.tensorboard import check_phase, logger_step, split_metric

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from landseg.config.overrides import apply_overrides
 from landseg.config.schema import LandsegConfig
-from landseg.errors import ConfigError
-from landseg.registry import closest
+from landseg.core.errors import ConfigError
+from landseg.core.registry import closest
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

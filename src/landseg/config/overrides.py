@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from landseg.errors import ConfigError
+from landseg.core.errors import ConfigError
 
 
 def parse_override_value(text: str) -> Any:

@@ -3,7 +3,7 @@
 Every key of 004 keeps its documented name, type and default, so an existing ODEON config runs
 unchanged. Rules that need only the config live here (validators, and the ``problems()``
 methods of sections); the rules of registry names live with their registries, the rules of the
-data in :mod:`landseg.data.checks`, and :mod:`landseg.prepare` runs them all.
+data in :mod:`landseg.data.checks`, and :mod:`landseg.planning.prepare` runs them all.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import (
 
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.search import Search
-from landseg.registry import unknown_name_message
+from landseg.core.registry import unknown_name_message
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Band = Annotated[int, Field(ge=1, description="1-based band index, as in rasterio")]

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from landseg.core.registry import Registry, unknown_name_message
 from landseg.data.summary import IGNORE_INDEX
-from landseg.registry import Registry, unknown_name_message
 
 Augmentation = Callable[
     [np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]

@@ -35,7 +35,7 @@ mask paths and the settings that change decoding: bands, classes, ignore_index):
   its length is exact and its CRC matches; anything else is a miss, decoded and rewritten. An
   edited or replaced raster is therefore decoded again, and a torn or foreign file (a power
   cut, a partial copy) is never returned.
-* an entry is written to a temporary file beside it (:func:`landseg.io.temporary_path`) and
+* an entry is written to a temporary file beside it (:func:`landseg.core.files.temporary_path`) and
   renamed over: a kill at any moment leaves either no entry or a whole one, and two processes
   writing the same tile (ranks, workers, cv tasks) each rename a whole file. No lock guards
   entries; a reader opens whichever whole file is there. Entries are not fsynced: the CRC
@@ -73,10 +73,10 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from landseg.config.schema import LandsegConfig
+from landseg.core.errors import ConfigError
+from landseg.core.files import atomic_write_text, temporary_path
 from landseg.data.csvfiles import SamplePair
 from landseg.data.summary import DataSummary
-from landseg.errors import ConfigError
-from landseg.io import atomic_write_text, temporary_path
 
 try:
     import fcntl

@@ -27,6 +27,7 @@ from typing import cast
 import rasterio
 
 from landseg.config.schema import LandsegConfig
+from landseg.core.errors import DataError
 from landseg.data.csvfiles import SamplePair, load_splits, testing_subset
 from landseg.data.normalization import resolve_pixel_range
 from landseg.data.raster import (
@@ -39,7 +40,6 @@ from landseg.data.raster import (
     registration_problem,
 )
 from landseg.data.summary import DataSummary, MaskKind
-from landseg.errors import DataError
 
 log = logging.getLogger("landseg.data")
 

@@ -11,7 +11,7 @@ Rules:
 * paths are absolute or relative to the CSV file's own folder (not the working directory);
 * blank lines are skipped.
 
-Problems are :class:`~landseg.errors.DataError` lines naming the CSV file and its 1-based row.
+Problems are :class:`~landseg.core.errors.DataError` lines naming the CSV file and its 1-based row.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landseg.errors import DataError
+from landseg.core.errors import DataError
 
 #: ``train_setup.testing: true`` keeps the first this many pairs of every split (after the split).
 TESTING_SUBSET = 8

@@ -29,6 +29,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from landseg.config.schema import LandsegConfig
+from landseg.core.errors import DataError
+from landseg.core.registry import Registry
 from landseg.data.cache import build_caches
 from landseg.data.csvfiles import SamplePair, load_splits
 from landseg.data.dataset import SegmentationDataset
@@ -37,8 +39,6 @@ from landseg.data.sampler import SeededSampler
 from landseg.data.summary import DataSummary
 from landseg.data.transport import BatchScaler, compact_eligible, is_compact
 from landseg.data.workers import SignalSafeDataLoader, ignore_stop_signals
-from landseg.errors import DataError
-from landseg.registry import Registry
 
 DATAMODULES: Registry[type[L.LightningDataModule]] = Registry("datamodule")
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from landseg.config.schema import SplitStats
+from landseg.core.errors import ConfigError, DataError
 from landseg.data.augmentations import build_augmentations
 from landseg.data.cache import Decoded, TileCache
 from landseg.data.csvfiles import SamplePair
@@ -25,7 +26,6 @@ from landseg.data.normalization import scale, standardize
 from landseg.data.raster import read_image_and_nodata, read_mask
 from landseg.data.sampler import derive_seed
 from landseg.data.summary import IGNORE_INDEX
-from landseg.errors import ConfigError, DataError
 
 
 class SegmentationDataset(Dataset[dict[str, Any]]):

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from rasterio.transform import Affine
 
-from landseg.errors import LandsegError
-from landseg.io import atomic_write_json, atomic_write_text, write_geotiff
+from landseg.core.errors import LandsegError
+from landseg.core.files import atomic_write_json, atomic_write_text, write_geotiff
 
 #: Classes in band order; n_classes keeps the first n.
 CLASS_LABELS = ("water", "vegetation", "bare soil", "building")

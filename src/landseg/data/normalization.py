@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from landseg.config.schema import SplitStats
-from landseg.errors import DataError
+from landseg.core.errors import DataError
 
 
 def resolve_pixel_range(

@@ -28,8 +28,8 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
+from landseg.core.errors import DataError
 from landseg.data.summary import IGNORE_INDEX, MaskKind
-from landseg.errors import DataError
 
 
 @dataclass(frozen=True)

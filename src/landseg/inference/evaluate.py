@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
+from landseg.core.errors import LandsegError
 from landseg.data import raster
 from landseg.data.csvfiles import SamplePair, read_pairs
 from landseg.data.summary import IGNORE_INDEX
-from landseg.errors import LandsegError
 from landseg.tasks.metrics import HistoryValue, SegmentationMetrics, metrics_from_confusion
 
 #: Rows read at once from a prediction and its mask.

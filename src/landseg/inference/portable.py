@@ -30,7 +30,7 @@ import numpy as np
 
 from landseg import __version__
 from landseg.config.schema import LandsegConfig, OutputSetup
-from landseg.errors import LandsegError
+from landseg.core.errors import LandsegError
 
 #: Key of the landseg metadata (JSON) in an ONNX model's ``metadata_props``.
 METADATA_KEY = "landseg"
@@ -446,7 +446,7 @@ def export_run(
         else:
             export.export_torchscript(loaded.model, loaded.in_channels, tile, path, text)
         written[fmt] = path
-    from landseg.io import atomic_write_json
+    from landseg.core.files import atomic_write_json
 
     item = folder / f"{base}{STAC_SUFFIX}"
     atomic_write_json(item, stac_item(meta, f"{run.name}-{base}", written))

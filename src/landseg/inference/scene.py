@@ -41,12 +41,12 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from landseg.config.schema import LandsegConfig, SplitStats
+from landseg.core.errors import DataError, LandsegError
+from landseg.core.files import checkpoint_error_line, folder_problem, load_checkpoint
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
 from landseg.data.raster import nodata_pixels, open_raster
-from landseg.errors import DataError, LandsegError
-from landseg.inference.cog import CogLayout, cog_layout, cog_writer
-from landseg.inference.style import class_colors, colormap, remove_stale_style, write_qml
-from landseg.io import checkpoint_error_line, folder_problem, load_checkpoint
+from landseg.maps.cog import CogLayout, cog_layout, cog_writer
+from landseg.maps.style import class_colors, colormap, remove_stale_style, write_qml
 from landseg.models.registry import model_size_multiple
 
 OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
@@ -407,7 +407,7 @@ def check_output_type(output_type: str, n_classes: int) -> None:
 def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]:
     """What a prediction holds: the input's grid, CRS and transform; bands, dtype, nodata.
 
-    How it is stored (a COG: tiles, compression, overviews) is :mod:`landseg.inference.cog`'s.
+    How it is stored (a COG: tiles, compression, overviews) is :mod:`landseg.maps.cog`'s.
     """
     check_output_type(output_type, n_classes)
     profile: dict[str, Any] = {
@@ -476,7 +476,7 @@ def write_prediction(
 
     ``grid`` is the open input raster (its size, CRS and transform are kept); ``strips`` its
     probabilities, a strip of rows at a time. The file is a Cloud-Optimised GeoTIFF
-    (:mod:`landseg.inference.cog`: written on temporary paths, then renamed; memory stays
+    (:mod:`landseg.maps.cog`: written on temporary paths, then renamed; memory stays
     flat), with nodata, class names and tags as :func:`output_profile` and
     :func:`_describe_output` say. A class raster gets its QGIS style ``<stem>.qml`` beside it.
     """

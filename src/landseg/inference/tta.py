@@ -22,7 +22,7 @@ smaller than a tile is predicted in one pass, at its own size) goes through the 
 rotated, padded to the model's size multiple by the wrapped model as any tile is, then is
 cropped and rotated back.
 
-This module imports only ``landseg.registry`` (layer 0) and not ``scene``, so ``scene`` and
+This module imports only ``landseg.core.registry`` (layer 0) and not ``scene``, so ``scene`` and
 ``split`` may import it.
 """
 
@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
-from landseg.registry import unknown_name_message
+from landseg.core.registry import unknown_name_message
 
 #: The TTA modes, by name.
 TTA_MODES = ("d4", "flips", "rot90")

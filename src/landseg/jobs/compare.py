@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from landseg.config.continuation import changeable, flatten
-from landseg.errors import LandsegError
+from landseg.core.errors import LandsegError
 from landseg.jobs.plan import JOB_FILE, JOB_FORMAT
 from landseg.jobs.summary import (
     MIOU,

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from landseg.config.schema import DeviceSetup
-from landseg.errors import LandsegError, StopRequested
+from landseg.core.errors import LandsegError, StopRequested
+from landseg.core.signals import StopSignals
+from landseg.jobs.log import Claim, Worker, writer_lease
 from landseg.jobs.plan import Job, Row, prepare_job
-from landseg.jobs.progress import Claim, Worker, writer_lease
 from landseg.jobs.runner import (
     Outcome,
     attempt,
@@ -45,7 +46,6 @@ from landseg.jobs.runner import (
     start_job,
     visible_gpus,
 )
-from landseg.stop_signals import StopSignals
 
 log = logging.getLogger("landseg.cv")
 

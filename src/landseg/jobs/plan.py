@@ -25,13 +25,18 @@ from typing import Any
 from landseg.config.continuation import result_relevant
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.schema import LandsegConfig
+from landseg.core.errors import ConfigError, DataError, LandsegError
+from landseg.core.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    folder_problem,
+)
 from landseg.data.cache import DEFAULT_FOLDER as CACHE_FOLDER
 from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
 from landseg.data.summary import DataSummary
-from landseg.errors import ConfigError, DataError, LandsegError
-from landseg.io import atomic_write_bytes, atomic_write_json, atomic_write_text, folder_problem
 from landseg.jobs import spatial
-from landseg.jobs.progress import LOG_FILE
+from landseg.jobs.log import LOG_FILE
 
 JOB_FILE = "job.json"
 ROWS_FILE = "rows.csv"
@@ -651,7 +656,7 @@ def prepare_job(
     import tempfile
 
     from landseg.data.csvfiles import read_pairs
-    from landseg.prepare import prepare, prepare_config
+    from landseg.planning.prepare import prepare, prepare_config
 
     config = prepare_config(config_path, overrides)
     cv = cv_section(config, config_path)

@@ -27,13 +27,13 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from landseg.cluster import requeue_wanted
-from landseg.errors import LandsegError, StopRequested
-from landseg.io import atomic_write_text
+from landseg.core.errors import LandsegError, StopRequested
+from landseg.core.files import atomic_write_text
+from landseg.core.signals import StopSignals
+from landseg.jobs.log import LOG_FILE, Claim, JobLog, Worker, writer_lease
 from landseg.jobs.plan import Job, Row, Task, write_task_files
-from landseg.jobs.progress import LOG_FILE, Claim, JobLog, Worker, writer_lease
+from landseg.launch.cluster import requeue_wanted
 from landseg.runs.folder import RUN_DIR_ENV, RunFolder
-from landseg.stop_signals import StopSignals
 
 log = logging.getLogger("landseg.cv")
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from landseg.config.cross_validation import SpatialBlocks
+from landseg.core.errors import ConfigError, DataError
 from landseg.data.csvfiles import SamplePair
-from landseg.errors import ConfigError, DataError
 
 #: The map of the groups, written to the job folder.
 MAP_FILE = "spatial_blocks.png"
@@ -217,7 +217,7 @@ def write_map(
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Patch, Rectangle
 
-    from landseg.io import atomic_path
+    from landseg.core.files import atomic_path
     from landseg.loggers.figures import class_palette, new_figure
 
     boxes = as_array(footprints)

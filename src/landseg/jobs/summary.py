@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from landseg.io import atomic_path, atomic_write_json, atomic_write_text
+from landseg.core.files import atomic_path, atomic_write_json, atomic_write_text
+from landseg.core.processes import pid_alive
+from landseg.jobs.log import JobLog, JobSnapshot
 from landseg.jobs.plan import Job
-from landseg.jobs.progress import JobLog, JobSnapshot
-from landseg.processes import pid_alive
 from landseg.runs.folder import RunFolder
 
 SUMMARY_JSON = "summary.json"

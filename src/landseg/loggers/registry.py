@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from landseg.registry import Registry, unknown_name_message
+from landseg.core.registry import Registry, unknown_name_message
 from landseg.runs.folder import RunFolder
 
 if TYPE_CHECKING:

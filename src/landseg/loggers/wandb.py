@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 
-from landseg.errors import ConfigError
+from landseg.core.errors import ConfigError
 
 MISSING_WANDB = (
     "output_setup.use_wandb: the wandb package is not installed; "
@@ -29,7 +29,7 @@ def make_wandb_logger(run_dir: str | Path, name: str, version: str) -> WandbLogg
     """An offline ``WandbLogger`` writing ``<run_dir>/wandb``: project ``name``, run ``version``.
 
     The run id is derived from both, so resuming the same run folder continues the same W&B run.
-    Raises :class:`~landseg.errors.ConfigError` when ``wandb`` is not installed.
+    Raises :class:`~landseg.core.errors.ConfigError` when ``wandb`` is not installed.
     """
     if importlib.util.find_spec("wandb") is None:
         raise ConfigError(MISSING_WANDB)

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from landseg import __version__
-from landseg.errors import LandsegError
-from landseg.io import atomic_path
-from landseg.registry import unknown_name_message
+from landseg.core.errors import LandsegError
+from landseg.core.files import atomic_path
+from landseg.core.registry import unknown_name_message
 
 
 def save_torch(obj: Any, destination: Path) -> None:

@@ -17,7 +17,7 @@ from segmentation_models_pytorch.base.initialization import initialize_decoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoderBlock
 from torch import nn
 
-from landseg.errors import ConfigError
+from landseg.core.errors import ConfigError
 
 
 def smp_architectures() -> dict[str, type[nn.Module]]:

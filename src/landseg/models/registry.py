@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
-from landseg.errors import ConfigError
+from landseg.core.errors import ConfigError
+from landseg.core.registry import Registry, unknown_name_message
 from landseg.models.unet import DECODER_MODES, UNET_SIZE_MULTIPLE, UNet
-from landseg.registry import Registry, unknown_name_message
 
 ModelFactory = Callable[..., nn.Module]  # (in_channels, n_classes, **model_params) -> logits
 

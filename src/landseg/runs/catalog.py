@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from landseg.errors import LandsegError, RunFolderError
-from landseg.io import atomic_write_json
-from landseg.processes import pid_alive
+from landseg.core.errors import LandsegError, RunFolderError
+from landseg.core.files import atomic_write_json
+from landseg.core.processes import pid_alive
 from landseg.runs.folder import ArchiveRecord, RunFolder, RunState
 
 log = logging.getLogger(__name__)

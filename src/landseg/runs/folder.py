@@ -28,12 +28,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from landseg.cluster import global_rank_zero, slurm_job_id
 from landseg.config.continuation import continuation_problems
 from landseg.config.schema import LandsegConfig
-from landseg.errors import ConfigError, RunFolderError
-from landseg.io import atomic_write_json, folder_problem
-from landseg.processes import pid_alive, process_start
+from landseg.core.errors import ConfigError, RunFolderError
+from landseg.core.files import atomic_write_json, folder_problem
+from landseg.core.processes import pid_alive, process_start
+from landseg.launch.cluster import global_rank_zero, slurm_job_id
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ class RunFolder:
         """The settings continuing this run with ``config`` changes, against its own
         ``config.json``: ``{key: [before, after]}``.
 
-        Raises :class:`~landseg.errors.ConfigError` with one line per setting that may not
+        Raises :class:`~landseg.core.errors.ConfigError` with one line per setting that may not
         change (see :mod:`landseg.config.continuation`); it reads and writes nothing else,
         so ``landseg validate`` makes the same refusal as ``landseg train``.
         """

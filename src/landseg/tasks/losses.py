@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landseg.core.errors import ConfigError
+from landseg.core.registry import Registry, unknown_name_message
 from landseg.data.summary import IGNORE_INDEX
-from landseg.errors import ConfigError
-from landseg.registry import Registry, unknown_name_message
 
 LossFactory = Callable[[int, Sequence[float] | None], nn.Module]
 

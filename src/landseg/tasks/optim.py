@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from landseg.registry import Registry, unknown_name_message
+from landseg.core.registry import Registry, unknown_name_message
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.add("adam", torch.optim.Adam)
@@ -132,7 +132,7 @@ def typed_params(
 def _typed_or_raise(cls: type[Any], params: dict[str, Any], key: str) -> dict[str, Any]:
     values, problems = typed_params(cls, params, key)
     if problems:
-        from landseg.errors import ConfigError
+        from landseg.core.errors import ConfigError
 
         raise ConfigError(problems)
     return values

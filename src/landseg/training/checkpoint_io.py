@@ -4,7 +4,7 @@ Lightning's own writer (``TorchCheckpointIO``) stages the file in ``$TMPDIR`` an
 place with fsspec: no ``fsync``, and where ``$TMPDIR`` is another file system (a tmpfs, a
 node-local disk on a cluster) the move is a copy that a crash can leave half done under the
 final name. Here the temporary file is next to the destination, fsynced, then renamed
-(:func:`landseg.io.atomic_path`).
+(:func:`landseg.core.files.atomic_path`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from landseg.io import atomic_path
+from landseg.core.files import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -23,14 +23,9 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from landseg.callbacks.checkpoints import best_loss_checkpoint, keep_newest_step_checkpoint
-from landseg.cluster import external_launch, requeue_wanted
 from landseg.config.schema import LandsegConfig
-from landseg.data.datamodule import DATAMODULES
-from landseg.data.summary import DataSummary
-from landseg.errors import ConfigError, LandsegError, StopRequested
-from landseg.hardware import FastPaths, choose_fast_paths
-from landseg.inference.split import predict_split
-from landseg.io import (
+from landseg.core.errors import ConfigError, LandsegError, StopRequested
+from landseg.core.files import (
     UnsafeCheckpointError,
     atomic_write_json,
     atomic_write_text,
@@ -38,8 +33,15 @@ from landseg.io import (
     load_checkpoint,
     remove_stale_temporaries,
 )
+from landseg.core.signals import StopSignals
+from landseg.data.datamodule import DATAMODULES
+from landseg.data.summary import DataSummary
+from landseg.inference.split import predict_split
+from landseg.launch.cluster import external_launch, requeue_wanted
+from landseg.launch.handshake import DecisionBoard, RunDecision, receive_decision
+from landseg.launch.hardware import FastPaths, choose_fast_paths
 from landseg.models.export import export_formats, export_model
-from landseg.prepare import prepare
+from landseg.planning.prepare import prepare
 from landseg.runs.catalog import refuse_archived_run, refuse_live_run
 from landseg.runs.folder import (
     RUN_DIR_ENV,
@@ -49,9 +51,7 @@ from landseg.runs.folder import (
     now_iso,
     resolve_run_folder,
 )
-from landseg.stop_signals import StopSignals
 from landseg.tasks.segmentation import SegmentationTask
-from landseg.training.launch import DecisionBoard, RunDecision, receive_decision
 from landseg.training.trainer import build_trainer, checkpoint_base_name
 
 log = logging.getLogger("landseg.train")
@@ -240,7 +240,7 @@ def train(
 
     When a launcher started several landseg processes (``srun``, ``torchrun``, one command
     per node), global rank 0 decides and the others train in its folder from its checkpoint
-    (:mod:`landseg.training.launch`). ``standalone`` (cross-validation tasks) trains in this
+    (:mod:`landseg.launch.handshake`). ``standalone`` (cross-validation tasks) trains in this
     process alone, whatever SLURM says about the job's other tasks.
     """
     launch = None
@@ -507,7 +507,7 @@ def _after_fit(
             tta=out.prediction_tta,
         )
         if out.prediction_vectors:
-            from landseg.inference.vectorize import vectorize
+            from landseg.maps.vectorize import vectorize
 
             for raster in written:
                 vectorize(raster, raster.with_suffix(".gpkg"), task.class_labels)

@@ -24,11 +24,11 @@ from landseg.callbacks.pth_export import PthExport
 from landseg.callbacks.run_logger import RunLogger
 from landseg.callbacks.run_state import RunStateUpdater
 from landseg.config.schema import LandsegConfig
+from landseg.core.signals import StopSignals
 from landseg.data.resumable import ResumeTracker
 from landseg.loggers.registry import build_loggers
 from landseg.loggers.tensorboard import PhaseTensorBoardLogger
 from landseg.runs.folder import RunFolder
-from landseg.stop_signals import StopSignals
 from landseg.training.checkpoint_io import AtomicCheckpointIO
 
 
@@ -95,7 +95,7 @@ def trainer_plugins(standalone: bool = False) -> list[Any]:
 
     Under SLURM, Lightning's SLURM environment without its auto-requeue (it checkpoints from
     inside the signal handler at an arbitrary moment, and landseg stops at a resumable point
-    itself: see callbacks/graceful_stop.py; the requeue is :mod:`landseg.cluster`'s).
+    itself: see callbacks/graceful_stop.py; the requeue is :mod:`landseg.launch.cluster`'s).
     ``standalone`` (a cross-validation task) trains in this process alone: Lightning's default
     environment, not the SLURM one, which would make the task join all of the job's SLURM
     tasks (``srun -n 8 landseg cv``: eight cv workers, not one DDP run of eight).

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from landseg.io import atomic_path, atomic_write_json, atomic_write_text
+from landseg.core.files import atomic_path, atomic_write_json, atomic_write_text
 from landseg.jobs.plan import JOB_FILE, Job
 from landseg.jobs.summary import (
     MIOU,

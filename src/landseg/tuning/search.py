@@ -25,12 +25,12 @@ from typing import Any
 from landseg.config.continuation import result_relevant
 from landseg.config.schema import LandsegConfig
 from landseg.config.search import Search, SearchParam
-from landseg.errors import ConfigError
-from landseg.io import folder_problem
+from landseg.core.errors import ConfigError
+from landseg.core.files import folder_problem
+from landseg.core.signals import StopSignals
+from landseg.jobs.log import LOG_FILE
 from landseg.jobs.plan import STUDY_FILE, Job, Row, prepare_job
-from landseg.jobs.progress import LOG_FILE
 from landseg.runs.folder import CheckpointName, RunFolder
-from landseg.stop_signals import StopSignals
 
 log = logging.getLogger("landseg.tune")
 
@@ -139,7 +139,7 @@ def prepare_tuning(config_path: Path, overrides: list[str]) -> Tuning:
     searched key that does not exist, or a value its setting refuses, is one line naming
     ``search.params.<key>`` before any training.
     """
-    from landseg.prepare import prepare_config
+    from landseg.planning.prepare import prepare_config
 
     config = prepare_config(config_path, overrides)
     search = search_section(config, config_path)

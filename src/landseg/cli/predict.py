@@ -1,0 +1,512 @@
+"""Subcommands after training: ``runs``, ``archive``, ``report``, ``predict``, ``evaluate``,
+``export``.
+
+Registered into ``landseg``'s parser (see landseg.cli.main); heavy modules are imported inside the
+handlers so ``landseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from landseg.core.errors import LandsegError
+
+_RUN_HELP = (
+    "a run folder, a run's name (e.g. archived_v1_2026-11-22, or EXP/archived_v1_2026-11-22 "
+    "when several experiments have one; searched under --output-folder), a .ckpt file, or a "
+    ".pth file inside its run folder"
+)
+
+
+def _finite(text: str, *, zero: bool) -> float:
+    """A finite number above 0 (or at least 0 with ``zero``): ``float()`` also reads nan and
+    inf, which would pass as values."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "above 0"
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    return _finite(text, zero=False)
+
+
+def _non_negative(text: str) -> float:
+    return _finite(text, zero=True)
+
+
+def register(add: Callable[..., Any]) -> None:
+    """Add this package's subcommands with ``add(name, handler, help_text)``."""
+    runs = add("runs", cmd_runs, "list the runs of an output folder (both layouts)")
+    runs.add_argument("output_folder", nargs="?", type=Path, default=Path("."))
+    runs.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+    archive = add("archive", cmd_archive, "rename a validated run to archived_vX_yyyy-mm-dd")
+    archive.add_argument(
+        "run", help="a run folder (or its name or EXP/NAME, searched under --output-folder)"
+    )
+    _output_folder(archive, "where archive.json is kept (default: from the run's layout)")
+
+    report = add("report", cmd_report, "write RUN/report/index.html: curves, scores, samples")
+    report.add_argument("run", help="a run folder or a run's name (or EXP/NAME)")
+    _output_folder(report)
+    report.add_argument("--samples", type=int, default=6, help="sample tiles shown (default 6)")
+    report.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    predict = add("predict", cmd_predict, "predict whole scenes of any size into GeoTIFFs")
+    which = predict.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help=_RUN_HELP)
+    which.add_argument(
+        "--model",
+        type=Path,
+        help="instead of --run: a .onnx or .pt file written by landseg export (its metadata "
+        "gives the bands, normalisation, classes and tile size)",
+    )
+    predict.add_argument(
+        "--input", required=True, type=Path, help="a raster, a CSV of images, or a folder"
+    )
+    predict.add_argument("--output", required=True, type=Path, help="folder of the predictions")
+    predict.add_argument(
+        "--glob",
+        metavar="PATTERN",
+        default=None,
+        help="with a folder --input: the files to predict (e.g. 'scene_*.tif', '**/*.tif'; "
+        "default: its .tif and .tiff files)",
+    )
+    predict.add_argument(
+        "--type",
+        dest="output_type",
+        default="classes",
+        choices=("classes", "uint8", "float32", "bit"),
+        help="class indices (default), or per-class probabilities x255 / float32, or bits",
+    )
+    _prediction_args(predict)
+    predict.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="scenes predicted at once, each worker process with its own model (one GPU each "
+        "when there are GPUs, else a share of the cores); default 1",
+    )
+    vectors = predict.add_argument_group("vectors (needs the vector extra)")
+    vectors.add_argument(
+        "--vectorize",
+        action="store_true",
+        help="also write DIR/<stem>.gpkg: one polygon per 4-connected region of the class map, "
+        "fields class_id and class_name, in the scene's CRS (with --type classes)",
+    )
+    vectors.add_argument(
+        "--classes",
+        default=None,
+        metavar="LIST",
+        help="with --vectorize: the classes to keep, by name or id, comma-separated",
+    )
+    vectors.add_argument(
+        "--min-area",
+        type=_positive,
+        default=None,
+        help="with --vectorize: regions smaller than this (map units squared) are sieved into "
+        "their neighbours first (not on a geographic CRS)",
+    )
+    vectors.add_argument(
+        "--simplify",
+        type=_non_negative,
+        default=None,
+        help="with --vectorize: simplification tolerance in map units (default: none)",
+    )
+    _output_folder(predict)
+
+    evaluate = add("evaluate", cmd_evaluate, "score predictions against masks (history format)")
+    evaluate.add_argument("--predictions", type=Path, help="folder of prediction rasters")
+    evaluate.add_argument("--masks", type=Path, help="CSV of image,mask rows")
+    evaluate.add_argument("--run", help=_RUN_HELP + "; predicts --csv first")
+    evaluate.add_argument("--csv", type=Path, help="with --run: CSV of image,mask rows")
+    evaluate.add_argument("--output", type=Path, help="JSON file (default: evaluation.json)")
+    _prediction_args(evaluate)
+    _output_folder(evaluate)
+
+    export = add(
+        "export",
+        cmd_export,
+        "write a run's model as ONNX or TorchScript with its metadata, and a STAC item",
+    )
+    export.add_argument("run", help=_RUN_HELP)
+    export.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=("onnx", "torchscript"),
+        default=None,
+        help="onnx (default; RUN/exports/<base>.onnx) or torchscript (<base>.pt); repeat it "
+        "for both",
+    )
+    export.add_argument(
+        "--tile", type=int, default=None, help="the model's fixed tile size in pixels (256)"
+    )
+    export.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="tile overlap in pixels recorded for prediction (default: a quarter of the tile)",
+    )
+    export.add_argument(
+        "--pixel-range",
+        type=_positive,
+        default=None,
+        help="value that maps to 1.0 (default: the run's data_source.pixel_range, else by "
+        "the dtype of its training images)",
+    )
+    export.add_argument(
+        "--output", type=Path, default=None, help="folder of the files (default: RUN/exports)"
+    )
+    _output_folder(export)
+
+
+def _output_folder(parser: argparse.ArgumentParser, text: str | None = None) -> None:
+    parser.add_argument(
+        "--output-folder",
+        type=Path,
+        default=None,
+        help=text or "where run names are searched (default: the working directory)",
+    )
+
+
+def _prediction_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tile", type=int, default=None, help="tile size in pixels (256; --model: the export's)"
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="tile overlap in pixels (a quarter of the tile: 64 for 256; --model: the export's)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (8)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--pixel-range",
+        type=_positive,
+        default=None,
+        help="value that maps to 1.0 (default: the run's data_source.pixel_range, else by dtype)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--tta",
+        choices=("d4", "flips", "rot90"),
+        default=None,
+        help="test-time augmentation: probabilities averaged over the 8 rotations and flips "
+        "(d4, about 8x the time), the 4 flips or the 4 rotations, before the argmax",
+    )
+
+
+# ---------------------------------------------------------------------------- runs / archive
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from landseg.runs.catalog import list_runs
+
+    infos = list_runs(args.output_folder)
+    if args.json:
+        print(json.dumps([info.as_json() for info in infos], indent=2))
+        return 0
+    if not infos:
+        print(f"no runs under {args.output_folder}")
+        return 0
+    _print_runs_table(infos, args.output_folder)
+    return 0
+
+
+def _print_runs_table(infos: list[Any], output: Path) -> None:
+    from rich.table import Table
+
+    from landseg.runs.catalog import human_size
+
+    colours = {"finished": "green", "running": "blue", "failed": "red", "interrupted": "yellow"}
+    table = Table(title=f"runs in {output}")
+    for name, justify in (
+        ("experiment", "left"),
+        ("version", "left"),
+        ("model", "left"),
+        ("data", "left"),
+        ("epochs", "right"),
+        ("val_loss", "right"),
+        ("val_miou", "right"),
+        ("status", "left"),
+        ("size", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for info in infos:
+        colour = colours.get(info.status, "white")
+        table.add_row(
+            info.experiment,
+            info.version,
+            info.model or "-",
+            info.data or "-",
+            f"{info.epochs_done}/{info.epochs if info.epochs is not None else '?'}",
+            f"{info.val_loss:.4f}" if info.val_loss is not None else "-",
+            f"{info.val_miou:.4f}" if info.val_miou is not None else "-",
+            f"[{colour}]{info.status}[/{colour}]",
+            human_size(info.size),
+        )
+    _console().print(table)
+
+
+def _console() -> Any:
+    """stdout; piped or captured, wide enough that table cells are never cut."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 160))
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from landseg.jobs.plan import job_of_task
+    from landseg.runs.catalog import archive_run, resolve_run
+
+    run = resolve_run(args.run, args.output_folder)
+    job = job_of_task(run)
+    if job is not None:
+        raise LandsegError(
+            f"{run}: a task of the cross-validation job {job}, whose summary and status "
+            "need it where it is; archive a copy of the task folder, or of the whole job"
+        )
+    target = archive_run(run, args.output_folder)
+    print(f"archived {run} as {target.name}: {target}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from landseg.reports.report import write_report
+    from landseg.runs.catalog import resolve_run
+
+    if args.samples < 0:
+        raise LandsegError(f"--samples must be >= 0, got {args.samples}")
+    page = write_report(resolve_run(args.run, args.output_folder), args.samples, args.device)
+    print(f"report: {page}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- predict / evaluate
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The model to predict with: a run's checkpoint (``--run``) or an export (``--model``),
+    wrapped in test-time augmentation with ``--tta``."""
+    from landseg.inference.tta import with_tta
+
+    if getattr(args, "model", None) is not None:
+        from landseg.inference.portable import PortableModel
+
+        return with_tta(PortableModel.load(args.model, args.device), args.tta)
+    from landseg.inference.scene import LoadedModel
+    from landseg.runs.catalog import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.run, args.output_folder)
+    return with_tta(LoadedModel.load(checkpoint, args.device), args.tta)
+
+
+#: ``--tile`` of a checkpoint's prediction when not given; ``--overlap`` is then a quarter of
+#: the tile (64 px for 256), as ``landseg export`` records it.
+DEFAULT_TILE = 256
+
+
+def _options(args: argparse.Namespace, output_type: str, export: Any = None) -> Any:
+    """Prediction options; with an export (``--model``), its tile size and overlap by default,
+    and no other tile size (its input is fixed)."""
+    from landseg.inference.scene import PredictOptions, Tiling
+
+    if args.pixel_range is not None and args.pixel_range <= 0:
+        raise LandsegError(f"--pixel-range must be > 0, got {args.pixel_range}")
+    tile, overlap = args.tile, args.overlap
+    if export is not None:
+        if tile is not None and tile != export.tile:
+            raise LandsegError(
+                f"--tile {tile}: {export.checkpoint.name} takes {export.tile} px tiles only "
+                "(leave --tile out, or export again with another --tile)"
+            )
+        tile = export.tile
+        overlap = export.overlap if overlap is None else overlap
+    tile = DEFAULT_TILE if tile is None else tile
+    tiling = Tiling(tile, tile // 4 if overlap is None else overlap, args.batch_size)
+    return PredictOptions(tiling, output_type, args.pixel_range)
+
+
+def _vector_classes(text: str | None, labels: list[str]) -> list[int] | None:
+    """``--classes water,3`` -> class ids, names and ids alike; None: every class."""
+    if text is None:
+        return None
+    ids = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        if item.isdigit() and int(item) < len(labels):
+            ids.append(int(item))
+        elif item in labels:
+            ids.append(labels.index(item))
+        else:
+            from landseg.core.registry import unknown_name_message
+
+            raise LandsegError("--classes: " + unknown_name_message("class", item, labels))
+    return ids
+
+
+def _check_vector_options(args: argparse.Namespace) -> None:
+    given = [
+        flag
+        for flag, value in (("--classes", args.classes), ("--min-area", args.min_area))
+        if value is not None
+    ] + (["--simplify"] if args.simplify is not None else [])
+    if not args.vectorize:
+        if given:
+            raise LandsegError(f"{given[0]}: only with --vectorize")
+        return
+    if args.output_type != "classes":
+        raise LandsegError(
+            f"--vectorize: polygons are made from class maps; use --type classes, not "
+            f"{args.output_type}"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("shapely") is None or importlib.util.find_spec("pyogrio") is None:
+        raise LandsegError("--vectorize: needs shapely and pyogrio: pip install 'landseg[vector]'")
+
+
+def _refuse_geographic(inputs: list[Path]) -> None:
+    """--min-area is in map units squared: refused before anything is predicted on degrees."""
+    import rasterio
+
+    for path in inputs:
+        with rasterio.open(path) as src:
+            if src.crs is not None and src.crs.is_geographic:
+                raise LandsegError(
+                    f"--min-area is in map units squared: {path} has a geographic CRS "
+                    "(degrees); reproject it first"
+                )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from landseg.inference.scene import collect_inputs, predict_files
+
+    _check_vector_options(args)
+    if args.workers < 1:
+        raise LandsegError(f"--workers: must be at least 1, got {args.workers}")
+    inputs = collect_inputs(args.input, args.glob)
+    if args.vectorize and args.min_area is not None:
+        _refuse_geographic(inputs)
+    if args.model is not None:
+        model = _load(args)
+        options = _options(args, args.output_type, model)
+    else:
+        options = _options(args, args.output_type)
+        model = _load(args)
+    classes = _vector_classes(args.classes, list(model.class_labels)) if args.vectorize else None
+    hint = (
+        "choose the folder's files with --glob PATTERN"
+        if args.input.is_dir() and args.glob is None
+        else None
+    )
+    if args.workers > 1:
+        from landseg.inference.parallel import ModelSource, predict_files_parallel
+
+        source = ModelSource(Path(model.checkpoint), args.model is not None, args.device, args.tta)
+        written = predict_files_parallel(
+            model, source, inputs, args.output, options, args.workers, not args.no_progress, hint
+        )
+    else:
+        written = predict_files(model, inputs, args.output, options, not args.no_progress, hint)
+    print(f"{len(written)} prediction(s) written to {args.output} ({model.checkpoint.name})")
+    if args.vectorize:
+        from landseg.maps.vectorize import vectorize
+
+        for raster in written:
+            summary = vectorize(
+                raster,
+                raster.with_suffix(".gpkg"),
+                model.class_labels,
+                classes=classes,
+                min_area=args.min_area,
+                simplify=args.simplify,
+            )
+            for line in summary.lines():
+                print(f"  {line}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from landseg.inference.evaluate import EVALUATION_FILE, MaskOptions, evaluate_predictions
+
+    if args.run is not None:
+        if args.csv is None or args.masks is not None:
+            raise LandsegError("evaluate --run needs --csv CSV (image,mask rows), not --masks")
+        from landseg.data.csvfiles import read_pairs
+        from landseg.inference.scene import predict_files
+
+        options = _options(args, "classes")
+        model = _load(args)
+        source = model.config.data_source
+        predictions = args.predictions or (model.run / "evaluation" / args.csv.stem)
+        _check_evaluation_output(args.output or Path(predictions) / EVALUATION_FILE, args.csv)
+        images = [pair.image for pair in read_pairs(args.csv)]
+        predict_files(model, images, predictions, options, not args.no_progress)
+        entry = evaluate_predictions(
+            predictions,
+            args.csv,
+            model.class_labels,
+            MaskOptions(source.mask_bands, source.ignore_index),
+        )
+        entry["checkpoint"] = str(model.checkpoint)
+    else:
+        if args.predictions is None or args.masks is None:
+            raise LandsegError(
+                "evaluate needs --predictions DIR --masks CSV, or --run RUN --csv CSV"
+            )
+        predictions = args.predictions
+        _check_evaluation_output(args.output or Path(predictions) / EVALUATION_FILE, args.masks)
+        entry = evaluate_predictions(predictions, args.masks)
+    from landseg.core.files import atomic_write_json
+
+    output = args.output or Path(predictions) / EVALUATION_FILE
+    atomic_write_json(output, entry)
+    _print_scores(entry)
+    print(f"written to {output}", file=sys.stderr)
+    return 0
+
+
+def _check_evaluation_output(output: Path, rows_csv: Path) -> None:
+    """Before any prediction: the scores' file can be written, and is not the CSV read."""
+    if output.is_dir():
+        raise LandsegError(f"--output {output}: a folder; give the JSON file to write")
+    if output.resolve() == rows_csv.resolve():
+        raise LandsegError(f"--output {output}: it is the CSV of masks read; choose another file")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from landseg.inference.portable import ExportOptions, export_run
+
+    options = ExportOptions(args.tile, args.overlap, args.pixel_range)
+    written = export_run(
+        args.run, args.formats or ["onnx"], options, args.output_folder, args.output
+    )
+    for path in written:
+        print(f"written: {path}")
+    return 0
+
+
+def _print_scores(entry: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from landseg.inference.evaluate import TABLE_METRICS, entry_labels
+
+    table = Table(title=f"{entry['files']} file(s), {entry['pixels']:,} labelled pixels")
+    table.add_column("class")
+    for metric in TABLE_METRICS:
+        table.add_column(metric, justify="right")
+    for label in [*entry_labels(entry), "Average", "Overall"]:
+        values = [entry.get(f"{label}/{metric}") for metric in TABLE_METRICS]
+        table.add_row(label, *("-" if v is None else f"{v:.4f}" for v in values))
+    _console().print(table)

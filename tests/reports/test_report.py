@@ -1,0 +1,178 @@
+"""A trained demo run through ``runs``, ``report`` (checked in headless chromium) and ``archive``,
+then predicted and evaluated by its archived name."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from landseg.cli.main import main
+from landseg.reports.report import curve_rows
+from tests.conftest import write_config
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+TILING = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-epoch demo run (TensorBoard on, so logs/scalars.jsonl is written)."""
+    tmp = tmp_path_factory.mktemp("report")
+    config = json.loads((demo_dir / "demo.json").read_text())
+    for key in ("train_file", "val_file", "test_file"):
+        config["data_source"][key] = str(demo_dir / config["data_source"][key])
+    config["train_setup"].update(epochs=2, batch_size=8)
+    config["output_setup"].update(
+        output_folder=str(tmp / "runs"),
+        progress=0,
+        name_exp_log="exp",
+        version_name="v1",
+        prediction_output_type="float32",
+    )
+    assert main(["train", "-c", str(write_config(tmp / "c.json", config))]) == 0
+    return tmp / "runs" / "exp" / "v1"
+
+
+def chromium(page: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+        "--window-size=1200,2000",
+        *args,
+        page.absolute().as_uri(),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_runs_lists_the_demo_run(trained: Path, capsys) -> None:
+    assert main(["runs", str(trained.parents[1]), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["experiment"], row["version"], row["status"]) == ("exp", "v1", "finished")
+    assert row["epochs_done"] == 2 and row["data"] == "train.csv" and row["val_miou"] > 0
+
+
+def test_report_page_is_self_contained(trained: Path) -> None:
+    assert main(["report", str(trained), "--samples", "3", "--device", "cpu"]) == 0
+    folder = trained / "report"
+    names = {p.name for p in folder.iterdir()}
+    assert names >= {
+        "index.html",
+        "learning_curves.png",
+        "confusion.png",
+        "confusion_normalized.png",
+        "per_class.png",
+        "samples.png",
+    }
+    page = (folder / "index.html").read_text()
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch
+    assert "building" in page and "test split" in page and "finished" in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_renders_in_chromium(trained: Path, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    page = trained / "report" / "index.html"
+    if not page.exists():
+        assert main(["report", str(trained), "--samples", "3", "--device", "cpu"]) == 0
+    dom = chromium(page, tmp_path, "--dump-dom").stdout
+    body = re.search(r"<body[^>]*>", dom)
+    assert body is not None
+    assert 'data-images="ok"' in body.group(0) and 'data-image-count="5"' in body.group(0)
+
+    shot = tmp_path / "shot.png"
+    chromium(page, tmp_path, f"--screenshot={shot}")
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (2000, 1200)
+    not_white = (pixels < 0.9).any(axis=-1).mean()
+    assert not_white > 0.03 and pixels.std() > 0.05  # text and figures, not a blank page
+
+
+def test_curves_fall_back_on_the_history(tmp_path: Path) -> None:
+    """Without logs/scalars.jsonl (TensorBoard off), curves come from history.json."""
+    history = {
+        "0": {"loss": 1.0, "Average/IoU": 0.2, "learning rate": 0.01, "step": 3},
+        "1": {"loss": 0.8, "Average/IoU": 0.3, "learning rate": 0.005, "step": 6},
+    }
+    rows = curve_rows(tmp_path, history)
+    val = [r for r in rows if r["phase"] == "val"]
+    assert [(r["epoch"], r["loss"], r["miou"]) for r in val] == [(0, 1.0, 0.2), (1, 0.8, 0.3)]
+    assert [r["lr"] for r in rows if "lr" in r] == [0.01, 0.005]
+
+
+def test_report_of_a_run_without_history(tmp_path: Path) -> None:
+    """A run that died before its first validation still gets a page, saying what is missing."""
+    run = tmp_path / "exp" / "v1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "failed", "error": "OSError: disk"}))
+    assert main(["report", str(run)]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "No confusion matrix" in page and "No sample tiles" in page and "OSError" in page
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 1  # empty curves
+
+
+def test_archive_then_use_by_name(trained: Path, demo_dir: Path, tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    shutil.copytree(trained.parents[1], runs)
+    assert main(["archive", str(runs / "exp" / "v1")]) == 0
+    name = f"archived_v1_{dt.date.today().isoformat()}"
+    archived = runs / "exp" / name
+    assert json.loads((archived / "run.json").read_text())["archived"]["from"] == "exp/v1"
+    assert json.loads((runs / "archive.json").read_text())["archived"][0]["name"] == name
+    assert main(["archive", str(archived)]) == 2
+    assert "already archived" in capsys.readouterr().err
+
+    where = ["--output-folder", str(runs)]
+    test_csv = str(demo_dir / "test.csv")
+    out = tmp_path / "pred"
+    args = ["predict", "--run", name, "--input", test_csv, "--output", str(out)]
+    assert main([*args, *where, *TILING]) == 0
+    assert len(list(out.glob("*.tif"))) == len(Path(test_csv).read_text().split())
+
+    # the run's own test predictions (predict_split) and the CLI's agree on the classes
+    from tests.inference.test_scene import read
+
+    for path in out.glob("*.tif"):
+        probabilities = read(archived / "predictions" / path.name)
+        assert np.array_equal(read(path)[0], probabilities.argmax(axis=0))
+
+    assert main(["evaluate", "--run", name, "--csv", test_csv, *where, *TILING]) == 0
+    entry = json.loads((archived / "evaluation" / "test" / "evaluation.json").read_text())
+    test_history = json.loads((archived / "history_test.json").read_text())
+    assert entry["cm_macro"] == next(iter(test_history.values()))["cm_macro"]
+    assert main(["report", name, *where, "--samples", "0"]) == 0
+    assert "archived_v1" in (archived / "report" / "index.html").read_text()
+
+
+def test_report_of_a_gpu_run_on_a_machine_without_one(trained: Path, tmp_path: Path) -> None:
+    """The devices a run was trained on need not be where its report is made."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run = shutil.copytree(trained, tmp_path / "exp" / "gpu-run")
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["hyper_parameters"]["config"]["device_setup"]["accelerator"] = "gpu"
+        torch.save(checkpoint, path)
+    assert main(["report", str(run), "--samples", "2", "--device", "cpu"]) == 0
+    assert (run / "report" / "samples.png").is_file()  # the sample tiles were predicted
+    assert "No sample tiles" not in (run / "report" / "index.html").read_text()

@@ -1,0 +1,113 @@
+"""Two "nodes" on one machine: two ``landseg train`` processes with the environment that node 0
+and node 1 of a two-node launch get (SLURM's ``srun``, and ``torchrun --nnodes 2``), gloo on
+the CPU, ``num_nodes: 2``. They train together: one run folder, written by global rank 0
+alone (node 1 neither writes a folder of its own nor touches rank 0's), and the validation
+confusion matrix counts every labelled validation pixel exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_config
+from tests.training.test_ddp import assert_two_epochs_counting_each_val_pixel_once
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def base_env() -> dict[str, str]:
+    """This process's environment without any launcher's variables."""
+    launcher = ("SLURM_", "TORCHELASTIC_", "PMI_", "PMIX_", "OMPI_")
+    names = {"RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher) and k not in names}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def slurm_nodes(port: int) -> list[dict[str, str]]:
+    """What ``srun --nodes 2 --ntasks-per-node 1`` gives the task on each node."""
+    common = {
+        "SLURM_JOB_ID": "3131",
+        "SLURM_JOB_NAME": "train.sbatch",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NNODES": "2",
+        "SLURM_NODELIST": "127.0.0.1",  # every "node" is this host
+        "SLURM_LOCALID": "0",
+        "MASTER_PORT": str(port),
+    }
+    return [{**common, "SLURM_PROCID": str(n), "SLURM_NODEID": str(n)} for n in (0, 1)]
+
+
+def torchrun_nodes(port: int) -> list[dict[str, str]]:
+    """What ``torchrun --nnodes 2 --nproc-per-node 1`` gives the worker on each node."""
+    common = {
+        "TORCHELASTIC_RUN_ID": uuid.uuid4().hex,
+        "TORCHELASTIC_RESTART_COUNT": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    return [{**common, "RANK": str(n), "GROUP_RANK": str(n)} for n in (0, 1)]
+
+
+def plain_nodes(port: int) -> list[dict[str, str]]:
+    """One ``landseg train`` per node with ``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK``
+    (Lightning's default environment, which would start a node's other processes itself)."""
+    common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return [{**common, "NODE_RANK": str(n)} for n in (0, 1)]
+
+
+@pytest.mark.parametrize(
+    "launcher", [slurm_nodes, torchrun_nodes, plain_nodes], ids=["srun", "torchrun", "plain"]
+)
+def test_two_nodes_train_one_run(launcher, demo_config: dict, tmp_path: Path) -> None:
+    """No run name: under SLURM the job's folder; otherwise rank 0's launch time, which node
+    1, started 1.2 s later, would not have chosen itself."""
+    demo_config["train_setup"].update(epochs=2, batch_size=4)
+    demo_config["output_setup"].update(save_top_k=1, use_tensorboard=False)
+    demo_config["output_setup"].pop("name_exp_log", None)
+    demo_config["device_setup"].update(accelerator="cpu", num_nodes=2, num_workers=0)
+    path = write_config(tmp_path / "nodes.json", demo_config)
+    env = base_env()
+    nodes = []
+    for node in launcher(free_port()):
+        nodes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "landseg.cli.main", "train", "-c", str(path)],
+                env={**env, **node},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        time.sleep(1.2)
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, err[-3000:]
+    assert outputs[0][0].count("run folder:") == 1 and "run folder:" not in outputs[1][0]
+
+    runs = tmp_path / "runs"
+    folders = [p for p in runs.glob("[!.]*/*") if p.is_dir()]
+    assert len(folders) == 1, folders  # one run folder: node 1 wrote none of its own
+    (run,) = folders
+    if launcher is slurm_nodes:
+        assert run == runs / "slurm" / "job-3131"
+    assert f"run folder: {run}" in outputs[0][0]
+    assert_two_epochs_counting_each_val_pixel_once(run, path)

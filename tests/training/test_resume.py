@@ -1,0 +1,113 @@
+"""A run killed with SIGKILL and continued ends exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from landseg.callbacks.run_logger import read_scalars
+from landseg.cli.main import main
+from tests.conftest import sigkill_when, write_config
+
+
+def final_state(run: Path) -> tuple[dict, dict[str, torch.Tensor], list[str], list[dict]]:
+    history = json.loads((run / "history.json").read_text())
+    last = torch.load(run / "checkpoints" / "lightunet-last.ckpt", weights_only=True)
+    names = sorted(p.name for p in (run / "checkpoints").glob("*-loss-*.ckpt"))
+    names += sorted(p.name for p in (run / "checkpoints").glob("*-miou-*.ckpt"))
+    scalars = [{k: v for k, v in row.items() if k != "time"} for row in read_scalars(run)]
+    return history, last["state_dict"], names, scalars
+
+
+def kill_after_first_checkpoint(config_path: Path, run: Path) -> int:
+    """Start `landseg train` in a subprocess and SIGKILL it right after its first checkpoint."""
+    return sigkill_when(
+        ["train", "-c", str(config_path)],
+        lambda: any((run / "checkpoints").glob("*-step=*.ckpt")),
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["continue_training", "resume_checkpoint"])
+def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
+    how: str, demo_config: dict, tmp_path: Path
+) -> None:
+    demo_config["train_setup"].update(
+        epochs=4, batch_size=4, checkpoint_every_n_steps=2, deterministic=True
+    )
+    demo_config["output_setup"].update(
+        name_exp_log="exp", save_top_k=2, use_tensorboard=False, get_prediction=False
+    )
+    demo_config["data_source"]["data_augmentation"] = {"train": ["rotation90", "radiometry"]}
+    demo_config["data_source"].pop("test_file")
+
+    reference = json.loads(json.dumps(demo_config))
+    reference["output_setup"]["version_name"] = "reference"
+    assert main(["train", "-c", str(write_config(tmp_path / "ref.json", reference))]) == 0
+
+    demo_config["output_setup"]["version_name"] = "killed"
+    killed_config = write_config(tmp_path / "killed.json", demo_config)
+    run = tmp_path / "runs" / "exp" / "killed"
+    assert kill_after_first_checkpoint(killed_config, run) == -signal.SIGKILL
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+    stale = run / "checkpoints" / ".lightunet-last.ckpt.x1y2.tmp"  # as a killed write leaves it
+    stale.write_bytes(b"half a checkpoint")
+
+    if how == "continue_training":
+        demo_config["train_setup"]["continue_training"] = True
+        assert main(["train", "-c", str(write_config(tmp_path / "cont.json", demo_config))]) == 0
+    else:  # the checkpoint alone: its config travels inside it
+        step_checkpoint = next((run / "checkpoints").glob("*-step=*.ckpt"))
+        assert main(["train", "--resume", str(step_checkpoint)]) == 0
+
+    reference_run = tmp_path / "runs" / "exp" / "reference"
+    ref_history, ref_weights, ref_names, ref_scalars = final_state(reference_run)
+    history, weights, names, scalars = final_state(run)
+    assert list(history) == ["0", "1", "2", "3"]
+    assert history == ref_history
+    assert names == ref_names
+    # the train loss and mIoU of the epoch cut mid-way cover all its batches, not only the
+    # ones after the resume (the metric states travel in the step checkpoint)
+    assert scalars == ref_scalars
+    for key, value in ref_weights.items():
+        assert torch.equal(weights[key], value), key
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "finished" and len(state["resumed"]) == 1
+    assert not stale.exists() and not list(run.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader_workers", [0, 2])
+def test_sigkill_at_an_epoch_end_then_continue_equals_uninterrupted(
+    loader_workers: int, demo_config: dict, tmp_path: Path
+) -> None:
+    """Killed once the first epoch's `-last` exists (no step checkpoints): the run resumes at
+    that epoch's end, where Lightning runs the epoch-end hooks again, then a new epoch. With
+    loader workers too, whose iterator Lightning creates before it sets the resumed epoch."""
+    demo_config["device_setup"]["num_workers"] = loader_workers
+    demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
+    demo_config["output_setup"].update(name_exp_log="exp", save_top_k=1, get_prediction=False)
+    demo_config["data_source"].pop("test_file")
+    reference = json.loads(json.dumps(demo_config))
+    reference["output_setup"]["version_name"] = "reference"
+    assert main(["train", "-c", str(write_config(tmp_path / "ref.json", reference))]) == 0
+
+    demo_config["output_setup"]["version_name"] = "killed"
+    run = tmp_path / "runs" / "exp" / "killed"
+    last = run / "checkpoints" / "lightunet-last.ckpt"
+    killed = write_config(tmp_path / "killed.json", demo_config)
+    assert sigkill_when(["train", "-c", str(killed)], last.exists) == -signal.SIGKILL
+    demo_config["train_setup"]["continue_training"] = True
+    assert main(["train", "-c", str(write_config(tmp_path / "cont.json", demo_config))]) == 0
+
+    ref_history, ref_weights, ref_names, ref_scalars = final_state(tmp_path / "runs/exp/reference")
+    history, weights, names, scalars = final_state(run)
+    assert history == ref_history and names == ref_names
+    assert scalars == ref_scalars  # train loss and mIoU of every epoch, none carried over
+    for key, value in ref_weights.items():  # metric states included
+        assert torch.equal(weights[key], value), key

@@ -1,0 +1,241 @@
+"""`landseg train` end to end on the tiny demo dataset: every output 004 lists."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from lightning.pytorch.callbacks import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from landseg.callbacks.run_logger import read_scalars
+from landseg.cli.main import main
+from landseg.planning.prepare import prepare
+from landseg.training.run import train
+from tests.conftest import write_config
+
+
+def run_train(config: dict, tmp_path: Path, *extra: str, name: str = "c.json") -> int:
+    return main(["train", "-c", str(write_config(tmp_path / name, config)), *extra])
+
+
+@pytest.fixture
+def small(demo_config: dict) -> dict:
+    demo_config["train_setup"].update(epochs=2, batch_size=8, lr=0.01)
+    demo_config["output_setup"].update(name_exp_log="exp", version_name="v1", save_top_k=2)
+    return demo_config
+
+
+@pytest.mark.slow
+def test_train_writes_every_output(small: dict, tmp_path: Path) -> None:
+    small["output_setup"].update(log_learning_rate=True)
+    small["train_setup"]["export_checkpoint"] = ["pth", "torchscript"]
+    assert run_train(small, tmp_path) == 0
+    run = tmp_path / "runs" / "exp" / "v1"
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "finished" and state["epochs_done"] == 2
+    assert set(state["csv"]) == {"train", "val", "test"}
+    assert "torch" in state["versions"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_setup"]["epochs"] == 2 and config["train_setup"]["lr"] == 0.01
+    assert (run / "model_summary.txt").read_text().count("parameters") == 1
+    assert (run / "train.log").stat().st_size > 0
+
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert sum("-loss-" in n for n in ckpts) == 2 and sum("-miou-" in n for n in ckpts) == 2
+    assert "lightunet-last.ckpt" in ckpts
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        assert any(k.startswith("model.") for k in checkpoint["state_dict"])
+        assert checkpoint["hyper_parameters"]["class_labels"]  # what predict and report read
+        # only the checkpoint a run continues from holds the optimiser's state (disk)
+        assert ("optimizer_states" in checkpoint) == path.name.endswith("-last.ckpt"), path
+    assert (run / "checkpoints" / "lightunet-best.pth").exists()
+    assert (run / "checkpoints" / "lightunet-best.torchscript.pt").exists()
+
+    history = json.loads((run / "history.json").read_text())
+    assert list(history) == ["0", "1"]
+    entry = history["1"]
+    for key in ("cm_macro", "cm_micro", "Overall/IoU", "Average/F1-Score", "water/Precision"):
+        assert key in entry
+    assert entry["learning rate"] == pytest.approx(0.01) and entry["loss"] > 0
+    test = json.loads((run / "history_test.json").read_text())
+    assert len(test) == 1 and "-loss-" in next(iter(test.values()))["checkpoint"]
+
+    predictions = sorted((run / "predictions").glob("*.tif"))
+    test_rows = (Path(small["data_source"]["test_file"])).read_text().split()
+    assert len(predictions) == len(test_rows)
+    image = Path(small["data_source"]["test_file"]).parent / test_rows[0].split(",")[0]
+    with rasterio.open(image) as src, rasterio.open(run / "predictions" / image.name) as out:
+        assert out.crs == src.crs and out.transform == src.transform
+        assert out.count == 4 and out.dtypes[0] == "uint8"
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {p.parent.name for p in events} >= {"train", "val", "test"}
+
+    # each epoch's train row holds that epoch's train mIoU (the value Lightning itself sent to
+    # TensorBoard at the epoch's end), not the previous epoch's
+    rows = [row for row in read_scalars(run) if row["phase"] == "train"]
+    assert [row["epoch"] for row in rows] == [0, 1]
+    board = EventAccumulator(str(run / "tensorboard" / "train")).Reload()
+    logged = [event.value for event in board.Scalars("miou")]  # (Lightning's step is one less)
+    assert logged == [pytest.approx(row["miou"], abs=1e-6) for row in rows]
+    assert logged[0] != pytest.approx(logged[1])  # two distinct epochs: a lag would show
+
+
+@pytest.mark.slow
+def test_existing_version_is_never_overwritten(small: dict, tmp_path: Path, capsys) -> None:
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(use_tensorboard=False, get_prediction=False)
+    assert run_train(small, tmp_path) == 0
+    run = tmp_path / "runs" / "exp" / "v1"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    small["cross_validation"] = {"group_column": "zone"}  # for landseg cv: train says so
+    assert run_train(small, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "output_setup.version_name" in err
+    assert "cross_validation and search are for landseg cv and landseg tune" in err
+    del small["cross_validation"]
+    # -c with --resume: refused (a resumed run keeps its own config), nothing touched
+    last = next((run / "checkpoints").glob("*-last.ckpt"))
+    with pytest.raises(SystemExit) as refused:
+        run_train(small, tmp_path, "--resume", str(last))
+    assert refused.value.code == 2
+    assert "not both" in capsys.readouterr().err
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    # continuing a finished run has nothing left to do, and says so
+    small["train_setup"]["continue_training"] = True
+    assert run_train(small, tmp_path) == 0
+    assert "nothing left to do" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_pth_outputs(small: dict, tmp_path: Path) -> None:
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(
+        model_out_ext=".pth", model_filename="mymodel", use_tensorboard=False, get_prediction=False
+    )
+    assert run_train(small, tmp_path) == 0
+    run = tmp_path / "runs" / "exp" / "v1"
+    weights = torch.load(run / "mymodel.pth", weights_only=True)
+    assert any("inc" in k for k in weights)
+    assert "state" in torch.load(run / "optimizer_mymodel.pth", weights_only=True)
+    assert torch.load(run / "train_mymodel.pth", weights_only=True)["epoch"] == 0
+    # ODEON-light: the .pth files are the kept models; `last` alone, to continue the run
+    assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["mymodel-last.ckpt"]
+
+
+@pytest.mark.slow
+def test_wandb_writes_offline_files_in_the_run_folder(small: dict, tmp_path: Path) -> None:
+    import wandb
+
+    from tests.loggers.test_wandb_logger import _item_key, _read_wandb_records
+
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(use_wandb=True, use_tensorboard=False, get_prediction=False)
+    try:
+        assert run_train(small, tmp_path) == 0
+    finally:
+        wandb.finish()  # the run file is complete once the run is finished
+    run = tmp_path / "runs" / "exp" / "v1"
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    (run_file,) = offline.glob("*.wandb")
+    rows = [
+        {_item_key(item): json.loads(item.value_json) for item in record.history.item}
+        for record in _read_wandb_records(run_file)
+        if record.HasField("history")
+    ]
+    history = json.loads((run / "history.json").read_text())
+    val_rows = [row for row in rows if "val_loss" in row]
+    assert len(val_rows) == 1
+    assert val_rows[0]["val_loss"] == pytest.approx(history["0"]["loss"], rel=1e-6)
+    # the run logger's figures and the image grid reach W&B as images
+    keys = {key for row in rows for key in row}
+    for tag in ("val/confusion_val", "val/per_class_val", "val/samples/image_mask_prediction"):
+        assert f"{tag}/width" in keys, sorted(keys)
+
+
+@pytest.mark.slow
+def test_training_options_reach_lightning(small: dict, tmp_path: Path) -> None:
+    """val_check_interval, scheduler, optimiser and early stopping on val_miou."""
+    small["train_setup"].update(
+        epochs=3,
+        val_check_interval=0.5,
+        optimizer_config={"optimizer": "sgd", "momentum": 0.9},
+        scheduler_config={"scheduler": "cosineannealinglr"},
+        early_stopping={"monitor": "val_miou", "patience": 5},
+    )
+    small["output_setup"].update(use_tensorboard=False, get_prediction=False)
+    assert run_train(small, tmp_path) == 0
+    run = tmp_path / "runs" / "exp" / "v1"
+    history = json.loads((run / "history.json").read_text())
+    assert list(history) == ["0", "1", "2"]
+    rates = [entry["learning rate"] for entry in history.values()]
+    assert rates[0] == pytest.approx(0.01) and rates[2] < rates[1] < rates[0]  # cosine decay
+    # 14 train tiles, batch 8: 2 steps per epoch, validated after each; the last one is kept
+    assert [entry["step"] for entry in history.values()] == [2, 4, 6]
+
+
+class AutocastProbe(Callback):
+    """Records the dtype of the logits and the memory format of the model's first weight."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[torch.dtype, bool]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with trainer.precision_plugin.forward_context():
+            logits = pl_module(batch["image"])
+        weight = next(p for p in pl_module.model.parameters() if p.ndim == 4)
+        channels_last = weight.is_contiguous(memory_format=torch.channels_last)
+        self.seen.append((logits.dtype, channels_last))
+
+
+@pytest.mark.slow
+def test_bf16_autocast_and_channels_last(small: dict, tmp_path: Path) -> None:
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(use_tensorboard=False, get_prediction=False)
+    small["device_setup"] = {"device": 0, "precision": "bf16-mixed", "channels_last": True}
+    probe = AutocastProbe()
+    prepared = prepare(write_config(tmp_path / "c.json", small), [])
+    checked, summary = prepared.config, prepared.summary
+    run = train(checked, summary, extra_callbacks=[probe])
+    assert probe.seen and all(seen == (torch.bfloat16, True) for seen in probe.seen)
+    history = json.loads((run / "history.json").read_text())
+    assert math.isfinite(history["0"]["loss"])
+    weights = torch.load(run / "checkpoints" / "lightunet-last.ckpt", weights_only=True)
+    assert all(v.dtype == torch.float32 for k, v in weights["state_dict"].items() if "model." in k)
+
+
+@pytest.mark.slow
+def test_get_prediction_writes_class_maps_polygons_and_uses_tta(
+    small: dict, tmp_path: Path
+) -> None:
+    import pyogrio
+
+    small["train_setup"]["epochs"] = 1
+    small["output_setup"].update(
+        get_prediction=True,
+        prediction_output_type="classes",
+        prediction_vectors=True,
+        prediction_tta="flips",
+        use_tensorboard=False,
+    )
+    assert run_train(small, tmp_path) == 0
+    predictions = tmp_path / "runs" / "exp" / "v1" / "predictions"
+    rasters = sorted(predictions.glob("*.tif"))
+    assert rasters and len(rasters) == len(list(predictions.glob("*.gpkg")))
+    assert len(rasters) == len(list(predictions.glob("*.qml")))
+    with rasterio.open(rasters[0]) as src:
+        assert src.count == 1 and src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        classes = src.read(1)
+    _, _, _, (ids, names) = pyogrio.raw.read(rasters[0].with_suffix(".gpkg"))
+    labels = small["data_source"]["class_labels"]
+    assert all(name == labels[int(i)] for i, name in zip(ids, names, strict=True))
+    assert set(ids.tolist()) == set(np.unique(classes[classes != 255]).tolist())
+
+    small["output_setup"].update(prediction_output_type="uint8", version_name="v2")
+    assert run_train(small, tmp_path) == 2  # polygons need class maps: refused before training
