@@ -1,4 +1,5 @@
-"""The history JSON of 004: per epoch id, the metrics, the loss and the learning rate.
+"""The history JSON of ODEON's train tool: per epoch id, the metrics, the loss and the learning
+rate.
 
 Written atomically by rank 0 after every validation (before the checkpoints of that
 validation, since Lightning runs checkpoint callbacks last). On resume, entries the restored

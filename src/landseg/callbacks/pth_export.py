@@ -1,6 +1,6 @@
 """ODEON's ``.pth`` outputs: model, optimiser and training-state files, kept at the best val_loss.
 
-With ``model_out_ext: .pth`` 004 writes ``<name>.pth`` (model state_dict),
+With ``model_out_ext: .pth`` ODEON's train tool writes ``<name>.pth`` (model state_dict),
 ``optimizer_<name>.pth`` (optimiser state_dict) and ``train_<name>.pth`` (epoch, step, loss,
 learning rate), overwritten when the model improves. All three load with
 ``torch.load(weights_only=True)``.

@@ -59,7 +59,7 @@ class CrossValidation(BaseModel):
     """`landseg cv` (see cross_validation.md): each test subject is held out in turn."""
 
     # A group is a set of tiles (a zone); a test subject is one group, or several groups held
-    # out together (seed 000's "subject pairs"). The rows come from one CSV file;
+    # out together ("subject pairs"). The rows come from one CSV file;
     # data_source.val_file and test_file are not used.
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

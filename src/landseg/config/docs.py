@@ -94,7 +94,8 @@ def _default(field: Any) -> str:
 
 def model_table(title: str, model: type[BaseModel], prefix: str) -> str:
     lines = [f"## `{prefix}`" if prefix else f"## {title}", ""]
-    doc = (model.__doc__ or "").strip()
+    # The first paragraph is written for users; the rest of a docstring is for developers.
+    doc = (model.__doc__ or "").strip().split("\n\n")[0]
     if doc:
         lines += [doc, ""]
     lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]

@@ -1,6 +1,7 @@
-"""The config models: ODEON's train-tool JSON (seed 004), key for key, plus landseg's extensions.
+"""The config models: ODEON's train-tool JSON, key for key, plus landseg's extensions.
 
-Every key of 004 keeps its documented name, type and default, so an existing ODEON config runs
+Every key of ODEON's train tool keeps its documented name, type and default, so an existing ODEON
+config runs
 unchanged. Rules that need only the config live here (validators, and the ``problems()``
 methods of sections); the rules of registry names live with their registries, the rules of the
 data in :mod:`landseg.data.checks`, and :mod:`landseg.planning.prepare` runs them all.
@@ -72,7 +73,8 @@ class NormalizationWeights(StrictModel):
 
 
 class DataAugmentation(StrictModel):
-    """Augmentation names per split. 004: augmentation applies to the training set only."""
+    """Augmentation names per split. ODEON's train tool: augmentation applies to the training set
+    only."""
 
     train: list[str] = Field(
         default_factory=list,
@@ -101,7 +103,7 @@ Resolution = float | list[float]
 
 
 class DataSource(StrictModel):
-    """Where the data is and how to read it (004, section Data source)."""
+    """Where the data is and how to read it (ODEON's train tool, section Data source)."""
 
     train_file: Path = Field(
         description="CSV of `image,mask` rows for training; paths relative to the CSV's folder."
@@ -259,7 +261,7 @@ class EarlyStopping(StrictModel):
 
 
 class TrainSetup(StrictModel):
-    """Model and optimisation (004, section Train setup)."""
+    """Model and optimisation (ODEON's train tool, section Train setup)."""
 
     model_name: str = Field(
         description="unet, lightunet, resnet18/34/50/101/152, deeplab, or "
@@ -343,7 +345,7 @@ class TrainSetup(StrictModel):
 
 
 class OutputSetup(StrictModel):
-    """Where and what to write (004, section Output setup)."""
+    """Where and what to write (ODEON's train tool, section Output setup)."""
 
     output_folder: Path = Field(description="Folder holding experiments and their versions.")
     model_filename: str | None = Field(
@@ -421,7 +423,7 @@ class OutputSetup(StrictModel):
     layout: Literal["odeon", "datamodule_model"] = Field(
         default="odeon",
         description="odeon: <output_folder>/<name_exp_log>/<version>; datamodule_model: "
-        "<output_folder>/<datamodule>/<model>/<version> (seed 003).",
+        "<output_folder>/<datamodule>/<model>/<version>.",
     )
 
     def logger_names(self) -> list[str]:
@@ -509,9 +511,9 @@ STOP_SIGNALS: tuple[StopSignal, ...] = ("SIGTERM", "SIGUSR1")
 
 
 class DeviceSetup(StrictModel):
-    """Hardware (004, section Device setup), mapped onto Lightning's Trainer.
+    """Hardware (ODEON's train tool, section Device setup), mapped onto Lightning's Trainer.
 
-    This section is the one place that decodes 004's device keys: :meth:`lightning_args` for
+    This section is the one place that decodes ODEON's device keys: :meth:`lightning_args` for
     the trainer, :meth:`starts_processes` for the job runner, :meth:`problems` for validation.
     """
 
@@ -589,9 +591,10 @@ class DeviceSetup(StrictModel):
         return problems
 
     def lightning_args(self) -> dict[str, Any]:
-        """004's device keys as Lightning's accelerator, devices, strategy, num_nodes, precision.
+        """ODEON's device keys as Lightning's accelerator, devices, strategy, num_nodes, precision.
 
-        ``device: 0`` means the CPU (004). On the CPU, ``num_processes`` is the number of
+        ``device: 0`` means the CPU (as in ODEON's train tool). On the CPU, ``num_processes`` is
+        the number of
         processes (DDP with gloo when > 1).
         """
         accelerator = (self.accelerator or "auto").lower()

@@ -1,4 +1,4 @@
-"""Named registries: a config names parts, a registry says which exist (seed 003)."""
+"""Named registries: a config names parts, a registry says which exist."""
 
 from __future__ import annotations
 

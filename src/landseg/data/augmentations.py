@@ -1,4 +1,4 @@
-"""Training augmentations (ODEON 004, section Augmentation description), by name.
+"""Training augmentations (ODEON's train tool, section Augmentation description), by name.
 
 Each is a callable ``(image, mask, rng) -> (image, mask)``: ``image`` is a (C, H, W) float32
 array already scaled to 0-1 (before mean/std), ``mask`` an (H, W) int64 array with

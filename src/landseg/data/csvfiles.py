@@ -1,4 +1,5 @@
-"""CSV files of ``image,mask`` rows (ODEON 004, section Data source) and the splits built from them.
+"""CSV files of ``image,mask`` rows (ODEON's train tool, section Data source) and the splits built
+from them.
 
 Rules:
 

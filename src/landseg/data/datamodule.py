@@ -1,4 +1,4 @@
-"""Lightning datamodules, by name (seed 003); ``csv`` reads ODEON's CSV files of image/mask rows.
+"""Lightning datamodules, by name; ``csv`` reads ODEON's CSV files of image/mask rows.
 
 Splits: ``train_file``; ``val_file``, or else ``percentage_val`` of the train file held out
 reproducibly from ``train_setup.random_seed``; ``test_file`` (also used for prediction).

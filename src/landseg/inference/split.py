@@ -1,6 +1,7 @@
 """Predictions of a split as Cloud-Optimised GeoTIFFs that keep each input's CRS and transform.
 
-``prediction_output_type`` (004, plus landseg's ``classes``) says what each file holds:
+``prediction_output_type`` (ODEON's train tool's, plus landseg's ``classes``) says what each file
+holds:
 
 - ``float32``: the per-class probabilities (softmax), in [0, 1], one band per class;
 - ``uint8``: the same probabilities scaled to 0-254 (``round(p * 255)``, at most 254: 255

@@ -1,11 +1,11 @@
-"""The job log: what a cross-validation job has done and what it still has to do (seed 000).
+"""The job log: what a cross-validation job has done and what it still has to do.
 
-One SQLite file, ``job.sqlite`` in the job folder, instead of 000's pickled dict: people and
+One SQLite file, ``job.sqlite`` in the job folder, instead of a pickled dict: people and
 tools read it (``sqlite3 job.sqlite 'select * from tasks'``), every change is one atomic
 transaction, and several local worker processes may write it at once (WAL mode, a busy
 timeout, ``BEGIN IMMEDIATE`` for claims). Under MPI only rank 0 opens it.
 
-What 000 lists, and where it is:
+What a job log must record, and where it is:
 
 * test subjects still to train: ``subjects`` (``finished = 0``; view ``subjects_to_train``);
 * finished per task: ``tasks.status`` (``pending``, ``running``, ``finished``, ``failed``);

@@ -1,7 +1,7 @@
 """The plan of a cross-validation job: groups, test subjects, tasks, and each task's own config.
 
 A *group* is a set of tiles (a zone). A *test subject* is one group, or several held out together
-(seed 000's subject pairs). A *task* is one (test subject, validation groups) pair: a full
+(subject pairs). A *task* is one (test subject, validation groups) pair: a full
 ``landseg train`` run whose CSV files are written into its own folder. Everything here is a pure
 function of the config and the rows, so every launch of a job (and every worker) derives the same
 task ids, CSV files and config hashes.

@@ -1,4 +1,4 @@
-"""Networks built from segmentation-models-pytorch (smp) for 004's model names and ``smp:*``.
+"""Networks built from segmentation-models-pytorch (smp) for ODEON's model names and ``smp:*``.
 
 smp already adapts the first convolution to any number of bands; what it lacks is ODEON's
 transposed-conv decoder option, added here, and a clear error when pretrained weights cannot be
@@ -98,7 +98,7 @@ def resnet_unet(
     decoder_mode: str = "bilinear",
     encoder_weights: str | None = None,
 ) -> nn.Module:
-    """004's ``resnet18`` .. ``resnet152``: a U-Net with a ResNet encoder."""
+    """ODEON's ``resnet18`` .. ``resnet152``: a U-Net with a ResNet encoder."""
     decoder_channels = (256, 128, 64, 32, 16)  # smp's default
     model = smp_model(
         "unet",
@@ -121,7 +121,7 @@ def deeplab(
     output_stride: int = 8,
     encoder_weights: str | None = None,
 ) -> nn.Module:
-    """004's ``deeplab``: DeepLabV3+ on MobileNetV2, with ODEON's (torchvision) plain ASPP.
+    """ODEON's ``deeplab``: DeepLabV3+ on MobileNetV2, with ODEON's (torchvision) plain ASPP.
 
     The atrous rates follow ODEON: (12, 24, 36) at output stride 8, (6, 12, 18) at 16.
     """

@@ -1,4 +1,5 @@
-"""Model names (seed 004 plus ``smp:<Architecture>``), their parameters and their checks.
+"""Model names (ODEON's train tool's, plus ``smp:<Architecture>``), their parameters and their
+checks.
 
 Every entry's ``info`` says which ``model_params`` keys it takes (with defaults), which values
 some of them allow, and which multiple the input height and width must be, so a config is
@@ -69,7 +70,7 @@ for _depth in (18, 34, 50, 101, 152):
     MODELS.add(
         f"resnet{_depth}",
         partial(resnet_unet, depth=_depth),
-        aliases=("resnet150",) if _depth == 152 else (),  # 004 lists "resnet150", a slip
+        aliases=("resnet150",) if _depth == 152 else (),  # ODEON's docs list "resnet150", a slip
         size_multiple=32,
         params={"decoder_mode": "bilinear", "encoder_weights": None},
         choices={"decoder_mode": DECODER_MODES},

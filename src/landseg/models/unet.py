@@ -1,4 +1,5 @@
-"""ODEON's hand-written U-Nets (seed 004): ``unet`` (64..1024, batch norm) and ``lightunet``.
+"""ODEON's hand-written U-Nets: ``unet`` (64..1024, batch norm) and
+``lightunet``.
 
 Module and attribute names follow ODEON's code (``inc``, ``down1``.., ``up1``.., ``outc`` and the
 inner ``double_conv``/``maxpool_conv``/``up``/``conv``), so the state dict keys of an ODEON U-Net
@@ -105,7 +106,7 @@ class OutputConv(nn.Module):
 class UNet(nn.Module):
     """U-Net with four down/up stages of widths ``base_width * (1, 2, 4, 8, 16)``.
 
-    ``base_width=64, batch_norm=True`` is 004's ``unet``; ``base_width=8, batch_norm=False`` is
+    ``base_width=64, batch_norm=True`` is ODEON's ``unet``; ``base_width=8, batch_norm=False`` is
     its ``lightunet``: one implementation, so both behave the same but for their size.
     """
 

@@ -2,7 +2,8 @@
 
 A run is any folder holding a ``run.json`` (see :class:`~landseg.runs.folder.RunFolder`), so
 both layouts are found without being told which: ``<output>/<experiment>/<version>``
-(ODEON's, the default) and seed 003's ``<output>/<datamodule>/<model>/<version>``. Archiving
+(ODEON's, the default) and the ``datamodule_model`` layout's
+``<output>/<datamodule>/<model>/<version>``. Archiving
 renames a version in place to ``archived_vX_yyyy-mm-dd`` (X: the next free number among the
 archived versions of the same parent folder) with one ``os.rename``, records ``archived:
 {from, date}`` in its ``run.json`` and appends an entry to ``archive.json`` in the output
@@ -75,7 +76,7 @@ def effective_status(state: RunState) -> str:
 
 def refuse_archived_run(run: Path) -> None:
     """Raise for an archive (``archived_vX_yyyy-mm-dd``): it is kept as it was validated, for
-    reference (seed 003); continuing it would prune its checkpoints and change its metrics.
+    reference; continuing it would prune its checkpoints and change its metrics.
     A copy under another name is a run of its own and may be continued."""
     if ARCHIVED_NAME.match(run.name):
         raise LandsegError(

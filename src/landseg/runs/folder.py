@@ -5,8 +5,9 @@ onto a run path themselves: they ask :class:`RunFolder` (``run.history``, ``run.
 ``run.scalars``...), read and write ``run.json`` through :class:`RunState`, and name or
 recognise checkpoints through :class:`CheckpointName`.
 
-Layout (004): ``<output_folder>/<name_exp_log>/<version_name>/``, defaults the launch date
-``YYYY-MM-DD`` and time ``HH-MM-SS``; or seed 003's ``<output_folder>/<datamodule>/<model>/
+Layout (as in ODEON's train tool): ``<output_folder>/<name_exp_log>/<version_name>/``,
+defaults the launch date ``YYYY-MM-DD`` and time ``HH-MM-SS``; or
+``<output_folder>/<datamodule>/<model>/
 <version>`` with ``output_setup.layout: datamodule_model``. ``run.json`` records the state
 (running, finished, failed, interrupted) and is rewritten atomically at each change.
 """

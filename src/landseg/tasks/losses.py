@@ -1,4 +1,4 @@
-"""Losses by name (seed 004: ce, bce, focal, combo; landseg adds dice, jaccard).
+"""Losses by name (ODEON's train tool: ce, bce, focal, combo; landseg adds dice, jaccard).
 
 Every loss takes logits (B, C, H, W) and int64 class indices (B, H, W) where ``IGNORE_INDEX``
 (-1) marks pixels without a class; those never contribute, so a loss computed on a tile with
@@ -113,7 +113,7 @@ def dice_loss(n_classes: int) -> nn.Module:
 
 
 class ComboLoss(nn.Module):
-    """004's ``combo``: ``0.75 * bce + 0.25 * jaccard``."""
+    """ODEON's ``combo``: ``0.75 * bce + 0.25 * jaccard``."""
 
     def __init__(self, n_classes: int, bce_weight: float = 0.75, jaccard_weight: float = 0.25):
         super().__init__()

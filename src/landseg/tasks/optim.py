@@ -1,6 +1,7 @@
 """Optimiser and scheduler registries, with parameters checked against the real classes.
 
-A config names an optimiser and passes its keyword arguments as-is (004). Rather than keep a
+A config names an optimiser and passes its keyword arguments as-is (as ODEON's train tool does).
+Rather than keep a
 copy of every signature, :func:`optimizer_problems` and :func:`scheduler_problems` build the
 real torch object on a dummy parameter: torch itself then rejects unknown keys and bad values,
 and the message names the config key. Before that, each value is checked against the type the
@@ -32,7 +33,8 @@ OPTIMIZERS.add("rmsprop", torch.optim.RMSprop)
 
 lr_scheduler = torch.optim.lr_scheduler
 SCHEDULERS: Registry[type[Any]] = Registry("scheduler")
-# 004: ReduceLROnPlateau by default with mode='min', factor=0.5, patience=10, min_lr=1e-7,
+# ODEON's train tool: ReduceLROnPlateau by default with mode='min', factor=0.5, patience=10,
+# min_lr=1e-7,
 # cooldown=4. Step-based schedulers are stepped every batch, the others every epoch.
 SCHEDULERS.add(
     "reducelronplateau",
