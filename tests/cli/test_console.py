@@ -88,7 +88,8 @@ def test_closed_stdout_ends_quietly(tmp_path: Path) -> None:
 
 def test_closed_stdout_with_head(tmp_path: Path) -> None:
     """The real pipeline: 5 MB of output into ``head -1``."""
-    script = "from landseg.cli import main as cli; cli.cmd_schema = lambda args: print('x' * 5_000_000) or 0"
+    script = "from landseg.cli import main as cli"
+    script += "; cli.cmd_schema = lambda args: print('x' * 5_000_000) or 0"
     script += "; import sys; sys.exit(cli.main(['schema']))"
     done = subprocess.run(
         ["bash", "-c", f'set -o pipefail; "{sys.executable}" -c "{script}" | head -c 1'],
