@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: install demo test lint typecheck format docs clean
+.PHONY: install install-dev demo test lint typecheck format docs clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -15,11 +15,23 @@ DEMO_DIR ?= demo
 
 # --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE=1, so without it every
 # command would compile torch, Lightning and timm from source again (seconds of CPU each).
-$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra mpi --extra vector --extra onnx --extra tune --compile-bytecode
+EXTRAS := --extra mpi --extra vector --extra onnx --extra tune
+SYNC := $(UV) sync --frozen $(EXTRAS) --compile-bytecode
+
+# What landseg needs to run (make demo): no development tools. --inexact keeps the development
+# tools of an earlier `make test` instead of removing them.
+$(VENV)/.installed-run: pyproject.toml uv.lock | $(UV)
+	$(SYNC) --no-default-groups --inexact
 	touch $@
 
-install: $(VENV)/.installed
+# Plus the development tools (pytest, ruff, mypy): make test, lint, format.
+$(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
+	$(SYNC)
+	touch $@ $(VENV)/.installed-run
+
+install: $(VENV)/.installed-run
+
+install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(BIN)/landseg demo-data $(DEMO_DIR)
@@ -27,20 +39,23 @@ demo: install
 	$(BIN)/landseg train -c $(DEMO_DIR)/demo.json
 
 # pytest exits 5 when it collects no test: that must fail, not pass silently.
-test: install
+test: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-format: install
+format: install-dev
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+typecheck: install-dev
+	$(BIN)/mypy
 
 docs: install
 	$(BIN)/python -m landseg.config.docs > docs/configuration.md

@@ -1,5 +1,5 @@
-"""004's minimal and full configs, pointed at ../shared/data/dubai-aerial, validate as-is; the
-keys and names users bring from other tools get the landseg key they meant."""
+"""ODEON's minimal and full example configs, pointed at ../shared/data/dubai-aerial, validate
+as-is; the keys and names users bring from other tools get the landseg key they meant."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from landseg.core.registry import closest, unknown_name_message
 from landseg.models.registry import MODELS
 from tests.conftest import REPO
 
-EXAMPLES = REPO / "examples"
+#: ODEON's own example configs, as its documentation writes them (Dubai tiles, a GPU).
+EXAMPLES = REPO / "tests" / "config" / "odeon_examples"
 
 
 @pytest.mark.realdata
@@ -25,7 +26,7 @@ EXAMPLES = REPO / "examples"
 def test_odeon_config_validates(
     name: str, shared_data: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """004's examples ask for a GPU: they validate as written for the machine that has it."""
+    """ODEON's examples ask for a GPU: they validate as written for the machine that has it."""
     path = str(EXAMPLES / name)
     assert main(["validate", "--no-device-check", "-c", path]) == 0, capsys.readouterr().err
     import torch

@@ -114,3 +114,22 @@ def test_find_phase_logger() -> None:
     tb = PhaseTensorBoardLogger(Path("unused"))
     assert find_phase_logger(SimpleNamespace(loggers=[])) is None
     assert find_phase_logger(SimpleNamespace(loggers=[object(), tb])) is tb
+
+
+def test_the_printed_tensorboard_command_runs_without_an_activated_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``make demo`` the environment is not activated: a bare ``tensorboard`` is not
+    found, so the command names the script installed beside this Python."""
+    import os
+    import sys
+
+    from landseg.loggers.tensorboard import tensorboard_command
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    monkeypatch.chdir(Path(sys.executable).parent.parent.parent)  # e.g. the repository root
+    program, *rest = tensorboard_command(Path("runs/demo")).split()
+    assert rest == ["--logdir", "runs/demo"]
+    assert program != "tensorboard"
+    assert Path(program).name == "tensorboard" and os.access(program, os.X_OK)
+    assert not Path(program).is_absolute()  # relative to the working folder, as a user types it

@@ -138,11 +138,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from landseg.launch.cluster import global_rank_zero
 
     if global_rank_zero():
+        from landseg.loggers.tensorboard import tensorboard_command
         from landseg.runs.folder import RunFolder
 
         print(f"run folder: {run_dir}")
         if RunFolder(run_dir).tensorboard.is_dir():
-            print(f"TensorBoard: tensorboard --logdir {run_dir.parent.parent}")
+            print(f"TensorBoard: {tensorboard_command(run_dir.parent.parent)}")
     return 0
 
 

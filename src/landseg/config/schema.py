@@ -270,7 +270,9 @@ class TrainSetup(StrictModel):
     model_params: dict[str, Any] = Field(
         default_factory=dict,
         description="landseg: extra model options (e.g. decoder_mode, output_stride, "
-        "encoder_name, encoder_weights); checked against the model.",
+        "encoder_name, encoder_weights); checked against the model. A model starts from "
+        "random weights unless encoder_weights is set (imagenet: downloaded once from the "
+        "Hugging Face Hub, then read from its cache) or init_weights names a file.",
     )
     epochs: PositiveInt = Field(default=1000, description="Number of epochs.")
     batch_size: PositiveInt = Field(default=3, description="Samples per mini-batch.")

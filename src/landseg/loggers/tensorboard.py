@@ -12,6 +12,9 @@ folders, which TensorBoard reads as one run.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
 import warnings
 from argparse import Namespace
 from collections.abc import Mapping
@@ -35,6 +38,23 @@ _EPOCH_SUFFIX = "_epoch"
 
 #: Metrics the HParams dashboard shows beside each run's config: (phase sub-run, tag).
 HPARAMS_METRICS = (("train", "loss"), ("val", "loss"), ("val", "miou"), ("test", "miou"))
+
+
+def tensorboard_command(logdir: Path) -> str:
+    """The command that opens TensorBoard on ``logdir``, as the user can type it here.
+
+    A virtual environment's scripts are not on PATH unless it is activated, so a bare
+    ``tensorboard`` fails after ``make demo``: name the script installed beside this Python
+    (``.venv/bin/tensorboard``, relative to the working folder when inside it) unless PATH
+    already finds that same script.
+    """
+    script = Path(sys.executable).parent / "tensorboard"
+    on_path = shutil.which("tensorboard")
+    if on_path is not None and (not script.exists() or Path(on_path).resolve() == script.resolve()):
+        program = "tensorboard"
+    else:
+        program = os.path.relpath(script) if script.is_relative_to(Path.cwd()) else str(script)
+    return f"{program} --logdir {logdir}"
 
 
 def split_metric(key: str) -> tuple[str, str]:
