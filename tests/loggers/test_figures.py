@@ -138,3 +138,22 @@ def test_learning_curves_panels_and_empty() -> None:
     train_loss = next(line for line in fig.axes[0].lines if line.get_label() == "train")
     assert list(train_loss.get_ydata()) == [1.2, 0.8]
     assert len(learning_curves([]).axes) == 1
+
+
+def test_learning_curves_number_epochs_from_1_with_the_test_on_the_last_epoch() -> None:
+    """Epochs as the console counts them: Lightning's epoch 0 is drawn at 1, and the test,
+    recorded after fit (current_epoch == epochs done), on the last epoch, not after it."""
+    rows = [
+        {"phase": "train", "step": 2, "epoch": 0, "loss": 1.2},
+        {"phase": "val", "step": 2, "epoch": 0, "loss": 1.0},
+        {"phase": "train", "step": 4, "epoch": 1, "loss": 0.9},
+        {"phase": "val", "step": 4, "epoch": 1, "loss": 0.7},
+        {"phase": "test", "step": 4, "epoch": 2, "loss": 0.75},
+    ]
+    lines = {line.get_label(): line for line in learning_curves(rows).axes[0].lines}
+    assert list(lines["train"].get_xdata()) == [1.0, 2.0]
+    assert list(lines["val"].get_xdata()) == [1.0, 2.0]
+    assert list(lines["test"].get_xdata()) == [2.0]
+    # by step, nothing is renumbered
+    by_step = learning_curves([{k: v for k, v in r.items() if k != "epoch"} for r in rows])
+    assert list(by_step.axes[0].lines[0].get_xdata()) == [4.0]  # test first (sorted by phase)

@@ -196,6 +196,11 @@ def learning_curves(rows: Iterable[Mapping[str, Any]]) -> Figure:
 
     Rows are ``{"phase", "step", "epoch"?, <scalar>: value}``. The x axis is the epoch when every
     plotted row has one, else the optimizer step. Panels without data are left out.
+
+    Epochs are drawn as the console numbers them, from 1: a row's ``epoch`` is Lightning's
+    0-based ``current_epoch``, so a train or validation row of epoch ``e`` is drawn at ``e + 1``
+    (the epochs done when it was recorded), and a test row, recorded after fit when
+    ``current_epoch`` equals the epochs done, at its ``epoch``: on the last epoch, not after it.
     """
     series: dict[tuple[str, str], dict[float, float]] = {}  # (scalar, phase) -> {x: value}
     rows = list(rows)
@@ -205,7 +210,7 @@ def learning_curves(rows: Iterable[Mapping[str, Any]]) -> Figure:
         for key, value in row.items():
             if key in ("phase", "step", "epoch", "time") or not _is_number(value):
                 continue
-            series.setdefault((key, row["phase"]), {})[row[x_key]] = float(value)
+            series.setdefault((key, row["phase"]), {})[_x_value(row, x_key)] = float(value)
     panels = [(title, name) for title, name in _CURVE_PANELS if name in {n for n, _ in series}]
     fig = new_figure(5.0 * max(1, len(panels)), 4.0)
     if not panels:
@@ -230,6 +235,13 @@ def learning_curves(rows: Iterable[Mapping[str, Any]]) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
+
+
+def _x_value(row: Mapping[str, Any], x_key: str) -> float:
+    """Where a row is drawn: its step, or its epoch counted from 1 (see :func:`learning_curves`)."""
+    if x_key == "epoch" and row["phase"] != "test":
+        return float(row["epoch"]) + 1
+    return float(row[x_key])
 
 
 def _is_number(value: Any) -> bool:

@@ -104,7 +104,8 @@ def metrics_entry(run: Path) -> tuple[dict[str, Any] | None, str]:
     history = read_history(RunFolder(run).history)
     if history:
         epoch, entry = max(history.items(), key=lambda item: int(item[0]))
-        return entry, f"validation split, epoch {epoch}"
+        # history.json keeps ODEON's 0-based epoch ids; a person reads epochs from 1
+        return entry, f"validation split, epoch {int(epoch) + 1}"
     return None, "no history"
 
 
