@@ -30,7 +30,8 @@ from landseg.core.files import folder_problem
 from landseg.core.signals import StopSignals
 from landseg.jobs.log import LOG_FILE
 from landseg.jobs.plan import STUDY_FILE, Job, Row, prepare_job
-from landseg.runs.folder import CheckpointName, RunFolder
+from landseg.runs.checkpoints import CheckpointName
+from landseg.runs.folder import RunFolder
 
 log = logging.getLogger("landseg.tune")
 
