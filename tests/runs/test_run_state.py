@@ -12,7 +12,7 @@ import pytest
 
 from landseg.launch.hardware import FastPaths
 from landseg.planning.prepare import prepare_config
-from landseg.runs.folder import RunFolder, RunState
+from landseg.runs.folder import RunFolder, RunState, resolve_run_folder
 
 FAST = FastPaths("32-true", False, "the CPU")
 
@@ -86,3 +86,22 @@ def test_validations_keep_the_best_metrics_and_the_end_is_recorded(tmp_path: Pat
     finished = run.record_end("finished", early_stopped=True)
     assert finished.early_stopped and finished.error == "DataError: x.tif unreadable"
     assert RunState.read(tmp_path) == finished
+
+
+def test_a_failed_start_removes_only_the_folders_it_made(demo_config: dict, tmp_path: Path) -> None:
+    demo_config["output_setup"].update(name_exp_log="exp", version_name="v1")
+    run = resolve_run_folder(prepare_config(demo_config))
+    assert run.made == tmp_path / "runs"  # the output folder did not exist yet
+    (run.path / "train.log").write_text("")
+    assert run.remove_failed_start() and not (tmp_path / "runs").exists()
+
+    (tmp_path / "runs" / "exp" / "v0").mkdir(parents=True)  # another run beside it
+    run = resolve_run_folder(prepare_config(demo_config))
+    assert run.made == run.path
+    assert run.remove_failed_start()
+    assert sorted(p.name for p in (tmp_path / "runs" / "exp").iterdir()) == ["v0"]
+
+    run = resolve_run_folder(prepare_config(demo_config))
+    RunState(status="failed").write(run.path)  # the start got as far as its run.json
+    assert not run.remove_failed_start() and run.path.is_dir()
+    assert not RunFolder(tmp_path / "runs" / "exp" / "v0").remove_failed_start()  # not made

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Mapping
@@ -188,11 +189,13 @@ def initial_state(config: LandsegConfig) -> RunState:
 class RunFolder:
     """One run's folder: its paths, its state, its checkpoints.
 
-    ``resuming`` says whether the folder held a run already when this process took it.
+    ``resuming`` says whether the folder held a run already when this process took it;
+    ``made`` is the topmost folder this process created for it (None: the folder was there).
     """
 
     path: Path
     resuming: bool = False
+    made: Path | None = None
 
     RUN_FILE = "run.json"
     CONFIG_FILE = "config.json"
@@ -290,6 +293,23 @@ class RunFolder:
             return True
         here = state.host in (None, socket.gethostname())
         return here and not (state.pid is not None and pid_alive(state.pid, state.process_start))
+
+    def remove_failed_start(self) -> bool:
+        """Remove the folder this process made for a run that then failed to start (before
+        its run.json was written), and the empty folders above it it made: a refused or
+        failed start leaves no stray version folder holding an empty ``train.log`` behind.
+        Whether it removed anything."""
+        if self.made is None or self.is_run or not self.path.is_dir():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        folder = self.path.parent
+        while folder != self.made.parent and self.made in (folder, *folder.parents):
+            try:
+                folder.rmdir()  # only when empty: another run may have started beside it
+            except OSError:
+                break
+            folder = folder.parent
+        return not self.path.exists()
 
     # ------------------------------------------------------------------ state
 
@@ -495,6 +515,7 @@ def resolve_run_folder(
                 f"output_setup.output_folder: cannot write the run folder {path}: {problem}"
             )
         return RunFolder(path, resuming=exists)
+    made = first_missing(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -504,7 +525,15 @@ def resolve_run_folder(
         raise RunFolderError(
             f"output_setup.output_folder: cannot write the run folder {path}: {error.strerror}"
         ) from error
-    return RunFolder(path, resuming=exists)
+    return RunFolder(path, resuming=exists, made=made)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (None: ``path`` exists)."""
+    missing = None
+    while not path.exists() and path.parent != path:
+        missing, path = path, path.parent
+    return missing
 
 
 def _slurm_run_folder(config: LandsegConfig, job: str, create: bool = True) -> RunFolder:
@@ -526,13 +555,14 @@ def _slurm_run_folder(config: LandsegConfig, job: str, create: bool = True) -> R
         )
     if not create:
         return RunFolder(path, resuming=resuming)
+    made = first_missing(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunFolderError(
             f"output_setup.output_folder: cannot write the run folder {path}: {error.strerror}"
         ) from error
-    return RunFolder(path, resuming=resuming)
+    return RunFolder(path, resuming=resuming, made=made)
 
 
 def latest_version(experiment_dir: Path) -> Path | None:

@@ -235,8 +235,9 @@ def _train_as_rank_zero(
                 board.publish(RunDecision(run=str(run.path), finished=True))
             return run.path
     handler = _setup_file_logging(run, verbose) if rank_zero else None
+    returned = False
     try:
-        return _train_with_signals(
+        path = _train_with_signals(
             _ProcessRun(
                 run,
                 config,
@@ -249,11 +250,15 @@ def _train_as_rank_zero(
                 standalone=standalone,
             )
         )
+        returned = True
+        return path
     finally:
         if handler is not None:
             for name in ("landseg", "lightning.pytorch"):
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
+        if rank_zero and not returned:  # failed before its run.json: nothing worth keeping
+            run.remove_failed_start()
 
 
 @dataclass
