@@ -90,21 +90,22 @@ def child(config_path: Path, out: Path) -> None:
     from unittest import mock
 
     from landseg.planning.prepare import prepare
+    from landseg.runs.checkpoints import CheckpointFolder
     from landseg.training import run as train_module
 
     stamps["imported"] = time.time()
     prepared = prepare(config_path, [])
     config, summary = prepared.config, prepared.summary
     stamps["checked"] = time.time()
-    find = train_module.latest_checkpoint
+    find = CheckpointFolder.latest
 
-    def timed_find(run: Any) -> Path | None:
+    def timed_find(folder: CheckpointFolder) -> Path | None:
         start = time.time()
-        found = find(run)
+        found = find(folder)
         stamps["find_checkpoint_s"] = time.time() - start
         return found
 
-    with mock.patch.object(train_module, "latest_checkpoint", timed_find):
+    with mock.patch.object(CheckpointFolder, "latest", timed_find):
         train_module.train(config, summary, extra_callbacks=[Timestamps(out, stamps)])
     raise SystemExit("the run ended before a training step")
 

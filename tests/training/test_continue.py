@@ -181,6 +181,22 @@ def test_a_failure_before_the_first_step_is_recorded_and_the_name_reused(
     assert (state.status, state.epochs_done, state.error) == ("finished", 2, None)
 
 
+def test_a_start_that_fails_before_its_run_json_leaves_no_folder(
+    small: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The network's weights fail to load (as imagenet weights do offline): the one error
+    line, and no run folder holding an empty train.log (the folders it made are removed)."""
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"model.head.weight": torch.zeros(2)}}, other)
+    small["train_setup"]["init_weights"] = str(other)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "keep.txt").write_text("the user's")
+    assert run_cli(small, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train_setup.init_weights: ") and "holds another network" in err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["keep.txt"]
+
+
 def test_a_run_that_trained_is_never_taken_for_a_failed_start(tmp_path: Path) -> None:
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()

@@ -1,6 +1,7 @@
 """Checkpoint callbacks: top-k by val_loss and val_miou, step checkpoints, ``last``, epoch files.
 
-Every name comes from :class:`~landseg.runs.folder.CheckpointName`, which also reads them back.
+Every name comes from :class:`~landseg.runs.checkpoints.CheckpointName`, which also reads them
+back; which file is best, latest or stale is :mod:`landseg.runs.checkpoints`'s to say.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from landseg.runs.folder import CheckpointKind, CheckpointName, RunFolder
+from landseg.runs.checkpoints import CheckpointKind, CheckpointName
 
 
 class MovableCheckpoint(ModelCheckpoint):
@@ -151,22 +152,3 @@ def top_k_checkpoints(dirpath: Path, base: str, k: int) -> list[ModelCheckpoint]
         )
         for kind, monitor, mode in kinds
     ]
-
-
-def keep_newest_step_checkpoint(run: RunFolder) -> None:
-    """Drop older step checkpoints: Lightning never deletes the one a run resumed from."""
-    steps = sorted(run.step_checkpoints(), key=lambda p: p.stat().st_mtime_ns)
-    for path in steps[:-1]:
-        path.unlink(missing_ok=True)
-
-
-def best_loss_checkpoint(trainer: pl.Trainer) -> str | None:
-    """The best val_loss checkpoint of a fit (None with save_top_k 0: use ``last``)."""
-    for callback in trainer.checkpoint_callbacks:
-        if (
-            isinstance(callback, ModelCheckpoint)
-            and callback.monitor == "val_loss"
-            and callback.best_model_path
-        ):
-            return callback.best_model_path
-    return None

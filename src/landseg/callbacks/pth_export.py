@@ -2,7 +2,8 @@
 
 With ``model_out_ext: .pth`` ODEON's train tool writes ``<name>.pth`` (model state_dict),
 ``optimizer_<name>.pth`` (optimiser state_dict) and ``train_<name>.pth`` (epoch, step, loss,
-learning rate), overwritten when the model improves. All three load with
+learning rate), overwritten when the model improves; their names are
+:class:`landseg.runs.checkpoints.PthFiles`'s. All three load with
 ``torch.load(weights_only=True)``.
 """
 
@@ -15,14 +16,13 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from landseg.models.export import save_torch
+from landseg.runs.checkpoints import PthFiles, save_checkpoint
 from landseg.tasks.interface import segmentation_module
 
 
 class PthExport(Callback):
     def __init__(self, dirpath: Path, name: str):
-        self.dirpath = dirpath
-        self.name = name
+        self.files = PthFiles(dirpath, name)
         self.best = math.inf
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -33,15 +33,15 @@ class PthExport(Callback):
         if not trainer.is_global_zero:
             return
         network = segmentation_module(pl_module).model
-        save_torch(network.state_dict(), self.dirpath / f"{self.name}.pth")
-        save_torch(trainer.optimizers[0].state_dict(), self.dirpath / f"optimizer_{self.name}.pth")
+        save_checkpoint(network.state_dict(), self.files.model)
+        save_checkpoint(trainer.optimizers[0].state_dict(), self.files.optimizer)
         info = {
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,
             "val_loss": self.best,
             "learning_rate": trainer.optimizers[0].param_groups[0]["lr"],
         }
-        save_torch(info, self.dirpath / f"train_{self.name}.pth")
+        save_checkpoint(info, self.files.train_state)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}

@@ -16,10 +16,9 @@ class RunStateUpdater(Callback):
         metrics = trainer.callback_metrics  # every rank: the read syncs metrics under DDP
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        best = dict(self.run.state().best)
         loss, miou = metrics.get("val_loss"), metrics.get("val_miou")
-        if loss is not None and float(loss) < best.get("val_loss", float("inf")):
-            best["val_loss"] = float(loss)
-        if miou is not None and float(miou) > best.get("val_miou", float("-inf")):
-            best["val_miou"] = float(miou)
-        self.run.update_state(epochs_done=trainer.current_epoch + 1, best=best)
+        self.run.record_validation(
+            trainer.current_epoch + 1,
+            float(loss) if loss is not None else None,
+            float(miou) if miou is not None else None,
+        )

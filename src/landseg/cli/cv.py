@@ -20,14 +20,15 @@ from landseg.core.errors import LandsegError
 
 
 def _cv_status(args: argparse.Namespace) -> int:
-    from landseg.jobs.log import LOG_FILE, SNAPSHOT_FILE, JobLog, JobSnapshot
+    from landseg.jobs.folder import JobFolder
+    from landseg.jobs.log import JobLog, JobSnapshot
     from landseg.jobs.plan import cv_section, job_folder
     from landseg.jobs.summary import status_report
 
     config_path = args.status_config or args.config
     if args.job is not None:
         folder = args.job
-        _check_job_folder(folder, LOG_FILE)
+        _check_job_folder(folder, JobFolder.LOG_FILE)
     elif config_path is not None:
         from landseg.config.load import load_config  # the folder only: no registry or data
 
@@ -36,7 +37,7 @@ def _cv_status(args: argparse.Namespace) -> int:
         folder = job_folder(config)
     else:
         raise LandsegError("cv status: give the job folder or -c CONFIG")
-    snapshot = folder / SNAPSHOT_FILE
+    snapshot = JobFolder(folder).snapshot
     if snapshot.is_file():
         held = JobSnapshot(snapshot)
         if held.data["host"] != socket.gethostname():  # never open another host's SQLite
@@ -46,7 +47,7 @@ def _cv_status(args: argparse.Namespace) -> int:
             )
             print(status_report(held))
             return 0
-    with JobLog(folder / LOG_FILE, create=False) as log_db:
+    with JobLog(JobFolder(folder).log, create=False) as log_db:
         print(status_report(log_db))
     return 0
 
@@ -78,11 +79,12 @@ def _cv_compare(args: argparse.Namespace) -> int:
 
 
 def _report(summary: dict[str, Any], folder: Path) -> None:
-    from landseg.jobs.summary import SUMMARY_MD, summary_markdown
+    from landseg.jobs.folder import JobFolder
+    from landseg.jobs.summary import summary_markdown
 
     text = summary_markdown(summary, folder.name)
     print(text.split("## Per task")[0].rstrip())
-    print(f"\njob folder: {folder}\nsummary: {folder / SUMMARY_MD}")
+    print(f"\njob folder: {folder}\nsummary: {JobFolder(folder).summary_md}")
     if not summary["complete"]:
         for missing in summary["missing"]:
             if missing["status"] == "finished":

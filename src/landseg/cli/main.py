@@ -348,10 +348,9 @@ def _how_to_continue(args: argparse.Namespace, stop: StopRequested) -> str:
     if args.command != "train":
         return "run the same command again to continue"
     from landseg.runs.folder import RunFolder
-    from landseg.training.run import latest_checkpoint
 
     run = stop.run
-    checkpoint = stop.checkpoint or (latest_checkpoint(RunFolder(run)) if run else None)
+    checkpoint = stop.checkpoint or (RunFolder(run).latest_checkpoint() if run else None)
     if checkpoint is None:
         return "nothing was checkpointed yet: run the same command again to start afresh"
     return f"continue with: landseg train --resume {checkpoint}"

@@ -32,7 +32,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             "'landseg[tune]' (make installs it)"
         ) from error
     from landseg.jobs.mpi import launched_by_mpi
-    from landseg.tuning.results import SUMMARY_MD, results_markdown, write_results
+    from landseg.tuning.results import results_markdown, write_results
     from landseg.tuning.search import prepare_tuning, run_search
 
     if launched_by_mpi():
@@ -62,7 +62,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     results = write_results(tuning, study)
     text = results_markdown(results, tuning.folder.name)
     print(text.split("## Trials")[0].rstrip())
-    print(f"\ntune folder: {tuning.folder}\nsummary: {tuning.folder / SUMMARY_MD}")
+    print(f"\ntune folder: {tuning.folder}\nsummary: {tuning.files.summary_md}")
     failed = [t["number"] for t in results["trials"] if t["state"] != "COMPLETE"]
     if failed:
         print(f"trials without a result: {', '.join(map(str, failed))}")

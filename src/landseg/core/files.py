@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,39 +170,3 @@ def write_geotiff(
         dst.write(data)
         if colormap is not None:
             dst.write_colormap(1, colormap)
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint holds Python objects that ``weights_only`` loading refuses."""
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data, never code.
-
-    Raises FileNotFoundError, :class:`UnsafeCheckpointError` (a file that carries Python
-    objects, e.g. a crafted pickle) or another exception for a torn or foreign file.
-    """
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except torch.serialization.pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(
-            f"{path}: refused: it holds Python objects that could run code "
-            "(landseg loads checkpoints with weights_only=True)"
-        ) from error
-
-
-def checkpoint_error_line(path: str | os.PathLike[str], error: BaseException) -> str:
-    """One line for a checkpoint that cannot be used."""
-    if isinstance(error, UnsafeCheckpointError):
-        return str(error)
-    if isinstance(error, FileNotFoundError):
-        return f"{path}: checkpoint not found"
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive since torch 1.6
-        return (
-            f"{path}: not a torch checkpoint file (empty, truncated, another kind of file, "
-            "or saved by torch before 1.6)"
-        )
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"{path}: not a loadable landseg checkpoint ({reason})"

@@ -31,6 +31,7 @@ import numpy as np
 from landseg import __version__
 from landseg.config.schema import LandsegConfig, OutputSetup
 from landseg.core.errors import LandsegError
+from landseg.runs.checkpoints import CHECKPOINT_DIR, base_of
 
 #: Key of the landseg metadata (JSON) in an ONNX model's ``metadata_props``.
 METADATA_KEY = "landseg"
@@ -129,22 +130,11 @@ def architecture(name: str) -> str:
     return name.removeprefix("smp:")
 
 
-def checkpoint_base(checkpoint: Path) -> str:
-    """The base name of a checkpoint (``<base>-loss-epoch=...``), else its stem."""
-    from landseg.runs.folder import CheckpointName
-
-    parsed = CheckpointName.parse(checkpoint)
-    if parsed is not None:
-        return parsed.base
-    stem = checkpoint.stem
-    return stem.removesuffix("-best") if checkpoint.suffix == ".pth" else stem
-
-
 def run_of(checkpoint: Path, loaded_run: Path | None) -> Path:
     """The run folder of a checkpoint: above ``checkpoints/``, else the checkpoint's folder."""
     if checkpoint.suffix == ".pth" and loaded_run is not None:
         return loaded_run
-    if checkpoint.parent.name == "checkpoints":
+    if checkpoint.parent.name == CHECKPOINT_DIR:
         return checkpoint.parent.parent
     return checkpoint.parent
 
@@ -173,7 +163,8 @@ def describe(
     ``data`` (default: read from the run's training images) gives the training dtype, tile
     size, resolution and band names when the config does not.
     """
-    from landseg.runs.folder import CheckpointName, RunState
+    from landseg.runs.checkpoints import CheckpointName
+    from landseg.runs.folder import RunState
 
     config = loaded.config
     source = config.data_source
@@ -432,7 +423,7 @@ def export_run(
                 f"--format onnx needs the onnx package: {export.ONNX_EXTRA}"
             ) from error
     run = run_of(checkpoint, loaded.run)
-    base = checkpoint_base(checkpoint)
+    base = base_of(checkpoint)
     folder = Path(folder) if folder is not None else run / EXPORT_DIR
     meta = describe(loaded, checkpoint, run, options)
     tile = meta["tiling"]["tile"]

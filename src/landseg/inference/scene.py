@@ -42,12 +42,18 @@ from rasterio.windows import Window
 
 from landseg.config.schema import LandsegConfig, SplitStats
 from landseg.core.errors import DataError, LandsegError
-from landseg.core.files import checkpoint_error_line, folder_problem, load_checkpoint
+from landseg.core.files import folder_problem
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
 from landseg.data.raster import nodata_pixels, open_raster
 from landseg.maps.cog import CogLayout, cog_layout, cog_writer
 from landseg.maps.style import class_colors, colormap, remove_stale_style, write_qml
 from landseg.models.registry import model_size_multiple
+from landseg.runs.checkpoints import (
+    WeightsMismatchError,
+    checkpoint_error_line,
+    load_checkpoint,
+    load_weights,
+)
 
 OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
 #: Nodata of class and uint8/bit outputs (uint8 probabilities are capped at 254 to keep it free).
@@ -178,28 +184,11 @@ def _task_from_weights(weights: Path) -> tuple[Any, Path]:
         )
     task = _task_from_checkpoint(source)
     try:
-        state = load_checkpoint(weights)
-    except Exception as error:
-        raise LandsegError(checkpoint_error_line(weights, error)) from error
-    expected = task.model.state_dict()
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise LandsegError(f"{weights}: not a network's weights (no state_dict of tensors)")
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    name = task.config.train_setup.model_name
-    if missing or unexpected:
+        load_weights(task.model, weights)
+    except WeightsMismatchError as error:
+        name = task.config.train_setup.model_name
         raise LandsegError(
-            f"{weights}: its weights do not fit the run's model {name} ({len(missing)} missing"
-            f"{f', e.g. {missing[0]}' if missing else ''}, {len(unexpected)} unexpected"
-            f"{f', e.g. {unexpected[0]}' if unexpected else ''})"
-        )
-    try:
-        task.model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        reason = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
-        raise LandsegError(
-            f"{weights}: its weights do not fit the run's model {name} ({reason})"
+            f"{weights}: its weights do not fit the run's model {name} ({error.report.detail()})"
         ) from error
     return task, run.path
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from landseg.config.continuation import changeable, flatten
 from landseg.core.errors import LandsegError
+from landseg.jobs.folder import JobFolder
 from landseg.jobs.plan import JOB_FILE, JOB_FORMAT
 from landseg.jobs.summary import (
     MIOU,
@@ -60,20 +61,19 @@ def load_job(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     folder when it is not a cross-validation job folder or has no summary yet."""
     if not folder.is_dir():
         raise LandsegError(f"{folder}: no such job folder")
-    job = _read_json(
-        folder / JOB_FILE, folder, f"not a cross-validation job folder (no {JOB_FILE})"
-    )
+    files = JobFolder(folder)
+    job = _read_json(files.job_file, folder, f"not a cross-validation job folder (no {JOB_FILE})")
     if job.get("format") != JOB_FORMAT or not isinstance(job.get("config"), dict):
         raise LandsegError(
-            f"{folder / JOB_FILE}: job file format {job.get('format')}, expected {JOB_FORMAT}"
+            f"{files.job_file}: job file format {job.get('format')}, expected {JOB_FORMAT}"
         )
     summary = _read_json(
-        folder / SUMMARY_JSON,
+        files.summary_json,
         folder,
         f"no {SUMMARY_JSON} yet (it is written when `landseg cv` ends; run it again)",
     )
     if not isinstance(summary.get("test_subjects"), dict):
-        raise LandsegError(f"{folder / SUMMARY_JSON}: no test_subjects: not a job summary")
+        raise LandsegError(f"{files.summary_json}: no test_subjects: not a job summary")
     return summary, job["config"]
 
 

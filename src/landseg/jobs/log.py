@@ -35,13 +35,14 @@ from typing import Any
 from landseg.core.errors import LandsegError
 from landseg.core.files import atomic_write_json
 from landseg.core.processes import pid_alive, process_start
+from landseg.jobs.folder import JobFolder
 from landseg.runs.folder import now_iso
 
-LOG_FILE = "job.sqlite"
+LOG_FILE = JobFolder.LOG_FILE
 #: The job's state as JSON, rewritten (atomically) after every change by the host that runs
 #: the job: what ``landseg cv status`` reads from another host (a login node), which must not
 #: open the SQLite file (WAL needs shared memory, so one host only).
-SNAPSHOT_FILE = "status.json"
+SNAPSHOT_FILE = JobFolder.SNAPSHOT_FILE
 #: Seconds between two heartbeats of the host that runs a job, and after which a host that
 #: stopped beating (killed, its node lost) no longer holds the job.
 WRITER_HEARTBEAT_S = 30
@@ -176,7 +177,7 @@ class JobLog:
     def write_snapshot(self) -> None:
         """``status.json``: the tasks, subjects and counts, and who wrote it when (atomic)."""
         atomic_write_json(
-            self.path.parent / SNAPSHOT_FILE,
+            JobFolder(self.path.parent).snapshot,
             {
                 "written": now_iso(),
                 "host": socket.gethostname(),
@@ -556,7 +557,7 @@ class JobSnapshot:
     """A job's :data:`SNAPSHOT_FILE`, read like a :class:`JobLog` by ``landseg cv status``."""
 
     def __init__(self, path: Path):
-        self.path = path.parent / LOG_FILE  # the log it is a snapshot of (for the title)
+        self.path = JobFolder(path.parent).log  # the log it is a snapshot of (for the title)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:

@@ -36,11 +36,12 @@ from landseg.data.cache import DEFAULT_FOLDER as CACHE_FOLDER
 from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
 from landseg.data.summary import DataSummary
 from landseg.jobs import spatial
-from landseg.jobs.log import LOG_FILE
+from landseg.jobs.folder import JobFolder
 
-JOB_FILE = "job.json"
-ROWS_FILE = "rows.csv"
-TASKS_DIR = "tasks"
+# the job folder's names are JobFolder's
+JOB_FILE = JobFolder.JOB_FILE
+ROWS_FILE = JobFolder.ROWS_FILE
+TASKS_DIR = JobFolder.TASKS_DIR
 #: Bumped when job.json changes shape, so an old job folder is refused rather than misread.
 JOB_FORMAT = 1
 #: Task ids longer than this are cut and made unique with a hash (folder names stay short).
@@ -436,23 +437,22 @@ def task_csvs(task: Task, rows: list[Row]) -> dict[str, str]:
 
 
 #: The Optuna storage of a search (``landseg tune``): a folder holding it is no cv job's.
-STUDY_FILE = "study.db"
+STUDY_FILE = JobFolder.STUDY_FILE
 
 
 def job_folder(config: LandsegConfig) -> Path:
     """``<output_folder>/<name_exp_log or "cv">``: stable, so re-running the command resumes."""
-    out = config.output_setup
-    return out.output_folder / (out.name_exp_log or "cv")
+    return JobFolder.of_cv(config).path
 
 
 def task_config(config: LandsegConfig, task: Task, folder: Path) -> LandsegConfig:
     """The plain train config of one task: its own CSV files, and its folder as the run folder."""
     data = config.model_dump(mode="json", exclude={"cross_validation", "search"})
-    task_dir = folder / TASKS_DIR / task.id
+    files = JobFolder(folder)
     data["data_source"].update(
-        train_file=str(task_dir / "train.csv"),
-        val_file=str(task_dir / "val.csv") if task.val else None,
-        test_file=str(task_dir / "test.csv"),
+        train_file=str(files.task_csv(task.id, "train")),
+        val_file=str(files.task_csv(task.id, "val")) if task.val else None,
+        test_file=str(files.task_csv(task.id, "test")),
     )
     if data["data_source"]["cache_dir"] is None:
         # the decoded-tile cache of the user's output folder, shared by all its jobs and runs
@@ -511,8 +511,13 @@ class Job:
     # spatial_blocks.png, drawn when the job was prepared; written with the task files
     block_map: bytes | None = None
 
+    @property
+    def files(self) -> JobFolder:
+        """The paths of the job folder."""
+        return JobFolder(self.folder)
+
     def task_dir(self, task: Task) -> Path:
-        return self.folder / TASKS_DIR / task.id
+        return self.files.task(task.id)
 
     def task_config(self, task: Task) -> LandsegConfig:
         return task_config(self.config, task, self.folder)
@@ -522,7 +527,7 @@ class Job:
 
     def save(self) -> None:
         atomic_write_json(
-            self.folder / JOB_FILE,
+            self.files.job_file,
             {
                 "format": JOB_FORMAT,
                 "config": self.config.model_dump(mode="json"),
@@ -543,7 +548,7 @@ class Job:
 
     @classmethod
     def load(cls, folder: Path) -> Job:
-        path = folder / JOB_FILE
+        path = JobFolder(folder).job_file
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
@@ -580,15 +585,15 @@ def write_task_files(job: Job, rows: list[Row]) -> None:
     other rows, bad data) leaves an existing job's files as they were. Each file is written
     only when it changes: a finished task keeps the files it trained on.
     """
-    records = {job.folder / ROWS_FILE: rows_text(rows).encode()}
+    records = {job.files.rows: rows_text(rows).encode()}
     if job.block_map is not None:
-        records[job.folder / spatial.MAP_FILE] = job.block_map
+        records[job.files.block_map] = job.block_map
     for path, data in records.items():
         if not (path.is_file() and path.read_bytes() == data):
             atomic_write_bytes(path, data)
     for task in job.plan.tasks:
         for split, text in task_csvs(task, rows).items():
-            path = job.task_dir(task) / f"{split}.csv"
+            path = job.files.task_csv(task.id, split)
             if not (path.is_file() and path.read_text() == text):
                 atomic_write_text(path, text)
 
@@ -634,8 +639,8 @@ def whole_data_config(config: LandsegConfig, csv_file: Path) -> LandsegConfig:
 
 def job_of_task(run: Path) -> Path | None:
     """The cross-validation job folder ``run`` is a task of (``<job>/tasks/<task>``), or None."""
-    job = run.parent.parent
-    return job if run.parent.name == TASKS_DIR and (job / LOG_FILE).is_file() else None
+    job = JobFolder.of_task(run)
+    return job.path if job is not None else None
 
 
 def prepare_job(
@@ -668,21 +673,22 @@ def prepare_job(
     problem = folder_problem(folder)
     if problem:
         raise ConfigError(f"output_setup.name_exp_log: cannot make the job folder: {problem}")
-    if (folder / STUDY_FILE).exists():  # a cv job written there would replace its summary
+    if JobFolder(folder).is_search:  # a cv job written there would replace its summary
         raise ConfigError(
             f"output_setup.name_exp_log: {folder} holds a search (landseg tune); give the "
             "cross-validation job another name_exp_log, or continue the search with landseg tune"
         )
     block_map = None
     with tempfile.TemporaryDirectory(prefix="landseg-job-") as scratch:
-        rows_file = Path(scratch) / ROWS_FILE
+        scratch_files = JobFolder(Path(scratch))  # the job folder's names, in a scratch folder
+        rows_file = scratch_files.rows
         atomic_write_text(rows_file, rows_text(used))
         checked = csv_file if len(used) == len(rows) else rows_file
         whole = whole_data_config(config, checked)
         summary = prepare(whole, device_check=device_check, one_run=False).summary
         if cv.spatial_blocks is not None and not dry_run:
-            _write_block_map(Path(scratch) / spatial.MAP_FILE, rows, used, cv)
-            block_map = (Path(scratch) / spatial.MAP_FILE).read_bytes()
+            _write_block_map(scratch_files.block_map, rows, used, cv)
+            block_map = scratch_files.block_map.read_bytes()
     hashes, sizes, excluded = {}, {}, {}
     for task in plan.tasks:
         hashes[task.id] = task_hash(task_config(config, task, folder), task_csvs(task, used))

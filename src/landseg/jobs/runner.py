@@ -30,7 +30,8 @@ from typing import Any
 from landseg.core.errors import LandsegError, StopRequested
 from landseg.core.files import atomic_write_text
 from landseg.core.signals import StopSignals
-from landseg.jobs.log import LOG_FILE, Claim, JobLog, Worker, writer_lease
+from landseg.jobs.folder import JobFolder
+from landseg.jobs.log import Claim, JobLog, Worker, writer_lease
 from landseg.jobs.plan import Job, Row, Task, write_task_files
 from landseg.launch.cluster import requeue_wanted
 from landseg.runs.folder import RUN_DIR_ENV, RunFolder
@@ -266,7 +267,7 @@ def _local_worker(
         limit_threads(threads)
     console_logging(verbose)
     job = Job.load(Path(folder))
-    with JobLog(job.folder / LOG_FILE, create=False) as log_db:
+    with JobLog(job.files.log, create=False) as log_db:
         worker = Worker.here(f"local-{index + 1}", session)
         try:
             work(job, log_db, worker, verbose=verbose, parent=parent)
@@ -352,7 +353,7 @@ def job_stopped(job: Job, signum: int) -> StopRequested:
 
 def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) -> JobLog:
     """Record the plan in the job log, write the task files, reset tasks of dead workers."""
-    log_db = JobLog(job.folder / LOG_FILE)
+    log_db = JobLog(job.files.log)
     try:
         log_db.take_writer(session)  # before any write: another host may be running the job
         try:
@@ -385,7 +386,7 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
 def refuse_changed_job(job: Job) -> None:
     """The refusal :func:`start_job` makes of a job folder started with another config or
     other rows, for ``landseg validate``: nothing is written."""
-    path = job.folder / LOG_FILE
+    path = job.files.log
     if not path.is_file():
         return
     with JobLog(path, create=False) as log_db:
@@ -466,5 +467,5 @@ def ddp_rank_task() -> Path | None:
 
 def run_ddp_rank(task_dir: Path, verbose: bool) -> None:
     """Join the DDP group of the task in ``task_dir`` (its first process writes every file)."""
-    job = Job.load(task_dir.parent.parent)
+    job = Job.load(JobFolder.above_task(task_dir).path)
     train_task(job, job.plan.task(task_dir.name), verbose=verbose)

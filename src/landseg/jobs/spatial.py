@@ -24,9 +24,10 @@ import numpy as np
 from landseg.config.cross_validation import SpatialBlocks
 from landseg.core.errors import ConfigError, DataError
 from landseg.data.csvfiles import SamplePair
+from landseg.jobs.folder import JobFolder
 
-#: The map of the groups, written to the job folder.
-MAP_FILE = "spatial_blocks.png"
+#: The map of the groups, written to the job folder (its name is JobFolder's).
+MAP_FILE = JobFolder.BLOCK_MAP_FILE
 #: Rectangle pairs compared at once by :func:`near_tiles` (bounds the memory it uses).
 _CHUNK = 1 << 22
 #: Above this many blocks the map draws no block labels (they would hide the tiles).

@@ -28,14 +28,16 @@ import numpy as np
 
 from landseg.core.files import atomic_path, atomic_write_json, atomic_write_text
 from landseg.core.processes import pid_alive
+from landseg.jobs.folder import JobFolder
 from landseg.jobs.log import JobLog, JobSnapshot
 from landseg.jobs.plan import Job
 from landseg.runs.folder import RunFolder
 
-SUMMARY_JSON = "summary.json"
-SUMMARY_MD = "summary.md"
-SUMMARY_PNG = "summary.png"
-SUMMARY_CLASSES_PNG = "summary_classes.png"
+# the job folder's names are JobFolder's
+SUMMARY_JSON = JobFolder.SUMMARY_JSON
+SUMMARY_MD = JobFolder.SUMMARY_MD
+SUMMARY_PNG = JobFolder.SUMMARY_PNG
+SUMMARY_CLASSES_PNG = JobFolder.SUMMARY_CLASSES_PNG
 #: Keys of a history entry that are not metrics of the model.
 NOT_METRICS = ("step", "learning rate", "checkpoint")
 MIOU = "Average/IoU"
@@ -488,13 +490,14 @@ def write_summary(job: Job, log_db: JobLog) -> dict[str, Any]:
     summary."""
     summary = build_summary(job, {row["task_id"]: row for row in log_db.tasks()})
     title = job.folder.name
-    atomic_write_json(job.folder / SUMMARY_JSON, summary)
-    atomic_write_text(job.folder / SUMMARY_MD, summary_markdown(summary, title))
+    files = job.files
+    atomic_write_json(files.summary_json, summary)
+    atomic_write_text(files.summary_md, summary_markdown(summary, title))
     fig = summary_figure(summary, f"{title}: mIoU per test subject")
-    with atomic_path(job.folder / SUMMARY_PNG) as tmp:
+    with atomic_path(files.summary_png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     fig = class_figure(summary, f"{title}: IoU per class and test subject")
-    with atomic_path(job.folder / SUMMARY_CLASSES_PNG) as tmp:
+    with atomic_path(files.summary_classes_png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return summary
 

@@ -46,7 +46,7 @@ from landseg.config.schema import (
     prediction_problems,
 )
 from landseg.core.errors import ConfigError, DataError
-from landseg.core.files import checkpoint_error_line, folder_problem, load_checkpoint
+from landseg.core.files import folder_problem
 from landseg.data.augmentations import augmentation_problems
 from landseg.data.checks import check_data
 from landseg.data.summary import DataSummary
@@ -54,6 +54,7 @@ from landseg.launch.cluster import in_slurm_batch
 from landseg.loggers.registry import logger_problems
 from landseg.models.export import export_problems
 from landseg.models.registry import model_name_notes, model_problems
+from landseg.runs.checkpoints import checkpoint_error_line, load_checkpoint
 from landseg.tasks.losses import loss_problems
 from landseg.tasks.optim import optimizer_problems, scheduler_problems
 

@@ -191,7 +191,8 @@ def human_size(size: float) -> str:
 
 
 def best_checkpoint(run: Path) -> Path | None:
-    """The checkpoint with the lowest val_loss in its name; else ``*-last.ckpt``; else any."""
+    """The checkpoint with the lowest val_loss in its name; else ``*-last.ckpt``; else any
+    (chosen by :class:`landseg.runs.checkpoints.CheckpointFolder`)."""
     return RunFolder(run).best_checkpoint()
 
 
@@ -368,7 +369,7 @@ def archive_run(run: Path, output: Path | None = None, today: dt.date | None = N
             raise LandsegError(f"{place}: not writable, needed for {needed_for}; nothing changed")
     os.rename(run, target)
     record = ArchiveRecord(source=_relative(run, output), date=date.isoformat())
-    state.model_copy(update={"archived": record}).write(target)
+    RunFolder(target).write_state(state.model_copy(update={"archived": record}))
     _add_to_index(output, target, record, state)
     return target
 

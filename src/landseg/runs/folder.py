@@ -1,9 +1,12 @@
-"""The run folder: every path of a run, its ``run.json`` state and its checkpoint names.
+"""The run folder: every path of a run, and its ``run.json`` state.
 
-This module is the one owner of a run folder's layout. Other modules never join file names
-onto a run path themselves: they ask :class:`RunFolder` (``run.history``, ``run.checkpoints``,
-``run.scalars``...), read and write ``run.json`` through :class:`RunState`, and name or
-recognise checkpoints through :class:`CheckpointName`.
+This module is the one owner of a run folder's layout and the one writer of ``run.json``.
+Other modules never join file names onto a run path themselves: they ask :class:`RunFolder`
+(``run.history``, ``run.checkpoints``, ``run.scalars``...), read ``run.json`` as a
+:class:`RunState` and change it through :meth:`RunFolder.write_state` alone (reached by
+:meth:`RunFolder.record_start`, :meth:`~RunFolder.record_validation`,
+:meth:`~RunFolder.record_end` and :meth:`~RunFolder.update_state`). Checkpoints (names,
+choice, loading) are :mod:`landseg.runs.checkpoints`'s.
 
 Layout (as in ODEON's train tool): ``<output_folder>/<name_exp_log>/<version_name>/``,
 defaults the launch date ``YYYY-MM-DD`` and time ``HH-MM-SS``; or
@@ -19,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-import re
+import shutil
 import socket
 import sys
 from collections.abc import Mapping
@@ -35,6 +38,13 @@ from landseg.core.errors import ConfigError, RunFolderError
 from landseg.core.files import atomic_write_json, folder_problem
 from landseg.core.processes import pid_alive, process_start
 from landseg.launch.cluster import global_rank_zero, slurm_job_id
+from landseg.launch.hardware import FastPaths
+from landseg.runs.checkpoints import (
+    CHECKPOINT_DIR,
+    CheckpointFolder,
+    CheckpointKind,
+    CheckpointName,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +119,8 @@ class RunState(BaseModel):
             return None
 
     def write(self, run_dir: Path) -> None:
-        atomic_write_json(Path(run_dir) / RunFolder.RUN_FILE, self.to_json())
+        """Replace ``run_dir``'s run.json with this state (:meth:`RunFolder.write_state`)."""
+        RunFolder(Path(run_dir)).write_state(self)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -172,78 +183,6 @@ def initial_state(config: LandsegConfig) -> RunState:
     )
 
 
-# ---------------------------------------------------------------------------- checkpoint names
-
-CheckpointKind = Literal["loss", "miou", "step", "last", "epoch"]
-
-
-@dataclass(frozen=True)
-class CheckpointName:
-    """The one place that both writes and reads checkpoint file names.
-
-    ``<base>-loss-epoch=003-val_loss=0.1234``, ``<base>-miou-epoch=003-val_miou=0.5678``
-    (the top-k files), ``<base>-step=0000120`` (step checkpoints), ``<base>-last`` and
-    ``<base>-epoch=003`` (a cross-validation task's epoch checkpoints, base = its task id).
-    Lightning may add ``-v1`` to a name that exists already; :meth:`parse` accepts it.
-    """
-
-    base: str
-    kind: CheckpointKind
-    epoch: int | None = None
-    step: int | None = None
-    value: float | None = None
-
-    SUFFIX = ".ckpt"
-
-    @staticmethod
-    def template(base: str, kind: CheckpointKind) -> str:
-        """The ``filename`` Lightning's ModelCheckpoint formats for this kind (no suffix)."""
-        templates = {
-            "loss": f"{base}-loss-epoch={{epoch:03d}}-val_loss={{val_loss:.4f}}",
-            "miou": f"{base}-miou-epoch={{epoch:03d}}-val_miou={{val_miou:.4f}}",
-            "step": f"{base}-step={{step:07d}}",
-            "last": f"{base}-last",
-            "epoch": f"{base}-epoch={{epoch:03d}}",
-        }
-        return templates[kind]
-
-    _PATTERN = re.compile(
-        r"^(?P<base>.+?)-(?:"
-        r"loss-epoch=(?P<loss_epoch>\d+)-val_loss=(?P<loss>[-+0-9.eE]+|nan|inf)"
-        r"|miou-epoch=(?P<miou_epoch>\d+)-val_miou=(?P<miou>[-+0-9.eE]+|nan|inf)"
-        r"|step=(?P<step>\d+)"
-        r"|(?P<last>last)"
-        r"|epoch=(?P<epoch>\d+)"
-        r")(?:-v\d+)?$"
-    )
-
-    @classmethod
-    def parse(cls, path: str | Path) -> CheckpointName | None:
-        """What a checkpoint file's name says, or None for a name landseg does not write."""
-        path = Path(path)
-        if path.suffix != cls.SUFFIX:
-            return None
-        match = cls._PATTERN.match(path.stem)
-        if match is None:
-            return None
-        groups = match.groupdict()
-        base = groups["base"]
-        if groups["loss_epoch"] is not None:
-            return cls(base, "loss", epoch=int(groups["loss_epoch"]), value=float(groups["loss"]))
-        if groups["miou_epoch"] is not None:
-            return cls(base, "miou", epoch=int(groups["miou_epoch"]), value=float(groups["miou"]))
-        if groups["step"] is not None:
-            return cls(base, "step", step=int(groups["step"]))
-        if groups["last"] is not None:
-            return cls(base, "last")
-        return cls(base, "epoch", epoch=int(groups["epoch"]))
-
-    @property
-    def resumable(self) -> bool:
-        """Whether a run may continue from this checkpoint (its newest state: last or step)."""
-        return self.kind in ("last", "step")
-
-
 # ---------------------------------------------------------------------------- the folder
 
 
@@ -251,15 +190,17 @@ class CheckpointName:
 class RunFolder:
     """One run's folder: its paths, its state, its checkpoints.
 
-    ``resuming`` says whether the folder held a run already when this process took it.
+    ``resuming`` says whether the folder held a run already when this process took it;
+    ``made`` is the topmost folder this process created for it (None: the folder was there).
     """
 
     path: Path
     resuming: bool = False
+    made: Path | None = None
 
     RUN_FILE = "run.json"
     CONFIG_FILE = "config.json"
-    CHECKPOINT_DIR = "checkpoints"
+    CHECKPOINT_DIR = CHECKPOINT_DIR
     HISTORY_FILE = "history.json"
     TEST_HISTORY_FILE = "history_test.json"
     SCALARS_FILE = "logs/scalars.jsonl"
@@ -354,18 +295,96 @@ class RunFolder:
         here = state.host in (None, socket.gethostname())
         return here and not (state.pid is not None and pid_alive(state.pid, state.process_start))
 
+    def remove_failed_start(self) -> bool:
+        """Remove the folder this process made for a run that then failed to start (before
+        its run.json was written), and the empty folders above it it made: a refused or
+        failed start leaves no stray version folder holding an empty ``train.log`` behind.
+        Whether it removed anything."""
+        if self.made is None or self.is_run or not self.path.is_dir():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        folder = self.path.parent
+        while folder != self.made.parent and self.made in (folder, *folder.parents):
+            try:
+                folder.rmdir()  # only when empty: another run may have started beside it
+            except OSError:
+                break
+            folder = folder.parent
+        return not self.path.exists()
+
     # ------------------------------------------------------------------ state
 
     def state(self) -> RunState:
         """``run.json`` (an empty state where there is none yet)."""
         return RunState.read(self.path) or RunState()
 
+    def write_state(self, state: RunState) -> RunState:
+        """The one writer of ``run.json``: ``state``, checked, written atomically."""
+        state = RunState.model_validate(state.to_json())  # checks changed fields too
+        atomic_write_json(self.run_file, state.to_json())
+        return state
+
     def update_state(self, **changes: Any) -> RunState:
         """Change some fields of ``run.json`` and rewrite it atomically."""
-        state = self.state().model_copy(update=changes)
-        state = RunState.model_validate(state.to_json())  # checks the changed fields too
-        state.write(self.path)
-        return state
+        return self.write_state(self.state().model_copy(update=changes))
+
+    def record_start(
+        self, config: LandsegConfig, changes: dict[str, list[Any]], fast: FastPaths
+    ) -> RunState:
+        """A run starts (or continues) in this process with ``config``: its state is running.
+
+        A continued run keeps its start time, best metrics and epochs done, and adds this
+        launch to ``resumed`` with the settings it changed; ``fast`` is the precision and
+        memory format it trains with.
+        """
+        previous = RunState.read(self.path)
+        if previous is None and self.resuming and self.run_file.is_file():
+            log.warning(
+                "%s: unreadable (damaged?); rewritten without the run's start time and "
+                "earlier resumes",
+                self.run_file,
+            )
+        state = initial_state(config)
+        if previous is not None and self.resuming:
+            state = state.model_copy(
+                update={
+                    "started": previous.started or state.started,
+                    "resumed": [*previous.resumed, {"at": now_iso(), "changed": changes}],
+                    "best": previous.best,
+                    "epochs_done": previous.epochs_done,
+                }
+            )
+        state = state.model_copy(
+            update={
+                "precision": fast.precision,
+                "channels_last": fast.channels_last,
+                "fast_paths_reason": fast.reason,
+            }
+        )
+        return self.write_state(state)
+
+    def record_validation(
+        self, epochs_done: int, val_loss: float | None, val_miou: float | None
+    ) -> RunState:
+        """A validation ended: the epochs done, and the best val_loss and val_miou so far."""
+        state = self.state()
+        best = dict(state.best)
+        if val_loss is not None and val_loss < best.get("val_loss", float("inf")):
+            best["val_loss"] = val_loss
+        if val_miou is not None and val_miou > best.get("val_miou", float("-inf")):
+            best["val_miou"] = val_miou
+        return self.write_state(state.model_copy(update={"epochs_done": epochs_done, "best": best}))
+
+    def record_end(
+        self, status: RunStatus, *, error: str | None = None, early_stopped: bool | None = None
+    ) -> RunState:
+        """The run ended (finished, failed, interrupted) now; ``error``: why it failed."""
+        changes: dict[str, Any] = {"status": status, "ended": now_iso()}
+        if error is not None:
+            changes["error"] = error
+        if early_stopped is not None:
+            changes["early_stopped"] = early_stopped
+        return self.update_state(**changes)
 
     def config_data(self) -> dict[str, Any] | None:
         """The resolved config the run recorded (``config.json``), as plain JSON types."""
@@ -403,47 +422,33 @@ class RunFolder:
         return {key: [before, after] for key, (before, after) in allowed.items()}
 
     # ------------------------------------------------------------------ checkpoints
+    # (their names, choice and pruning are :mod:`landseg.runs.checkpoints`'s)
+
+    @property
+    def checkpoint_folder(self) -> CheckpointFolder:
+        return CheckpointFolder(self.checkpoints)
 
     def checkpoint_path(self, base: str, kind: CheckpointKind, **fields: Any) -> Path:
-        name = CheckpointName.template(base, kind).format(**fields)
-        return self.checkpoints / f"{name}{CheckpointName.SUFFIX}"
+        return self.checkpoint_folder.file(base, kind, **fields)
 
     def checkpoint_files(self) -> list[tuple[Path, CheckpointName]]:
         """Every checkpoint landseg wrote in this run, with what its name says, sorted."""
-        if not self.checkpoints.is_dir():
-            return []
-        found = []
-        for path in sorted(self.checkpoints.glob(f"*{CheckpointName.SUFFIX}")):
-            name = CheckpointName.parse(path)
-            if name is not None:
-                found.append((path, name))
-        return found
+        return self.checkpoint_folder.files()
 
     def best_checkpoint(self) -> Path | None:
         """The checkpoint with the lowest val_loss in its name; else ``last``; else any."""
-        files = self.checkpoint_files()
-        scored = [
-            (
-                name.value if name.value == name.value else float("inf"),
-                -(name.epoch or 0),
-                path,
-            )
-            for path, name in files
-            if name.kind == "loss" and name.value is not None
-        ]
-        if scored:
-            return min(scored)[2]
-        last = [path for path, name in files if name.kind == "last"]
-        paths = [path for path, _ in files] or sorted(self.checkpoints.glob("*.ckpt"))
-        chosen = last or paths
-        return chosen[-1] if chosen else None
+        return self.checkpoint_folder.best()
 
     def resumable_checkpoints(self) -> list[Path]:
         """The ``last`` and step checkpoints: those a continued run may start from."""
-        return [path for path, name in self.checkpoint_files() if name.resumable]
+        return self.checkpoint_folder.resumable()
 
     def step_checkpoints(self) -> list[Path]:
-        return [path for path, name in self.checkpoint_files() if name.kind == "step"]
+        return self.checkpoint_folder.steps()
+
+    def latest_checkpoint(self) -> Path | None:
+        """The resumable checkpoint with the most training steps."""
+        return self.checkpoint_folder.latest()
 
 
 # ---------------------------------------------------------------------------- choosing the folder
@@ -511,6 +516,7 @@ def resolve_run_folder(
                 f"output_setup.output_folder: cannot write the run folder {path}: {problem}"
             )
         return RunFolder(path, resuming=exists)
+    made = first_missing(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -520,7 +526,15 @@ def resolve_run_folder(
         raise RunFolderError(
             f"output_setup.output_folder: cannot write the run folder {path}: {error.strerror}"
         ) from error
-    return RunFolder(path, resuming=exists)
+    return RunFolder(path, resuming=exists, made=made)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (None: ``path`` exists)."""
+    missing = None
+    while not path.exists() and path.parent != path:
+        missing, path = path, path.parent
+    return missing
 
 
 def _slurm_run_folder(config: LandsegConfig, job: str, create: bool = True) -> RunFolder:
@@ -542,13 +556,14 @@ def _slurm_run_folder(config: LandsegConfig, job: str, create: bool = True) -> R
         )
     if not create:
         return RunFolder(path, resuming=resuming)
+    made = first_missing(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunFolderError(
             f"output_setup.output_folder: cannot write the run folder {path}: {error.strerror}"
         ) from error
-    return RunFolder(path, resuming=resuming)
+    return RunFolder(path, resuming=resuming, made=made)
 
 
 def latest_version(experiment_dir: Path) -> Path | None:

@@ -22,17 +22,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
-from landseg.callbacks.checkpoints import best_loss_checkpoint, keep_newest_step_checkpoint
 from landseg.config.schema import LandsegConfig
 from landseg.core.errors import ConfigError, LandsegError, StopRequested
-from landseg.core.files import (
-    UnsafeCheckpointError,
-    atomic_write_json,
-    atomic_write_text,
-    checkpoint_error_line,
-    load_checkpoint,
-    remove_stale_temporaries,
-)
+from landseg.core.files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from landseg.core.signals import StopSignals
 from landseg.data.datamodule import DATAMODULES
 from landseg.data.summary import DataSummary
@@ -43,60 +35,21 @@ from landseg.launch.hardware import FastPaths, choose_fast_paths
 from landseg.models.export import export_formats, export_model
 from landseg.planning.prepare import prepare
 from landseg.runs.catalog import refuse_archived_run, refuse_live_run
-from landseg.runs.folder import (
-    RUN_DIR_ENV,
-    RunFolder,
-    RunState,
-    initial_state,
-    now_iso,
-    resolve_run_folder,
+from landseg.runs.checkpoints import (
+    WeightsFileError,
+    WeightsMismatchError,
+    base_name,
+    best_of_fit,
+    checkpoint_error_line,
+    export_stem,
+    load_checkpoint,
+    load_weights,
 )
+from landseg.runs.folder import RUN_DIR_ENV, RunFolder, RunState, resolve_run_folder
 from landseg.tasks.segmentation import SegmentationTask
-from landseg.training.trainer import build_trainer, checkpoint_base_name
+from landseg.training.trainer import build_trainer
 
 log = logging.getLogger("landseg.train")
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def latest_checkpoint(run: RunFolder) -> Path | None:
-    """The checkpoint with the most training steps among ``last`` and the step checkpoints."""
-    candidates = run.resumable_checkpoints()
-    best: tuple[int, float, Path] | None = None
-    for path in candidates:
-        try:
-            checkpoint = load_checkpoint(path)
-        except UnsafeCheckpointError as error:  # never skip past a crafted file silently
-            raise LandsegError(str(error)) from error
-        except Exception as error:  # a torn file from a crash: skip it, keep looking
-            log.warning("skipping unreadable checkpoint %s: %s", path, error)
-            continue
-        key = (int(checkpoint.get("global_step", 0)), path.stat().st_mtime, path)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return best[2] if best else None
-
-
-def prune_checkpoints_after(run: RunFolder, resumed_from: Path | None) -> list[Path]:
-    """Remove checkpoints written after the one a run resumes from.
-
-    They belong to the part of the run that is about to be trained again, and the restored
-    top-k bookkeeping does not know them: kept, they would stay as stale "best" files, or
-    make Lightning version the names of their recomputed twins (``-v1``).
-    """
-    if not run.checkpoints.is_dir():
-        return []
-    cutoff = resumed_from.stat().st_mtime_ns if resumed_from is not None else -1
-    stale = [
-        path
-        for path in run.checkpoints.glob("*.ckpt")
-        if path != resumed_from and path.stat().st_mtime_ns > cutoff
-    ]
-    for path in stale:
-        log.info("removing %s, written after the checkpoint the run resumes from", path.name)
-        path.unlink()
-    return stale
 
 
 # ---------------------------------------------------------------------------- the run
@@ -134,26 +87,11 @@ def _write_run_files(
     run: RunFolder,
     task: SegmentationTask,
     changes: dict[str, list[Any]],
+    fast: FastPaths,
 ) -> None:
     atomic_write_json(run.config_file, config.model_dump(mode="json"))
     atomic_write_text(run.model_summary, f"{task.model}\n\n{_parameter_count(task)}\n")
-    previous = RunState.read(run.path)
-    if previous is None and run.resuming and run.run_file.is_file():
-        log.warning(
-            "%s: unreadable (damaged?); rewritten without the run's start time and earlier resumes",
-            run.run_file,
-        )
-    state = initial_state(config)
-    if previous is not None and run.resuming:
-        state = state.model_copy(
-            update={
-                "started": previous.started or state.started,
-                "resumed": [*previous.resumed, {"at": now_iso(), "changed": changes}],
-                "best": previous.best,
-                "epochs_done": previous.epochs_done,
-            }
-        )
-    state.write(run.path)
+    run.record_start(config, changes, fast)
 
 
 def _parameter_count(task: SegmentationTask) -> str:
@@ -163,31 +101,19 @@ def _parameter_count(task: SegmentationTask) -> str:
 
 
 def load_initial_weights(task: SegmentationTask, checkpoint: Path) -> None:
-    """``train_setup.init_weights``: the network weights of another run's checkpoint."""
+    """``train_setup.init_weights``: the network weights of another run's checkpoint (weights
+    it has that this network has not are left out)."""
     key = "train_setup.init_weights"
     try:
-        state = load_checkpoint(checkpoint)
-    except Exception as error:
-        raise ConfigError(f"{key}: {checkpoint_error_line(checkpoint, error)}") from error
-    weights = state.get("state_dict") if isinstance(state, dict) else None
-    if not isinstance(weights, dict):
-        raise ConfigError(f"{key}: {checkpoint}: not a landseg checkpoint (no state_dict)")
-    network = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
-    own = task.model.state_dict()
-    missing = sorted(own.keys() - network.keys())
-    different = sorted(k for k in own.keys() & network.keys() if own[k].shape != network[k].shape)
-    if missing or different:
-        detail = (
-            f"{len(missing)} weights missing (e.g. {missing[0]})"
-            if missing
-            else f"{different[0]} is {tuple(network[different[0]].shape)} there, "
-            f"{tuple(own[different[0]].shape)} here"
-        )
+        load_weights(task.model, checkpoint, allow_unexpected=True)
+    except WeightsFileError as error:
+        raise ConfigError(f"{key}: {error.problems[0]}") from error
+    except WeightsMismatchError as error:
         raise ConfigError(
             f"{key}: {checkpoint} holds another network than train_setup.model_name "
-            f"{task.config.train_setup.model_name!r} with these bands and classes: {detail}"
-        )
-    task.model.load_state_dict(network)
+            f"{task.config.train_setup.model_name!r} with these bands and classes: "
+            f"{error.report.detail()}"
+        ) from error
 
 
 def fast_paths(config: LandsegConfig, run: RunFolder, given: FastPaths | None) -> FastPaths:
@@ -309,8 +235,9 @@ def _train_as_rank_zero(
                 board.publish(RunDecision(run=str(run.path), finished=True))
             return run.path
     handler = _setup_file_logging(run, verbose) if rank_zero else None
+    returned = False
     try:
-        return _train_with_signals(
+        path = _train_with_signals(
             _ProcessRun(
                 run,
                 config,
@@ -323,11 +250,15 @@ def _train_as_rank_zero(
                 standalone=standalone,
             )
         )
+        returned = True
+        return path
     finally:
         if handler is not None:
             for name in ("landseg", "lightning.pytorch"):
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
+        if rank_zero and not returned:  # failed before its run.json: nothing worth keeping
+            run.remove_failed_start()
 
 
 @dataclass
@@ -365,7 +296,7 @@ def _train_with_signals(process: _ProcessRun) -> Path:
 def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
     run, config, summary = process.run, process.config, process.summary
     rank_zero, changes, board = process.rank_zero, process.changes, process.board
-    ckpt_path = process.checkpoint or (latest_checkpoint(run) if run.resuming else None)
+    ckpt_path = process.checkpoint or (run.latest_checkpoint() if run.resuming else None)
     fast = fast_paths(config, run, process.fast_paths_given)
     trained = resolved_device(config, fast)  # what Lightning trains with; the task keeps config
     pl.seed_everything(config.train_setup.random_seed, workers=True, verbose=False)
@@ -381,15 +312,10 @@ def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
         task.model.compile()
     if rank_zero:
         if run.resuming:
-            prune_checkpoints_after(run, ckpt_path)
+            run.checkpoint_folder.prune_after(ckpt_path)
             for path in remove_stale_temporaries(run.path):
                 log.info("removing %s, left by an interrupted write", path.relative_to(run.path))
-        _write_run_files(config, run, task, changes)
-        run.update_state(
-            precision=fast.precision,
-            channels_last=fast.channels_last,
-            fast_paths_reason=fast.reason,
-        )
+        _write_run_files(config, run, task, changes, fast)
         os.environ[RUN_DIR_ENV] = str(run.path)
         memory = ", channels-last" if fast.channels_last else ""
         log.info("precision %s%s (%s)", fast.precision, memory, fast.reason)
@@ -429,13 +355,13 @@ def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
         _after_fit(config, run, trainer, task, datamodule)
     except (KeyboardInterrupt, SystemExit, StopRequested) as stop:
         if rank_zero:
-            run.update_state(status="interrupted", ended=now_iso())
+            run.record_end("interrupted")
         if isinstance(stop, StopRequested):
             stop.run = run.path  # for the line that says how to continue
         raise
     except BaseException as error:
         if rank_zero:
-            run.update_state(status="failed", ended=now_iso(), error=failure_line(error))
+            run.record_end("failed", error=failure_line(error))
         raise
     finally:
         if hasattr(datamodule, "shutdown_workers"):  # workers end now, not at exit
@@ -443,8 +369,8 @@ def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
         if rank_zero:
             os.environ.pop(RUN_DIR_ENV, None)
     if trainer.is_global_zero:
-        keep_newest_step_checkpoint(run)
-        run.update_state(status="finished", ended=now_iso(), early_stopped=early)
+        run.checkpoint_folder.keep_newest_step()
+        run.record_end("finished", early_stopped=early)
     return run.path
 
 
@@ -482,7 +408,7 @@ def _after_fit(
     datamodule: pl.LightningDataModule,
 ) -> None:
     """Test the best val_loss model, predict the test split, export extra formats."""
-    best = best_loss_checkpoint(trainer)
+    best = best_of_fit(trainer)
     if config.data_source.test_file is not None:
         with float32_stage(trainer):
             trainer.test(
@@ -511,7 +437,7 @@ def _after_fit(
 
             for raster in written:
                 vectorize(raster, raster.with_suffix(".gpkg"), task.class_labels)
-    stem = run.checkpoints / f"{checkpoint_base_name(config)}-best"
+    stem = export_stem(run.checkpoints, base_name(config))
     for fmt in export_formats(config.train_setup.export_checkpoint):
         path = export_model(task.model, task.in_channels, fmt, stem)
         log.info("exported %s", path)

@@ -7,7 +7,6 @@ one entry of :data:`landseg.loggers.registry.LOGGERS`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,14 +27,9 @@ from landseg.core.signals import StopSignals
 from landseg.data.resumable import ResumeTracker
 from landseg.loggers.registry import build_loggers
 from landseg.loggers.tensorboard import PhaseTensorBoardLogger
+from landseg.runs.checkpoints import base_name
 from landseg.runs.folder import RunFolder
 from landseg.training.checkpoint_io import AtomicCheckpointIO
-
-
-def checkpoint_base_name(config: LandsegConfig) -> str:
-    """``model_filename`` (without extension) or the model name: the stem of every checkpoint."""
-    name = config.output_setup.model_filename or config.train_setup.model_name
-    return Path(name.replace(":", "-")).stem
 
 
 def visual_cadence(config: LandsegConfig) -> VisualCadence:
@@ -53,7 +47,7 @@ def build_callbacks(
     """Every callback of a run except ``last`` (see :func:`build_trainer`)."""
     out, train = config.output_setup, config.train_setup
     cadence = cadence or visual_cadence(config)
-    base = checkpoint_base_name(config)
+    base = base_name(config)
     callbacks: list[Callback] = [ResumeTracker(), RunStateUpdater(run)]
     if out.extension == ".pth":  # ODEON's .pth files are the kept models; .ckpt: last alone
         callbacks.append(PthExport(run.path, base))
@@ -124,7 +118,7 @@ def build_trainer(
     # ``last`` after every other checkpoint (the callers' too): it records their state for
     # the same validation, so nothing a resume starts from is newer than it; a stop signal
     # is acted on after all of them
-    base = checkpoint_base_name(config)
+    base = base_name(config)
     callbacks.append(LastCheckpoint(run.checkpoints, base))
     callbacks.append(GracefulStop(run.checkpoints, base, stop_signals))
     val_check = train.val_check_interval

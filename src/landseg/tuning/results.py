@@ -27,10 +27,10 @@ from typing import Any
 import yaml
 
 from landseg.core.files import atomic_path, atomic_write_json, atomic_write_text
-from landseg.jobs.plan import JOB_FILE, Job
+from landseg.jobs.folder import JobFolder
+from landseg.jobs.plan import Job
 from landseg.jobs.summary import (
     MIOU,
-    SUMMARY_JSON,
     UNRELIABLE_NOTE,
     bootstrap_mean_ci,
     bootstrap_record,
@@ -38,18 +38,17 @@ from landseg.jobs.summary import (
 )
 from landseg.tuning.search import Tuning, task_validation_score
 
-SUMMARY_JSON_FILE = "summary.json"
-SUMMARY_MD = "summary.md"
-TRIALS_CSV = "trials.csv"
-IMPORTANCE_PNG = "importance.png"
-BEST_CONFIG = "best_config.yaml"
+# the search folder's names are JobFolder's
+SUMMARY_MD = JobFolder.SUMMARY_MD
+IMPORTANCE_PNG = JobFolder.IMPORTANCE_PNG
+BEST_CONFIG = JobFolder.BEST_CONFIG
 
 
 def _subject_scores(job: Job, objective: str) -> dict[str, dict[str, float | None]]:
     """Per test subject of a trial's job: the mean validation score over its rotations and
     the test mIoU (the job summary's mean over rotations)."""
     try:
-        summary = json.loads((job.folder / SUMMARY_JSON).read_text())
+        summary = json.loads(job.files.summary_json.read_text())
     except (OSError, json.JSONDecodeError):
         summary = {"test_subjects": {}}
     scores: dict[str, dict[str, float | None]] = {}
@@ -70,7 +69,7 @@ def _trial_rows(tuning: Tuning, study: Any) -> list[dict[str, Any]]:
     rows = []
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         folder = tuning.trial_folder(trial.number)
-        job = Job.load(folder) if (folder / JOB_FILE).is_file() else None
+        job = Job.load(folder) if JobFolder(folder).job_file.is_file() else None
         rows.append(
             {
                 "number": trial.number,
@@ -297,20 +296,20 @@ def importance_figure(results: dict[str, Any], title: str) -> Any:
 
 def write_results(tuning: Tuning, study: Any) -> dict[str, Any]:
     results = build_results(tuning, study)
-    folder, title = tuning.folder, tuning.folder.name
-    atomic_write_json(folder / SUMMARY_JSON_FILE, results)
-    atomic_write_text(folder / SUMMARY_MD, results_markdown(results, title))
-    atomic_write_text(folder / TRIALS_CSV, trials_csv(results))
+    files, title = tuning.files, tuning.folder.name
+    atomic_write_json(files.summary_json, results)
+    atomic_write_text(files.summary_md, results_markdown(results, title))
+    atomic_write_text(files.trials_csv, trials_csv(results))
     if results["best"] is not None:
         best = results["best"]
         atomic_write_text(
-            folder / BEST_CONFIG, best_config_text(tuning, best["params"], best["trial"])
+            files.best_config, best_config_text(tuning, best["params"], best["trial"])
         )
     fig = importance_figure(results, f"{title}: importance of each setting")
-    with atomic_path(folder / IMPORTANCE_PNG) as tmp:
+    with atomic_path(files.importance) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return results
 
 
 def results_path(folder: Path) -> Path:
-    return folder / SUMMARY_MD
+    return JobFolder(folder).summary_md

@@ -28,15 +28,14 @@ from landseg.config.search import Search, SearchParam
 from landseg.core.errors import ConfigError
 from landseg.core.files import folder_problem
 from landseg.core.signals import StopSignals
-from landseg.jobs.log import LOG_FILE
-from landseg.jobs.plan import STUDY_FILE, Job, Row, prepare_job
-from landseg.runs.folder import CheckpointName, RunFolder
+from landseg.jobs.folder import JobFolder
+from landseg.jobs.plan import Job, Row, prepare_job
+from landseg.runs.checkpoints import CheckpointName
+from landseg.runs.folder import RunFolder
 
 log = logging.getLogger("landseg.tune")
 
 STUDY_NAME = "landseg-tune"
-TRIALS_DIR = "trials"
-CACHE_DIR = ".landseg-cache"
 #: The study's user attribute that records what the search is, so another search is refused.
 FINGERPRINT = "fingerprint"
 #: History keys of each objective (see landseg.callbacks.history).
@@ -45,16 +44,6 @@ OBJECTIVE_KEYS = {"val_miou": "Average/IoU", "val_loss": "loss"}
 #: Runs one trial's cv job (sequentially, with local workers, or over MPI) and returns its
 #: summary; the caller picks how.
 JobRunner = Callable[[Job, list[Row]], dict[str, Any]]
-
-
-def trial_name(number: int) -> str:
-    return f"trial-{number:03d}"
-
-
-def tune_folder(config: LandsegConfig) -> Path:
-    """``<output_folder>/<name_exp_log or "tune">``: stable, so re-running the command resumes."""
-    out = config.output_setup
-    return out.output_folder / (out.name_exp_log or "tune")
 
 
 def search_section(config: LandsegConfig, source: Path) -> Search:
@@ -84,7 +73,12 @@ class Tuning:
     folder: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "folder", tune_folder(self.config))
+        object.__setattr__(self, "folder", JobFolder.of_search(self.config).path)
+
+    @property
+    def files(self) -> JobFolder:
+        """The paths of the search folder."""
+        return JobFolder(self.folder)
 
     def trial_overrides(self, number: int, params: dict[str, Any]) -> list[str]:
         """The base overrides, the trial's values, and the trial's own job folder.
@@ -95,17 +89,17 @@ class Tuning:
         """
         shared = []
         if self.config.data_source.cache_dir is None:
-            shared.append(setting_override("data_source.cache_dir", str(self.folder / CACHE_DIR)))
+            shared.append(setting_override("data_source.cache_dir", str(self.files.cache)))
         return [
             *self.overrides,
             *(setting_override(key, value) for key, value in params.items()),
-            setting_override("output_setup.output_folder", str(self.folder / TRIALS_DIR)),
-            setting_override("output_setup.name_exp_log", trial_name(number)),
+            setting_override("output_setup.output_folder", str(self.files.trials)),
+            setting_override("output_setup.name_exp_log", JobFolder.trial_name(number)),
             *shared,
         ]
 
     def trial_folder(self, number: int) -> Path:
-        return self.folder / TRIALS_DIR / trial_name(number)
+        return self.files.trial(number).path
 
     def fingerprint(self) -> str:
         """What the trials' results depend on: the searched space, the objective, the sampler
@@ -143,11 +137,11 @@ def prepare_tuning(config_path: Path, overrides: list[str]) -> Tuning:
 
     config = prepare_config(config_path, overrides)
     search = search_section(config, config_path)
-    folder = tune_folder(config)
+    folder = JobFolder.of_search(config).path
     problem = folder_problem(folder)
     if problem:
         raise ConfigError(f"output_setup.name_exp_log: cannot make the search folder: {problem}")
-    if (folder / LOG_FILE).exists():  # a search written there would replace its summary
+    if JobFolder(folder).log.exists():  # a search written there would replace its summary
         raise ConfigError(
             f"output_setup.name_exp_log: {folder} holds a cross-validation job (landseg cv); "
             "give the search another name_exp_log"
@@ -200,7 +194,7 @@ def open_study(tuning: Tuning) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tuning.folder.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tuning.folder / STUDY_FILE}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tuning.files.study}")
     study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=storage,
@@ -216,7 +210,7 @@ def open_study(tuning: Tuning) -> Any:
 def refuse_other_search(tuning: Tuning) -> None:
     """The refusal :func:`open_study` makes of a folder holding another search, for
     ``landseg validate``: an existing study is read, nothing is created."""
-    path = tuning.folder / STUDY_FILE
+    path = tuning.files.study
     if not path.is_file():
         return
     import optuna
