@@ -50,4 +50,3 @@ def test_native_bf16_on_this_cpu_agrees_with_the_kernels_cpu_flags() -> None:
     assert hardware.native_bf16("cpu") == expected
     if not torch.cuda.is_available():  # "auto" is the CPU's answer on a machine without a GPU
         assert hardware.native_bf16("auto") == expected
-
