@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,53 @@ def test_the_disk_cache_stops_at_its_limit(tmp_path: Path, make_dataset) -> None
     )
 
 
+def test_the_disk_cache_leaves_a_tenth_of_the_disk_free(
+    tmp_path: Path, make_dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk of 100 entries' size with 12.5 free: two entries fit above the 10 % kept free,
+    the third would go below; the tiles left out are decoded every time, results unchanged."""
+    from types import SimpleNamespace
+
+    dataset = _dataset(make_dataset(tmp_path, n=5))
+    reference = _epoch(dataset, 0)
+    entry = HEADER_SIZE + 4 * 32 * 32
+    folder = tmp_path / "cache"
+
+    def statvfs(path: Any) -> SimpleNamespace:
+        assert Path(path) == folder
+        used = sum(p.stat().st_size for p in _entries(folder))  # the disk fills as it writes
+        return SimpleNamespace(f_frsize=1, f_blocks=100 * entry, f_bavail=12.5 * entry - used)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    cache = dataset.cache = _disk(folder)
+    decoded = _count_decodes(dataset)
+    assert _same(_epoch(dataset, 0), reference) and _same(_epoch(dataset, 0), reference)
+    assert len(_entries(folder)) == 2
+    assert len(decoded) == 5 + 3
+    assert cache.stopped == (
+        f"the disk of {folder} has less than 10% free; the tiles left out are decoded every time"
+    )
+
+
+def test_deleting_the_cache_between_epochs_is_safe(tmp_path: Path, make_dataset) -> None:
+    """Documented as always safe, even during a run: the next epochs decode the tiles again
+    and read the same samples; a later run fills a new cache."""
+    dataset = _dataset(make_dataset(tmp_path, n=5))
+    reference = [_epoch(dataset, epoch) for epoch in range(3)]
+    folder = tmp_path / "cache"
+    dataset.cache = _disk(folder)
+    decoded = _count_decodes(dataset)
+    assert _same(_epoch(dataset, 0), reference[0])
+    assert len(_entries(folder)) == 5
+    shutil.rmtree(folder)
+    assert _same(_epoch(dataset, 1), reference[1]) and _same(_epoch(dataset, 2), reference[2])
+    assert len(decoded) >= 10 and set(decoded[5:10]) == set(decoded[:5])  # decoded again
+
+    dataset.cache = _disk(folder)  # the next run (or training process)
+    assert _same(_epoch(dataset, 0), reference[0])
+    assert len(_entries(folder)) == 5
+
+
 def test_memory_cache_refuses_what_does_not_fit(
     tmp_path: Path, make_dataset, make_config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -394,14 +442,31 @@ def test_cache_keys_change_on_continue_and_stay_out_of_the_cv_hash(demo_config: 
 
 # ---------------------------------------------------------------------------- kill
 
+#: ``landseg`` that SIGKILLs itself as soon as its first step checkpoint is on disk.
+KILLED_AFTER_FIRST_STEP_CHECKPOINT = """
+import os, signal, sys
+from landseg.training.checkpoint_io import AtomicCheckpointIO
+save = AtomicCheckpointIO.save_checkpoint
+def save_then_die(self, checkpoint, path, storage_options=None):
+    save(self, checkpoint, path, storage_options)
+    if "-step=" in os.path.basename(str(path)):
+        os.kill(os.getpid(), signal.SIGKILL)
+AtomicCheckpointIO.save_checkpoint = save_then_die
+from landseg.cli.main import main
+sys.exit(main())
+"""
+
 
 @pytest.mark.slow
 def test_a_run_killed_while_filling_the_cache_continues_like_an_uncached_run(
     tmp_path: Path,
 ) -> None:
+    import subprocess
+    import sys
+
     from landseg.cli.main import main
     from landseg.data.demo import write_demo_dataset
-    from tests.conftest import sigkill_when, write_config
+    from tests.conftest import write_config
     from tests.training.test_resume import final_state
 
     write_demo_dataset(tmp_path / "data", n_tiles=48, size=32, seed=0)
@@ -411,6 +476,7 @@ def test_a_run_killed_while_filling_the_cache_continues_like_an_uncached_run(
     config["data_source"].pop("test_file")
     config["data_source"]["data_augmentation"] = {"train": ["rotation90", "radiometry"]}
     config["train_setup"].update(epochs=2, checkpoint_every_n_steps=1, model_name="lightunet")
+    config["device_setup"]["precision"] = "32-true"  # compared bit for bit (auto may pick bf16)
     config["output_setup"].update(
         output_folder=str(tmp_path / "runs"),
         name_exp_log="exp",
@@ -436,10 +502,17 @@ def test_a_run_killed_while_filling_the_cache_continues_like_an_uncached_run(
     path = write_config(tmp_path / "killed.json", config)
     train_tiles = len((tmp_path / "data" / "train.csv").read_text().splitlines())
 
-    def moment() -> bool:  # the first step is checkpointed: the cache is still filling
-        return any((killed / "checkpoints").glob("*-step=*.ckpt"))
-
-    assert sigkill_when(["train", "-c", str(path)], moment, timeout=120) == -signal.SIGKILL
+    # the run kills itself right after its first step checkpoint, with the cache still
+    # filling: a kill sent from here would land wherever the machine's load let the run get to
+    killed_run = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_FIRST_STEP_CHECKPOINT, "train", "-c", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
+    assert killed_run.returncode == -signal.SIGKILL, killed_run.stderr[-3000:]
+    assert len(list((killed / "checkpoints").glob("*-step=*.ckpt"))) == 1
     filled = _entries(folder)
     assert 0 < len(filled) < train_tiles  # killed while filling
     filled[0].write_bytes(filled[0].read_bytes()[:1000])  # and one entry torn, as by a power cut

@@ -522,6 +522,20 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _workers(pid: int) -> list[int]:
+    """The children of ``pid`` that are spawned multiprocessing workers (not the resource
+    tracker, which is a child too)."""
+    found = []
+    for child in _children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"spawn_main" in part for part in command):
+            found.append(child)
+    return found
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -554,7 +568,12 @@ def test_sigterm_during_predict_leaves_no_temporary_file_and_no_worker(
         assert time.monotonic() < deadline, "no map was started"
         time.sleep(0.05)
     assert process.poll() is None, process.stderr.read() if process.stderr else ""
-    workers_seen = _children(process.pid) if workers > 1 else []
+    workers_seen: list[int] = []
+    if workers > 1:  # the check below means nothing unless it sees every worker
+        while len(_workers(process.pid)) < workers:
+            assert time.monotonic() < deadline and process.poll() is None, "no workers"
+            time.sleep(0.05)
+        workers_seen = _children(process.pid)  # and multiprocessing's resource tracker
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +20,24 @@ from tests.conftest import write_config
 from tests.training.test_ddp import assert_two_epochs_counting_each_val_pixel_once
 
 pytestmark = pytest.mark.slow
+
+
+#: ``landseg`` with a clock set to 2001-02-03 04:05:06: a node that chose the default run
+#: name itself would choose another folder, however close the nodes' starts (a delay between
+#: them depends on the machine's load and can be undone by it).
+OTHER_CLOCK = """
+import datetime, sys, types
+import landseg.runs.folder
+class Clock(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2001, 2, 3, 4, 5, 6, tzinfo=tz)
+fake = types.ModuleType("datetime")
+fake.__dict__.update(vars(datetime), datetime=Clock)
+landseg.runs.folder.dt = fake
+from landseg.cli.main import main
+sys.exit(main())
+"""
 
 
 def free_port() -> int:
@@ -79,7 +96,7 @@ def plain_nodes(port: int) -> list[dict[str, str]]:
 )
 def test_two_nodes_train_one_run(launcher, demo_config: dict, tmp_path: Path) -> None:
     """No run name: under SLURM the job's folder; otherwise rank 0's launch time, which node
-    1, started 1.2 s later, would not have chosen itself."""
+    1, whose clock says another day and time, would not have chosen itself."""
     demo_config["train_setup"].update(epochs=2, batch_size=4)
     demo_config["output_setup"].update(save_top_k=1, use_tensorboard=False)
     demo_config["output_setup"].pop("name_exp_log", None)
@@ -87,17 +104,17 @@ def test_two_nodes_train_one_run(launcher, demo_config: dict, tmp_path: Path) ->
     path = write_config(tmp_path / "nodes.json", demo_config)
     env = base_env()
     nodes = []
-    for node in launcher(free_port()):
+    for rank, node in enumerate(launcher(free_port())):
+        start = ["-c", OTHER_CLOCK] if rank else ["-m", "landseg.cli.main"]
         nodes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "landseg.cli.main", "train", "-c", str(path)],
+                [sys.executable, *start, "train", "-c", str(path)],
                 env={**env, **node},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
         )
-        time.sleep(1.2)
     outputs = [node.communicate(timeout=600) for node in nodes]
     for node, (_, err) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, err[-3000:]
