@@ -25,9 +25,7 @@ import torch
 from landseg.cli.main import main
 from landseg.config.schema import DeviceSetup
 from landseg.jobs import runner
-from tests.conftest import sigkill_when, write_config
-from tests.jobs.conftest import cv_config
-from tests.training.test_interrupt import signal_when
+from tests.helpers import cv_config, sigkill_when, signal_when, write_config
 
 pytestmark = pytest.mark.slow
 

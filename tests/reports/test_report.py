@@ -15,7 +15,7 @@ import pytest
 
 from landseg.cli.main import main
 from landseg.reports.report import curve_rows
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None

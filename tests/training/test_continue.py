@@ -23,7 +23,7 @@ from landseg.planning.prepare import prepare
 from landseg.runs.folder import RunFolder, RunState
 from landseg.training import run as run_module
 from landseg.training.run import train
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 
 @pytest.fixture

@@ -9,71 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from landseg.cli.main import main
-from tests.conftest import write_config
-from tests.training.test_resume import final_state
-
-#: The grace period a stop must fit in: SLURM's KillWait and Kubernetes' default.
-GRACE_S = 30
-
-
-def signal_when(
-    command: list[str],
-    moment: Callable[[], bool],
-    signum: int,
-    timeout: float = 120,
-    env: dict[str, str] | None = None,
-    group_size: int = 1,
-) -> tuple[int, str]:
-    """Run ``landseg COMMAND``, send ``signum`` once ``moment()`` is true and the command's
-    process group has ``group_size`` processes (its DataLoader workers are running); return
-    (exit code, stderr).
-
-    The signal goes to the command's whole process group, as SLURM, Kubernetes and a terminal
-    send it (DataLoader workers included)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli.main", *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout
-    sent = False
-    while time.monotonic() < deadline and process.poll() is None:
-        if moment() and processes_in_group(process.pid) >= group_size:
-            os.killpg(process.pid, signum)
-            sent = True
-            break
-        time.sleep(0.002)
-    try:  # a stop must fit in a cluster's grace period (30 s by default), whole group included
-        _, err = process.communicate(timeout=GRACE_S if sent else timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise AssertionError(
-            f"still running {GRACE_S} s after {signal.Signals(signum).name}"
-        ) from None
-    return process.returncode, err
-
-
-def processes_in_group(group: int) -> int:
-    """How many live processes are in process group ``group`` (Linux /proc)."""
-    count = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        count += fields[0] != "Z" and int(fields[2]) == group
-    return count
+from tests.helpers import final_state, signal_when, write_config
 
 
 @pytest.mark.slow

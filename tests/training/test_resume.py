@@ -9,18 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from landseg.callbacks.run_logger import read_scalars
 from landseg.cli.main import main
-from tests.conftest import sigkill_when, write_config
-
-
-def final_state(run: Path) -> tuple[dict, dict[str, torch.Tensor], list[str], list[dict]]:
-    history = json.loads((run / "history.json").read_text())
-    last = torch.load(run / "checkpoints" / "lightunet-last.ckpt", weights_only=True)
-    names = sorted(p.name for p in (run / "checkpoints").glob("*-loss-*.ckpt"))
-    names += sorted(p.name for p in (run / "checkpoints").glob("*-miou-*.ckpt"))
-    scalars = [{k: v for k, v in row.items() if k != "time"} for row in read_scalars(run)]
-    return history, last["state_dict"], names, scalars
+from tests.helpers import final_state, sigkill_when, write_config
 
 
 def kill_after_first_checkpoint(config_path: Path, run: Path) -> int:

@@ -21,9 +21,7 @@ import torch
 
 from landseg.cli.main import main
 from landseg.launch.cluster import requeue_slurm_job, requeue_wanted, slurm_job_id
-from tests.conftest import write_config
-from tests.training.test_interrupt import signal_when
-from tests.training.test_resume import final_state
+from tests.helpers import final_state, signal_when, write_config
 
 
 def slurm_env(tmp_path: Path, job: str = "4242", ntasks: int = 1, **extra: str) -> dict[str, str]:

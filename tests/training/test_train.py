@@ -17,7 +17,7 @@ from landseg.callbacks.run_logger import read_scalars
 from landseg.cli.main import main
 from landseg.planning.prepare import prepare
 from landseg.training.run import train
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 
 def run_train(config: dict, tmp_path: Path, *extra: str, name: str = "c.json") -> int:
