@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -125,6 +126,52 @@ def processes_in_group(group: int) -> int:
             continue
         count += fields[0] != "Z" and int(fields[2]) == group
     return count
+
+
+# ---------------------------------------------------------------------------- SLURM
+
+
+def slurm_env(tmp_path: Path, job: str = "4242", ntasks: int = 1, **extra: str) -> dict[str, str]:
+    """What ``srun`` sets for task 0 of a one-node job, and a fake ``scontrol`` first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
+    scontrol.chmod(0o755)
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": job,
+        "SLURM_JOB_NAME": "train.sbatch",
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_NTASKS_PER_NODE": str(ntasks),
+        "SLURM_NNODES": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": socket.gethostname(),
+        "SLURM_RESTART_COUNT": "0",
+        **extra,
+    }
+
+
+def scontrol_calls(tmp_path: Path) -> list[str]:
+    """The arguments of each call of the fake ``scontrol`` of :func:`slurm_env`."""
+    calls = tmp_path / "scontrol.calls"
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def landseg(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """``landseg ARGS`` in a subprocess with ``env``: (exit code, stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "landseg.cli.main", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
+    return done.returncode, done.stderr
 
 
 # ---------------------------------------------------------------------------- runs
@@ -375,6 +422,52 @@ def cut_tiles(scene: Path, mask: Path, out: Path, count: int, size: int = TILE) 
                     dst.write(dataset.read(window=window))
             rows.append(f"img/t{i:03d}.tif,msk/t{i:03d}.tif")
     return rows
+
+
+# ---------------------------------------------------------------------------- W&B
+
+
+def read_wandb_records(path: Path) -> list:
+    """The protobuf records of an offline ``.wandb`` run file.
+
+    The file is W&B's LevelDB-style log: a 7-byte header (``:W&B``, magic 0xBEE1, version 0),
+    then 32 KiB blocks of chunks, each with a 7-byte header (CRC-32 of type and data, length,
+    type: 1 full, 2 first, 3 middle, 4 last); a block's tail shorter than a header is padding.
+    """
+    import struct
+    import zlib
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0)
+    block, position, pending, records = 32 * 1024, 7, b"", []
+    while position < len(data):
+        left = block - position % block
+        if left < 7:
+            position += left
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if kind == 0 and length == 0:  # zero padding at the end of a block
+            position += left
+            continue
+        chunk = data[position + 7 : position + 7 + length]
+        assert len(chunk) == length, "truncated record"
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"bad CRC at {position}"
+        position += 7 + length
+        pending += chunk
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    assert pending == b"", "the file ends inside a record"
+    return records
+
+
+def item_key(item: Any) -> str:
+    """A W&B history item's key (nested keys joined with /)."""
+    return item.key or "/".join(item.nested_key)
 
 
 # ---------------------------------------------------------------------------- in process

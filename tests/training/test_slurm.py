@@ -10,10 +10,7 @@ exactly like an uninterrupted run. SIGTERM (scancel, preemption) stops without a
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,51 +18,7 @@ import torch
 
 from landseg.cli.main import main
 from landseg.launch.cluster import requeue_slurm_job, requeue_wanted, slurm_job_id
-from tests.helpers import final_state, signal_when, write_config
-
-
-def slurm_env(tmp_path: Path, job: str = "4242", ntasks: int = 1, **extra: str) -> dict[str, str]:
-    """What ``srun`` sets for task 0 of a one-node job, and a fake ``scontrol`` first on PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
-    scontrol.chmod(0o755)
-    return {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "SLURM_JOB_ID": job,
-        "SLURM_JOB_NAME": "train.sbatch",
-        "SLURM_NTASKS": str(ntasks),
-        "SLURM_NTASKS_PER_NODE": str(ntasks),
-        "SLURM_NNODES": "1",
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0",
-        "SLURM_NODELIST": socket.gethostname(),
-        "SLURM_RESTART_COUNT": "0",
-        **extra,
-    }
-
-
-def scontrol_calls(tmp_path: Path) -> list[str]:
-    calls = tmp_path / "scontrol.calls"
-    return calls.read_text().splitlines() if calls.exists() else []
-
-
-def landseg(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-m", "landseg.cli.main", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=300,
-    )
-    return done.returncode, done.stderr
-
+from tests.helpers import final_state, landseg, scontrol_calls, signal_when, slurm_env, write_config
 
 # ---------------------------------------------------------------------------- the rules
 
