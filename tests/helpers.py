@@ -40,13 +40,20 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-def bitwise_comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with its precision pinned to float32 (``32-true``), returned.
+def stop_and_resume_config(
+    config: dict[str, Any], loader_workers: int = 0, precision: str = "32-true"
+) -> dict[str, Any]:
+    """``config`` (the demo's) as the stop-and-continue tests train it, returned: 3 epochs of
+    batch 4, deterministic, the top 2 checkpoints by each metric, no TensorBoard, test split or
+    predictions. Tests that train the same get the same reference run (``reference_run``).
 
-    Tests that compare two runs bit for bit pin it: ``precision: auto`` picks bf16 on a host
-    that computes it natively and float32 elsewhere, so an unpinned test would test whatever
-    the host has. The bf16 variants name ``bf16-mixed`` themselves."""
-    config["device_setup"]["precision"] = "32-true"
+    The precision is pinned (float32 unless told): these tests compare runs bit for bit, and
+    ``precision: auto`` picks bf16 on a host that computes it natively and float32 elsewhere,
+    so an unpinned test would test whatever its host has."""
+    config["device_setup"].update(num_workers=loader_workers, precision=precision)
+    config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
+    config["output_setup"].update(save_top_k=2, use_tensorboard=False, get_prediction=False)
+    config["data_source"].pop("test_file", None)
     return config
 
 
@@ -191,10 +198,12 @@ def final_state(run: Path) -> tuple[dict, dict[str, torch.Tensor], list[str], li
 
 
 def assert_same_end(run: Path, reference: Path) -> None:
-    """``run`` ended exactly like ``reference``: history, checkpoint names, scalars, and every
-    tensor of the last checkpoint's state, bit for bit."""
+    """``run`` ended exactly like ``reference``: history, checkpoint names, logged scalars (train
+    loss and mIoU of every epoch), and every tensor of the last checkpoint's state (weights,
+    optimiser and metric states), bit for bit."""
     ref_history, ref_weights, ref_names, ref_scalars = final_state(reference)
     history, weights, names, scalars = final_state(run)
+    assert ref_history and ref_names and ref_scalars  # never two empty lists found equal
     assert history == ref_history
     assert names == ref_names
     assert scalars == ref_scalars

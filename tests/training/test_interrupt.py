@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from landseg.cli.main import main
-from tests.helpers import final_state, signal_when, write_config
+from tests.helpers import assert_same_end, signal_when, stop_and_resume_config, write_config
 
 
 @pytest.mark.slow
@@ -33,19 +33,17 @@ from tests.helpers import final_state, signal_when, write_config
     ],
 )
 def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupted_one(
-    signum: int, code: int, when: str, loader_workers: int, demo_config: dict, tmp_path: Path
+    signum: int,
+    code: int,
+    when: str,
+    loader_workers: int,
+    demo_config: dict,
+    tmp_path: Path,
+    reference_run: Callable[[dict], Path],
 ) -> None:
-    demo_config["device_setup"]["num_workers"] = loader_workers
-    demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
-    demo_config["output_setup"].update(
-        name_exp_log="exp", save_top_k=2, use_tensorboard=False, get_prediction=False
-    )
-    demo_config["data_source"].pop("test_file")
-    reference = json.loads(json.dumps(demo_config))
-    reference["output_setup"]["version_name"] = "reference"
-    assert main(["train", "-c", str(write_config(tmp_path / "ref.json", reference))]) == 0
-
-    demo_config["output_setup"]["version_name"] = "stopped"
+    stop_and_resume_config(demo_config, loader_workers)
+    reference = reference_run(demo_config)
+    demo_config["output_setup"].update(name_exp_log="exp", version_name="stopped")
     run = tmp_path / "runs" / "exp" / "stopped"
     moments = {
         "training started": lambda: (run / "run.json").exists(),
@@ -67,11 +65,7 @@ def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupt
     assert resume_from.is_file()
 
     assert main(["train", "--resume", str(resume_from)]) == 0
-    ref_history, ref_weights, ref_names, ref_scalars = final_state(run.parent / "reference")
-    history, weights, names, scalars = final_state(run)
-    assert history == ref_history and names == ref_names and scalars == ref_scalars
-    for key, value in ref_weights.items():
-        assert torch.equal(weights[key], value), key
+    assert_same_end(run, reference)
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
 
 
@@ -86,6 +80,7 @@ def test_stop_signals_are_chosen_by_the_config(demo_config: dict, tmp_path: Path
     assert code == -signal.SIGUSR1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["validation_step", "test_step"])
 def test_sigterm_during_lightnings_own_stages_is_still_a_clean_stop(
     stage: str, demo_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
