@@ -31,6 +31,10 @@ the interpreter is still importing, or cv is between two tasks) kills it by the 
 action: counted apart, and a problem when landseg had already handled that signal earlier
 in the same start. ``--loader-workers N`` trains with N DataLoader workers.
 
+Every run is float32 (``device_setup.precision: 32-true``) unless ``--precision bf16-mixed``:
+the comparison is bit for bit, and ``precision: auto`` would pick bf16 on a host that computes
+it natively and float32 elsewhere, so the torture would test whatever the host has.
+
 * ``validation``: no file changes when a validation starts; this trigger waits for the last
   step checkpoint before one (``-step=`` of the step before a validation step of the
   uninterrupted run's history), then waits a seeded fraction of two step intervals, which
@@ -763,11 +767,13 @@ def train_config(
     full: bool,
     step_checkpoints: bool = True,
     loader_workers: int = 0,
+    precision: str = "32-true",
 ) -> dict[str, Any]:
     """The demo config, deterministic, with step checkpoints (every step) unless told not;
-    ``full``: TensorBoard, test split and predictions; ``loader_workers`` DataLoader workers."""
+    ``full``: TensorBoard, test split and predictions; ``loader_workers`` DataLoader workers;
+    ``precision`` pinned (never ``auto``: the same on every host)."""
     config = json.loads(demo.read_text())
-    config["device_setup"]["num_workers"] = loader_workers
+    config["device_setup"].update(num_workers=loader_workers, precision=precision)
     for key in ("train_file", "val_file", "test_file"):
         config["data_source"][key] = str(demo.parent / config["data_source"][key])
     config["data_source"]["data_augmentation"] = {"train": ["rotation90", "radiometry"]}
@@ -790,9 +796,13 @@ def train_config(
     return config
 
 
-def cv_config(demo: Path, output: Path, epochs: int, loader_workers: int = 0) -> dict[str, Any]:
+def cv_config(
+    demo: Path, output: Path, epochs: int, loader_workers: int = 0, precision: str = "32-true"
+) -> dict[str, Any]:
     """Zone 1 held out, zones 2 and 3 take turns as validation set: 2 tasks."""
-    config = train_config(demo, output, epochs, full=False, loader_workers=loader_workers)
+    config = train_config(
+        demo, output, epochs, full=False, loader_workers=loader_workers, precision=precision
+    )
     config["data_source"].pop("val_file")
     config["data_source"]["train_file"] = str(demo.parent / "zones.csv")
     config["cross_validation"] = {"group_column": "zone", "test_groups": ["1"]}
@@ -851,6 +861,7 @@ def torture_train(
     log: Callable[[str], None] = print,
     signal_name: str = "KILL",
     loader_workers: int = 0,
+    precision: str = "32-true",
 ) -> Report:
     """Torture ``landseg train`` in ``work``: reference run, kills (or ``signal_name``
     signals), checks."""
@@ -858,7 +869,9 @@ def torture_train(
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**env, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": str(THREADS)}
     demo = demo_data(work / "demo", env)
-    config = train_config(demo, work / "runs", epochs, full, step_checkpoints, loader_workers)
+    config = train_config(
+        demo, work / "runs", epochs, full, step_checkpoints, loader_workers, precision
+    )
     reference = {**config, "output_setup": {**config["output_setup"], "version_name": "ref"}}
     span = timed(["train", "-c", str(write(work / "reference.json", reference))])
     config["output_setup"]["version_name"] = "tortured"
@@ -891,6 +904,7 @@ def torture_cv(
     epochs: int = 2,
     signal_name: str = "KILL",
     loader_workers: int = 0,
+    precision: str = "32-true",
 ) -> Report:
     """Torture ``landseg cv`` in ``work``: reference job, kills (or signals), checks."""
     tmpdir = work / "tmp-cv"
@@ -899,7 +913,7 @@ def torture_cv(
     demo = work / "demo" / "demo.json"
     if not demo.exists():
         demo_data(demo.parent, env)
-    config = cv_config(demo, work / "cv-runs", epochs, loader_workers)
+    config = cv_config(demo, work / "cv-runs", epochs, loader_workers, precision)
     reference = {**config, "output_setup": {**config["output_setup"], "name_exp_log": "ref"}}
     span = timed(["cv", "-c", str(write(work / "cv-reference.json", reference))])
     config["output_setup"]["name_exp_log"] = "tortured"
@@ -941,6 +955,13 @@ def main() -> None:
         help="device_setup.num_workers of every run (default 0); their processes get the "
         "signal too",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["32-true", "bf16-mixed"],
+        default="32-true",
+        help="device_setup.precision of every run (default 32-true; never auto, which differs "
+        "from host to host)",
+    )
     args = parser.parse_args()
     print(f"load before: {load_average()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="landseg-torture-") as tmp:
@@ -958,6 +979,7 @@ def main() -> None:
                     step_checkpoints=args.step_checkpoints,
                     signal_name=args.signal,
                     loader_workers=args.loader_workers,
+                    precision=args.precision,
                 )
             )
         if args.cv_kills:
@@ -969,6 +991,7 @@ def main() -> None:
                     env,
                     signal_name=args.signal,
                     loader_workers=args.loader_workers,
+                    precision=args.precision,
                 )
             )
     for report in reports:

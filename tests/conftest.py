@@ -1,21 +1,18 @@
-"""Shared fixtures: a tiny generated demo dataset, and the real data when it is present."""
+"""Shared fixtures: a tiny generated demo dataset, and the real data when it is present.
+
+The functions tests share are in tests/helpers.py; fixtures only here."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.helpers import SHARED_DATA
+
 #: ``gpu``: the demo config trains on the GPU (``benchmarks/gpu_session.sh`` runs the resume
 #: and precision tests so on a lent GPU machine); unset, everything runs on the CPU.
 TEST_ACCELERATOR_ENV = "LANDSEG_TEST_ACCELERATOR"
@@ -43,30 +40,6 @@ def demo_config(demo_dir: Path, tmp_path: Path) -> dict:
     if os.environ.get(TEST_ACCELERATOR_ENV) == "gpu":  # the suite's runs on a GPU machine
         config["device_setup"].update(accelerator="gpu", device=1)
     return config
-
-
-def sigkill_when(command: list[str], moment: Callable[[], bool], timeout: float = 300) -> int:
-    """Run ``landseg COMMAND`` in a subprocess, SIGKILL it as soon as ``moment()`` is true.
-
-    Returns the exit status (``-SIGKILL`` when killed; the command's own if it ended first).
-    """
-    process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli.main", *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if moment():
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    return process.wait()
-
-
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(json.dumps(config, indent=2))
-    return path
 
 
 @pytest.fixture

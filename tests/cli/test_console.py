@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from landseg.cli import main as cli
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 
 def test_console_messages_go_to_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from lightning.pytorch.callbacks import RichProgressBar
 
 from landseg.callbacks.progress import PlainProgressBar, progress_bar, quiet_known_noise
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 #: What torch, Lightning and rasterio print for every run (and every cv task) before issue 11.
 NOISE = (

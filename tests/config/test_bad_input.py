@@ -10,13 +10,11 @@ with its last checkpoint intact; an out-of-range mask value is ignored (docs/des
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ import torch
 from landseg.cli.main import main
 from landseg.core.files import write_geotiff
 from landseg.core.processes import process_start
-from tests.conftest import write_config
+from tests.helpers import run_cli, single_thread, write_config
 
 Mutation = Callable[[dict, Path, Path], None]
 
@@ -62,31 +60,6 @@ def both(*mutations: Mutation) -> Mutation:
             mutation(config, tmp, demo)
 
     return mutate
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """``landseg ARGS`` in this process: (exit code, captured stderr).
-
-    landseg's and Lightning's console log handlers are made once per process, bound to the
-    ``sys.stderr`` of that moment (an earlier test's capture, closed since): point them at ours.
-    """
-    for name in ("landseg", "lightning", "lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if type(handler) is logging.StreamHandler:
-                handler.stream = sys.stderr
-    code = main(args)
-    return code, capsys.readouterr().err
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Torch on one thread while a test trains (fast and steady on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def demo_rows(demo: Path, csv: str = "train.csv") -> list[list[str]]:

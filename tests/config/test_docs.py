@@ -6,7 +6,7 @@ import json
 
 from landseg.cli.main import main
 from landseg.config.docs import render
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_configuration_reference_is_current() -> None:

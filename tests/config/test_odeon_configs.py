@@ -15,7 +15,7 @@ from landseg.config.schema import LandsegConfig
 from landseg.core.errors import ConfigError
 from landseg.core.registry import closest, unknown_name_message
 from landseg.models.registry import MODELS
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 #: ODEON's own example configs, as its documentation writes them (Dubai tiles, a GPU).
 EXAMPLES = REPO / "tests" / "config" / "odeon_examples"

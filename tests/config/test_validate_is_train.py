@@ -12,8 +12,7 @@ import torch
 import yaml
 
 from landseg.cli.main import main
-from tests.conftest import write_config
-from tests.jobs.conftest import cv_config
+from tests.helpers import cv_config, write_config
 
 NO_GPU = not torch.cuda.is_available()
 

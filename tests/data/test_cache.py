@@ -34,6 +34,7 @@ from landseg.data.csvfiles import SamplePair, read_pairs
 from landseg.data.datamodule import CsvSegmentationDataModule
 from landseg.data.dataset import SegmentationDataset
 from landseg.data.sampler import derive_seed
+from tests.helpers import final_state, sigkill_when, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -466,8 +467,6 @@ def test_a_run_killed_while_filling_the_cache_continues_like_an_uncached_run(
 
     from landseg.cli.main import main
     from landseg.data.demo import write_demo_dataset
-    from tests.conftest import write_config
-    from tests.training.test_resume import final_state
 
     write_demo_dataset(tmp_path / "data", n_tiles=48, size=32, seed=0)
     config = json.loads((tmp_path / "data" / "demo.json").read_text())

@@ -12,7 +12,7 @@ import torch
 from landseg.cli.main import main
 from landseg.data.checks import check_data
 from landseg.data.datamodule import CsvSegmentationDataModule
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 STATS = {"mean": [0.45, 0.5, 0.55], "std": [0.21, 0.2, 0.19]}
 

@@ -18,8 +18,7 @@ import torch
 from landseg.cli.main import main
 from landseg.data.datamodule import CsvSegmentationDataModule
 from landseg.launch.hardware import choose_fast_paths
-from tests.conftest import write_config
-from tests.training.test_resume import final_state
+from tests.helpers import final_state, write_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 

@@ -12,7 +12,7 @@ from landseg.cli.main import main
 from landseg.core.errors import LandsegError
 from landseg.inference.evaluate import evaluate_predictions
 from landseg.inference.scene import LoadedModel, PredictOptions, Tiling, predict_scene
-from tests.inference.test_scene import (
+from tests.helpers import (
     LABELS,
     demo_task,
     read,

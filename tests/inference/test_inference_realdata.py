@@ -12,38 +12,11 @@ import rasterio
 from rasterio.windows import Window
 
 from landseg.cli.main import main
-from tests.conftest import write_config
+from tests.helpers import OTHER_SCENE, TRAIN_SCENE, cut_tiles, write_config
 
 pytestmark = pytest.mark.realdata
 
-TRAIN_SCENE = "22978945_15"
-OTHER_SCENE = "23429155_15"
-TILE = 64
 PREDICT = ["--tile", "128", "--overlap", "32", "--pixel-range", "255", "--no-progress"]
-
-
-def cut_tiles(scene: Path, mask: Path, out: Path, count: int, size: int = TILE) -> list[str]:
-    """``count`` georeferenced size x size tiles of a scene and its mask, spread over a grid."""
-    rows = []
-    with rasterio.open(scene) as src, rasterio.open(mask) as msk:
-        grid = [(r, c) for r in range(src.height // size) for c in range(src.width // size)]
-        picks = np.linspace(0, len(grid) - 1, count).astype(int)
-        for i in picks:
-            window = Window(grid[i][1] * size, grid[i][0] * size, size, size)
-            for name, dataset in (("img", src), ("msk", msk)):
-                profile = {
-                    **dataset.profile,
-                    "width": size,
-                    "height": size,
-                    "transform": dataset.window_transform(window),
-                    "tiled": False,
-                }
-                path = out / name / f"t{i:03d}.tif"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with rasterio.open(path, "w", **profile) as dst:
-                    dst.write(dataset.read(window=window))
-            rows.append(f"img/t{i:03d}.tif,msk/t{i:03d}.tif")
-    return rows
 
 
 def test_train_on_one_scene_predict_the_other(shared_data: Path, tmp_path: Path) -> None:

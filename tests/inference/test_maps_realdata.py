@@ -18,8 +18,7 @@ import shapely
 
 from landseg.cli.main import main
 from landseg.maps.vectorize import vectorize
-from tests.conftest import SHARED_DATA, write_config
-from tests.inference.test_inference_realdata import OTHER_SCENE, TRAIN_SCENE, cut_tiles
+from tests.helpers import OTHER_SCENE, SHARED_DATA, TRAIN_SCENE, cut_tiles, write_config
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

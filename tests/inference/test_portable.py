@@ -21,7 +21,7 @@ from landseg.cli.main import main
 from landseg.inference.portable import PortableModel, deepness_metadata
 from landseg.inference.scene import Tiling, predict_array
 from landseg.loggers.figures import class_palette
-from tests.inference.test_scene import read, save_checkpoint
+from tests.helpers import read, save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
 

@@ -13,7 +13,7 @@ import rasterio
 from rasterio.crs import CRS as RasterioCRS
 
 from landseg.cli.main import main
-from tests.inference.test_scene import LABELS, demo_task, save_checkpoint, scene_pixels, write_scene
+from tests.helpers import LABELS, demo_task, save_checkpoint, scene_pixels, write_scene
 
 COMMON = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
 

@@ -12,7 +12,6 @@ import signal
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning
 import numpy as np
 import pytest
 import rasterio
@@ -33,78 +32,15 @@ from landseg.inference.scene import (
     predict_array,
     predict_scene,
 )
-
-CRS = "EPSG:32631"
-TRANSFORM = Affine(0.5, 0.0, 640_003.0, 0.0, -0.5, 6_860_001.0)
-LABELS = ["water", "vegetation", "bare soil", "building"]
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def demo_task(demo_dir: Path, tmp: Path, **data_source: object):
-    """An untrained SegmentationTask with the demo's config (4 bands, 4 classes), seeded."""
-    from landseg.config.load import validate_config
-    from landseg.tasks.segmentation import SegmentationTask
-
-    raw = json.loads((demo_dir / "demo.json").read_text())
-    raw["output_setup"]["output_folder"] = str(tmp / "runs")
-    raw["data_source"].update(data_source)
-    config = validate_config(raw, demo_dir / "demo.json").model_dump(mode="json")
-    torch.manual_seed(0)
-    task = SegmentationTask(config, 4, LABELS)
-    return task.eval()
-
-
-def save_checkpoint(task, path: Path) -> Path:
-    """A checkpoint that ``SegmentationTask.load_from_checkpoint`` reads, without training."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": task.state_dict(),
-            "hyper_parameters": dict(task.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-        },
-        path,
-    )
-    return path
-
-
-def scene_pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A (4, H, W) uint8 landscape with structure at several scales, never 255."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = 110 + 60 * np.sin(x / 7.0)[None] * np.cos(y / 11.0)[None]
-    bands = base + rng.normal(0, 20, (4, height, width)) + np.arange(4)[:, None, None] * 10
-    return np.clip(bands, 0, 250).astype(np.uint8)
-
-
-def write_scene(
-    path: Path,
-    pixels: np.ndarray,
-    transform: Affine = TRANSFORM,
-    nodata: float | None = 255,
-    dtype: str | None = None,
-) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {
-        "driver": "GTiff",
-        "count": pixels.shape[0],
-        "height": pixels.shape[1],
-        "width": pixels.shape[2],
-        "dtype": dtype or pixels.dtype.name,
-        "crs": CRS,
-        "transform": transform,
-        "nodata": nodata,
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(pixels.astype(profile["dtype"]))
-    return path
-
-
-def read(path: Path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read()
+from tests.helpers import (
+    LABELS,
+    TRANSFORM,
+    demo_task,
+    read,
+    save_checkpoint,
+    scene_pixels,
+    write_scene,
+)
 
 
 @pytest.fixture(scope="module")

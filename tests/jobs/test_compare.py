@@ -10,7 +10,7 @@ import pytest
 
 from landseg.cli.main import main
 from landseg.jobs.summary import bootstrap_mean_ci, write_summary
-from tests.jobs.test_summary import Log, entry, fabricated_job
+from tests.helpers import Log, entry, fabricated_job
 
 A = {"z1": 0.5, "z2": 0.6, "z3": 0.7, "z4": 0.8, "z5": 0.9, "z6": 0.4}
 B = {"z1": 0.55, "z2": 0.6, "z3": 0.8, "z4": 0.8, "z5": 0.95, "z7": 0.3}

@@ -25,9 +25,15 @@ import torch
 from landseg.cli.main import main
 from landseg.config.schema import DeviceSetup
 from landseg.jobs import runner
-from tests.conftest import sigkill_when, write_config
-from tests.jobs.conftest import cv_config
-from tests.training.test_interrupt import signal_when
+from tests.helpers import (
+    cv_config,
+    landseg,
+    scontrol_calls,
+    sigkill_when,
+    signal_when,
+    slurm_env,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -255,8 +261,6 @@ def test_cv_under_srun_trains_each_task_alone_and_sigterm_does_not_requeue(
     its own process (not a DDP run waiting for a second rank). SIGTERM (scancel, preemption)
     stops the job at a checkpoint with 143 and no requeue; the running task goes back to
     pending; the job run again ends with the uninterrupted job's summary."""
-    from tests.training.test_slurm import landseg, scontrol_calls, slurm_env
-
     config = write_config(tmp_path / "cv.json", make_cv_config())
     job = tmp_path / "runs" / "job"
     env = slurm_env(tmp_path, job="77", ntasks=2)

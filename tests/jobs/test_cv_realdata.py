@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from landseg.cli.main import main
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

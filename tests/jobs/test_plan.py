@@ -23,7 +23,7 @@ from landseg.jobs.plan import (
     task_csvs,
     write_task_files,
 )
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 
 def rows(groups: dict[str, int]) -> list[Row]:

@@ -33,7 +33,7 @@ from landseg.jobs.plan import (
     task_rows,
     write_task_files,
 )
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 CRS = "EPSG:32631"
 WEST, NORTH = 512_000.0, 4_000_000.0  # multiples of 64: the 64 m blocks hold 2 x 2 tiles

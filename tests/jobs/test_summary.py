@@ -11,12 +11,9 @@ import numpy as np
 import pytest
 
 from landseg.cli.main import main
-from landseg.config.schema import LandsegConfig
 from landseg.core.files import atomic_write_json
-from landseg.data.summary import DataSummary
 from landseg.jobs import runner
 from landseg.jobs.log import LOG_FILE, JobLog
-from landseg.jobs.plan import Job, Row, build_plan
 from landseg.jobs.summary import (
     aggregate,
     bootstrap_mean_ci,
@@ -28,7 +25,7 @@ from landseg.jobs.summary import (
     write_summary,
 )
 from landseg.runs.folder import RunFolder
-from tests.conftest import write_config
+from tests.helpers import Log, entry, fabricated_job, write_config
 
 MIOU = {"test-1__val-2": 0.5, "test-1__val-3": 0.7, "test-2__val-1": 0.2, "test-2__val-3": 0.4}
 
@@ -228,75 +225,11 @@ def test_bootstrap_matches_a_plain_loop_and_is_seeded() -> None:
 
 # ---------------------------------------------------------------------------- fabricated jobs
 
-LABELS = ["building", "water"]
-
-
-def fabricated_job(
-    folder: Path,
-    groups: list[str],
-    results: dict[str, list[dict[str, Any] | None]],
-    *,
-    validation: str | int = 1,
-    **train_setup: Any,
-) -> Job:
-    """A job whose tasks have finished with the given test entries, without any training.
-
-    ``results``: per test subject, one test-history entry (or None: not finished) per rotation.
-    The job's files: job.json, and each finished task's history_test.json.
-    """
-    config = LandsegConfig.model_validate(
-        {
-            "data_source": {"train_file": "/data/zones.csv", "mask_bands": [1, 2],
-                            "class_labels": LABELS},
-            "train_setup": {"model_name": "lightunet", **train_setup},
-            "output_setup": {"output_folder": str(folder.parent), "name_exp_log": folder.name},
-            "cross_validation": {"group_column": "zone", "validation": validation},
-        }
-    )  # fmt: skip
-    rows = [
-        Row(Path(f"/d/{g}_{i}.tif"), Path(f"/m/{g}_{i}.tif"), g) for g in groups for i in (0, 1)
-    ]
-    assert config.cross_validation is not None
-    plan, _ = build_plan(rows, config.cross_validation, 0.3)
-    ids = [task.id for task in plan.tasks]
-    data = DataSummary(2, 2, tuple(LABELS), "indices", (32, 32), "uint8", 255.0)  # type: ignore[arg-type]
-    job = Job(folder, config, Path("/data/zones.csv"), plan, data, dict.fromkeys(ids, "h"),
-              {i: {} for i in ids})  # fmt: skip
-    job.save()
-    for task in plan.tasks:
-        entry = results.get(task.subject, [])[task.rotation - 1 : task.rotation]
-        if entry and entry[0] is not None:
-            atomic_write_json(job.task_dir(task) / "history_test.json", {"1": entry[0]})
-    return job
-
-
-class Log:
-    """What write_summary reads of the job log: every task finished that has its results."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-
-    def tasks(self) -> list[dict[str, Any]]:
-        done = {
-            t.id
-            for t in self.job.plan.tasks
-            if RunFolder(self.job.task_dir(t)).test_history.is_file()
-        }
-        return [
-            {"task_id": t.id, "status": "finished" if t.id in done else "pending", "error": None}
-            for t in self.job.plan.tasks
-        ]
-
 
 def cells(table: str) -> list[list[str]]:
     """The cells of a Markdown table, less its rule line."""
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()]
     return [rows[0], *rows[2:]]
-
-
-def entry(miou: float, building: float | None, water: float | None) -> dict[str, Any]:
-    return {"Average/IoU": miou, "building/IoU": building, "water/IoU": water, "loss": 0.5,
-            "step": 9, "cm_macro": [[1, 0], [0, 1]]}  # fmt: skip
 
 
 def five_subjects(n: int) -> dict[str, list[dict[str, Any] | None]]:

@@ -17,7 +17,7 @@ from landseg.core.registry import Entry
 from landseg.loggers.registry import LOGGERS, build_loggers, image_writers_of, logger_problems
 from landseg.loggers.tensorboard import PhaseTensorBoardLogger
 from landseg.runs.folder import RunFolder
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 
 class RecordingLogger(Logger):

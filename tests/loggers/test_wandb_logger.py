@@ -5,15 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import struct
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
 
 from landseg.core.errors import ConfigError
 from landseg.loggers.wandb import make_wandb_logger
+from tests.helpers import item_key, read_wandb_records
 
 WANDB_INSTALLED = importlib.util.find_spec("wandb") is not None
 
@@ -34,45 +33,6 @@ def _clean_wandb_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("WANDB_MODE", "WANDB_SILENT", "WANDB_DIR"):
         monkeypatch.setenv(name, "")  # recorded, so that the teardown restores the original
         monkeypatch.delenv(name)
-
-
-def _read_wandb_records(path: Path) -> list:
-    """The protobuf records of an offline ``.wandb`` run file.
-
-    The file is W&B's LevelDB-style log: a 7-byte header (``:W&B``, magic 0xBEE1, version 0),
-    then 32 KiB blocks of chunks, each with a 7-byte header (CRC-32 of type and data, length,
-    type: 1 full, 2 first, 3 middle, 4 last); a block's tail shorter than a header is padding.
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0)
-    block, position, pending, records = 32 * 1024, 7, b"", []
-    while position < len(data):
-        left = block - position % block
-        if left < 7:
-            position += left
-            continue
-        crc, length, kind = struct.unpack("<IHB", data[position : position + 7])
-        if kind == 0 and length == 0:  # zero padding at the end of a block
-            position += left
-            continue
-        chunk = data[position + 7 : position + 7 + length]
-        assert len(chunk) == length, "truncated record"
-        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"bad CRC at {position}"
-        position += 7 + length
-        pending += chunk
-        if kind in (1, 4):  # a whole record, or the last chunk of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    assert pending == b"", "the file ends inside a record"
-    return records
-
-
-def _item_key(item) -> str:
-    return item.key or "/".join(item.nested_key)
 
 
 @pytest.mark.skipif(not WANDB_INSTALLED, reason="wandb is not installed")
@@ -100,20 +60,20 @@ def test_offline_run_file_holds_the_logged_values(
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
     files = list(runs[0].glob("*.wandb"))
     assert [f.name for f in files] == ["run-exp-1-v-0.wandb"]
-    records = _read_wandb_records(files[0])
+    records = read_wandb_records(files[0])
     kinds = [record.WhichOneof("record_type") for record in records]
 
     (run,) = [record.run for record in records if record.HasField("run")]
     assert (run.run_id, run.project, run.display_name) == ("exp-1-v-0", "exp-1", "v 0")
     config = {
-        _item_key(item): json.loads(item.value_json)
+        item_key(item): json.loads(item.value_json)
         for record in records
         if record.HasField("config")
         for item in record.config.update
     }
     assert config["train_setup"] == {"lr": 0.001, "model_name": "lightunet"}
     rows = [
-        {_item_key(item): json.loads(item.value_json) for item in record.history.item}
+        {item_key(item): json.loads(item.value_json) for item in record.history.item}
         for record in records
         if record.HasField("history")
     ]

@@ -29,7 +29,7 @@ from landseg.loggers.figures import class_palette
 from landseg.maps import cog
 from landseg.maps.cog import CogLayout, CogWriter, cog_writer
 from landseg.maps.style import class_colors, default_colors, qml_text
-from tests.inference.test_scene import (
+from tests.helpers import (
     CRS,
     LABELS,
     TRANSFORM,

@@ -18,6 +18,7 @@ from landseg.models.registry import (
     model_size_multiple,
     register_smp_models,
 )
+from tests.helpers import write_config
 
 BANDS, CLASSES = 4, 5
 
@@ -63,7 +64,6 @@ def test_resnet150_is_read_as_resnet152(
 ) -> None:
     """004's slip: the network is ResNet-152, and validate (as train) says so."""
     from landseg.cli.main import main
-    from tests.conftest import write_config
 
     demo_config["train_setup"]["model_name"] = "resnet150"
     with caplog.at_level("WARNING", logger="landseg.config"):

@@ -15,7 +15,7 @@ import pytest
 
 from landseg.cli.main import main
 from landseg.reports.report import curve_rows
-from tests.conftest import write_config
+from tests.helpers import read, write_config
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
@@ -148,8 +148,6 @@ def test_archive_then_use_by_name(trained: Path, demo_dir: Path, tmp_path: Path,
     assert len(list(out.glob("*.tif"))) == len(Path(test_csv).read_text().split())
 
     # the run's own test predictions (predict_split) and the CLI's agree on the classes
-    from tests.inference.test_scene import read
-
     for path in out.glob("*.tif"):
         probabilities = read(archived / "predictions" / path.name)
         assert np.array_equal(read(path)[0], probabilities.argmax(axis=0))

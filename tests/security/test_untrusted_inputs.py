@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.config.test_bad_input import run_cli, single_thread
-from tests.conftest import REPO, write_config
+from tests.helpers import REPO, run_cli, single_thread, write_config
 
 SRC = REPO / "src" / "landseg"
 

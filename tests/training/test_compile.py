@@ -12,7 +12,7 @@ import torch
 
 from landseg.cli.main import main
 from landseg.models.registry import build_model
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 pytestmark = pytest.mark.slow
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from landseg.planning.prepare import prepare
 from landseg.runs.folder import RunFolder, RunState
 from landseg.training import run as run_module
 from landseg.training.run import train
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 
 @pytest.fixture
@@ -33,6 +35,21 @@ def small(demo_config: dict) -> dict:
         name_exp_log="exp", version_name="v1", save_top_k=1, get_prediction=False
     )
     return demo_config
+
+
+@pytest.fixture
+def small_run(small: dict, finished_run: Callable[[dict], Path]) -> Callable[[int], Path]:
+    """``small_run(epochs)``: the small config's run trained ``epochs`` epochs and finished, as
+    training left it (trained once per session, put back for each test); ``small`` is set to
+    that run's output folder and epochs. Returns the run folder."""
+
+    def run(epochs: int) -> Path:
+        small["train_setup"]["epochs"] = epochs
+        output = finished_run(small)
+        small["output_setup"]["output_folder"] = str(output)
+        return output / "exp" / "v1"
+
+    return run
 
 
 def run_cli(config: dict, tmp_path: Path, *extra: str) -> int:
@@ -107,10 +124,9 @@ def test_cv_task_hash_leaves_out_the_changeable_keys(demo_config: dict) -> None:
 
 @pytest.mark.slow
 def test_a_changed_lr_is_refused_and_the_run_folder_is_left_untouched(
-    small: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    small: dict, small_run: Callable[[int], Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert run_cli(small, tmp_path) == 0
-    folder = tmp_path / "runs" / "exp" / "v1"
+    folder = small_run(2)
     before = snapshot(folder)
     capsys.readouterr()
     for key, value in (("lr", 0.001), ("model_name", "unet")):
@@ -125,10 +141,9 @@ def test_a_changed_lr_is_refused_and_the_run_folder_is_left_untouched(
 
 @pytest.mark.slow
 def test_more_epochs_continue_the_run_and_the_change_is_recorded(
-    small: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    small: dict, small_run: Callable[[int], Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert run_cli(small, tmp_path) == 0
-    folder = RunFolder(tmp_path / "runs" / "exp" / "v1")
+    folder = RunFolder(small_run(2))
     capsys.readouterr()
     assert run_cli(continued(small, epochs=2), tmp_path) == 0  # nothing to do
     assert (
@@ -146,11 +161,9 @@ def test_more_epochs_continue_the_run_and_the_change_is_recorded(
 
 @pytest.mark.slow
 def test_a_run_ended_by_early_stopping_is_complete(
-    small: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    small: dict, small_run: Callable[[int], Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    folder = RunFolder(tmp_path / "runs" / "exp" / "v1")
-    small["train_setup"]["epochs"] = 1
-    assert run_cli(small, tmp_path) == 0
+    folder = RunFolder(small_run(1))
     folder.update_state(early_stopped=True)  # as if early stopping had ended it
     capsys.readouterr()
     assert run_cli(continued(small, epochs=5), tmp_path) == 0
@@ -168,6 +181,7 @@ def test_a_failure_before_the_first_step_is_recorded_and_the_name_reused(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("no trainer today")
 
+    small["train_setup"]["epochs"] = 1  # a started run that trains: one epoch shows it
     with monkeypatch.context() as patch:
         patch.setattr(run_module, "build_trainer", broken)
         with pytest.raises(RuntimeError, match="no trainer today"):
@@ -178,7 +192,7 @@ def test_a_failure_before_the_first_step_is_recorded_and_the_name_reused(
     assert folder.never_trained()
     assert run_cli(small, tmp_path) == 0  # the same version name, started again
     state = folder.state()
-    assert (state.status, state.epochs_done, state.error) == ("finished", 2, None)
+    assert (state.status, state.epochs_done, state.error) == ("finished", 1, None)
 
 
 def test_a_start_that_fails_before_its_run_json_leaves_no_folder(
@@ -225,11 +239,9 @@ class FirstWeights(Callback):
 
 @pytest.mark.slow
 def test_init_weights_starts_a_new_run_from_another_runs_network(
-    small: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    small: dict, small_run: Callable[[int], Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    small["train_setup"]["epochs"] = 1
-    assert run_cli(small, tmp_path) == 0
-    source = tmp_path / "runs" / "exp" / "v1" / "checkpoints" / "lightunet-last.ckpt"
+    source = small_run(1) / "checkpoints" / "lightunet-last.ckpt"
     trained = torch.load(source, weights_only=True)["state_dict"]
     tuned = json.loads(json.dumps(small))
     tuned["train_setup"].update(init_weights=str(source), lr=0.001, epochs=1)
@@ -239,7 +251,7 @@ def test_init_weights_starts_a_new_run_from_another_runs_network(
     train(prepared.config, prepared.summary, extra_callbacks=[probe])
     for key, value in probe.weights.items():
         assert torch.equal(value, trained[f"model.{key}"]), key
-    state = RunFolder(tmp_path / "runs" / "exp" / "tuned").state()
+    state = RunFolder(source.parents[2] / "tuned").state()
     assert state.status == "finished" and state.resumed == []
 
     tuned["train_setup"]["model_name"] = "unet"
@@ -258,11 +270,9 @@ def test_init_weights_must_exist(small: dict, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_damaged_run_json_is_said_when_the_run_is_continued(
-    small: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    small: dict, small_run: Callable[[int], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    small["train_setup"]["epochs"] = 1
-    assert run_cli(small, tmp_path) == 0
-    run_json = tmp_path / "runs" / "exp" / "v1" / "run.json"
+    run_json = small_run(1) / "run.json"
     run_json.write_text('{"status": "fini')  # as a full disk might leave a file written in place
     with caplog.at_level("WARNING", logger="landseg"):
         assert run_cli(continued(small, epochs=2), tmp_path) == 0
@@ -274,19 +284,20 @@ def test_a_damaged_run_json_is_said_when_the_run_is_continued(
 
 
 @pytest.mark.slow
-def test_a_run_whose_output_folder_moved_is_continued_there(small: dict, tmp_path: Path) -> None:
+def test_a_run_whose_output_folder_moved_is_continued_there(
+    small: dict, small_run: Callable[[int], Path], tmp_path: Path
+) -> None:
     """The output folder copied to another disk: the config names the new place, and the run
     continues there (it was refused: output_setup.output_folder differed from the run's)."""
-    small["train_setup"]["epochs"] = 1
-    assert run_cli(small, tmp_path) == 0
+    runs = small_run(1).parents[1]
     moved = tmp_path / "moved"
-    (tmp_path / "runs").rename(moved)
+    shutil.move(runs, moved)
     small["output_setup"]["output_folder"] = str(moved)
     assert run_cli(continued(small, epochs=2), tmp_path) == 0
     state = json.loads((moved / "exp" / "v1" / "run.json").read_text())
     assert state["epochs_done"] == 2
     assert state["resumed"][-1]["changed"] == {
-        "output_setup.output_folder": [str(tmp_path / "runs"), str(moved)],
+        "output_setup.output_folder": [str(runs), str(moved)],
         "train_setup.epochs": [1, 2],
     }
-    assert not (tmp_path / "runs").exists()  # nothing written at the old place
+    assert not runs.exists()  # nothing written at the old place

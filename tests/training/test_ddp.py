@@ -6,32 +6,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from landseg.config.load import load_config
-from landseg.data.checks import check_data
-from landseg.data.datamodule import DATAMODULES
-from tests.conftest import write_config
-
-
-def assert_two_epochs_counting_each_val_pixel_once(run: Path, config_path: Path) -> Any:
-    """The run finished its 2 epochs, and each validation's confusion matrix counts every
-    labelled val pixel exactly once (however many processes shared the validation); returns
-    the run's datamodule, set up for fit."""
-    state = json.loads((run / "run.json").read_text())
-    assert state["status"] == "finished" and state["epochs_done"] == 2
-    history = json.loads((run / "history.json").read_text())
-    assert list(history) == ["0", "1"]
-    config = load_config(config_path)
-    datamodule = DATAMODULES.get("csv")(config, check_data(config))
-    datamodule.setup("fit")
-    labelled = sum(int((item["mask"] >= 0).sum()) for item in datamodule.val_dataset)
-    for entry in history.values():
-        assert int(np.sum(entry["cm_macro"])) == labelled
-    return datamodule
+from tests.helpers import assert_two_epochs_counting_each_val_pixel_once, write_config
 
 
 @pytest.mark.slow

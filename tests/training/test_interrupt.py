@@ -13,67 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from landseg.cli.main import main
-from tests.conftest import write_config
-from tests.training.test_resume import final_state
-
-#: The grace period a stop must fit in: SLURM's KillWait and Kubernetes' default.
-GRACE_S = 30
-
-
-def signal_when(
-    command: list[str],
-    moment: Callable[[], bool],
-    signum: int,
-    timeout: float = 120,
-    env: dict[str, str] | None = None,
-    group_size: int = 1,
-) -> tuple[int, str]:
-    """Run ``landseg COMMAND``, send ``signum`` once ``moment()`` is true and the command's
-    process group has ``group_size`` processes (its DataLoader workers are running); return
-    (exit code, stderr).
-
-    The signal goes to the command's whole process group, as SLURM, Kubernetes and a terminal
-    send it (DataLoader workers included)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "landseg.cli.main", *command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout
-    sent = False
-    while time.monotonic() < deadline and process.poll() is None:
-        if moment() and processes_in_group(process.pid) >= group_size:
-            os.killpg(process.pid, signum)
-            sent = True
-            break
-        time.sleep(0.002)
-    try:  # a stop must fit in a cluster's grace period (30 s by default), whole group included
-        _, err = process.communicate(timeout=GRACE_S if sent else timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise AssertionError(
-            f"still running {GRACE_S} s after {signal.Signals(signum).name}"
-        ) from None
-    return process.returncode, err
-
-
-def processes_in_group(group: int) -> int:
-    """How many live processes are in process group ``group`` (Linux /proc)."""
-    count = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        count += fields[0] != "Z" and int(fields[2]) == group
-    return count
+from tests.helpers import assert_same_end, signal_when, stop_and_resume_config, write_config
 
 
 @pytest.mark.slow
@@ -91,19 +33,17 @@ def processes_in_group(group: int) -> int:
     ],
 )
 def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupted_one(
-    signum: int, code: int, when: str, loader_workers: int, demo_config: dict, tmp_path: Path
+    signum: int,
+    code: int,
+    when: str,
+    loader_workers: int,
+    demo_config: dict,
+    tmp_path: Path,
+    reference_run: Callable[[dict], Path],
 ) -> None:
-    demo_config["device_setup"]["num_workers"] = loader_workers
-    demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
-    demo_config["output_setup"].update(
-        name_exp_log="exp", save_top_k=2, use_tensorboard=False, get_prediction=False
-    )
-    demo_config["data_source"].pop("test_file")
-    reference = json.loads(json.dumps(demo_config))
-    reference["output_setup"]["version_name"] = "reference"
-    assert main(["train", "-c", str(write_config(tmp_path / "ref.json", reference))]) == 0
-
-    demo_config["output_setup"]["version_name"] = "stopped"
+    stop_and_resume_config(demo_config, loader_workers)
+    reference = reference_run(demo_config)
+    demo_config["output_setup"].update(name_exp_log="exp", version_name="stopped")
     run = tmp_path / "runs" / "exp" / "stopped"
     moments = {
         "training started": lambda: (run / "run.json").exists(),
@@ -125,11 +65,7 @@ def test_a_stop_signal_stops_cleanly_and_the_continued_run_equals_an_uninterrupt
     assert resume_from.is_file()
 
     assert main(["train", "--resume", str(resume_from)]) == 0
-    ref_history, ref_weights, ref_names, ref_scalars = final_state(run.parent / "reference")
-    history, weights, names, scalars = final_state(run)
-    assert history == ref_history and names == ref_names and scalars == ref_scalars
-    for key, value in ref_weights.items():
-        assert torch.equal(weights[key], value), key
+    assert_same_end(run, reference)
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
 
 
@@ -144,6 +80,7 @@ def test_stop_signals_are_chosen_by_the_config(demo_config: dict, tmp_path: Path
     assert code == -signal.SIGUSR1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["validation_step", "test_step"])
 def test_sigterm_during_lightnings_own_stages_is_still_a_clean_stop(
     stage: str, demo_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_config
-from tests.training.test_ddp import assert_two_epochs_counting_each_val_pixel_once
+from tests.helpers import assert_two_epochs_counting_each_val_pixel_once, write_config
 
 pytestmark = pytest.mark.slow
 

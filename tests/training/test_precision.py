@@ -14,8 +14,7 @@ from landseg.cli.main import main
 from landseg.launch import hardware
 from landseg.launch.hardware import choose_fast_paths
 from landseg.tasks.segmentation import SegmentationTask
-from tests.conftest import write_config
-from tests.training.test_resume import final_state
+from tests.helpers import final_state, write_config
 
 
 def pretend(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:

@@ -10,64 +10,23 @@ exactly like an uninterrupted run. SIGTERM (scancel, preemption) stops without a
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from landseg.cli.main import main
 from landseg.launch.cluster import requeue_slurm_job, requeue_wanted, slurm_job_id
-from tests.conftest import write_config
-from tests.training.test_interrupt import signal_when
-from tests.training.test_resume import final_state
-
-
-def slurm_env(tmp_path: Path, job: str = "4242", ntasks: int = 1, **extra: str) -> dict[str, str]:
-    """What ``srun`` sets for task 0 of a one-node job, and a fake ``scontrol`` first on PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
-    scontrol.chmod(0o755)
-    return {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "SLURM_JOB_ID": job,
-        "SLURM_JOB_NAME": "train.sbatch",
-        "SLURM_NTASKS": str(ntasks),
-        "SLURM_NTASKS_PER_NODE": str(ntasks),
-        "SLURM_NNODES": "1",
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0",
-        "SLURM_NODELIST": socket.gethostname(),
-        "SLURM_RESTART_COUNT": "0",
-        **extra,
-    }
-
-
-def scontrol_calls(tmp_path: Path) -> list[str]:
-    calls = tmp_path / "scontrol.calls"
-    return calls.read_text().splitlines() if calls.exists() else []
-
-
-def landseg(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-m", "landseg.cli.main", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=300,
-    )
-    return done.returncode, done.stderr
-
+from tests.helpers import (
+    assert_same_end,
+    landseg,
+    scontrol_calls,
+    signal_when,
+    slurm_env,
+    stop_and_resume_config,
+    write_config,
+)
 
 # ---------------------------------------------------------------------------- the rules
 
@@ -115,14 +74,10 @@ def test_requeue_names_the_array_task_and_never_raises(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_usr1_requeues_the_job_and_the_requeued_job_continues_its_run(
-    demo_config: dict, tmp_path: Path
+    demo_config: dict, tmp_path: Path, reference_run: Callable[[dict], Path]
 ) -> None:
-    demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
-    demo_config["output_setup"].update(use_tensorboard=False, get_prediction=False, save_top_k=2)
-    demo_config["data_source"].pop("test_file")
-    reference = json.loads(json.dumps(demo_config))
-    reference["output_setup"].update(name_exp_log="exp", version_name="reference")
-    assert main(["train", "-c", str(write_config(tmp_path / "ref.json", reference))]) == 0
+    stop_and_resume_config(demo_config)
+    reference = reference_run(demo_config)
 
     # no name_exp_log / version_name: the run folder is the job's
     demo_config["output_setup"].pop("name_exp_log", None)
@@ -145,17 +100,11 @@ def test_usr1_requeues_the_job_and_the_requeued_job_continues_its_run(
     code, err = landseg(["train", "-c", str(config)], {**env, "SLURM_RESTART_COUNT": "1"})
     assert code == 0, err
     assert scontrol_calls(tmp_path) == ["requeue 4242"]  # no second requeue
-    ref_history, ref_weights, ref_names, ref_scalars = final_state(
-        tmp_path / "runs" / "exp" / "reference"
-    )
-    history, weights, names, scalars = final_state(run)
-    assert history == ref_history and names == ref_names and scalars == ref_scalars
-    for key, value in ref_weights.items():
-        assert torch.equal(weights[key], value), key
+    assert_same_end(run, reference)
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert sorted(
         p.name for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
-    ) == ["exp", "slurm"]
+    ) == ["slurm"]  # the job's run folder, nothing else
 
 
 def test_processes_that_do_not_match_the_slurm_job_are_one_line_and_exit_2(

@@ -17,7 +17,7 @@ from landseg.callbacks.run_logger import read_scalars
 from landseg.cli.main import main
 from landseg.planning.prepare import prepare
 from landseg.training.run import train
-from tests.conftest import write_config
+from tests.helpers import item_key, read_wandb_records, write_config
 
 
 def run_train(config: dict, tmp_path: Path, *extra: str, name: str = "c.json") -> int:
@@ -133,8 +133,6 @@ def test_pth_outputs(small: dict, tmp_path: Path) -> None:
 def test_wandb_writes_offline_files_in_the_run_folder(small: dict, tmp_path: Path) -> None:
     import wandb
 
-    from tests.loggers.test_wandb_logger import _item_key, _read_wandb_records
-
     small["train_setup"]["epochs"] = 1
     small["output_setup"].update(use_wandb=True, use_tensorboard=False, get_prediction=False)
     try:
@@ -145,8 +143,8 @@ def test_wandb_writes_offline_files_in_the_run_folder(small: dict, tmp_path: Pat
     (offline,) = (run / "wandb").glob("offline-run-*")
     (run_file,) = offline.glob("*.wandb")
     rows = [
-        {_item_key(item): json.loads(item.value_json) for item in record.history.item}
-        for record in _read_wandb_records(run_file)
+        {item_key(item): json.loads(item.value_json) for item in record.history.item}
+        for record in read_wandb_records(run_file)
         if record.HasField("history")
     ]
     history = json.loads((run / "history.json").read_text())

@@ -12,7 +12,7 @@ from rasterio.windows import Window
 
 from landseg.cli.main import main
 from landseg.core.files import write_geotiff
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 DUBAI_CLASSES = ["building", "land", "road", "vegetation", "water", "unlabeled"]
 

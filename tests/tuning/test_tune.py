@@ -25,9 +25,7 @@ from landseg.config.search import Search
 from landseg.core.errors import ConfigError
 from landseg.tuning.results import nested_selection
 from landseg.tuning.search import prepare_tuning, task_validation_score
-from tests.conftest import sigkill_when, write_config
-from tests.jobs.conftest import cv_config
-from tests.training.test_interrupt import signal_when
+from tests.helpers import cv_config, sigkill_when, signal_when, write_config
 
 SEARCH = {"params": {"train_setup.lr": {"float": [1e-4, 1e-1], "log": True}}, "trials": 3}
 
