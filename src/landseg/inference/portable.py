@@ -31,6 +31,7 @@ import numpy as np
 from landseg import __version__
 from landseg.config.schema import LandsegConfig, OutputSetup
 from landseg.core.errors import LandsegError
+from landseg.maps.style import run_colors
 
 #: Key of the landseg metadata (JSON) in an ONNX model's ``metadata_props``.
 METADATA_KEY = "landseg"
@@ -149,17 +150,6 @@ def run_of(checkpoint: Path, loaded_run: Path | None) -> Path:
     return checkpoint.parent
 
 
-def class_colours(config: LandsegConfig, n_classes: int) -> list[str]:
-    """``#rrggbb`` per class: the run's ``output_setup.class_colors`` where the config has
-    them (one per class), else the report's palette."""
-    from landseg.loggers.figures import class_palette
-
-    configured = getattr(config.output_setup, "class_colors", None)
-    if configured is not None and len(configured) == n_classes:
-        return [str(c).lower() for c in configured]
-    return ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in class_palette(n_classes)]
-
-
 def describe(
     loaded: Any,
     checkpoint: Path,
@@ -202,7 +192,7 @@ def describe(
     resolution = config_resolution(source.resolution)
     if resolution is None:
         resolution = data.resolution
-    colours = class_colours(config, loaded.n_classes)
+    colours = run_colors(config, loaded.n_classes)
     parsed = CheckpointName.parse(checkpoint)
     state = RunState.read(run)
     k, c = loaded.n_classes, loaded.in_channels

@@ -46,7 +46,7 @@ from landseg.core.files import checkpoint_error_line, folder_problem, load_check
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
 from landseg.data.raster import nodata_pixels, open_raster
 from landseg.maps.cog import CogLayout, cog_layout, cog_writer
-from landseg.maps.style import class_colors, colormap, remove_stale_style, write_qml
+from landseg.maps.style import colormap, remove_stale_style, run_colors, write_qml
 from landseg.models.registry import model_size_multiple
 
 OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
@@ -444,8 +444,8 @@ def encode_strip(probs: np.ndarray, valid: np.ndarray | None, output_type: str) 
 
 
 def prediction_colors(model: LoadedModel) -> list[str]:
-    """The colours of a model's class rasters: its run's ``class_colors``, else the default."""
-    return class_colors(model.n_classes, model.config.output_setup.class_colors)
+    """The colours of a model's class rasters: :func:`landseg.maps.style.run_colors`."""
+    return run_colors(model.config, model.n_classes)
 
 
 def _describe_output(dst: Any, model: LoadedModel, output_type: str) -> None:
