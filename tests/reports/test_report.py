@@ -198,3 +198,16 @@ def test_report_paints_the_runs_class_colours(trained: Path, tmp_path: Path) -> 
     mask = fig.axes[1].get_images()[0].get_array()
     painted = {"#{:02x}{:02x}{:02x}".format(*pixel) for pixel in np.asarray(mask).reshape(-1, 3)}
     assert painted and painted <= {*colours, "#000000"}
+
+
+def test_report_of_a_cv_job_folder_says_where_its_summary_is(tmp_path: Path, capsys) -> None:
+    """A cv job folder (it holds job.sqlite) is not called 'not a run folder': the line says
+    what it is, where its summary is and where its task runs are."""
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.sqlite").write_bytes(b"")
+    assert main(["report", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "not a run folder (no" not in err
+    assert f"{job}: a cross-validation job folder" in err
+    assert str(job / "summary.md") in err and str(job / "tasks") in err

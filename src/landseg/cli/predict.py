@@ -288,9 +288,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.samples < 0:
         raise LandsegError(f"--samples must be >= 0, got {args.samples}")
+    _refuse_a_cv_job(Path(args.run))
     page = write_report(resolve_run(args.run, args.output_folder), args.samples, args.device)
     print(f"report: {page}")
     return 0
+
+
+def _refuse_a_cv_job(path: Path) -> None:
+    """A cv job folder (its ``job.sqlite``) is no run: say where its report is, and its runs."""
+    from landseg.jobs.log import LOG_FILE
+    from landseg.jobs.plan import TASKS_DIR
+    from landseg.jobs.summary import SUMMARY_MD
+
+    if path.is_dir() and (path / LOG_FILE).is_file():
+        raise LandsegError(
+            f"{path}: a cross-validation job folder, not a run folder; its summary is "
+            f"{path / SUMMARY_MD} (written when the job ends; `landseg cv status {path}` shows "
+            f"its progress), and `landseg report` takes one of its task runs, "
+            f"{path / TASKS_DIR}/<task id>"
+        )
 
 
 # ---------------------------------------------------------------------------- predict / evaluate
