@@ -45,6 +45,7 @@ from landseg.core.errors import DataError, LandsegError
 from landseg.core.files import checkpoint_error_line, folder_problem, load_checkpoint
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
 from landseg.data.raster import nodata_pixels, open_raster
+from landseg.inference.tta import TTAModel
 from landseg.maps.cog import CogLayout, cog_layout, cog_writer
 from landseg.maps.style import colormap, remove_stale_style, run_colors, write_qml
 from landseg.models.registry import model_size_multiple
@@ -448,11 +449,43 @@ def prediction_colors(model: LoadedModel) -> list[str]:
     return run_colors(model.config, model.n_classes)
 
 
-def _describe_output(dst: Any, model: LoadedModel, output_type: str) -> None:
-    """Class names travel in the file: evaluate and GIS tools read them back."""
+@dataclass(frozen=True)
+class PixelSettings:
+    """The settings of a prediction, besides its model, that change its pixels.
+
+    Recorded in every prediction's tags (:meth:`tags`), with the checkpoint and the output
+    type, so that a raster says how to make it again: the pixel range the input was divided by,
+    the tile size and overlap that cut and blended it, and the test-time augmentation.
+    """
+
+    pixel_range: float
+    tiling: Tiling
+    tta: str | None = None
+
+    @classmethod
+    def of(cls, model: Any, pixel_range: float, tiling: Tiling) -> PixelSettings:
+        """The settings of predicting with ``model`` (a :class:`TTAModel` gives its mode)."""
+        return cls(pixel_range, tiling, model.mode if isinstance(model, TTAModel) else None)
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "landseg_pixel_range": f"{self.pixel_range:g}",
+            "landseg_tile": str(self.tiling.tile),
+            "landseg_overlap": str(self.tiling.overlap),
+            "landseg_tta": self.tta or "none",
+        }
+
+
+def _describe_output(
+    dst: Any, model: LoadedModel, output_type: str, settings: PixelSettings | None
+) -> None:
+    """Class names and how the pixels were made travel in the file: evaluate and GIS tools
+    read them back."""
     tags = {"landseg_class_labels": json.dumps(model.class_labels), "landseg_type": output_type}
     if model.checkpoint is not None:
         tags["landseg_checkpoint"] = str(model.checkpoint)
+    if settings is not None:
+        tags.update(settings.tags())
     dst.update_tags(**tags)
     if output_type == "classes":
         dst.write_colormap(1, colormap(prediction_colors(model)))
@@ -471,6 +504,7 @@ def write_prediction(
     model: LoadedModel,
     output_type: str,
     strips: Iterable[Strip],
+    settings: PixelSettings | None = None,
 ) -> Path:
     """The one writer of prediction rasters, ``landseg predict``'s and training's alike.
 
@@ -485,7 +519,7 @@ def write_prediction(
     with cog_writer(destination, profile, output_layout(output_type)) as out:
         for first, probs, valid in strips:
             out.write_rows(first, encode_strip(probs, valid, output_type))
-        _describe_output(out.dataset, model, output_type)
+        _describe_output(out.dataset, model, output_type, settings)
     if output_type == "classes":
         write_qml(destination, model.class_labels, prediction_colors(model))
     else:
@@ -548,7 +582,8 @@ def predict_scene(
             anchor,
             (lambda n: progress.advance(task, n)) if task is not None else None,
         )
-        return write_prediction(destination, src, model, options.output_type, strips)
+        settings = PixelSettings.of(model, normalize.pixel_range, tiling)
+        return write_prediction(destination, src, model, options.output_type, strips, settings)
 
 
 def model_bands(model: LoadedModel, src: Any) -> list[int]:
