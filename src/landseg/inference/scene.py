@@ -40,9 +40,11 @@ import torch
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from landseg.config.choices import OUTPUT_TYPES
 from landseg.config.schema import LandsegConfig, SplitStats
 from landseg.core.errors import DataError, LandsegError
 from landseg.core.files import checkpoint_error_line, folder_problem, load_checkpoint
+from landseg.core.registry import Registry, check_implements, unknown_name_message
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
 from landseg.data.raster import nodata_pixels, open_raster
 from landseg.inference.tta import TTAModel
@@ -50,7 +52,6 @@ from landseg.maps.cog import CogLayout, cog_layout, cog_writer
 from landseg.maps.style import colormap, remove_stale_style, run_colors, write_qml
 from landseg.models.registry import model_size_multiple
 
-OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
 #: Nodata of class and uint8/bit outputs (uint8 probabilities are capped at 254 to keep it free).
 NODATA_UINT8 = 255
 #: Lowest blending weight, relative to a tile's centre: keeps every weight sum positive.
@@ -62,18 +63,6 @@ RASTER_SUFFIXES = (".tif", ".tiff")
 RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
 #: ``(first row, probabilities (K, rows, W), valid (rows, W) bool or None)``, top to bottom.
 Strip = tuple[int, np.ndarray, np.ndarray | None]
-
-
-def encode_probabilities(probabilities: np.ndarray, output_type: str) -> np.ndarray:
-    """(C, H, W) probabilities -> the array written for ``prediction_output_type``."""
-    if output_type == "float32":
-        return probabilities.astype(np.float32)
-    if output_type == "uint8":
-        return np.rint(probabilities * 255).astype(np.uint8)
-    if output_type == "bit":
-        winners = probabilities.argmax(axis=0)
-        return (np.arange(probabilities.shape[0])[:, None, None] == winners).astype(np.uint8)
-    raise ValueError(f"unknown prediction_output_type {output_type}")
 
 
 # ---------------------------------------------------------------------------- the model
@@ -398,11 +387,61 @@ def nodata_free(raw: np.ndarray, nodata: float | None) -> np.ndarray | None:
 # ---------------------------------------------------------------------------- output rasters
 
 
+@dataclass(frozen=True)
+class OutputType:
+    """How a raster of one ``prediction_output_type`` is made from the probabilities.
+
+    The names and meanings of the output types are :data:`landseg.config.choices.OUTPUT_TYPES`'
+    (the config and the parser read them there); each is carried out by its entry of
+    :data:`OUTPUT_WRITERS`. Whether a type is a class map (a colour table and a ``.qml``) and
+    how many classes it holds are the names' ``info``.
+    """
+
+    dtype: str  # "uint8" or "float32"; nodata 255 or NaN
+    per_class: bool  # one band per class, else one band
+    categorical: bool  # NEAREST overviews and no predictor, else AVERAGE and a predictor
+    encode: Callable[[np.ndarray], np.ndarray]  # (K, rows, W) probabilities -> (bands, rows, W)
+
+    @property
+    def nodata(self) -> float:
+        return math.nan if self.dtype == "float32" else NODATA_UINT8
+
+
+def _class_indices(probs: np.ndarray) -> np.ndarray:
+    return probs.argmax(axis=0).astype(np.uint8)[np.newaxis]
+
+
+def _scaled(probs: np.ndarray) -> np.ndarray:
+    return np.minimum(np.rint(probs * 255), NODATA_UINT8 - 1).astype(np.uint8)
+
+
+def _bits(probs: np.ndarray) -> np.ndarray:
+    winners = probs.argmax(axis=0)
+    return (np.arange(probs.shape[0])[:, None, None] == winners).astype(np.uint8)
+
+
+#: The writers of the output types of :data:`landseg.config.choices.OUTPUT_TYPES`.
+OUTPUT_WRITERS: Registry[OutputType] = Registry("prediction output type")
+OUTPUT_WRITERS.add("classes", OutputType("uint8", False, True, _class_indices))
+OUTPUT_WRITERS.add("uint8", OutputType("uint8", True, False, _scaled))
+OUTPUT_WRITERS.add("float32", OutputType("float32", True, False, lambda p: p.astype(np.float32)))
+OUTPUT_WRITERS.add("bit", OutputType("uint8", True, True, _bits))
+check_implements(OUTPUT_TYPES, OUTPUT_WRITERS)
+
+
+def is_class_map(output_type: str) -> bool:
+    """One band of class indices, with a colour table and a ``.qml`` (``classes``)."""
+    return bool(OUTPUT_TYPES.info(output_type)["class_map"])
+
+
 def check_output_type(output_type: str, n_classes: int) -> None:
-    if output_type not in OUTPUT_TYPES:
-        raise LandsegError(f"--type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type}")
-    if output_type == "classes" and n_classes > NODATA_UINT8:
-        raise LandsegError(f"--type classes: {n_classes} classes do not fit in uint8 values")
+    if output_type not in OUTPUT_WRITERS:
+        raise LandsegError(
+            f"--type: {unknown_name_message('output type', output_type, OUTPUT_WRITERS.names())}"
+        )
+    most = OUTPUT_TYPES.info(output_type)["max_classes"]
+    if most is not None and n_classes > most:
+        raise LandsegError(f"--type {output_type}: {n_classes} classes do not fit in uint8 values")
 
 
 def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]:
@@ -411,12 +450,13 @@ def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]
     How it is stored (a COG: tiles, compression, overviews) is :mod:`landseg.maps.cog`'s.
     """
     check_output_type(output_type, n_classes)
+    kind = OUTPUT_WRITERS.get(output_type)
     profile: dict[str, Any] = {
         "width": src.width,
         "height": src.height,
-        "count": 1 if output_type == "classes" else n_classes,
-        "dtype": "float32" if output_type == "float32" else "uint8",
-        "nodata": math.nan if output_type == "float32" else NODATA_UINT8,
+        "count": n_classes if kind.per_class else 1,
+        "dtype": kind.dtype,
+        "nodata": kind.nodata,
         "crs": src.crs,
         "transform": src.transform,
     }
@@ -427,20 +467,16 @@ def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]
 
 def output_layout(output_type: str) -> CogLayout:
     """Class maps and bits: NEAREST overviews, no predictor; probabilities: AVERAGE, predictor."""
-    categorical = output_type in ("classes", "bit")
-    return cog_layout("float32" if output_type == "float32" else "uint8", categorical)
+    kind = OUTPUT_WRITERS.get(output_type)
+    return cog_layout(kind.dtype, kind.categorical)
 
 
 def encode_strip(probs: np.ndarray, valid: np.ndarray | None, output_type: str) -> np.ndarray:
     """The ``(bands, rows, W)`` values written for ``output_type``; nodata where not valid."""
-    if output_type == "classes":
-        data = probs.argmax(axis=0).astype(np.uint8)[np.newaxis]
-    else:
-        data = encode_probabilities(probs, output_type)
-        if output_type == "uint8":
-            np.minimum(data, NODATA_UINT8 - 1, out=data)
+    kind = OUTPUT_WRITERS.get(output_type)
+    data = kind.encode(probs)
     if valid is not None:
-        data[:, ~valid] = np.nan if output_type == "float32" else NODATA_UINT8
+        data[:, ~valid] = kind.nodata
     return data
 
 
@@ -487,7 +523,7 @@ def _describe_output(
     if settings is not None:
         tags.update(settings.tags())
     dst.update_tags(**tags)
-    if output_type == "classes":
+    if is_class_map(output_type):
         dst.write_colormap(1, colormap(prediction_colors(model)))
         dst.set_band_description(
             1, "class: " + ", ".join(f"{i} {label}" for i, label in enumerate(model.class_labels))
@@ -520,7 +556,7 @@ def write_prediction(
         for first, probs, valid in strips:
             out.write_rows(first, encode_strip(probs, valid, output_type))
         _describe_output(out.dataset, model, output_type, settings)
-    if output_type == "classes":
+    if is_class_map(output_type):
         write_qml(destination, model.class_labels, prediction_colors(model))
     else:
         remove_stale_style(destination)
@@ -753,7 +789,7 @@ def check_inputs(
             )
     options.tiling.check_model(model)
     check_output_type(options.output_type, model.n_classes)
-    if options.output_type == "classes":
+    if is_class_map(options.output_type):
         prediction_colors(model)  # the run's class_colors fit its classes
     problems = input_problems(model, inputs, options.pixel_range)
     if problems:
