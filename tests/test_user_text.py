@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 #: A document number: "seed 003", "(004)", "004's", "ODEON 004". Checkpoint epochs
 #: (``epoch=003``), trial folders (``trial-003``) and numbers like 0.004 are not.

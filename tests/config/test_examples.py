@@ -10,7 +10,7 @@ import pytest
 
 from landseg.cli.main import main
 from landseg.data.demo import write_demo_dataset
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 EXAMPLES = sorted(p.name for p in (REPO / "examples").iterdir() if p.suffix in {".json", ".yaml"})
 

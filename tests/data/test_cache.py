@@ -34,7 +34,7 @@ from landseg.data.csvfiles import SamplePair, read_pairs
 from landseg.data.datamodule import CsvSegmentationDataModule
 from landseg.data.dataset import SegmentationDataset
 from landseg.data.sampler import derive_seed
-from tests.helpers import final_state, sigkill_when, write_config
+from tests.helpers import final_state, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

@@ -324,6 +324,25 @@ def test_class_colours_travel_with_the_export(demo_dir: Path, tmp_path: Path) ->
     assert model.config.output_setup.class_colors == colours
 
 
+def test_export_refuses_class_colours_that_do_not_fit(
+    demo_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """A checkpoint whose ``class_colors`` count is not its classes' (written before the check
+    at validation) is refused, as predict and report refuse it, not exported with the
+    default palette instead."""
+    from landseg.tasks.segmentation import SegmentationTask
+
+    hparams = dict(demo_task(demo_dir, tmp_path).hparams)
+    hparams["config"]["output_setup"]["class_colors"] = ["#102030", "#405060"]
+    task = SegmentationTask(**hparams).eval()
+    save_checkpoint(task, tmp_path / "run" / "checkpoints" / "c-last.ckpt")
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"status": "finished"}))
+    args = ["export", str(tmp_path / "run"), "--format", "torchscript", "--tile", "32"]
+    assert main(args) == 2
+    assert "output_setup.class_colors: 2 colour(s) for 4 classes" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "exports" / "c.pt").exists()
+
+
 def test_export_refuses_a_tile_that_is_not_the_models_multiple(run: Path, capsys) -> None:
     assert main(["export", str(run), "--tile", "40", "--output", str(run / "x")]) == 2
     assert "multiple of the model's 16 px" in capsys.readouterr().err

@@ -293,6 +293,37 @@ def test_predict_command(task, scene: Path, tmp_path: Path, capsys) -> None:
 COMMON = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
 
 
+def test_predictions_record_every_setting_that_changes_their_pixels(
+    task, scene: Path, tmp_path: Path
+) -> None:
+    """The tags say the checkpoint, --tta, the pixel range, the tile and overlap: predicting
+    again with them gives the same pixels."""
+    checkpoint = save_checkpoint(task, tmp_path / "run" / "checkpoints" / "m-last.ckpt")
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"status": "finished"}))
+    args = ["predict", "--run", str(checkpoint), "--input", str(scene), "--no-progress"]
+    args += ["--device", "cpu", "--type", "float32"]
+    settings = ["--tta", "flips", "--pixel-range", "300", "--tile", "32", "--overlap", "8"]
+    assert main([*args, *settings, "--output", str(tmp_path / "a")]) == 0
+    assert main([*args, "--output", str(tmp_path / "b")]) == 0
+    with (
+        rasterio.open(tmp_path / "a" / "scene.tif") as a,
+        rasterio.open(tmp_path / "b" / "scene.tif") as b,
+    ):
+        tags, plain = a.tags(), b.tags()
+    assert tags["landseg_checkpoint"] == str(checkpoint.absolute())
+    assert {key: tags[key] for key in tags if key.startswith("landseg_")} == {
+        "landseg_class_labels": json.dumps(LABELS),
+        "landseg_type": "float32",
+        "landseg_checkpoint": str(checkpoint.absolute()),
+        "landseg_tta": "flips",
+        "landseg_pixel_range": "300",
+        "landseg_tile": "32",
+        "landseg_overlap": "8",
+    }
+    assert (plain["landseg_tta"], plain["landseg_pixel_range"]) == ("none", "255")
+    assert (plain["landseg_tile"], plain["landseg_overlap"]) == ("256", "64")
+
+
 def make_run_folder(task, run: Path) -> Path:
     """A run folder holding run.json and one checkpoint of ``task``."""
     save_checkpoint(task, run / "checkpoints" / "m-last.ckpt")

@@ -21,6 +21,7 @@ import rasterio.errors
 import rasterio.shutil
 from pydantic import ValidationError
 
+from landseg.config.choices import OUTPUT_TYPES
 from landseg.config.schema import OutputSetup, output_class_problems
 from landseg.core.errors import LandsegError
 from landseg.inference.scene import LoadedModel, PredictOptions, Tiling, predict_scene
@@ -95,7 +96,7 @@ def with_colors(model: LoadedModel, colors: list[str] | None) -> LoadedModel:
 # ---------------------------------------------------------------------------- layout
 
 
-@pytest.mark.parametrize("output_type", ["classes", "uint8", "float32", "bit"])
+@pytest.mark.parametrize("output_type", OUTPUT_TYPES.names())
 def test_every_output_type_is_a_cog(
     model: LoadedModel, grid, tmp_path: Path, output_type: str
 ) -> None:

@@ -174,3 +174,38 @@ def test_report_of_a_gpu_run_on_a_machine_without_one(trained: Path, tmp_path: P
     assert main(["report", str(run), "--samples", "2", "--device", "cpu"]) == 0
     assert (run / "report" / "samples.png").is_file()  # the sample tiles were predicted
     assert "No sample tiles" not in (run / "report" / "index.html").read_text()
+
+
+def test_report_paints_the_runs_class_colours(trained: Path, tmp_path: Path) -> None:
+    """The sample tiles and their legend use ``output_setup.class_colors``, as the COG colour
+    table, the .qml and the exports do, not the default palette."""
+    import torch
+    from matplotlib.colors import to_hex
+
+    from landseg.reports.report import sample_tiles
+
+    colours = ["#102030", "#405060", "#708090", "#a0b0c0"]
+    run = shutil.copytree(trained, tmp_path / "exp" / "coloured")
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["hyper_parameters"]["config"]["output_setup"]["class_colors"] = colours
+        torch.save(checkpoint, path)
+    fig, _ = sample_tiles(run, 2, "cpu")
+    legend = [to_hex(patch.get_facecolor()) for patch in fig.legends[0].get_patches()]
+    assert legend == [*colours, "#000000"]  # the classes, then "no label"
+    mask = fig.axes[1].get_images()[0].get_array()
+    painted = {"#{:02x}{:02x}{:02x}".format(*pixel) for pixel in np.asarray(mask).reshape(-1, 3)}
+    assert painted and painted <= {*colours, "#000000"}
+
+
+def test_report_of_a_cv_job_folder_says_where_its_summary_is(tmp_path: Path, capsys) -> None:
+    """A cv job folder (it holds job.sqlite) is not called 'not a run folder': the line says
+    what it is, where its summary is and where its task runs are."""
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.sqlite").write_bytes(b"")
+    assert main(["report", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "not a run folder (no" not in err
+    assert f"{job}: a cross-validation job folder" in err
+    assert str(job / "summary.md") in err and str(job / "tasks") in err

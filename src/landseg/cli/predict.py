@@ -15,6 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from landseg.config.choices import (
+    EXPORT_FORMATS,
+    OUTPUT_TYPES,
+    class_map_types,
+    describe,
+    formats_for,
+)
 from landseg.core.errors import LandsegError
 
 _RUN_HELP = (
@@ -84,8 +91,8 @@ def register(add: Callable[..., Any]) -> None:
         "--type",
         dest="output_type",
         default="classes",
-        choices=("classes", "uint8", "float32", "bit"),
-        help="class indices (default), or per-class probabilities x255 / float32, or bits",
+        choices=OUTPUT_TYPES.names(),
+        help="what each file holds (default classes): " + describe(OUTPUT_TYPES),
     )
     _prediction_args(predict)
     predict.add_argument(
@@ -142,10 +149,10 @@ def register(add: Callable[..., Any]) -> None:
         "--format",
         dest="formats",
         action="append",
-        choices=("onnx", "torchscript"),
+        choices=formats_for("portable"),
         default=None,
-        help="onnx (default; RUN/exports/<base>.onnx) or torchscript (<base>.pt); repeat it "
-        "for both",
+        help="repeat it for several (default onnx; into RUN/exports): "
+        + describe(EXPORT_FORMATS, formats_for("portable")),
     )
     export.add_argument(
         "--tile", type=int, default=None, help="the model's fixed tile size in pixels (256)"
@@ -288,9 +295,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.samples < 0:
         raise LandsegError(f"--samples must be >= 0, got {args.samples}")
+    _refuse_a_cv_job(Path(args.run))
     page = write_report(resolve_run(args.run, args.output_folder), args.samples, args.device)
     print(f"report: {page}")
     return 0
+
+
+def _refuse_a_cv_job(path: Path) -> None:
+    """A cv job folder (its ``job.sqlite``) is no run: say where its report is, and its runs."""
+    from landseg.jobs.log import LOG_FILE
+    from landseg.jobs.plan import TASKS_DIR
+    from landseg.jobs.summary import SUMMARY_MD
+
+    if path.is_dir() and (path / LOG_FILE).is_file():
+        raise LandsegError(
+            f"{path}: a cross-validation job folder, not a run folder; its summary is "
+            f"{path / SUMMARY_MD} (written when the job ends; `landseg cv status {path}` shows "
+            f"its progress), and `landseg report` takes one of its task runs, "
+            f"{path / TASKS_DIR}/<task id>"
+        )
 
 
 # ---------------------------------------------------------------------------- predict / evaluate
@@ -365,10 +388,11 @@ def _check_vector_options(args: argparse.Namespace) -> None:
         if given:
             raise LandsegError(f"{given[0]}: only with --vectorize")
         return
-    if args.output_type != "classes":
+    maps = class_map_types()
+    if args.output_type not in maps:
         raise LandsegError(
-            f"--vectorize: polygons are made from class maps; use --type classes, not "
-            f"{args.output_type}"
+            f"--vectorize: polygons are made from class maps; use --type {' or '.join(maps)}, "
+            f"not {args.output_type}"
         )
     import importlib.util
 

@@ -1,7 +1,8 @@
 """The ``cross_validation`` config section (``landseg cv``).
 
-This module imports only pydantic and the standard library, because
-:mod:`landseg.config.schema` imports it to add the optional section to the root config.
+This module imports only pydantic, the standard library and :mod:`landseg.config.choices`
+(which says where groups may come from), because :mod:`landseg.config.schema` imports it to
+add the optional section to the root config.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from landseg.config.choices import GROUP_SOURCES
 
 GroupName = Annotated[str, Field(min_length=1)]
 
@@ -72,7 +75,7 @@ class CrossValidation(BaseModel):
     group_column: str | None = Field(
         default=None,
         description="Column of the CSV that names each row's group (e.g. zone). Set exactly "
-        "one of group_column, group_pattern and spatial_blocks.",
+        f"one of {', '.join(GROUP_SOURCES.names())}.",
     )
     group_pattern: str | None = Field(
         default=None,
@@ -142,14 +145,16 @@ class CrossValidation(BaseModel):
 
     @model_validator(mode="after")
     def _one_group_source(self) -> CrossValidation:
-        sources = (self.group_column, self.group_pattern, self.spatial_blocks)
-        if sum(source is not None for source in sources) != 1:
-            raise ValueError(
-                "set exactly one of group_column (a CSV column such as zone), group_pattern "
-                "(a regular expression on the image path) and spatial_blocks (blocks of the "
-                "map, from the tiles' georeferencing)"
-            )
+        sources = [name for name in GROUP_SOURCES.names() if getattr(self, name) is not None]
+        if len(sources) != 1:
+            choices = [f"{name} ({GROUP_SOURCES.get(name)})" for name in GROUP_SOURCES.names()]
+            raise ValueError(f"set exactly one of {', '.join(choices)}")
         return self
+
+    @property
+    def group_source(self) -> str:
+        """The key the groups come from (a name of :data:`GROUP_SOURCES`): the one that is set."""
+        return next(name for name in GROUP_SOURCES.names() if getattr(self, name) is not None)
 
     def subjects(self) -> list[tuple[str, ...]] | None:
         """The configured test subjects as tuples of group names (None: every group)."""

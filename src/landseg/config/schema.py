@@ -14,7 +14,7 @@ import importlib.util
 import re
 import signal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -25,6 +25,14 @@ from pydantic import (
     model_validator,
 )
 
+from landseg.config.choices import (
+    EXPORT_FORMATS,
+    OUTPUT_TYPES,
+    class_map_types,
+    describe,
+    formats_for,
+    literal,
+)
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.search import Search
 from landseg.core.registry import unknown_name_message
@@ -39,6 +47,11 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
+
+if TYPE_CHECKING:
+    OutputTypeName = str
+else:  # Literal["bit", "classes", ...]: the names of landseg.config.choices.OUTPUT_TYPES
+    OutputTypeName = literal(OUTPUT_TYPES)
 
 # --------------------------------------------------------------------------- data_source
 
@@ -295,7 +308,10 @@ class TrainSetup(StrictModel):
         default=False, description="Resume this version from its latest checkpoint."
     )
     export_checkpoint: str | list[str] | None = Field(
-        default=None, description="Extra formats for saved models: pth, torchscript."
+        default=None,
+        description="Extra formats for saved models: "
+        + describe(EXPORT_FORMATS, formats_for("checkpoint"))
+        + ".",
     )
     val_check_interval: float | int = Field(
         default=1.0,
@@ -369,12 +385,9 @@ class OutputSetup(StrictModel):
     get_prediction: bool = Field(
         default=False, description="Write GeoTIFF predictions of the test split."
     )
-    prediction_output_type: Literal["bit", "uint8", "float32", "classes"] = Field(
+    prediction_output_type: OutputTypeName = Field(
         default="uint8",
-        description="bit: one-hot class bands (0/1); uint8: per-class probabilities x 255 "
-        "(at most 254, 255 = nodata); float32: per-class probabilities; classes (landseg): one "
-        "uint8 band of class indices (nodata 255) with a colour table, and a QGIS style "
-        "(.qml of the same name) beside it. Every prediction is a Cloud-Optimised GeoTIFF.",
+        description=describe(OUTPUT_TYPES) + ". Every prediction is a Cloud-Optimised GeoTIFF.",
     )
     class_colors: list[str] | None = Field(
         default=None,
@@ -668,10 +681,11 @@ def prediction_problems(data: DataSource, out: OutputSetup) -> list[str]:
             "output_setup.get_prediction: predictions are made on the test split; "
             "set data_source.test_file or get_prediction false"
         )
-    if out.prediction_vectors and out.prediction_output_type != "classes":
+    maps = class_map_types()
+    if out.prediction_vectors and out.prediction_output_type not in maps:
         problems.append(
             "output_setup.prediction_vectors: polygons are made from class maps; set "
-            f"prediction_output_type classes (not {out.prediction_output_type})"
+            f"prediction_output_type {' or '.join(maps)} (not {out.prediction_output_type})"
         )
     if out.prediction_vectors and not all(
         importlib.util.find_spec(name) for name in ("shapely", "pyogrio")
@@ -697,10 +711,13 @@ def output_class_problems(out: OutputSetup, n_classes: int | None) -> list[str]:
             f"output_setup.class_colors: {len(out.class_colors)} colour(s) for {n_classes} "
             "classes; give one per class, or leave it out for the default palette"
         )
-    if out.prediction_output_type == "classes" and n_classes > 255:
+    most = OUTPUT_TYPES.info(out.prediction_output_type)["max_classes"]
+    if most is not None and n_classes > most:
+        others = [name for name in OUTPUT_TYPES.names() if name != out.prediction_output_type]
         problems.append(
-            f"output_setup.prediction_output_type: classes: {n_classes} classes do not fit in "
-            "uint8 class indices (0-254, 255 = nodata); use uint8, float32 or bit"
+            f"output_setup.prediction_output_type: {out.prediction_output_type}: {n_classes} "
+            f"classes do not fit in uint8 class indices (0-{most - 1}, {most} = nodata); "
+            f"use {', '.join(others)}"
         )
     return problems
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -124,3 +124,21 @@ class Registry(Generic[T]):
 
     def is_alias(self, name: str) -> bool:
         return name.lower() in self._aliases
+
+
+def check_implements(names: Iterable[str], implementations: Registry[Any]) -> None:
+    """Refuse ``implementations`` unless it has exactly the entries ``names``.
+
+    A choice's names (and meanings) are listed once, low enough for the config and the parser
+    to read them (:mod:`landseg.config.choices`); the code carrying each out registers under
+    the same names in a registry of its own layer, which calls this when it is imported, so a
+    name listed but not implemented (or implemented but not listed) fails at once.
+    """
+    listed = set(names)
+    missing = sorted(listed - set(implementations))
+    extra = sorted(set(implementations) - listed)
+    if missing or extra:
+        raise RuntimeError(
+            f"{implementations.kind} implementations do not match the names listed in "
+            f"landseg.config.choices: missing {missing or 'none'}, not listed {extra or 'none'}"
+        )

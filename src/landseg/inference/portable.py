@@ -29,16 +29,19 @@ from typing import Any
 import numpy as np
 
 from landseg import __version__
+from landseg.config.choices import formats_for
 from landseg.config.schema import LandsegConfig, OutputSetup
 from landseg.core.errors import LandsegError
+from landseg.core.registry import Registry, check_implements
+from landseg.maps.style import run_colors
 from landseg.runs.checkpoints import CHECKPOINT_DIR, base_of
 
 #: Key of the landseg metadata (JSON) in an ONNX model's ``metadata_props``.
+#: ``(export file, device) -> (its metadata, forward on a batch, backend name)``.
+Loader = Callable[[Path, str], tuple[dict[str, Any], Callable[[np.ndarray], np.ndarray], str]]
 METADATA_KEY = "landseg"
 #: Version of the metadata layout; a reader refuses a newer one.
 METADATA_VERSION = 1
-#: Export formats and their file suffixes.
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 STAC_SUFFIX = ".stac.json"
 EXPORT_DIR = "exports"
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
@@ -139,17 +142,6 @@ def run_of(checkpoint: Path, loaded_run: Path | None) -> Path:
     return checkpoint.parent
 
 
-def class_colours(config: LandsegConfig, n_classes: int) -> list[str]:
-    """``#rrggbb`` per class: the run's ``output_setup.class_colors`` where the config has
-    them (one per class), else the report's palette."""
-    from landseg.loggers.figures import class_palette
-
-    configured = getattr(config.output_setup, "class_colors", None)
-    if configured is not None and len(configured) == n_classes:
-        return [str(c).lower() for c in configured]
-    return ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in class_palette(n_classes)]
-
-
 def describe(
     loaded: Any,
     checkpoint: Path,
@@ -193,7 +185,7 @@ def describe(
     resolution = config_resolution(source.resolution)
     if resolution is None:
         resolution = data.resolution
-    colours = class_colours(config, loaded.n_classes)
+    colours = run_colors(config, loaded.n_classes)
     parsed = CheckpointName.parse(checkpoint)
     state = RunState.read(run)
     k, c = loaded.n_classes, loaded.in_channels
@@ -362,18 +354,20 @@ def stac_item(meta: dict[str, Any], item_id: str, files: dict[str, Path]) -> dic
         properties["mlm:total_parameters"] = model["parameters"]
     if meta["resolution"] is not None:
         properties["gsd"] = meta["resolution"]
+    from landseg.models.export import PORTABLE_WRITERS
+
     assets = {}
     for fmt, path in files.items():
+        kind = PORTABLE_WRITERS.get(fmt)
         assets[fmt] = {
             "href": f"./{path.name}",
-            "type": "application/octet-stream; framework="
-            + ("onnx" if fmt == "onnx" else "pytorch"),
+            "type": f"application/octet-stream; framework={kind.media_framework}",
             "title": f"{item_id} ({fmt})",
             "roles": ["mlm:model", "mlm:compiled", "model"],
-            "mlm:artifact_type": "onnx" if fmt == "onnx" else "torch.jit.save",
+            "mlm:artifact_type": kind.artifact_type,
         }
-        if fmt == "onnx":
-            assets[fmt]["mlm:framework"] = "ONNX"
+        if kind.mlm_framework is not None:
+            assets[fmt]["mlm:framework"] = kind.mlm_framework
     return {
         "type": "Feature",
         "stac_version": "1.1.0",
@@ -409,9 +403,10 @@ def export_run(
     from landseg.models import export
     from landseg.runs.catalog import resolve_checkpoint
 
-    unknown = [f for f in formats if f not in FORMATS]
+    writers = export.PORTABLE_WRITERS
+    unknown = [f for f in formats if f not in writers]
     if unknown or not formats:
-        raise LandsegError(f"--format must be one of {', '.join(FORMATS)}, got {unknown}")
+        raise LandsegError(f"--format must be one of {', '.join(writers)}, got {unknown}")
     checkpoint = Path(resolve_checkpoint(reference, search)).absolute()
     loaded = LoadedModel.load(checkpoint, "cpu")
     options.tiling(loaded.size_multiple)  # refuse a bad tile before reading anything else
@@ -429,14 +424,11 @@ def export_run(
     tile = meta["tiling"]["tile"]
     written: dict[str, Path] = {}
     for fmt in dict.fromkeys(formats):
-        path = folder / f"{base}{FORMATS[fmt]}"
+        writer = writers.get(fmt)
+        path = folder / f"{base}{writer.suffix}"
         text = json.dumps({**meta, "format": fmt})
-        if fmt == "onnx":
-            props = {**deepness_metadata(meta), METADATA_KEY: text}
-            export.export_onnx(loaded.model, loaded.in_channels, tile, path, props)
-        else:
-            export.export_torchscript(loaded.model, loaded.in_channels, tile, path, text)
-        written[fmt] = path
+        props = {**deepness_metadata(meta), METADATA_KEY: text}
+        written[fmt] = writer.write(loaded.model, loaded.in_channels, tile, path, text, props)
     from landseg.core.files import atomic_write_json
 
     item = folder / f"{base}{STAC_SUFFIX}"
@@ -508,14 +500,15 @@ class PortableModel:
         path = Path(path).absolute()
         if not path.is_file():
             raise LandsegError(f"{path}: model file not found")
-        if path.suffix == ".onnx":
-            meta, forward, backend = _load_onnx(path, device)
-        elif path.suffix == ".pt":
-            meta, forward, backend = _load_torchscript(path, device)
-        else:
+        from landseg.models.export import PORTABLE_WRITERS
+
+        suffixes = {PORTABLE_WRITERS.get(name).suffix: name for name in PORTABLE_WRITERS}
+        if path.suffix not in suffixes:
             raise LandsegError(
-                f"{path}: --model takes a .onnx or .pt file written by landseg export"
+                f"{path}: --model takes a {' or '.join(sorted(suffixes))} file written by "
+                "landseg export"
             )
+        meta, forward, backend = LOADERS.get(suffixes[path.suffix])(path, device)
         version = meta.get("landseg_export")
         if not isinstance(version, int) or version > METADATA_VERSION:
             raise LandsegError(
@@ -635,3 +628,10 @@ def _load_torchscript(
         return np.asarray(probs.float().cpu().numpy())
 
     return meta, forward, f"torchscript ({target})"
+
+
+#: How ``predict --model`` runs each format of ``landseg export``.
+LOADERS: Registry[Loader] = Registry("export format loader")
+LOADERS.add("onnx", _load_onnx)
+LOADERS.add("torchscript", _load_torchscript)
+check_implements(formats_for("portable"), LOADERS)

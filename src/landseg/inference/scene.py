@@ -40,13 +40,16 @@ import torch
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from landseg.config.choices import OUTPUT_TYPES
 from landseg.config.schema import LandsegConfig, SplitStats
 from landseg.core.errors import DataError, LandsegError
 from landseg.core.files import folder_problem
+from landseg.core.registry import Registry, check_implements, unknown_name_message
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
 from landseg.data.raster import nodata_pixels, open_raster
+from landseg.inference.tta import TTAModel
 from landseg.maps.cog import CogLayout, cog_layout, cog_writer
-from landseg.maps.style import class_colors, colormap, remove_stale_style, write_qml
+from landseg.maps.style import colormap, remove_stale_style, run_colors, write_qml
 from landseg.models.registry import model_size_multiple
 from landseg.runs.checkpoints import (
     WeightsMismatchError,
@@ -55,7 +58,6 @@ from landseg.runs.checkpoints import (
     load_weights,
 )
 
-OUTPUT_TYPES = ("classes", "uint8", "float32", "bit")
 #: Nodata of class and uint8/bit outputs (uint8 probabilities are capped at 254 to keep it free).
 NODATA_UINT8 = 255
 #: Lowest blending weight, relative to a tile's centre: keeps every weight sum positive.
@@ -67,18 +69,6 @@ RASTER_SUFFIXES = (".tif", ".tiff")
 RowReader = Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
 #: ``(first row, probabilities (K, rows, W), valid (rows, W) bool or None)``, top to bottom.
 Strip = tuple[int, np.ndarray, np.ndarray | None]
-
-
-def encode_probabilities(probabilities: np.ndarray, output_type: str) -> np.ndarray:
-    """(C, H, W) probabilities -> the array written for ``prediction_output_type``."""
-    if output_type == "float32":
-        return probabilities.astype(np.float32)
-    if output_type == "uint8":
-        return np.rint(probabilities * 255).astype(np.uint8)
-    if output_type == "bit":
-        winners = probabilities.argmax(axis=0)
-        return (np.arange(probabilities.shape[0])[:, None, None] == winners).astype(np.uint8)
-    raise ValueError(f"unknown prediction_output_type {output_type}")
 
 
 # ---------------------------------------------------------------------------- the model
@@ -386,11 +376,61 @@ def nodata_free(raw: np.ndarray, nodata: float | None) -> np.ndarray | None:
 # ---------------------------------------------------------------------------- output rasters
 
 
+@dataclass(frozen=True)
+class OutputType:
+    """How a raster of one ``prediction_output_type`` is made from the probabilities.
+
+    The names and meanings of the output types are :data:`landseg.config.choices.OUTPUT_TYPES`'
+    (the config and the parser read them there); each is carried out by its entry of
+    :data:`OUTPUT_WRITERS`. Whether a type is a class map (a colour table and a ``.qml``) and
+    how many classes it holds are the names' ``info``.
+    """
+
+    dtype: str  # "uint8" or "float32"; nodata 255 or NaN
+    per_class: bool  # one band per class, else one band
+    categorical: bool  # NEAREST overviews and no predictor, else AVERAGE and a predictor
+    encode: Callable[[np.ndarray], np.ndarray]  # (K, rows, W) probabilities -> (bands, rows, W)
+
+    @property
+    def nodata(self) -> float:
+        return math.nan if self.dtype == "float32" else NODATA_UINT8
+
+
+def _class_indices(probs: np.ndarray) -> np.ndarray:
+    return probs.argmax(axis=0).astype(np.uint8)[np.newaxis]
+
+
+def _scaled(probs: np.ndarray) -> np.ndarray:
+    return np.minimum(np.rint(probs * 255), NODATA_UINT8 - 1).astype(np.uint8)
+
+
+def _bits(probs: np.ndarray) -> np.ndarray:
+    winners = probs.argmax(axis=0)
+    return (np.arange(probs.shape[0])[:, None, None] == winners).astype(np.uint8)
+
+
+#: The writers of the output types of :data:`landseg.config.choices.OUTPUT_TYPES`.
+OUTPUT_WRITERS: Registry[OutputType] = Registry("prediction output type")
+OUTPUT_WRITERS.add("classes", OutputType("uint8", False, True, _class_indices))
+OUTPUT_WRITERS.add("uint8", OutputType("uint8", True, False, _scaled))
+OUTPUT_WRITERS.add("float32", OutputType("float32", True, False, lambda p: p.astype(np.float32)))
+OUTPUT_WRITERS.add("bit", OutputType("uint8", True, True, _bits))
+check_implements(OUTPUT_TYPES, OUTPUT_WRITERS)
+
+
+def is_class_map(output_type: str) -> bool:
+    """One band of class indices, with a colour table and a ``.qml`` (``classes``)."""
+    return bool(OUTPUT_TYPES.info(output_type)["class_map"])
+
+
 def check_output_type(output_type: str, n_classes: int) -> None:
-    if output_type not in OUTPUT_TYPES:
-        raise LandsegError(f"--type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type}")
-    if output_type == "classes" and n_classes > NODATA_UINT8:
-        raise LandsegError(f"--type classes: {n_classes} classes do not fit in uint8 values")
+    if output_type not in OUTPUT_WRITERS:
+        raise LandsegError(
+            f"--type: {unknown_name_message('output type', output_type, OUTPUT_WRITERS.names())}"
+        )
+    most = OUTPUT_TYPES.info(output_type)["max_classes"]
+    if most is not None and n_classes > most:
+        raise LandsegError(f"--type {output_type}: {n_classes} classes do not fit in uint8 values")
 
 
 def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]:
@@ -399,12 +439,13 @@ def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]
     How it is stored (a COG: tiles, compression, overviews) is :mod:`landseg.maps.cog`'s.
     """
     check_output_type(output_type, n_classes)
+    kind = OUTPUT_WRITERS.get(output_type)
     profile: dict[str, Any] = {
         "width": src.width,
         "height": src.height,
-        "count": 1 if output_type == "classes" else n_classes,
-        "dtype": "float32" if output_type == "float32" else "uint8",
-        "nodata": math.nan if output_type == "float32" else NODATA_UINT8,
+        "count": n_classes if kind.per_class else 1,
+        "dtype": kind.dtype,
+        "nodata": kind.nodata,
         "crs": src.crs,
         "transform": src.transform,
     }
@@ -415,35 +456,63 @@ def output_profile(src: Any, output_type: str, n_classes: int) -> dict[str, Any]
 
 def output_layout(output_type: str) -> CogLayout:
     """Class maps and bits: NEAREST overviews, no predictor; probabilities: AVERAGE, predictor."""
-    categorical = output_type in ("classes", "bit")
-    return cog_layout("float32" if output_type == "float32" else "uint8", categorical)
+    kind = OUTPUT_WRITERS.get(output_type)
+    return cog_layout(kind.dtype, kind.categorical)
 
 
 def encode_strip(probs: np.ndarray, valid: np.ndarray | None, output_type: str) -> np.ndarray:
     """The ``(bands, rows, W)`` values written for ``output_type``; nodata where not valid."""
-    if output_type == "classes":
-        data = probs.argmax(axis=0).astype(np.uint8)[np.newaxis]
-    else:
-        data = encode_probabilities(probs, output_type)
-        if output_type == "uint8":
-            np.minimum(data, NODATA_UINT8 - 1, out=data)
+    kind = OUTPUT_WRITERS.get(output_type)
+    data = kind.encode(probs)
     if valid is not None:
-        data[:, ~valid] = np.nan if output_type == "float32" else NODATA_UINT8
+        data[:, ~valid] = kind.nodata
     return data
 
 
 def prediction_colors(model: LoadedModel) -> list[str]:
-    """The colours of a model's class rasters: its run's ``class_colors``, else the default."""
-    return class_colors(model.n_classes, model.config.output_setup.class_colors)
+    """The colours of a model's class rasters: :func:`landseg.maps.style.run_colors`."""
+    return run_colors(model.config, model.n_classes)
 
 
-def _describe_output(dst: Any, model: LoadedModel, output_type: str) -> None:
-    """Class names travel in the file: evaluate and GIS tools read them back."""
+@dataclass(frozen=True)
+class PixelSettings:
+    """The settings of a prediction, besides its model, that change its pixels.
+
+    Recorded in every prediction's tags (:meth:`tags`), with the checkpoint and the output
+    type, so that a raster says how to make it again: the pixel range the input was divided by,
+    the tile size and overlap that cut and blended it, and the test-time augmentation.
+    """
+
+    pixel_range: float
+    tiling: Tiling
+    tta: str | None = None
+
+    @classmethod
+    def of(cls, model: Any, pixel_range: float, tiling: Tiling) -> PixelSettings:
+        """The settings of predicting with ``model`` (a :class:`TTAModel` gives its mode)."""
+        return cls(pixel_range, tiling, model.mode if isinstance(model, TTAModel) else None)
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "landseg_pixel_range": f"{self.pixel_range:g}",
+            "landseg_tile": str(self.tiling.tile),
+            "landseg_overlap": str(self.tiling.overlap),
+            "landseg_tta": self.tta or "none",
+        }
+
+
+def _describe_output(
+    dst: Any, model: LoadedModel, output_type: str, settings: PixelSettings | None
+) -> None:
+    """Class names and how the pixels were made travel in the file: evaluate and GIS tools
+    read them back."""
     tags = {"landseg_class_labels": json.dumps(model.class_labels), "landseg_type": output_type}
     if model.checkpoint is not None:
         tags["landseg_checkpoint"] = str(model.checkpoint)
+    if settings is not None:
+        tags.update(settings.tags())
     dst.update_tags(**tags)
-    if output_type == "classes":
+    if is_class_map(output_type):
         dst.write_colormap(1, colormap(prediction_colors(model)))
         dst.set_band_description(
             1, "class: " + ", ".join(f"{i} {label}" for i, label in enumerate(model.class_labels))
@@ -460,6 +529,7 @@ def write_prediction(
     model: LoadedModel,
     output_type: str,
     strips: Iterable[Strip],
+    settings: PixelSettings | None = None,
 ) -> Path:
     """The one writer of prediction rasters, ``landseg predict``'s and training's alike.
 
@@ -474,8 +544,8 @@ def write_prediction(
     with cog_writer(destination, profile, output_layout(output_type)) as out:
         for first, probs, valid in strips:
             out.write_rows(first, encode_strip(probs, valid, output_type))
-        _describe_output(out.dataset, model, output_type)
-    if output_type == "classes":
+        _describe_output(out.dataset, model, output_type, settings)
+    if is_class_map(output_type):
         write_qml(destination, model.class_labels, prediction_colors(model))
     else:
         remove_stale_style(destination)
@@ -537,7 +607,8 @@ def predict_scene(
             anchor,
             (lambda n: progress.advance(task, n)) if task is not None else None,
         )
-        return write_prediction(destination, src, model, options.output_type, strips)
+        settings = PixelSettings.of(model, normalize.pixel_range, tiling)
+        return write_prediction(destination, src, model, options.output_type, strips, settings)
 
 
 def model_bands(model: LoadedModel, src: Any) -> list[int]:
@@ -707,7 +778,7 @@ def check_inputs(
             )
     options.tiling.check_model(model)
     check_output_type(options.output_type, model.n_classes)
-    if options.output_type == "classes":
+    if is_class_map(options.output_type):
         prediction_colors(model)  # the run's class_colors fit its classes
     problems = input_problems(model, inputs, options.pixel_range)
     if problems:

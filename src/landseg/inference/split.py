@@ -23,6 +23,8 @@ import numpy as np
 from landseg.data.raster import open_raster
 from landseg.inference.scene import (
     LoadedModel,
+    Normalization,
+    PixelSettings,
     Tiling,
     predict_array,
     valid_pixels,
@@ -66,6 +68,9 @@ def predict_split(
             destination = Path(out_dir) / f"{source.stem}.tif"
             with open_raster(source) as src:
                 valid = valid_pixels(src, dataset.image_bands)
-                write_prediction(destination, src, model, output_type, [(0, probs, valid)])
+                pixel_range = Normalization.for_raster(model.config, src.dtypes[0], source)
+                settings = PixelSettings.of(model, pixel_range.pixel_range, tiling)
+                strips = [(0, probs, valid)]
+                write_prediction(destination, src, model, output_type, strips, settings)
             written.append(destination)
     return written

@@ -17,11 +17,12 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from landseg.config.choices import GROUP_SOURCES
 from landseg.config.continuation import result_relevant
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.schema import LandsegConfig
@@ -32,6 +33,7 @@ from landseg.core.files import (
     atomic_write_text,
     folder_problem,
 )
+from landseg.core.registry import Registry, check_implements
 from landseg.data.cache import DEFAULT_FOLDER as CACHE_FOLDER
 from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
 from landseg.data.summary import DataSummary
@@ -131,48 +133,72 @@ def task_id(test: Sequence[str], val: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------- rows and groups
 
 
+#: ``(rows of the CSV, cross_validation, the CSV's path) -> rows with their groups``.
+GroupReader = Callable[[list[SamplePair], CrossValidation, Path], list[Row]]
+#: How each group source (:data:`landseg.config.choices.GROUP_SOURCES`, a ``cross_validation``
+#: key) gives each row its group.
+GROUP_READERS: Registry[GroupReader] = Registry("group source")
+
+
 def group_rows(pairs: Iterable[SamplePair], cv: CrossValidation, csv_path: Path) -> list[Row]:
-    """Each row with its group: from the CSV column, the pattern on the image path, or the
-    spatial block that holds the image's centre."""
-    if cv.spatial_blocks is not None:
-        return block_rows(list(pairs), cv)
+    """Each row with its group, as the group source that is set says (:data:`GROUP_READERS`)."""
+    return GROUP_READERS.get(cv.group_source)(list(pairs), cv, csv_path)
+
+
+@GROUP_READERS.register("group_pattern")
+def pattern_rows(pairs: list[SamplePair], cv: CrossValidation, csv_path: Path) -> list[Row]:
+    """Each row in the group that ``group_pattern``'s capture group finds in its image path."""
     rows: list[Row] = []
     problems: list[str] = []
-    pattern = re.compile(cv.group_pattern) if cv.group_pattern else None
+    pattern = re.compile(str(cv.group_pattern))
     for pair in pairs:
-        if pattern is not None:
-            match = pattern.search(str(pair.image))
-            group = match.group(1) if match else None
-            if not group:
-                problems.append(
-                    f"{pair.where()}: cross_validation.group_pattern {cv.group_pattern!r} "
-                    f"finds no group in {pair.image}"
-                )
-                continue
-        else:
-            group = pair.extra.get(str(cv.group_column), "").strip()
-            if not pair.extra:
-                raise DataError(
-                    f"{csv_path}: cross_validation.group_column {cv.group_column!r} needs a "
-                    "header line naming the columns, e.g. image,mask,zone"
-                )
-            if cv.group_column not in pair.extra:
-                names = ", ".join(["image", "mask", *pair.extra])
-                raise DataError(
-                    f"{csv_path}: no column {cv.group_column!r} for "
-                    f"cross_validation.group_column; columns: {names}"
-                )
-            if not group:
-                problems.append(f"{pair.where()}: empty {cv.group_column} cell")
-                continue
+        match = pattern.search(str(pair.image))
+        group = match.group(1) if match else None
+        if not group:
+            problems.append(
+                f"{pair.where()}: cross_validation.group_pattern {cv.group_pattern!r} "
+                f"finds no group in {pair.image}"
+            )
+            continue
         rows.append(Row(pair.image, pair.mask, group))
-    if problems:
-        extra = len(problems) - 10
-        raise DataError(problems[:10] + ([f"... and {extra} more rows"] if extra > 0 else []))
+    _raise_row_problems(problems)
     return rows
 
 
-def block_rows(pairs: list[SamplePair], cv: CrossValidation) -> list[Row]:
+@GROUP_READERS.register("group_column")
+def column_rows(pairs: list[SamplePair], cv: CrossValidation, csv_path: Path) -> list[Row]:
+    """Each row in the group its ``group_column`` cell names."""
+    rows: list[Row] = []
+    problems: list[str] = []
+    for pair in pairs:
+        group = pair.extra.get(str(cv.group_column), "").strip()
+        if not pair.extra:
+            raise DataError(
+                f"{csv_path}: cross_validation.group_column {cv.group_column!r} needs a "
+                "header line naming the columns, e.g. image,mask,zone"
+            )
+        if cv.group_column not in pair.extra:
+            names = ", ".join(["image", "mask", *pair.extra])
+            raise DataError(
+                f"{csv_path}: no column {cv.group_column!r} for "
+                f"cross_validation.group_column; columns: {names}"
+            )
+        if not group:
+            problems.append(f"{pair.where()}: empty {cv.group_column} cell")
+            continue
+        rows.append(Row(pair.image, pair.mask, group))
+    _raise_row_problems(problems)
+    return rows
+
+
+def _raise_row_problems(problems: list[str]) -> None:
+    if problems:
+        extra = len(problems) - 10
+        raise DataError(problems[:10] + ([f"... and {extra} more rows"] if extra > 0 else []))
+
+
+@GROUP_READERS.register("spatial_blocks")
+def block_rows(pairs: list[SamplePair], cv: CrossValidation, csv_path: Path) -> list[Row]:
     """Each row in the spatial block that holds its image's centre, with its footprint."""
     spec = cv.spatial_blocks
     if spec is None:
@@ -196,6 +222,9 @@ def block_rows(pairs: list[SamplePair], cv: CrossValidation) -> list[Row]:
         Row(pair.image, pair.mask, name, bounds=bounds)
         for pair, name, bounds in zip(pairs, names, footprints, strict=True)
     ]
+
+
+check_implements(GROUP_SOURCES, GROUP_READERS)
 
 
 def fold_rows(rows: list[Row], folds: int) -> list[Row]:

@@ -1,10 +1,17 @@
 """How class predictions look: their colours, as a GeoTIFF colour table and a QGIS style.
 
-Colours come from ``output_setup.class_colors`` (one ``"#RRGGBB"`` per class, checked by
-:func:`landseg.config.schema.output_class_problems`) or else from the default palette, the
-report's (:func:`landseg.loggers.figures.class_palette`): matplotlib's qualitative ``tab10``,
-``tab20b`` and ``tab20c`` colours in that order (60 colours, none black), then golden-angle
-hues for any further class. The nodata value (255) is transparent.
+This module is the one owner of a run's class colours: the COG colour table, the ``.qml``, the
+metadata of ``landseg export`` and the report's sample tiles and legend all take them from
+:func:`run_colors`. Colours come from ``output_setup.class_colors`` (one ``"#RRGGBB"`` per
+class) or else from the default palette (:func:`landseg.loggers.figures.class_palette`):
+matplotlib's qualitative ``tab10``, ``tab20b`` and ``tab20c`` colours in that order (60
+colours, none black), then golden-angle hues for any further class. The nodata value (255) is
+transparent.
+
+One rule: ``class_colors`` whose count differs from the classes' is refused, never replaced by
+the palette. ``landseg validate`` and ``train`` refuse it first, naming the key
+(:func:`landseg.config.schema.output_class_problems`); a checkpoint written before that check
+is refused by every reader here with the same line.
 
 A class raster ``<stem>.tif`` gets a QGIS style ``<stem>.qml`` beside it: QGIS loads a layer's
 same-named ``.qml`` as its default style, so the classes show with their names and colours (a
@@ -17,6 +24,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
+from landseg.config.schema import LandsegConfig
 from landseg.core.errors import LandsegError
 from landseg.core.files import atomic_write_text
 from landseg.loggers.figures import class_palette
@@ -60,6 +70,16 @@ def class_colors(n_classes: int, colors: Sequence[str] | None = None) -> list[st
             "give one per class, or leave it out for the default palette"
         )
     return [hex_colour(rgb(c)) for c in colors]
+
+
+def run_colors(config: LandsegConfig, n_classes: int) -> list[str]:
+    """The colours of a run's ``n_classes`` classes, from its config (see the module's rule)."""
+    return class_colors(n_classes, config.output_setup.class_colors)
+
+
+def rgb_palette(colors: Sequence[str]) -> np.ndarray:
+    """``"#rrggbb"`` colours as the ``(n, 3)`` uint8 array figures paint with."""
+    return np.array([rgb(c) for c in colors], dtype=np.uint8).reshape(len(colors), 3)
 
 
 def colormap(colors: Sequence[str]) -> dict[int, RGBA]:

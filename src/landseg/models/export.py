@@ -1,4 +1,8 @@
-"""A trained network in other formats (``train_setup.export_checkpoint``): pth, torchscript.
+"""A trained network in other formats: ``train_setup.export_checkpoint``'s and ``landseg export``'s.
+
+The formats' names and meanings are :data:`landseg.config.choices.EXPORT_FORMATS`'; their
+writers are registered here, :data:`CHECKPOINT_WRITERS` and :data:`PORTABLE_WRITERS`, and
+checked against those names when this module is imported.
 
 Every file is written atomically and loads without landseg: ``torch.load(weights_only=True)``
 for ``.pth``, ``torch.jit.load`` for TorchScript.
@@ -10,24 +14,23 @@ the metadata says is decided in ``landseg.inference.portable``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from landseg import __version__
+from landseg.config.choices import formats_for
 from landseg.core.errors import LandsegError
 from landseg.core.files import atomic_path
-from landseg.core.registry import unknown_name_message
+from landseg.core.registry import Registry, check_implements, unknown_name_message
 
 
 def save_torch(obj: Any, destination: Path) -> None:
     with atomic_path(destination) as tmp:
         torch.save(obj, tmp)
-
-
-#: The formats of ``train_setup.export_checkpoint``.
-EXPORT_FORMATS = ("pth", "torchscript")
 
 
 def export_formats(value: str | list[str] | None) -> list[str]:
@@ -39,28 +42,40 @@ def export_formats(value: str | list[str] | None) -> list[str]:
 def export_problems(value: str | list[str] | None) -> list[str]:
     return [
         "train_setup.export_checkpoint: "
-        + unknown_name_message("export format", name, list(EXPORT_FORMATS))
+        + unknown_name_message("export format", name, CHECKPOINT_WRITERS.names())
         for name in export_formats(value)
-        if name not in EXPORT_FORMATS
+        if name not in CHECKPOINT_WRITERS
     ]
 
 
 def export_model(network: torch.nn.Module, in_channels: int, fmt: str, stem: Path) -> Path:
     """Write ``network`` in an extra format (``export_checkpoint``); returns the file."""
-    model = network.eval().cpu()
-    if fmt == "pth":
-        path = stem.with_suffix(".pth")
-        save_torch(model.state_dict(), path)
-        return path
-    if fmt == "torchscript":
-        path = stem.with_suffix(".torchscript.pt")
-        example = torch.zeros(1, in_channels, 64, 64)
-        with torch.no_grad():
-            traced = torch.jit.trace(model, example)
-        with atomic_path(path) as tmp:
-            traced.save(str(tmp))
-        return path
-    raise ValueError(f"unknown export format {fmt}")
+    return CHECKPOINT_WRITERS.get(fmt)(network.eval().cpu(), in_channels, stem)
+
+
+#: ``(network in eval mode on the CPU, input channels, stem) -> the file written``.
+CheckpointWriter = Callable[[torch.nn.Module, int, Path], Path]
+#: The writers of ``train_setup.export_checkpoint``'s formats: the names of
+#: :data:`landseg.config.choices.EXPORT_FORMATS` whose ``checkpoint`` info is true.
+CHECKPOINT_WRITERS: Registry[CheckpointWriter] = Registry("export_checkpoint format")
+
+
+@CHECKPOINT_WRITERS.register("pth")
+def _pth(model: torch.nn.Module, in_channels: int, stem: Path) -> Path:
+    path = stem.with_suffix(".pth")
+    save_torch(model.state_dict(), path)
+    return path
+
+
+@CHECKPOINT_WRITERS.register("torchscript")
+def _torchscript(model: torch.nn.Module, in_channels: int, stem: Path) -> Path:
+    path = stem.with_suffix(".torchscript.pt")
+    example = torch.zeros(1, in_channels, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
+    return path
 
 
 # ---------------------------------------------------------------------------- portable models
@@ -188,3 +203,49 @@ def export_torchscript(
         with atomic_path(destination) as tmp:
             traced.save(str(tmp), _extra_files={TORCHSCRIPT_METADATA: metadata})
     return destination
+
+
+# ---------------------------------------------------------------------------- the formats
+
+
+@dataclass(frozen=True)
+class PortableFormat:
+    """How ``landseg export`` writes one format: its file suffix and its writer.
+
+    ``write(network, in_channels, tile, destination, text, props)``: ``text`` is landseg's
+    metadata (JSON), ``props`` string key/values a format may carry besides (ONNX's
+    ``metadata_props``, which QGIS Deepness reads).
+    """
+
+    suffix: str
+    write: Callable[[torch.nn.Module, int, int, Path, str, dict[str, str]], Path]
+    #: How a STAC item (MLM extension) names it: the media type's framework, the artifact
+    #: type and, where the extension has one, ``mlm:framework``.
+    media_framework: str
+    artifact_type: str
+    mlm_framework: str | None = None
+
+
+#: The formats of ``landseg export``: the names of :data:`landseg.config.choices.EXPORT_FORMATS`
+#: whose ``portable`` info is true.
+PORTABLE_WRITERS: Registry[PortableFormat] = Registry("landseg export format")
+
+
+def _onnx(
+    network: torch.nn.Module, channels: int, tile: int, path: Path, text: str, props: dict[str, str]
+) -> Path:
+    return export_onnx(network, channels, tile, path, props)
+
+
+def _portable_torchscript(
+    network: torch.nn.Module, channels: int, tile: int, path: Path, text: str, props: dict[str, str]
+) -> Path:
+    return export_torchscript(network, channels, tile, path, text)
+
+
+PORTABLE_WRITERS.add("onnx", PortableFormat(".onnx", _onnx, "onnx", "onnx", "ONNX"))
+PORTABLE_WRITERS.add(
+    "torchscript", PortableFormat(".pt", _portable_torchscript, "pytorch", "torch.jit.save")
+)
+check_implements(formats_for("checkpoint"), CHECKPOINT_WRITERS)
+check_implements(formats_for("portable"), PORTABLE_WRITERS)

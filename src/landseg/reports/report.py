@@ -6,7 +6,8 @@ figures as PNG files. The page holds the run's summary, a metrics table, the lea
 (``logs/scalars.jsonl``, completed by ``history.json``), the confusion matrix in counts and
 row-normalised, per-class IoU/F1 bars (from the test history, else the last validation
 epoch), and sample tiles of the test split (else val) with image, mask and the prediction of
-the best val_loss checkpoint side by side.
+the best val_loss checkpoint side by side, in the run's class colours
+(``output_setup.class_colors``, else the default palette: :func:`landseg.maps.style.run_colors`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from landseg.core.errors import LandsegError
 from landseg.core.files import atomic_write_bytes, atomic_write_text
 from landseg.inference.evaluate import TABLE_METRICS, entry_labels
 from landseg.loggers.figures import (
-    class_palette,
     colorize,
     confusion_matrix_figure,
     display_image,
@@ -39,6 +39,7 @@ from landseg.loggers.figures import (
     new_figure,
     per_class_bars,
 )
+from landseg.maps.style import rgb_palette, run_colors
 from landseg.runs.catalog import effective_status
 from landseg.runs.folder import RunFolder, RunState, now_iso
 
@@ -137,7 +138,8 @@ def sample_tiles(run: Path, count: int, device: str = "auto") -> tuple[Figure, s
     datamodule = CsvSegmentationDataModule(config, prepare(config, device_check=False).summary)
     dataset = getattr(datamodule, f"{split}_dataset")
     indices = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int))
-    palette = class_palette(model.n_classes)
+    # the run's colours, as its class rasters, .qml and exports have them
+    palette = rgb_palette(run_colors(config, model.n_classes))
     fig = new_figure(9.0, 3.0 * len(indices) + 0.6)
     axes = fig.subplots(len(indices), 3, squeeze=False)
     for row, index in zip(axes, indices, strict=True):
