@@ -11,10 +11,10 @@ import pytest
 
 from landseg.cli.main import build_parser, main
 from landseg.config.choices import (
-    EXPORT_FORMATS,
     GROUP_SOURCES,
     OUTPUT_TYPES,
     class_map_types,
+    describe_formats,
     formats_for,
 )
 from landseg.config.cross_validation import CrossValidation
@@ -57,7 +57,8 @@ def test_export_formats_come_from_one_list(capsys) -> None:
     assert line.startswith("train_setup.export_checkpoint: unknown export format 'onnx'")
     assert line.endswith("valid: pth, torchscript")
     docs = DOCS.read_text()
-    assert all(EXPORT_FORMATS.get(name) in docs for name in formats_for("checkpoint"))
+    assert describe_formats("checkpoint") in docs
+    assert describe_formats("portable") in option("export", "--format").help
     with pytest.raises(SystemExit):
         main(["export", "run", "--format", "pth"])
     assert "invalid choice: 'pth'" in capsys.readouterr().err

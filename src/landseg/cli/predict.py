@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from landseg.config.choices import (
-    EXPORT_FORMATS,
     OUTPUT_TYPES,
     class_map_types,
     describe,
+    describe_formats,
     formats_for,
 )
 from landseg.core.errors import LandsegError
@@ -152,7 +152,7 @@ def register(add: Callable[..., Any]) -> None:
         choices=formats_for("portable"),
         default=None,
         help="repeat it for several (default onnx; into RUN/exports): "
-        + describe(EXPORT_FORMATS, formats_for("portable")),
+        + describe_formats("portable"),
     )
     export.add_argument(
         "--tile", type=int, default=None, help="the model's fixed tile size in pixels (256)"

@@ -69,36 +69,39 @@ def class_map_types() -> list[str]:
 
 # ---------------------------------------------------------------------------- export formats
 
-#: The formats a network is written in. ``info``: ``checkpoint`` (a format of
-#: ``train_setup.export_checkpoint``: the bare network, beside each saved checkpoint),
-#: ``portable`` (a format of ``landseg export``: softmax in the graph, fixed tile size,
-#: landseg's metadata, for use without landseg).
+#: The formats a network is written in. ``info`` says what each use writes, or None where the
+#: use does not offer it: ``checkpoint`` (``train_setup.export_checkpoint``: the bare network,
+#: beside each saved checkpoint), ``portable`` (``landseg export``: softmax in the graph, fixed
+#: tile size, landseg's metadata, for use without landseg).
 EXPORT_FORMATS: Registry[str] = Registry("export format")
 EXPORT_FORMATS.add(
     "pth",
-    "the network's state_dict (.pth), for torch.load(weights_only=True)",
-    checkpoint=True,
-    portable=False,
+    "PyTorch weights",
+    checkpoint="<name>.pth, the network's state_dict, for torch.load(weights_only=True)",
+    portable=None,
 )
 EXPORT_FORMATS.add(
     "torchscript",
-    "TorchScript (torch.jit.load): export_checkpoint writes <name>.torchscript.pt, the bare "
-    "network; landseg export writes <base>.pt with the softmax and its metadata",
-    checkpoint=True,
-    portable=True,
+    "TorchScript, for torch.jit.load",
+    checkpoint="<name>.torchscript.pt, the network traced on 64 px tiles",
+    portable="<base>.pt, with the softmax and its metadata",
 )
 EXPORT_FORMATS.add(
     "onnx",
-    "ONNX (<base>.onnx; needs the onnx extra) with the softmax and its metadata, also for "
-    "QGIS Deepness",
-    checkpoint=False,
-    portable=True,
+    "ONNX (needs the onnx extra)",
+    checkpoint=None,
+    portable="<base>.onnx, with the softmax and its metadata, also for QGIS Deepness",
 )
 
 
 def formats_for(use: Literal["checkpoint", "portable"]) -> list[str]:
     """The formats of ``export_checkpoint`` (``checkpoint``) or ``landseg export``."""
     return [name for name in EXPORT_FORMATS.names() if EXPORT_FORMATS.info(name)[use]]
+
+
+def describe_formats(use: Literal["checkpoint", "portable"]) -> str:
+    """``"name: what this use writes; ..."`` for the formats of ``use``."""
+    return "; ".join(f"{name}: {EXPORT_FORMATS.info(name)[use]}" for name in formats_for(use))
 
 
 # ---------------------------------------------------------------------------- group sources

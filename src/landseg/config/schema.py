@@ -26,11 +26,10 @@ from pydantic import (
 )
 
 from landseg.config.choices import (
-    EXPORT_FORMATS,
     OUTPUT_TYPES,
     class_map_types,
     describe,
-    formats_for,
+    describe_formats,
     literal,
 )
 from landseg.config.cross_validation import CrossValidation
@@ -309,9 +308,7 @@ class TrainSetup(StrictModel):
     )
     export_checkpoint: str | list[str] | None = Field(
         default=None,
-        description="Extra formats for saved models: "
-        + describe(EXPORT_FORMATS, formats_for("checkpoint"))
-        + ".",
+        description="Extra formats for saved models: " + describe_formats("checkpoint") + ".",
     )
     val_check_interval: float | int = Field(
         default=1.0,
