@@ -143,3 +143,21 @@ def test_a_module_that_is_no_segmentation_module_is_refused_with_what_it_lacks(
     with pytest.raises(TypeError, match="it lacks: in_channels"):
         ModelGraph().on_fit_start(trainer, module)
     assert not (tmp_path / "tb").exists()
+
+
+def test_image_samples_paint_masks_in_the_runs_class_colours(tmp_path: Path) -> None:
+    """The TensorBoard grid uses ``class_colors`` as the maps and the report do."""
+    import io
+
+    from matplotlib.image import imread
+
+    module, trainer, tb = setup(tmp_path, bands=3)
+    palette = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90]], dtype=np.uint8)
+    ImageSamples(n_samples=2, palette=palette).on_validation_end(trainer, module)
+    tb.finalize("success")
+    (image,) = read(tmp_path / "tb" / "val").Images("samples/image_mask_prediction")
+    pixels = (imread(io.BytesIO(image.encoded_image_string))[..., :3] * 255).round()
+    mask_column = pixels[:SIZE, SIZE + 2 : 2 * SIZE + 2].reshape(-1, 3).astype(int)
+    allowed = {(10, 20, 30), (40, 50, 60), (70, 80, 90), (0, 0, 0)}  # black: ignored pixels
+    assert {tuple(p) for p in mask_column} <= allowed
+    assert len({tuple(p) for p in mask_column} - {(0, 0, 0)}) >= 2

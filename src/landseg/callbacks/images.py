@@ -67,10 +67,12 @@ class ImageSamples(DrawsOnCadence):
     the last validation was skipped.
 
     One row per sample: the image (``display_bands``, default the first three bands, or the
-    first as grey), the true mask, the prediction; masks in :func:`class_palette` colours,
-    ignored pixels black. Runs on global rank 0, never in the sanity check, and only when the
-    trainer has a logger that takes images (TensorBoard, W&B: see
-    :mod:`landseg.loggers.registry`); the grid goes to each, in its val phase.
+    first as grey), the true mask, the prediction; masks in the run's class colours
+    (``palette``: ``output_setup.class_colors`` as the trainer passes them, the same colours as
+    the maps and the report) or else :func:`class_palette`'s, ignored pixels black. Runs on
+    global rank 0, never in the sanity check, and only when the trainer has a logger that
+    takes images (TensorBoard, W&B: see :mod:`landseg.loggers.registry`); the grid goes to
+    each, in its val phase.
     """
 
     def __init__(
@@ -78,12 +80,14 @@ class ImageSamples(DrawsOnCadence):
         n_samples: int = 4,
         cadence: VisualCadence | None = None,
         display_bands: Sequence[int] | None = None,
+        palette: np.ndarray | None = None,
     ):
         if n_samples < 1:
             raise ValueError("n_samples must be >= 1")
         super().__init__(cadence)
         self.n_samples = n_samples
         self.display_bands = tuple(display_bands) if display_bands is not None else None
+        self.palette = palette
         self._samples: tuple[torch.Tensor, torch.Tensor] | None = None
         self._no_samples = False
 
@@ -105,7 +109,7 @@ class ImageSamples(DrawsOnCadence):
         predictions = predict_classes(task.model, images)
         labels = task.class_labels
         n_classes = len(labels) if labels else int(max(masks.max(), predictions.max())) + 1
-        palette = class_palette(n_classes)
+        palette = self.palette if self.palette is not None else class_palette(n_classes)
         rows = [
             [
                 display_image(image.float().numpy(), self.display_bands),

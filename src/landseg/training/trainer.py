@@ -75,8 +75,11 @@ def build_callbacks(
     # the run's own files (scalars, arrays, figures): always, whichever loggers there are
     callbacks.append(RunLogger(run.path, loggers, cadence))
     from landseg.callbacks.images import ImageSamples
+    from landseg.maps.style import rgb_palette
 
-    callbacks.append(ImageSamples(cadence=cadence))
+    colors = config.output_setup.class_colors  # checked against the classes before training
+    palette = rgb_palette(colors) if colors else None
+    callbacks.append(ImageSamples(cadence=cadence, palette=palette))
     if any(isinstance(logger, PhaseTensorBoardLogger) for logger in loggers):
         from landseg.callbacks.weights import ModelGraph, WeightHistograms
 
