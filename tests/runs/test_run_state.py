@@ -74,8 +74,9 @@ def test_validations_keep_the_best_metrics_and_the_end_is_recorded(tmp_path: Pat
     RunState(status="running").write(tmp_path)
     run.record_validation(1, 0.5, 0.2)
     run.record_validation(2, 0.7, 0.4)  # worse loss, better mIoU
-    state = run.record_validation(3, None, None)  # a validation without metrics
-    assert state.epochs_done == 3 and state.best == {"val_loss": 0.5, "val_miou": 0.4}
+    run.record_validation(3, 0.6, 0.3)  # both worse than the best
+    state = run.record_validation(4, None, None)  # a validation without metrics
+    assert state.epochs_done == 4 and state.best == {"val_loss": 0.5, "val_miou": 0.4}
     ended = run.record_end("failed", error="DataError: x.tif unreadable")
     assert (ended.status, ended.error, ended.early_stopped) == (
         "failed",

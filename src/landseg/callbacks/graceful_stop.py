@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from landseg.core.errors import StopRequested
 from landseg.core.signals import StopSignals
-from landseg.runs.folder import CheckpointName
+from landseg.runs.checkpoints import CheckpointFolder
 
 __all__ = ["GracefulStop", "StopRequested", "StopSignals", "validation_follows"]
 
@@ -127,8 +127,7 @@ class GracefulStop(Checkpoint):
         signum = self.agreed(trainer)
         if signum is None:
             return
-        name = CheckpointName.template(self.base, "step").format(step=trainer.global_step)
-        path = self.dirpath / f"{name}{CheckpointName.SUFFIX}"
+        path = CheckpointFolder(self.dirpath).file(self.base, "step", step=trainer.global_step)
         trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes
         raise StopRequested(signum, trainer.global_step, path)
 
