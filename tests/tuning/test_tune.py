@@ -329,9 +329,7 @@ def test_tune_under_mpiexec_runs_each_trial_over_the_ranks(
     """The search over 3 ranks: rank 0 runs the study and hands out each trial's tasks; the
     trials ask the same values as the sequential search, and score the same."""
     pytest.importorskip("mpi4py")
-    config = write_config(
-        tmp_path / "tune.json", tune_config(demo_dir, tmp_path / "runs")
-    )
+    config = write_config(tmp_path / "tune.json", tune_config(demo_dir, tmp_path / "runs"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_"))}
     command = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "landseg.cli.main", "tune", "-c"]
     done = subprocess.run(
