@@ -27,7 +27,7 @@ export PYTHONPATH="/tmp/site:$PWD/src:$PWD" PYTHONUNBUFFERED=1
 } 2>&1 | tee "$OUT/machine.txt"
 # the GPU tests, and the resume tests with the demo config on the GPU
 LANDSEG_TEST_ACCELERATOR=gpu timeout 300 python3 -m pytest -q -p no:cacheprovider -x \
-    tests/gpu tests/tasks/test_resume.py -k "gpu or sigkill" 2>&1 |
+    tests/gpu tests/training/test_resume.py -k "gpu or sigkill" 2>&1 |
     tee "$OUT/gpu_tests.txt"
 timeout 330 python3 -m benchmarks.bench_gpu --tiles 128 --val 16 --size 512 \
     --batch-size 16 --epochs 4 --workers 8 2>&1 | tee "$OUT/bench_gpu.txt"

@@ -237,8 +237,11 @@ def assert_two_epochs_counting_each_val_pixel_once(run: Path, config_path: Path)
 
 
 def cv_config(demo_dir: Path, output: Path, **cross_validation: Any) -> dict[str, Any]:
-    """A tiny lightunet job: zone 1 held out, zones 2 and 3 in turn validate (2 tasks), 2 epochs."""
+    """A tiny lightunet job: zone 1 held out, zones 2 and 3 in turn validate (2 tasks), 2 epochs,
+    float32 (pinned: the cv and tune tests compare jobs run in different ways exactly, and
+    ``precision: auto`` would pick bf16 or float32 by host)."""
     config = json.loads((demo_dir / "demo.json").read_text())
+    config["device_setup"]["precision"] = "32-true"
     data = config["data_source"]
     data.pop("val_file")
     data.pop("test_file")

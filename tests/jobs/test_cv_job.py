@@ -3,6 +3,7 @@ how many CPU threads each local worker gets.
 
 One job (zone 1 held out; zones 2 and 3 take turns as validation set: 2 tasks of 2 epochs) is
 run once without interruption; every other way of running it must give the same results.
+The tests that use it, or train, are ``slow``; the others are not.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from tests.helpers import (
     slurm_env,
     write_config,
 )
-
-pytestmark = pytest.mark.slow
 
 TASKS = ["test-1__val-2", "test-1__val-3"]
 
@@ -69,6 +68,7 @@ def log_rows(job: Path, query: str) -> list[tuple]:
         db.close()
 
 
+@pytest.mark.slow
 def test_sequential_job_writes_every_output(reference: Path, capsys) -> None:
     result = summary(reference)
     assert result["complete"] and result["tasks_finished"] == 2
@@ -116,6 +116,7 @@ def first_task_trained(job: Path) -> bool:
     return state.get("status") == "finished"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_job_with_130_and_a_rerun_equals_uninterrupted(
     reference: Path, make_cv_config, tmp_path: Path
 ) -> None:
@@ -137,6 +138,7 @@ def test_ctrl_c_stops_the_job_with_130_and_a_rerun_equals_uninterrupted(
     assert summary(job) == summary(reference)
 
 
+@pytest.mark.slow
 def test_sigkill_twice_then_rerun_equals_uninterrupted(
     reference: Path, make_cv_config, tmp_path: Path
 ) -> None:
@@ -180,6 +182,7 @@ def same_results(job: Path, reference: Path) -> None:
     assert means(job) == pytest.approx(means(reference), rel=1e-5, nan_ok=True)
 
 
+@pytest.mark.slow
 def test_two_local_workers(reference: Path, make_cv_config, tmp_path: Path) -> None:
     # a period longer than the run: each task checkpoints only after its last epoch
     config = write_config(tmp_path / "cv.json", make_cv_config(checkpoint_every_n_epochs=3))
@@ -197,6 +200,7 @@ def test_two_local_workers(reference: Path, make_cv_config, tmp_path: Path) -> N
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
 def test_mpiexec_three_ranks(reference: Path, make_cv_config, tmp_path: Path) -> None:
     pytest.importorskip("mpi4py")
@@ -254,6 +258,7 @@ def test_a_worker_sets_its_threads_before_torch_starts() -> None:
     assert any(line.split() == ["omp_get_max_threads()", ":", "1"] for line in info), info
 
 
+@pytest.mark.slow
 def test_cv_under_srun_trains_each_task_alone_and_sigterm_does_not_requeue(
     reference: Path, make_cv_config, tmp_path: Path
 ) -> None:
@@ -279,6 +284,7 @@ def test_cv_under_srun_trains_each_task_alone_and_sigterm_does_not_requeue(
     assert summary(job) == summary(reference)
 
 
+@pytest.mark.slow
 def test_cv_status_on_another_host_reads_the_snapshot_not_sqlite(
     reference: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -315,6 +321,7 @@ def test_a_job_run_by_another_host_is_refused_with_one_line(
     assert not (job / "tasks").exists()  # nothing planned, nothing trained
 
 
+@pytest.mark.slow
 def test_a_stop_signal_while_the_summary_is_written_lets_it_finish(
     reference: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -343,6 +350,7 @@ def test_a_stop_signal_while_the_summary_is_written_lets_it_finish(
     assert result["complete"] and summary(reference) == before
 
 
+@pytest.mark.slow
 def test_a_refused_cv_leaves_the_job_s_files_as_they_were(
     reference: Path, demo_dir: Path, tmp_path: Path, capsys
 ) -> None:
@@ -390,6 +398,7 @@ def test_a_job_folder_that_is_a_file_is_one_line(
     assert line.endswith(f"{tmp_path / 'runs' / 'job'} is a file, not a folder")
 
 
+@pytest.mark.slow
 def test_a_damaged_job_log_or_snapshot_and_wrong_folders_are_one_line(
     reference: Path, tmp_path: Path, capsys
 ) -> None:
@@ -418,6 +427,7 @@ def test_a_damaged_job_log_or_snapshot_and_wrong_folders_are_one_line(
         assert capsys.readouterr().err.strip() == f"error: {expected}"
 
 
+@pytest.mark.slow
 def test_a_task_whose_folder_is_gone_is_trained_again_and_lost_results_are_named(
     reference: Path, tmp_path: Path, capsys
 ) -> None:
@@ -451,6 +461,7 @@ def test_a_task_whose_folder_is_gone_is_trained_again_and_lost_results_are_named
     assert summary(reference) == before
 
 
+@pytest.mark.slow
 def test_the_tasks_share_the_output_folder_s_tile_cache(reference: Path) -> None:
     """As the docs say: <output_folder>/.landseg-cache, shared by every job and run there
     (each job had its own in its job folder, and decoded every tile again)."""
