@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -178,15 +179,22 @@ def threads_of(job: Path) -> list[tuple]:
     return log_rows(job, "SELECT value FROM job WHERE key = 'task_threads'")
 
 
-def test_two_local_workers(reference: Path, make_cv_config, tmp_path: Path) -> None:
+def threads_seen(err: str) -> list[int]:
+    """The CPU threads each task ran on, as its first line says."""
+    return [int(n) for n in re.findall(r"task \S+: test .*, on (\d+) CPU threads", err)]
+
+
+def test_two_local_workers(reference: Path, make_cv_config, tmp_path: Path, capfd) -> None:
     # a period longer than the run: each task checkpoints only after its last epoch
     config = write_config(tmp_path / "cv.json", make_cv_config(checkpoint_every_n_epochs=3))
     job = tmp_path / "runs" / "job"
     assert main(["cv", "-c", str(config), "--workers", "2"]) == 0
     same_results(job, reference)
-    # each worker runs its tasks on the job's threads, as the sequential job did: the same
-    # float sums, the same summary (a worker with its share of the CPUs summed otherwise)
+    # each worker runs its tasks on the job's threads, as the sequential job did (torch's
+    # count here): the same float sums, the same summary; a worker on its share of the CPUs
+    # summed otherwise
     assert threads_of(job) == threads_of(reference) == [(str(torch.get_num_threads()),)]
+    assert threads_seen(capfd.readouterr().err) == [torch.get_num_threads()] * 2
     assert summary(job) == summary(reference)
     for task in TASKS:
         names = {p.name for p in (job / "tasks" / task / "checkpoints").glob(f"{task}-*")}
@@ -212,7 +220,8 @@ def test_mpiexec_three_ranks(reference: Path, make_cv_config, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("| overall") == 1  # only rank 0 reports
     same_results(job, reference)
-    assert summary(job) == summary(reference)  # the ranks ran on the job's threads
+    assert threads_seen(done.stderr) == [torch.get_num_threads()] * 2  # the job's threads
+    assert summary(job) == summary(reference)
     workers = {w for (w,) in log_rows(job, "SELECT worker FROM tasks")}
     # a dynamic queue: which worker rank gets which task depends on timing; rank 0 only hands out
     assert workers and workers <= {"rank-1", "rank-2"}
@@ -220,14 +229,14 @@ def test_mpiexec_three_ranks(reference: Path, make_cv_config, tmp_path: Path) ->
 
 
 def test_killed_under_two_workers_and_resumed_sequentially_equals_uninterrupted(
-    reference: Path, make_cv_config, tmp_path: Path
+    reference: Path, make_cv_config, tmp_path: Path, capfd
 ) -> None:
     """SIGKILL to the whole `--workers 2` launch mid-task, then the same job run without
     workers: the interrupted task resumes from a checkpoint trained by a worker, on the same
     threads as the rest of the job, and the summary is the uninterrupted job's."""
     config = write_config(tmp_path / "cv.json", make_cv_config())
     job = tmp_path / "runs" / "job"
-    returncode, _ = signal_when(
+    returncode, err = signal_when(
         ["cv", "-c", str(config), "--workers", "2"],
         lambda: first_checkpoint(job),
         signal.SIGKILL,
@@ -235,6 +244,8 @@ def test_killed_under_two_workers_and_resumed_sequentially_equals_uninterrupted(
     )
     assert returncode == -signal.SIGKILL
     assert main(["cv", "-c", str(config)]) == 0
+    seen = threads_seen(err) + threads_seen(capfd.readouterr().err)
+    assert len(seen) >= 3 and set(seen) == {torch.get_num_threads()}  # the job's, each launch
     resumed = json.loads((job / "tasks" / TASKS[0] / "run.json").read_text())["resumed"]
     assert len(resumed) == 1  # the first task did continue from the workers' checkpoint
     assert summary(job) == summary(reference)
@@ -252,13 +263,22 @@ def test_the_first_launch_fixes_the_threads_and_a_config_cannot_change_them(
     assert threads_of(reference) == [(str(recorded),)]
     config = reference.parent.parent / "cv.json"
     other = f"cross_validation.threads={recorded + 1}"
-    before = {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()}
+
+    def files() -> dict[str, bytes]:  # SQLite's -wal and -shm come and go
+        return {
+            p.name: p.read_bytes()
+            for p in reference.iterdir()
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))
+        }
+
+    before = files()
     for command in ("validate", "cv"):
         assert main([command, "-c", str(config), "--set", other]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert f"cross_validation.threads: {recorded} in this job" in line, line
         assert f"{recorded + 1} now" in line and str(reference / LOG_FILE) in line
-    after = {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()}
+    after = files()
+    assert after.keys() == before.keys()
     assert sorted(name for name in before if after[name] != before[name]) in (
         [],
         ["job.sqlite", "status.json"],  # cv's writer lease: bookkeeping only

@@ -156,11 +156,19 @@ def attempt(job: Job, task: Task, *, verbose: bool = False, threads: int | None 
     KeyboardInterrupt, SystemExit and a stop signal (StopRequested) propagate: the task is
     interrupted, not failed.
     """
-    log.info("task %s: test %s, validation %s", task.id, task.test, task.val or "share")
     folder = RunFolder(job.task_dir(task))
     folder.error_file.unlink(missing_ok=True)
     try:
         with task_threads(threads):
+            import torch
+
+            log.info(
+                "task %s: test %s, validation %s, on %d CPU threads",
+                task.id,
+                task.test,
+                task.val or "share",
+                torch.get_num_threads(),  # what the task runs on, whatever was asked
+            )
             train_task(job, task, verbose=verbose)
         state = folder.state()
         if state.status != "finished":
