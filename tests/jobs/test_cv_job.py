@@ -26,6 +26,7 @@ import torch
 
 from landseg.cli.main import main
 from landseg.jobs import runner
+from landseg.launch.devices import available_cpus
 from tests.conftest import sigkill_when, write_config
 from tests.jobs.conftest import cv_config
 from tests.training.test_interrupt import signal_when
@@ -190,11 +191,11 @@ def test_two_local_workers(reference: Path, make_cv_config, tmp_path: Path, capf
     job = tmp_path / "runs" / "job"
     assert main(["cv", "-c", str(config), "--workers", "2"]) == 0
     same_results(job, reference)
-    # each worker runs its tasks on the job's threads, as the sequential job did (torch's
-    # count here): the same float sums, the same summary; a worker on its share of the CPUs
+    # each worker runs its tasks on the job's threads, as the sequential job did (this
+    # host's CPUs): the same float sums, the same summary; a worker on its share of the CPUs
     # summed otherwise
-    assert threads_of(job) == threads_of(reference) == [(str(torch.get_num_threads()),)]
-    assert threads_seen(capfd.readouterr().err) == [torch.get_num_threads()] * 2
+    assert threads_of(job) == threads_of(reference) == [(str(available_cpus()),)]
+    assert threads_seen(capfd.readouterr().err) == [available_cpus()] * 2
     assert summary(job) == summary(reference)
     for task in TASKS:
         names = {p.name for p in (job / "tasks" / task / "checkpoints").glob(f"{task}-*")}
@@ -220,7 +221,9 @@ def test_mpiexec_three_ranks(reference: Path, make_cv_config, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("| overall") == 1  # only rank 0 reports
     same_results(job, reference)
-    assert threads_seen(done.stderr) == [torch.get_num_threads()] * 2  # the job's threads
+    # the job's threads: not torch's default under mpiexec (its OpenMP runtime gives each
+    # rank a share of the cores)
+    assert threads_seen(done.stderr) == [available_cpus()] * 2
     assert summary(job) == summary(reference)
     workers = {w for (w,) in log_rows(job, "SELECT worker FROM tasks")}
     # a dynamic queue: which worker rank gets which task depends on timing; rank 0 only hands out
@@ -245,7 +248,7 @@ def test_killed_under_two_workers_and_resumed_sequentially_equals_uninterrupted(
     assert returncode == -signal.SIGKILL
     assert main(["cv", "-c", str(config)]) == 0
     seen = threads_seen(err) + threads_seen(capfd.readouterr().err)
-    assert len(seen) >= 3 and set(seen) == {torch.get_num_threads()}  # the job's, each launch
+    assert len(seen) >= 3 and set(seen) == {available_cpus()}  # the job's, in each launch
     resumed = json.loads((job / "tasks" / TASKS[0] / "run.json").read_text())["resumed"]
     assert len(resumed) == 1  # the first task did continue from the workers' checkpoint
     assert summary(job) == summary(reference)
@@ -254,12 +257,13 @@ def test_killed_under_two_workers_and_resumed_sequentially_equals_uninterrupted(
 def test_the_first_launch_fixes_the_threads_and_a_config_cannot_change_them(
     reference: Path, capsys
 ) -> None:
-    """The job's first launch records its thread count (torch's, cross_validation.threads
-    unset); a later config that asks for another count is refused with one line naming the
-    key and both counts, by validate and by cv, before any task file is written."""
+    """The job's first launch records its thread count (this host's CPUs,
+    cross_validation.threads unset); a later config that asks for another count is refused
+    with one line naming the key and both counts, by validate and by cv, before any task file
+    is written."""
     from landseg.jobs.log import LOG_FILE, JobLog
 
-    recorded = torch.get_num_threads()
+    recorded = available_cpus()
     assert threads_of(reference) == [(str(recorded),)]
     config = reference.parent.parent / "cv.json"
     other = f"cross_validation.threads={recorded + 1}"

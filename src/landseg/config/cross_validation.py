@@ -121,8 +121,8 @@ class CrossValidation(BaseModel):
         ge=1,
         description="CPU threads of each task (per DDP process), however the job is launched "
         "(sequential, --workers, mpiexec, a resume under another launch): float sums follow "
-        "the thread count, so a job's results depend on it. Default: torch's thread count in "
-        "the process that first starts the job, divided among a task's DDP processes. "
+        "the thread count, so a job's results depend on it. Default: the CPUs the process "
+        "that first starts the job may run on, divided among a task's DDP processes. "
         "Recorded in job.sqlite by the job's first launch and kept by every later one.",
     )
 

@@ -10,13 +10,13 @@ interrupted half way (an error, Ctrl-C) never leaves a truncated file under its 
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from landseg.core.signals import exit_on_sigterm, ignore_interrupts
 from landseg.inference.scene import (
     LoadedModel,
     PredictOptions,
@@ -53,9 +53,7 @@ def _start_worker(source: ModelSource, gpus: list[str], threads: int, counter: A
     """A worker's start: its GPU (the next one, round robin) or its share of the cores, then
     its model."""
     global _MODEL
-    # the main process decides on stops: a Ctrl-C to the whole group does not print a
-    # traceback per worker
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_interrupts()  # the main process decides on stops
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -65,11 +63,7 @@ def _start_worker(source: ModelSource, gpus: list[str], threads: int, counter: A
     # from now on a worker writes maps: the SIGTERM the main process sends it ends the scene
     # at hand through Python (SystemExit), so its unfinished temporary file is removed
     # (while loading, the signal's default action ends it: there is nothing to remove)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-
-
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    exit_on_sigterm()
 
 
 def _stop_workers(executor: ProcessPoolExecutor) -> None:

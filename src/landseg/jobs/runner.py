@@ -19,7 +19,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import signal
 import time
 import traceback
 from collections.abc import Iterator
@@ -30,11 +29,17 @@ from typing import Any
 
 from landseg.core.errors import LandsegError, StopRequested
 from landseg.core.files import atomic_write_text
-from landseg.core.signals import StopSignals
+from landseg.core.signals import StopSignals, pass_on
 from landseg.jobs.log import LOG_FILE, Claim, JobLog, Worker, writer_lease
 from landseg.jobs.plan import Job, Row, Task, write_task_files
 from landseg.launch.cluster import requeue_wanted
-from landseg.launch.devices import available_cpus, limit_threads, pin_gpu, visible_gpus
+from landseg.launch.devices import (
+    available_cpus,
+    cpu_share,
+    limit_threads,
+    pin_gpu,
+    visible_gpus,
+)
 from landseg.runs.folder import RUN_DIR_ENV, RunFolder
 
 log = logging.getLogger("landseg.cv")
@@ -250,16 +255,15 @@ def fix_task_threads(job: Job, log_db: JobLog) -> int:
 
     Float sums follow the thread count, so a task's results depend on it: every launch of the
     job (sequential, ``--workers``, ``mpiexec``, a resume under another launch) runs every
-    task on the same count. ``cross_validation.threads`` when set; else torch's count in the
-    process that first starts the job (what a task got before workers existed), shared among
-    a task's own DDP processes.
+    task on the same count. ``cross_validation.threads`` when set; else the CPUs the process
+    that first starts the job may run on, shared among a task's own DDP processes. Not
+    torch's own default, which depends on the launch: its OpenMP runtime gives an MPI rank
+    a share of the cores.
     """
     cv = job.config.cross_validation
     wanted = cv.threads if cv is not None else None
-    import torch
-
     processes = job.config.device_setup.process_count() or 1
-    return log_db.fix_threads(wanted, max(1, torch.get_num_threads() // processes))
+    return log_db.fix_threads(wanted, cpu_share(processes))
 
 
 def threads_notice(threads: int, workers: int, gpus: list[str], job: Job) -> None:
@@ -346,11 +350,8 @@ def run_local_workers(
                     # a signal sent to this process alone is passed on (once: a second
                     # SIGINT would make them stop at once instead of at a checkpoint)
                     forwarded = True
-                    if stop.requested != signal.SIGINT:
-                        for process in alive.values():
-                            if process.pid is not None:
-                                with contextlib.suppress(ProcessLookupError):
-                                    os.kill(process.pid, stop.requested)
+                    if not stop.interrupted:
+                        pass_on(stop.requested, (p.pid for p in alive.values()))
                 for sentinel in wait(list(alive), timeout=0.5):
                     process = alive.pop(sentinel)
                     process.join()
