@@ -27,6 +27,13 @@ NOISE = (
     "torch.jit.trace",
     "was configured so validation will run",
     "TPU available: False",
+    "GPU available: False",
+    "Automatic Mixed Precision (AMP)",
+    "Restoring states from the checkpoint",
+    "Loaded model weights from the checkpoint",
+    "weights_only",
+    "Test metric",
+    "DataLoader 0",
 )
 
 
@@ -54,9 +61,12 @@ def test_train_with_stderr_to_a_file_writes_plain_lines(demo_config: dict, tmp_p
             re.MULTILINE,
         )
         assert line.search(err), err
+    # the test scores: one plain line as the epochs', not Lightning's boxed table on stdout
+    test_line = re.compile(r"^\[[\w-]+\] test test_loss=[\d.]+ test_miou=[\d.]+$", re.MULTILINE)
+    assert len(test_line.findall(err)) == 1, err
     for text in NOISE:
         assert err.count(text) <= 1, f"{text!r} repeats:\n{err}"
-    assert [text for text in NOISE if text in err] == [], err
+    assert [text for text in NOISE if text in err + done.stdout] == [], err + done.stdout
 
 
 class FakeTrainer(SimpleNamespace):
@@ -146,13 +156,17 @@ def test_known_noise_is_dropped_and_nothing_else() -> None:
                 ("The given matrix is equal to Affine.identity or ...", NotGeoreferencedWarning),
                 ("`torch.jit.trace` is deprecated. Please switch to ...", FutureWarning),
                 ("`torch.jit.save` is deprecated. Please switch to ...", DeprecationWarning),
+                ("You are using `torch.load` with `weights_only=False` (the ...", FutureWarning),
                 ("a warning that matters", UserWarning),
             ):
                 warnings.warn(message, category, stacklevel=1)
             tip.info("💡 Tip: For seamless cloud logging ... try installing [litlogger](...)")
+            tip.info("GPU available: False, used: False")
+            tip.info("Restoring states from the checkpoint path at /x/checkpoints/a.ckpt")
+            tip.info("GPU available: True (cuda), used: False")  # worth knowing: kept
             tip.info("a message that matters")
         assert [str(w.message) for w in caught] == ["a warning that matters"]
-        assert records == ["a message that matters"]
+        assert records == ["GPU available: True (cuda), used: False", "a message that matters"]
         assert sum(type(f).__name__ == "DropRecords" for f in tip.filters) == 1
     finally:
         tip.removeHandler(handler)

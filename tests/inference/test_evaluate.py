@@ -120,3 +120,49 @@ def test_onehot_masks_of_the_demo(demo_dir: Path, setup: dict, tmp_path: Path) -
     assert entry["pixels"] == labelled < sum(m[0].size for m in masks)
     # class names come from the prediction files' tags
     assert "water/IoU" in entry
+
+
+def test_evaluate_with_output_to_a_file_follows_train_s_progress_rule(
+    setup: dict, tmp_path: Path, capsys
+) -> None:
+    """40 scenes, stderr not a terminal: at most one progress line every 30 s, as training
+    (rich printed every scene's finished bar at the end: one line per input file)."""
+    import shutil
+    import time
+
+    tmp = setup["tmp"]
+    rows = []
+    for index in range(40):
+        name = ("s1", "s2")[index % 2]
+        image = shutil.copy(tmp / "img" / f"{name}.tif", tmp_path / f"t{index:02d}.tif")
+        rows.append(f"{image},{tmp / 'msk' / f'{name}_mask.tif'}")
+    (tmp_path / "forty.csv").write_text("\n".join(rows) + "\n")
+    args = ["evaluate", "--run", str(setup["checkpoint"]), "--csv", str(tmp_path / "forty.csv")]
+    args += ["--tile", "32", "--overlap", "8", "--device", "cpu"]  # progress on
+    args += ["--predictions", str(tmp_path / "predicted")]
+    start = time.monotonic()
+    assert main(args) == 0
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert len(list((tmp_path / "predicted").glob("t*.tif"))) == 40
+    progress = [line for line in err.splitlines() if "tiles" in line]
+    assert len(progress) <= elapsed // 30, err
+    assert all(line.startswith("predict: scene ") for line in progress), err
+
+
+def test_plain_progress_lines_at_most_one_per_interval() -> None:
+    import io
+
+    from landseg.inference.scene import PlainProgress
+
+    now = [0.0]
+    stream = io.StringIO()
+    with PlainProgress(stream, interval_s=30, clock=lambda: now[0]) as progress:
+        for index in range(40):
+            task = progress.add_task(f"t{index:02d}.tif", total=10, unit="tiles")
+            for _ in range(10):
+                now[0] += 1.0  # 400 s in all
+                progress.advance(task, 1)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 400 // 30
+    assert lines[0] == "predict: scene 3 (t02.tif) 10/10 tiles | 0:00:30"

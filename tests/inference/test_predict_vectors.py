@@ -118,7 +118,8 @@ def test_workers_predict_the_same_maps_as_one_process(run: Path, tmp_path: Path)
 
 
 def test_cpu_workers_share_the_cores() -> None:
-    from landseg.inference.parallel import cpu_threads, visible_gpus
+    from landseg.launch.devices import cpu_share as cpu_threads
+    from landseg.launch.devices import visible_gpus
 
     assert cpu_threads(1) >= 1 and cpu_threads(10_000) == 1
     assert visible_gpus("cpu") == []

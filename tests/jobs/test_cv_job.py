@@ -1,8 +1,10 @@
 """`landseg cv` end to end on the demo data: sequential, killed and resumed, workers, MPI; and
-how many CPU threads each local worker gets.
+how many CPU threads each task gets.
 
-One job (zone 1 held out; zones 2 and 3 take turns as validation set: 2 tasks of 2 epochs) is
-run once without interruption; every other way of running it must give the same results.
+One job (zone 1 held out; zones 2 and 3 take turns as validation set: 2 tasks of 2 epochs,
+``deterministic: true``) is run once without interruption; every other way of running it
+(``--workers 2``, ``mpiexec -n 3``, killed under one launch and resumed under another) must
+write the same summary, to the last bit.
 The tests that use it, or train, are ``slow``; the others are not.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -18,14 +21,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from landseg.cli.main import main
-from landseg.config.schema import DeviceSetup
 from landseg.jobs import runner
+from landseg.launch.devices import available_cpus
 from tests.helpers import (
     cv_config,
     landseg,
@@ -182,13 +184,28 @@ def same_results(job: Path, reference: Path) -> None:
     assert means(job) == pytest.approx(means(reference), rel=1e-5, nan_ok=True)
 
 
+def threads_of(job: Path) -> list[tuple]:
+    return log_rows(job, "SELECT value FROM job WHERE key = 'task_threads'")
+
+
+def threads_seen(err: str) -> list[int]:
+    """The CPU threads each task ran on, as its first line says."""
+    return [int(n) for n in re.findall(r"task \S+: test .*, on (\d+) CPU threads", err)]
+
+
 @pytest.mark.slow
-def test_two_local_workers(reference: Path, make_cv_config, tmp_path: Path) -> None:
+def test_two_local_workers(reference: Path, make_cv_config, tmp_path: Path, capfd) -> None:
     # a period longer than the run: each task checkpoints only after its last epoch
     config = write_config(tmp_path / "cv.json", make_cv_config(checkpoint_every_n_epochs=3))
     job = tmp_path / "runs" / "job"
     assert main(["cv", "-c", str(config), "--workers", "2"]) == 0
     same_results(job, reference)
+    # each worker runs its tasks on the job's threads, as the sequential job did (this
+    # host's CPUs): the same float sums, the same summary; a worker on its share of the CPUs
+    # summed otherwise
+    assert threads_of(job) == threads_of(reference) == [(str(available_cpus()),)]
+    assert threads_seen(capfd.readouterr().err) == [available_cpus()] * 2
+    assert summary(job) == summary(reference)
     for task in TASKS:
         names = {p.name for p in (job / "tasks" / task / "checkpoints").glob(f"{task}-*")}
         assert names == {f"{task}-epoch=001.ckpt"}
@@ -214,35 +231,84 @@ def test_mpiexec_three_ranks(reference: Path, make_cv_config, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("| overall") == 1  # only rank 0 reports
     same_results(job, reference)
+    # the job's threads: not torch's default under mpiexec (its OpenMP runtime gives each
+    # rank a share of the cores)
+    assert threads_seen(done.stderr) == [available_cpus()] * 2
+    assert summary(job) == summary(reference)
     workers = {w for (w,) in log_rows(job, "SELECT worker FROM tasks")}
     # a dynamic queue: which worker rank gets which task depends on timing; rank 0 only hands out
     assert workers and workers <= {"rank-1", "rank-2"}
     assert log_rows(job, "SELECT SUM(attempts) FROM tasks") == [(2,)]
 
 
-def on(**device: object) -> runner.Job:
-    """A job as worker_threads sees it: its device_setup."""
-    config = SimpleNamespace(device_setup=DeviceSetup.model_validate(device))
-    return SimpleNamespace(config=config)  # type: ignore[return-value]
+def test_killed_under_two_workers_and_resumed_sequentially_equals_uninterrupted(
+    reference: Path, make_cv_config, tmp_path: Path, capfd
+) -> None:
+    """SIGKILL to the whole `--workers 2` launch mid-task, then the same job run without
+    workers: the interrupted task resumes from a checkpoint trained by a worker, on the same
+    threads as the rest of the job, and the summary is the uninterrupted job's."""
+    config = write_config(tmp_path / "cv.json", make_cv_config())
+    job = tmp_path / "runs" / "job"
+    returncode, err = signal_when(
+        ["cv", "-c", str(config), "--workers", "2"],
+        lambda: first_checkpoint(job),
+        signal.SIGKILL,
+        timeout=300,
+    )
+    assert returncode == -signal.SIGKILL
+    assert main(["cv", "-c", str(config)]) == 0
+    seen = threads_seen(err) + threads_seen(capfd.readouterr().err)
+    assert len(seen) >= 3 and set(seen) == {available_cpus()}  # the job's, in each launch
+    resumed = json.loads((job / "tasks" / TASKS[0] / "run.json").read_text())["resumed"]
+    assert len(resumed) == 1  # the first task did continue from the workers' checkpoint
+    assert summary(job) == summary(reference)
 
 
-def test_workers_on_the_cpu_share_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "available_cpus", lambda: 16)
-    assert runner.worker_threads(on(accelerator="cpu"), 4, []) == 4
-    assert runner.worker_threads(on(accelerator="cpu"), 3, ["0"]) == 5  # GPUs, left unused
-    assert runner.worker_threads(on(accelerator="cpu"), 32, []) == 1  # at least one
-    assert runner.worker_threads(on(device=0), 2, ["0"]) == 8  # 004's device 0: the CPU
-    assert runner.worker_threads(on(), 2, []) == 8  # auto without a GPU: the CPU
-    assert runner.worker_threads(on(accelerator="cpu", num_processes=2), 2, []) == 4  # DDP
-    assert runner.worker_threads(on(), 2, ["0", "1"]) is None  # one GPU each: torch's default
-    assert runner.worker_threads(on(accelerator="gpu"), 2, ["0"]) is None
+def test_the_first_launch_fixes_the_threads_and_a_config_cannot_change_them(
+    reference: Path, capsys
+) -> None:
+    """The job's first launch records its thread count (this host's CPUs,
+    cross_validation.threads unset); a later config that asks for another count is refused
+    with one line naming the key and both counts, by validate and by cv, before any task file
+    is written."""
+    from landseg.jobs.log import LOG_FILE, JobLog
+
+    recorded = available_cpus()
+    assert threads_of(reference) == [(str(recorded),)]
+    config = reference.parent.parent / "cv.json"
+    other = f"cross_validation.threads={recorded + 1}"
+
+    def files() -> dict[str, bytes]:  # SQLite's -wal and -shm come and go
+        return {
+            p.name: p.read_bytes()
+            for p in reference.iterdir()
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))
+        }
+
+    before = files()
+    for command in ("validate", "cv"):
+        assert main([command, "-c", str(config), "--set", other]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert f"cross_validation.threads: {recorded} in this job" in line, line
+        assert f"{recorded + 1} now" in line and str(reference / LOG_FILE) in line
+    after = files()
+    assert after.keys() == before.keys()
+    assert sorted(name for name in before if after[name] != before[name]) in (
+        [],
+        ["job.sqlite", "status.json"],  # cv's writer lease: bookkeeping only
+    )
+    # the recorded count, asked for again, and unset: the job goes on with it
+    same = f"cross_validation.threads={recorded}"
+    assert main(["validate", "-c", str(config), "--set", same]) == 0
+    with JobLog(reference / LOG_FILE, create=False) as log_db:
+        assert log_db.fix_threads(None, recorded + 5) == recorded
 
 
 def test_a_worker_sets_its_threads_before_torch_starts() -> None:
     code = (
-        "import os, sys; from landseg.jobs import runner\n"
+        "import os, sys; from landseg.jobs import runner; from landseg.launch import devices\n"
         "assert 'torch' not in sys.modules  # a spawned worker has not imported torch yet\n"
-        "runner.limit_threads(1)\n"
+        "devices.limit_threads(1)\n"
         "import torch\n"
         "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], "
         "os.environ['MKL_NUM_THREADS'])\n"

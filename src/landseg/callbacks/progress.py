@@ -30,9 +30,13 @@ from lightning.pytorch.callbacks.progress import ProgressBar, RichProgressBar
 #: (message regex, category) of warnings that every run would print: a deprecation inside
 #: Lightning's own code; Lightning's ModelCheckpoint on a run folder that landseg resumes on
 #: purpose; rasterio on rasters without georeferencing (tiles may have none); torch's
-#: deprecation of the TorchScript export that ``export_checkpoint: torchscript`` asks for.
+#: deprecation of the TorchScript export that ``export_checkpoint: torchscript`` asks for;
+#: torch's notice on ``weights_only`` (landseg loads every checkpoint with
+#: ``weights_only=True``: the notice is about loads inside Lightning that landseg's own
+#: checks have already made safe).
 NOISE_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"You are using `torch\.load` with `weights_only=False`", FutureWarning),
     (r"Checkpoint directory .* exists and is not empty", UserWarning),
     (r"Dataset has no geotransform, gcps, or rpcs", UserWarning),  # NotGeoreferencedWarning
     (r"The given matrix is equal to Affine\.identity", UserWarning),  # NotGeoreferencedWarning
@@ -40,11 +44,18 @@ NOISE_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 )
 
 #: logger name -> texts of its records that are dropped: Lightning's advertisement, its note on
-#: landseg's default ``val_check_interval: 1.0``, and the TPUs a machine does not have.
+#: landseg's default ``val_check_interval: 1.0``, the GPUs and TPUs a machine does not have,
+#: the precision landseg already names (its own line says why), and its notes on the
+#: checkpoints it restores, which landseg names itself ("resuming from ...").
 _LIGHTNING_NOISE = (
     "litlogger",
     "was configured so validation will run at the end of",
     "TPU available: False",
+    "GPU available: False, used: False",
+    "Automatic Mixed Precision (AMP)",
+    "Restoring states from the checkpoint path at ",
+    "Restored all states from the checkpoint at ",
+    "Loaded model weights from the checkpoint at ",
 )
 NOISE_LOG_RECORDS: Mapping[str, tuple[str, ...]] = {
     "lightning.pytorch.utilities.rank_zero": _LIGHTNING_NOISE,
@@ -81,6 +92,10 @@ def quiet_known_noise() -> None:
 
 # ---------------------------------------------------------------------------- progress
 
+#: Seconds between two plain progress lines (output that is not a terminal): training's, and
+#: every other command's with a progress display (predict, evaluate).
+PLAIN_INTERVAL_S = 30.0
+
 
 def progress_bar(
     refresh_rate: int, label: str | None = None, stream: TextIO | None = None
@@ -94,12 +109,13 @@ def progress_bar(
     if refresh_rate <= 0:
         return None
     target = stream if stream is not None else sys.stderr
-    if _is_terminal(target):
+    if is_terminal(target):
         return RichProgressBar(console_kwargs={"stderr": True})
     return PlainProgressBar(label=label, stream=stream)
 
 
-def _is_terminal(stream: Any) -> bool:
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal (a live bar), not a file or a pipe (plain lines)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
@@ -142,7 +158,7 @@ class PlainProgressBar(ProgressBar):
 
     def __init__(
         self,
-        interval_s: float = 30.0,
+        interval_s: float = PLAIN_INTERVAL_S,
         label: str | None = None,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -280,6 +296,18 @@ class PlainProgressBar(ProgressBar):
                 shown[name] = text
         order = sorted(shown, key=lambda name: not name.startswith("train"))  # train first
         return " ".join(f"{name}={shown[name]}" for name in order)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The test scores as one plain line, as an epoch's (Lightning's boxed table is for
+        a terminal)."""
+        scores = {
+            key: value.item() if hasattr(value, "item") else value
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith("test")
+        }
+        text = self.metrics_text(scores, end=True)
+        if text:
+            self._write(f"test {text}", self._clock())
 
     # -- validation, test, prediction: only lines for long ones
 

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import select
-import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -23,7 +22,15 @@ from typing import Any
 from landseg import __version__
 from landseg.config.overrides import add_overrides_argument
 from landseg.core.errors import LandsegError, StopRequested
-from landseg.core.signals import EarlyStop, EarlyStops, TerminateAsInterrupt, Terminated
+from landseg.core.signals import (
+    EARLY_STOP_SIGNALS,
+    EarlyStop,
+    EarlyStops,
+    TerminateAsInterrupt,
+    Terminated,
+    exit_code,
+    signal_name,
+)
 
 log = logging.getLogger("landseg")
 
@@ -31,10 +38,8 @@ log = logging.getLogger("landseg")
 #: returns the new subparser. They import their heavy dependencies inside their handlers.
 COMMAND_MODULES = ("landseg.cli.cv", "landseg.cli.predict", "landseg.cli.tune")
 
-#: The commands that start a run or a job, and the stop signals they honour while starting
-#: (SIGINT, and the default ``device_setup.stop_signals``), before their config is read.
+#: The commands that start a run or a job (they honour EARLY_STOP_SIGNALS while starting).
 EARLY_STOP_COMMANDS = ("train", "cv", "tune")
-EARLY_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 #: The exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for
 #: any Unix tool that a closed pipe ended (``yes | head``), so ``set -o pipefail`` sees it.
@@ -294,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except Terminated:
         print("interrupted: SIGTERM", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return exit_code(Terminated.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -339,8 +344,8 @@ def _stopped_while_starting(signum: int) -> int:
     if requeue_wanted(signum, True):
         requeued, line = requeue_slurm_job()
         then = line if requeued else f"{line}; {then}"
-    print(f"interrupted: {signal.Signals(signum).name} while starting; {then}", file=sys.stderr)
-    return 128 + signum
+    print(f"interrupted: {signal_name(signum)} while starting; {then}", file=sys.stderr)
+    return exit_code(signum)
 
 
 def _how_to_continue(args: argparse.Namespace, stop: StopRequested) -> str:

@@ -119,6 +119,15 @@ class CrossValidation(BaseModel):
         description="Each task saves TASK_ID-epoch=NNN.ckpt every N epochs and after its "
         "last epoch.",
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads of each task (per DDP process), however the job is launched "
+        "(sequential, --workers, mpiexec, a resume under another launch): float sums follow "
+        "the thread count, so a job's results depend on it. Default: the CPUs the process "
+        "that first starts the job may run on, divided among a task's DDP processes. "
+        "Recorded in job.sqlite by the job's first launch and kept by every later one.",
+    )
 
     @field_validator("group_pattern")
     @classmethod

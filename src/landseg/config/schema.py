@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import re
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -35,6 +34,7 @@ from landseg.config.choices import (
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.search import Search
 from landseg.core.registry import unknown_name_message
+from landseg.core.signals import signal_numbers
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Band = Annotated[int, Field(ge=1, description="1-based band index, as in rasterio")]
@@ -576,7 +576,7 @@ class DeviceSetup(StrictModel):
     def stop_signal_numbers(self) -> list[int]:
         """SIGINT (Ctrl-C stops every run) and ``stop_signals``, as signal numbers: what a
         run, a cv job and a search install their stop handlers for."""
-        return [signal.SIGINT, *(getattr(signal, name) for name in self.stop_signals)]
+        return signal_numbers(["SIGINT", *self.stop_signals])
 
     def problems(self) -> list[str]:
         """Unknown accelerator or strategy names and malformed device ids, one line each."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
+
+from landseg.core.signals import exit_code, signal_name
 
 
 class LandsegError(Exception):
@@ -68,8 +69,8 @@ class StopRequested(Exception):
         #: Whether the command asks SLURM to requeue its job before exiting (set by the owner
         #: of the config: ``device_setup.slurm_requeue``, under SLURM, on SIGUSR1).
         self.requeue = False
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        super().__init__(f"stopped by {signal_name(signum)} at step {step}")
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum
+        return exit_code(self.signum)

@@ -8,9 +8,6 @@ resumable point (it needs their batches until then), and still end when torch en
 from __future__ import annotations
 
 import atexit
-import os
-import signal
-import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -18,42 +15,13 @@ from typing import Any
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-#: Seconds a DataLoader worker lives on after its first SIGTERM when nobody stops it: longer
-#: than any grace period (SLURM's KillWait, Kubernetes' terminationGracePeriodSeconds: 30 s by
-#: default), within which the main process stops and ends its workers itself.
-WORKER_SIGTERM_GRACE_S = 120.0
-
-
-def _worker_sigterm(signum: int, frame: object) -> None:
-    """A worker's SIGTERM: the first is the cluster's (sent to every process of the job while
-    the main process stops the run at a checkpoint, which needs this worker's batches); a
-    second one, torch's own ``terminate()`` of a worker that did not stop when asked, or the
-    grace running out, ends the worker."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the next SIGTERM kills
-    timer = threading.Timer(WORKER_SIGTERM_GRACE_S, os._exit, args=(128 + signum,))
-    timer.daemon = True
-    timer.start()
+from landseg.core.signals import leave_stops_to_parent, sigterm_blocked
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader worker leaves stop signals to the main process, which decides.
-
-    A terminal sends Ctrl-C to the whole process group, and SLURM and Kubernetes send SIGTERM
-    and SIGUSR1 to every process of a job; their default actions would kill the workers, and
-    the main process would fail on its next batch instead of stopping the run at a resumable
-    point. SIGINT and SIGUSR1 are ignored; the first SIGTERM is survived (see
-    :func:`_worker_sigterm`), because SIGTERM is also how torch ends a worker that does not
-    stop by itself.
-    """
-    for name in ("SIGINT", "SIGUSR1"):
-        signum = getattr(signal, name, None)
-        if signum is not None:
-            signal.signal(signum, signal.SIG_IGN)
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, _worker_sigterm)
-        # the loader started this worker with SIGTERM blocked (SignalSafeDataLoader), so
-        # that one sent before this handler existed waits for it instead of killing
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    """A DataLoader worker's ``worker_init_fn``: it leaves stop signals to the main process,
+    which decides (:func:`landseg.core.signals.leave_stops_to_parent`)."""
+    leave_stops_to_parent()
 
 
 def _shutdown_at_exit(loader: weakref.ref[SignalSafeDataLoader]) -> None:
@@ -75,13 +43,10 @@ class SignalSafeDataLoader(DataLoader):
     """
 
     def _start_workers(self) -> Iterator[Any]:
-        if self.num_workers == 0 or not hasattr(signal, "pthread_sigmask"):
+        if self.num_workers == 0:
             return super().__iter__()
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        try:
+        with sigterm_blocked():
             iterator = super().__iter__()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
         self._started.append(weakref.ref(iterator))
         if self.persistent_workers and not self.__dict__.get("_shutdown_at_exit"):
             # persistent workers outlive the epoch: end them before multiprocessing's own

@@ -10,14 +10,13 @@ interrupted half way (an error, Ctrl-C) never leaves a truncated file under its 
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from landseg.core.signals import exit_on_sigterm, ignore_interrupts
 from landseg.inference.scene import (
     LoadedModel,
     PredictOptions,
@@ -27,6 +26,7 @@ from landseg.inference.scene import (
     prediction_path,
 )
 from landseg.inference.tta import with_tta
+from landseg.launch.devices import cpu_share, limit_threads, pin_gpu, visible_gpus
 
 
 @dataclass(frozen=True)
@@ -46,24 +46,6 @@ class ModelSource:
         return with_tta(LoadedModel.load(self.path, self.device), self.tta)
 
 
-def visible_gpus(device: str) -> list[str]:
-    """The GPUs the workers may use (CUDA_VISIBLE_DEVICES entries); none with ``device=cpu``."""
-    if device == "cpu":
-        return []
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [d.strip() for d in listed.split(",") if d.strip() and not d.startswith("-")]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def cpu_threads(workers: int) -> int:
-    """Torch threads per worker on the CPU: the cores shared, at least one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // workers)
-
-
 _MODEL: Any = None  # the worker's model, loaded once by _start_worker
 
 
@@ -71,30 +53,17 @@ def _start_worker(source: ModelSource, gpus: list[str], threads: int, counter: A
     """A worker's start: its GPU (the next one, round robin) or its share of the cores, then
     its model."""
     global _MODEL
-    # the main process decides on stops: a Ctrl-C to the whole group does not print a
-    # traceback per worker
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_interrupts()  # the main process decides on stops
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    gpu = gpus[index % len(gpus)] if gpus else None
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before torch initialises CUDA
-    else:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    if gpu is None:
-        torch.set_num_threads(threads)
+    if pin_gpu(index, gpus) is None:  # before torch initialises CUDA
+        limit_threads(threads)
     _MODEL = source.load()
     # from now on a worker writes maps: the SIGTERM the main process sends it ends the scene
     # at hand through Python (SystemExit), so its unfinished temporary file is removed
     # (while loading, the signal's default action ends it: there is nothing to remove)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-
-
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    exit_on_sigterm()
 
 
 def _stop_workers(executor: ProcessPoolExecutor) -> None:
@@ -126,7 +95,7 @@ def predict_files_parallel(
 
     check_inputs(model, inputs, options, hint, out_dir)
     gpus = visible_gpus(source.device)
-    threads = cpu_threads(workers)
+    threads = cpu_share(workers)
     context = multiprocessing.get_context("spawn")
     counter = context.Value("i", 0)
     executor = ProcessPoolExecutor(

@@ -30,10 +30,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -708,10 +710,17 @@ def prediction_path(out_dir: Path, source: Path) -> Path:
     return Path(out_dir) / f"{source.stem}.tif"
 
 
-def make_progress(enabled: bool) -> Any:
-    """A rich progress bar on stderr (a no-op context when disabled)."""
+def make_progress(enabled: bool, stream: Any = None) -> Any:
+    """The progress of a prediction on stderr: a no-op context when disabled; rich's live bar
+    at a terminal; elsewhere (a log file, a pipe) :class:`PlainProgress`, whose lines follow
+    train's rule."""
     if not enabled:
         return contextlib.nullcontext(None)
+    from landseg.callbacks.progress import is_terminal
+
+    target = stream if stream is not None else sys.stderr
+    if not is_terminal(target):
+        return PlainProgress(target)
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -729,6 +738,58 @@ def make_progress(enabled: bool) -> Any:
         TimeRemainingColumn(),
         console=Console(stderr=True),
     )
+
+
+class PlainProgress:
+    """The calls of rich's ``Progress`` that predictions make, as plain lines for output that
+    is not a terminal: at most one line every ``interval_s`` seconds, as training's progress
+    (rich, there, prints every task's bar at the end: one line per input file).
+
+    A line: ``predict: scene 12 (zone3_0004.tif) 120/480 tiles | 0:01:02``.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        interval_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        from landseg.callbacks.progress import PLAIN_INTERVAL_S
+
+        self.stream = stream
+        self.interval_s = PLAIN_INTERVAL_S if interval_s is None else interval_s
+        self._clock = clock
+        self._start = self._last_line = clock()
+        self._tasks: list[list[Any]] = []  # description, total, completed, unit
+
+    def __enter__(self) -> PlainProgress:
+        self._start = self._last_line = self._clock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+        self._tasks.append([description, total, 0, fields.get("unit", "")])
+        return len(self._tasks) - 1
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        entry = self._tasks[task]
+        entry[2] += advance
+        now = self._clock()
+        if now - self._last_line < self.interval_s:
+            return
+        from landseg.callbacks.progress import format_duration
+
+        self._last_line = now
+        description, total, completed, unit = entry
+        count = f"{completed:g}/{total:g}" if total is not None else f"{completed:g}"
+        scene = f"scene {task + 1} ({description})" if len(self._tasks) > 1 else description
+        print(
+            f"predict: {scene} {count} {unit} | {format_duration(now - self._start)}",
+            file=self.stream,
+            flush=True,
+        )
 
 
 def predict_files(

@@ -372,6 +372,36 @@ class JobLog:
             )
             self._event(None, "launch", None, {"session": session, "host": socket.gethostname()})
 
+    def threads_problem(self, wanted: int | None) -> str | None:
+        """Why ``cross_validation.threads: wanted`` is refused in this job, or None."""
+        recorded = self.meta("task_threads")
+        if recorded is None or wanted is None or wanted == int(recorded):
+            return None
+        return (
+            f"cross_validation.threads: {recorded} in this job (its tasks' results depend on "
+            f"it; recorded in {self.path}), {wanted} now: set it back to {recorded}, or start "
+            "a new job (another output_setup.name_exp_log)"
+        )
+
+    def fix_threads(self, wanted: int | None, default: int) -> int:
+        """The CPU threads of every task of the job: recorded by its first launch (``wanted``,
+        the config's ``cross_validation.threads``, else ``default``) and kept by every later
+        one, whatever its launch; a config that now asks for another count is refused, since
+        the tasks' results depend on it."""
+        problem = self.threads_problem(wanted)
+        if problem is not None:
+            raise LandsegError(problem)
+        recorded = self.meta("task_threads")
+        if recorded is not None:
+            return int(recorded)
+        threads = wanted if wanted is not None else default
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO job VALUES ('task_threads', ?) ON CONFLICT (key) DO NOTHING",
+                (str(threads),),
+            )
+        return int(self.meta("task_threads") or threads)  # another launch may have been first
+
     # ------------------------------------------------------------------ claims
 
     def reclaim(

@@ -36,16 +36,16 @@ from landseg.jobs.runner import (
     Outcome,
     attempt,
     console_logging,
+    fix_task_threads,
     job_stop_signals,
     job_stopped,
     new_session,
     next_claim,
-    pin_gpu,
     record,
     run_job,
     start_job,
-    visible_gpus,
 )
+from landseg.launch.devices import pin_gpu, visible_gpus
 
 log = logging.getLogger("landseg.cv")
 
@@ -170,9 +170,12 @@ class _Coordinator:
                 "the ranks would be taken for DDP processes. Run DDP tasks without mpiexec"
             )
         log_db = start_job(job, rows, session, retry_failed=retry_failed)
+        # the workers run every task on the job's threads (only this rank reads the job log)
+        threads = fix_task_threads(job, log_db)
+        log.info("each task runs on %d CPU threads (cross_validation.threads)", threads)
         serving = sorted(self.waiting)
         for rank in serving:
-            _send(comm, {"job": str(job.folder)}, rank, SETUP)
+            _send(comm, {"job": str(job.folder), "threads": threads}, rank, SETUP)
         self.waiting.clear()
         held: dict[int, Claim] = {}
         active = len(serving)
@@ -226,11 +229,13 @@ def _serve(comm: Any, index: int, verbose: bool) -> None:
                 if waiting.requested is not None:  # signalled between two jobs
                     raise StopRequested(waiting.requested, 0)
                 return
-            _work(comm, Job.load(Path(setup["job"])), verbose, waiting.requested)
+            job = Job.load(Path(setup["job"]))
+            _work(comm, job, verbose, waiting.requested, int(setup["threads"]))
 
 
-def _work(comm: Any, job: Job, verbose: bool, signalled: int | None) -> None:
-    """Serve one job: ask rank 0 for a task, run it, report, ask again, until told to stop.
+def _work(comm: Any, job: Job, verbose: bool, signalled: int | None, threads: int) -> None:
+    """Serve one job: ask rank 0 for a task, run it on the job's ``threads``, report, ask
+    again, until told to stop.
 
     ``signalled``: a stop signal received while waiting for the job, acted on at once."""
     me = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -258,7 +263,8 @@ def _work(comm: Any, job: Job, verbose: bool, signalled: int | None) -> None:
                 continue
             stop_if_signalled()
             try:
-                outcome = attempt(job, job.plan.task(reply["task"]), verbose=verbose).to_json()
+                task = job.plan.task(reply["task"])
+                outcome = attempt(job, task, verbose=verbose, threads=threads).to_json()
             except StopRequested as stopped:  # the task stopped at a checkpoint
                 _send(comm, {**me, "stopped": stopped.signum}, 0, REQUEST)
                 stopped.requeue = False  # rank 0 requeues the job, once

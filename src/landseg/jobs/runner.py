@@ -1,10 +1,11 @@
 """Running a cross-validation job: each task is a full ``landseg train`` run in its own folder.
 
 Sequential by default; ``--workers N`` runs N worker processes on this machine (spawn context,
-one GPU each when there are GPUs, else ``max(1, cpus // N)`` torch threads each: see
-:func:`worker_threads`); under ``mpiexec`` see :mod:`landseg.jobs.mpi`. Every worker takes the
-next pending task from the job log, so tasks are handed out dynamically and each is claimed by
-one worker at a time. Re-running the command resumes the job: finished tasks are
+one GPU each when there are GPUs); under ``mpiexec`` see :mod:`landseg.jobs.mpi`. Every task
+runs on the job's number of CPU threads (:func:`fix_task_threads`), however it is launched:
+float sums follow the thread count, and a job's results must not depend on its launch. Every
+worker takes the next pending task from the job log, so tasks are handed out dynamically and
+each is claimed by one worker at a time. Re-running the command resumes the job: finished tasks are
 skipped, and an interrupted task continues from its latest checkpoint (``train`` with a resuming
 run folder), with its optimiser, scheduler, early-stopping and random state.
 
@@ -18,7 +19,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import signal
 import time
 import traceback
 from collections.abc import Iterator
@@ -29,11 +29,18 @@ from typing import Any
 
 from landseg.core.errors import LandsegError, StopRequested
 from landseg.core.files import atomic_write_text
-from landseg.core.signals import StopSignals
+from landseg.core.signals import StopSignals, pass_on
 from landseg.jobs.folder import JobFolder
 from landseg.jobs.log import Claim, JobLog, Worker, writer_lease
 from landseg.jobs.plan import Job, Row, Task, write_task_files
 from landseg.launch.cluster import requeue_wanted
+from landseg.launch.devices import (
+    available_cpus,
+    cpu_share,
+    limit_threads,
+    pin_gpu,
+    visible_gpus,
+)
 from landseg.runs.folder import RUN_DIR_ENV, RunFolder
 
 log = logging.getLogger("landseg.cv")
@@ -77,8 +84,17 @@ def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
         )
 
 
-#: What Lightning's DDP launcher leaves in the environment of the process that ran a task.
-DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
+#: What Lightning's DDP launcher leaves in the environment of the process that ran a task,
+#: and the thread counts a task is given (:func:`task_threads`).
+DDP_ENV = (
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 
 
 @contextlib.contextmanager
@@ -115,17 +131,51 @@ class Outcome:
         return {"status": self.status, "best": self.best, "error": self.error}
 
 
-def attempt(job: Job, task: Task, *, verbose: bool = False) -> Outcome:
-    """Run a task; an error fails this task only (recorded, with its traceback in error.txt).
+@contextlib.contextmanager
+def task_threads(threads: int | None) -> Iterator[None]:
+    """Run a task on ``threads`` CPU threads (None: as the process is), then put the process's
+    count back. The environment carries the count to the task's own DDP processes (Lightning
+    leaves a set ``OMP_NUM_THREADS`` alone)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    before = torch.get_num_threads()
+    limit_threads(threads)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        torch.set_num_threads(before)
+
+
+def attempt(job: Job, task: Task, *, verbose: bool = False, threads: int | None = None) -> Outcome:
+    """Run a task on ``threads`` CPU threads (the job's: :func:`fix_task_threads`); an error
+    fails this task only (recorded, with its traceback in error.txt).
 
     KeyboardInterrupt, SystemExit and a stop signal (StopRequested) propagate: the task is
     interrupted, not failed.
     """
-    log.info("task %s: test %s, validation %s", task.id, task.test, task.val or "share")
     folder = RunFolder(job.task_dir(task))
     folder.error_file.unlink(missing_ok=True)
     try:
-        train_task(job, task, verbose=verbose)
+        with task_threads(threads):
+            import torch
+
+            log.info(
+                "task %s: test %s, validation %s, on %d CPU threads",
+                task.id,
+                task.test,
+                task.val or "share",
+                torch.get_num_threads(),  # what the task runs on, whatever was asked
+            )
+            train_task(job, task, verbose=verbose)
         state = folder.state()
         if state.status != "finished":
             raise LandsegError(f"{folder.path}: training ended with status {state.status}")
@@ -164,9 +214,16 @@ def next_claim(log_db: JobLog, worker: Worker) -> Claim | float | None:
 
 
 def work(
-    job: Job, log_db: JobLog, worker: Worker, *, verbose: bool = False, parent: int | None = None
+    job: Job,
+    log_db: JobLog,
+    worker: Worker,
+    *,
+    verbose: bool = False,
+    parent: int | None = None,
+    threads: int | None = None,
 ) -> None:
-    """Take tasks until none is left. A worker whose parent died takes no new task.
+    """Take tasks until none is left, each on ``threads`` CPU threads. A worker whose parent
+    died takes no new task.
 
     A stop signal during a task stops the task at a checkpoint (the run's own handler); one
     that arrives between tasks stops the loop before the next claim. Either way the task is
@@ -184,7 +241,7 @@ def work(
                 continue
             task = job.plan.task(claim.task_id)
             try:
-                outcome = attempt(job, task, verbose=verbose)
+                outcome = attempt(job, task, verbose=verbose, threads=threads)
             except BaseException:
                 log_db.release(claim, f"interrupted in {worker.name}")
                 raise
@@ -194,51 +251,39 @@ def work(
 # ---------------------------------------------------------------------------- local workers
 
 
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (NVML: no CUDA init)."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [d.strip() for d in listed.split(",") if d.strip() and not d.strip().startswith("-")]
-    import torch
+def fix_task_threads(job: Job, log_db: JobLog) -> int:
+    """The CPU threads of each task of ``job``, chosen once and kept in its job log.
 
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def pin_gpu(index: int, gpus: list[str]) -> None:
-    """Give worker ``index`` one GPU (round robin); before anything initialises CUDA."""
-    if gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def worker_threads(job: Job, n_workers: int, gpus: list[str]) -> int | None:
-    """Torch threads for each of ``n_workers`` local workers; None: leave torch's default.
-
-    On the CPU each worker gets its share of the CPUs, ``max(1, cpus // n_workers)`` (divided
-    again among a task's own DDP processes when ``num_processes`` > 1): N workers with all
-    threads each would fight over the cores, slower than one worker. A worker on a GPU keeps
-    the default (its CPU threads feed the GPU).
+    Float sums follow the thread count, so a task's results depend on it: every launch of the
+    job (sequential, ``--workers``, ``mpiexec``, a resume under another launch) runs every
+    task on the same count. ``cross_validation.threads`` when set; else the CPUs the process
+    that first starts the job may run on, shared among a task's own DDP processes. Not
+    torch's own default, which depends on the launch: its OpenMP runtime gives an MPI rank
+    a share of the cores.
     """
-    device = job.config.device_setup
-    if device.lightning_args()["accelerator"] != "cpu" and gpus:
-        return None
-    processes = device.process_count() or 1
-    return max(1, available_cpus() // (n_workers * processes))
+    cv = job.config.cross_validation
+    wanted = cv.threads if cv is not None else None
+    processes = job.config.device_setup.process_count() or 1
+    return log_db.fix_threads(wanted, cpu_share(processes))
 
 
-def limit_threads(threads: int) -> None:
-    """Use ``threads`` threads in this process: OpenMP's and MKL's (read when torch starts,
-    so set before it is imported) and torch's own pool."""
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
+def threads_notice(threads: int, workers: int, gpus: list[str], job: Job) -> None:
+    """Say how many threads each task runs on, and when local workers on the CPU ask for
+    more threads than the host has (slower, never different)."""
+    log.info("each task runs on %d CPU threads (cross_validation.threads)", threads)
+    on_cpu = job.config.device_setup.lightning_args()["accelerator"] == "cpu" or not gpus
+    processes = job.config.device_setup.process_count() or 1
+    cpus = available_cpus()
+    if workers > 1 and on_cpu and workers * processes * threads > cpus:
+        log.warning(
+            "%d workers x %d threads on %d CPUs: the workers share the cores (a job keeps its "
+            "thread count, since its results depend on it; for a new job, "
+            "cross_validation.threads: %d shares them out)",
+            workers,
+            threads,
+            cpus,
+            max(1, cpus // (workers * processes)),
+        )
 
 
 def console_logging(verbose: bool) -> None:
@@ -258,35 +303,34 @@ def _local_worker(
     gpus: list[str],
     verbose: bool,
     parent: int,
-    threads: int | None = None,
+    threads: int,
 ) -> None:
-    """Entry point of a ``--workers`` process: its GPU or its CPU threads first (before
+    """Entry point of a ``--workers`` process: its GPU and its CPU threads first (before
     anything imports torch), then the work loop."""
     pin_gpu(index, gpus)
-    if threads is not None:
-        limit_threads(threads)
+    limit_threads(threads)
     console_logging(verbose)
     job = Job.load(Path(folder))
     with JobLog(job.files.log, create=False) as log_db:
         worker = Worker.here(f"local-{index + 1}", session)
         try:
-            work(job, log_db, worker, verbose=verbose, parent=parent)
+            work(job, log_db, worker, verbose=verbose, parent=parent, threads=threads)
         except (KeyboardInterrupt, StopRequested):
             return  # the task went back to pending (work releases its claim)
 
 
-def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: bool) -> None:
+def run_local_workers(
+    job: Job, log_db: JobLog, session: str, n: int, verbose: bool, threads: int
+) -> None:
     """N worker processes (spawn: no state inherited from this process); wait for them all.
 
-    On the CPU each worker uses its share of the CPUs (:func:`worker_threads`). A worker that
+    Each runs its tasks on the job's ``threads`` (:func:`fix_task_threads`). A worker that
     dies (killed, out of memory) gives its task back at once, so a live worker continues it
     from its checkpoint.
     """
     context = multiprocessing.get_context("spawn")
     gpus = visible_gpus()
-    threads = worker_threads(job, n, gpus)
-    if threads is not None:
-        log.info("%d workers on the CPU: %d torch threads each", n, threads)
+    threads_notice(threads, n, gpus, job)
     processes = [
         context.Process(
             target=_local_worker,
@@ -307,11 +351,8 @@ def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: b
                     # a signal sent to this process alone is passed on (once: a second
                     # SIGINT would make them stop at once instead of at a checkpoint)
                     forwarded = True
-                    if stop.requested != signal.SIGINT:
-                        for process in alive.values():
-                            if process.pid is not None:
-                                with contextlib.suppress(ProcessLookupError):
-                                    os.kill(process.pid, stop.requested)
+                    if not stop.interrupted:
+                        pass_on(stop.requested, (p.pid for p in alive.values()))
                 for sentinel in wait(list(alive), timeout=0.5):
                     process = alive.pop(sentinel)
                     process.join()
@@ -360,6 +401,7 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
             log_db.sync_plan(_logged_tasks(job), session)
         except LandsegError as refused:
             raise _plan_refusal(job, refused.problems[0]) from refused
+        fix_task_threads(job, log_db)  # before any file is written: it may refuse
         gone = [
             task.id
             for task in job.plan.tasks
@@ -389,10 +431,14 @@ def refuse_changed_job(job: Job) -> None:
     path = job.files.log
     if not path.is_file():
         return
+    cv = job.config.cross_validation
     with JobLog(path, create=False) as log_db:
         problem = log_db.plan_problem(_logged_tasks(job))
+        threads = log_db.threads_problem(cv.threads if cv is not None else None)
     if problem is not None:
         raise _plan_refusal(job, problem)
+    if threads is not None:
+        raise LandsegError(threads)
 
 
 def _logged_tasks(job: Job) -> list[dict[str, Any]]:
@@ -444,10 +490,12 @@ def run_job(
         start_job(job, rows, session, retry_failed=retry_failed) as log_db,
         writer_lease(log_db.path, session),
     ):
+        threads = fix_task_threads(job, log_db)
         if workers <= 1:
-            work(job, log_db, Worker.here("main", session), verbose=verbose)
+            threads_notice(threads, 1, [], job)
+            work(job, log_db, Worker.here("main", session), verbose=verbose, threads=threads)
         else:
-            run_local_workers(job, log_db, session, workers, verbose)
+            run_local_workers(job, log_db, session, workers, verbose, threads)
         # every task has had its turn: a stop signal now has nothing left to stop, and its
         # default action would end the process in the middle of the summary; it is recorded
         # instead (and passed on to an enclosing search, which then stops after this trial)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from landseg.core.signals import REQUEUE_SIGNAL
 
 log = logging.getLogger("landseg.launch.cluster")
 
@@ -63,7 +64,7 @@ def requeue_wanted(signum: int, enabled: bool, environ: Mapping[str, str] | None
     env = _env(environ)
     return (
         enabled
-        and signum == signal.SIGUSR1
+        and signum == REQUEUE_SIGNAL
         and in_slurm_batch(env)
         and env.get("SLURM_PROCID", "0") == "0"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
+from landseg.callbacks.progress import is_terminal
 from landseg.config.schema import LandsegConfig
 from landseg.core.errors import ConfigError, LandsegError, StopRequested
 from landseg.core.files import atomic_write_json, atomic_write_text, remove_stale_temporaries
@@ -416,7 +418,8 @@ def _after_fit(
                 datamodule=datamodule,
                 ckpt_path=best or "last",
                 weights_only=True,
-                verbose=config.output_setup.progress > 0,  # progress 0: no table either
+                # Lightning's table at a terminal; elsewhere the progress bar's plain line
+                verbose=config.output_setup.progress > 0 and is_terminal(sys.stderr),
             )
     if not trainer.is_global_zero:
         return

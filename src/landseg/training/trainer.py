@@ -23,7 +23,7 @@ from landseg.callbacks.pth_export import PthExport
 from landseg.callbacks.run_logger import RunLogger
 from landseg.callbacks.run_state import RunStateUpdater
 from landseg.config.schema import LandsegConfig
-from landseg.core.signals import StopSignals
+from landseg.core.signals import StopSignals, keep_lightning_off_signals
 from landseg.data.resumable import ResumeTracker
 from landseg.loggers.registry import build_loggers
 from landseg.loggers.tensorboard import PhaseTensorBoardLogger
@@ -145,9 +145,5 @@ def build_trainer(
         plugins=trainer_plugins(standalone),
         **config.device_setup.lightning_args(),
     )
-    # landseg alone decides on stop signals (callbacks/graceful_stop.py). Lightning would put
-    # its own SIGTERM handler in front of every other when each stage starts, and its loops
-    # would then end the run with SystemExit (exit status 0) wherever they next look, even
-    # mid-validation; its signal connector is given nothing to do.
-    trainer._signal_connector.register_signal_handlers = lambda: None  # type: ignore[method-assign]
+    keep_lightning_off_signals(trainer)  # landseg alone decides on stop signals
     return trainer
