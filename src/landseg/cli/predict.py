@@ -199,10 +199,12 @@ def _prediction_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--tta",
+        nargs="?",
+        const="d4",
         choices=("d4", "flips", "rot90"),
         default=None,
         help="test-time augmentation: probabilities averaged over the 8 rotations and flips "
-        "(d4, about 8x the time), the 4 flips or the 4 rotations, before the argmax",
+        "(d4, about 8x the time; bare --tta), the 4 flips or the 4 rotations, before the argmax",
     )
 
 

@@ -376,6 +376,13 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
             log_db.retry_failed()
         for task_id in log_db.reclaim(session):
             log.info("task %s: its worker is gone; it will resume from its checkpoint", task_id)
+        finished = log_db.counts()["finished"]
+        if finished:  # a re-run: say what it will not train again
+            log.info(
+                "%d of %d tasks finished in an earlier launch: skipped",
+                finished,
+                len(job.plan.tasks),
+            )
     except BaseException:
         log_db.close()
         raise
