@@ -51,7 +51,7 @@ def new_session() -> str:
 # ---------------------------------------------------------------------------- one task
 
 
-def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
+def train_task(job: Job, task: Task) -> Path:
     """Train (or continue) one task in its folder, from its latest checkpoint if it has one.
 
     Also the entry point of the extra processes that DDP starts for a task: they re-run the
@@ -69,7 +69,6 @@ def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
         return train(
             job.task_config(task),
             job.task_summary(task),
-            verbose=verbose,
             run=run,
             extra_callbacks=[EpochCheckpoint(run.checkpoints, task.id, every)],
             standalone=True,  # a task is one run of its own, not one rank of the SLURM job
@@ -114,7 +113,7 @@ class Outcome:
         return {"status": self.status, "best": self.best, "error": self.error}
 
 
-def attempt(job: Job, task: Task, *, verbose: bool = False) -> Outcome:
+def attempt(job: Job, task: Task) -> Outcome:
     """Run a task; an error fails this task only (recorded, with its traceback in error.txt).
 
     KeyboardInterrupt, SystemExit and a stop signal (StopRequested) propagate: the task is
@@ -124,7 +123,7 @@ def attempt(job: Job, task: Task, *, verbose: bool = False) -> Outcome:
     folder = RunFolder(job.task_dir(task))
     folder.error_file.unlink(missing_ok=True)
     try:
-        train_task(job, task, verbose=verbose)
+        train_task(job, task)
         state = folder.state()
         if state.status != "finished":
             raise LandsegError(f"{folder.path}: training ended with status {state.status}")
@@ -162,9 +161,7 @@ def next_claim(log_db: JobLog, worker: Worker) -> Claim | float | None:
     return POLL_S if log_db.counts()["running"] else None
 
 
-def work(
-    job: Job, log_db: JobLog, worker: Worker, *, verbose: bool = False, parent: int | None = None
-) -> None:
+def work(job: Job, log_db: JobLog, worker: Worker, *, parent: int | None = None) -> None:
     """Take tasks until none is left. A worker whose parent died takes no new task.
 
     A stop signal during a task stops the task at a checkpoint (the run's own handler); one
@@ -183,7 +180,7 @@ def work(
                 continue
             task = job.plan.task(claim.task_id)
             try:
-                outcome = attempt(job, task, verbose=verbose)
+                outcome = attempt(job, task)
             except BaseException:
                 log_db.release(claim, f"interrupted in {worker.name}")
                 raise
@@ -240,14 +237,15 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def console_logging(verbose: bool) -> None:
-    """landseg's messages on stderr in a worker process (the CLI does it in the main one)."""
+def console_logging(level: int) -> None:
+    """landseg's messages on stderr in a ``--workers`` process, at the level the command
+    line chose (its entry point configures the main process's logging)."""
     logger = logging.getLogger("landseg")
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(level)
 
 
 def _local_worker(
@@ -255,7 +253,7 @@ def _local_worker(
     index: int,
     session: str,
     gpus: list[str],
-    verbose: bool,
+    level: int,
     parent: int,
     threads: int | None = None,
 ) -> None:
@@ -264,17 +262,17 @@ def _local_worker(
     pin_gpu(index, gpus)
     if threads is not None:
         limit_threads(threads)
-    console_logging(verbose)
+    console_logging(level)
     job = Job.load(Path(folder))
     with JobLog(job.folder / LOG_FILE, create=False) as log_db:
         worker = Worker.here(f"local-{index + 1}", session)
         try:
-            work(job, log_db, worker, verbose=verbose, parent=parent)
+            work(job, log_db, worker, parent=parent)
         except (KeyboardInterrupt, StopRequested):
             return  # the task went back to pending (work releases its claim)
 
 
-def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: bool) -> None:
+def run_local_workers(job: Job, log_db: JobLog, session: str, n: int) -> None:
     """N worker processes (spawn: no state inherited from this process); wait for them all.
 
     On the CPU each worker uses its share of the CPUs (:func:`worker_threads`). A worker that
@@ -284,12 +282,13 @@ def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, verbose: b
     context = multiprocessing.get_context("spawn")
     gpus = visible_gpus()
     threads = worker_threads(job, n, gpus)
+    level = logging.getLogger("landseg").getEffectiveLevel()  # as the command line set it
     if threads is not None:
         log.info("%d workers on the CPU: %d torch threads each", n, threads)
     processes = [
         context.Process(
             target=_local_worker,
-            args=(str(job.folder), i, session, gpus, verbose, os.getpid(), threads),
+            args=(str(job.folder), i, session, gpus, level, os.getpid(), threads),
             name=f"landseg-cv-{i + 1}",
         )
         for i in range(n)
@@ -440,7 +439,6 @@ def run_job(
     *,
     workers: int = 1,
     retry_failed: bool = False,
-    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) every task of the job on this machine; write and return the summary."""
     from landseg.jobs.summary import write_summary
@@ -451,9 +449,9 @@ def run_job(
         writer_lease(log_db.path, session),
     ):
         if workers <= 1:
-            work(job, log_db, Worker.here("main", session), verbose=verbose)
+            work(job, log_db, Worker.here("main", session))
         else:
-            run_local_workers(job, log_db, session, workers, verbose)
+            run_local_workers(job, log_db, session, workers)
         # every task has had its turn: a stop signal now has nothing left to stop, and its
         # default action would end the process in the middle of the summary; it is recorded
         # instead (and passed on to an enclosing search, which then stops after this trial)
@@ -471,7 +469,7 @@ def ddp_rank_task() -> Path | None:
     return Path(inherited) if inherited else None
 
 
-def run_ddp_rank(task_dir: Path, verbose: bool) -> None:
+def run_ddp_rank(task_dir: Path) -> None:
     """Join the DDP group of the task in ``task_dir`` (its first process writes every file)."""
     job = Job.load(task_dir.parent.parent)
-    train_task(job, job.plan.task(task_dir.name), verbose=verbose)
+    train_task(job, job.plan.task(task_dir.name))

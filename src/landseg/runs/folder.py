@@ -510,6 +510,13 @@ def resolve_run_folder(
                 f"output_setup.output_folder: cannot write the run folder {path}: {problem}"
             )
         return RunFolder(path, resuming=exists)
+    make_run_folder(path)
+    return RunFolder(path, resuming=exists)
+
+
+def make_run_folder(path: Path) -> None:
+    """Create a planned run folder (``resolve_run_folder(create=False)`` chose it), and make
+    sure it can be written to."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -519,7 +526,6 @@ def resolve_run_folder(
         raise RunFolderError(
             f"output_setup.output_folder: cannot write the run folder {path}: {error.strerror}"
         ) from error
-    return RunFolder(path, resuming=exists)
 
 
 def _slurm_run_folder(config: LandsegConfig, job: str, create: bool = True) -> RunFolder:
