@@ -89,3 +89,35 @@ def test_a_cv_rerun_says_how_many_finished_tasks_it_skips(
         with start_job(job, rows, "second", retry_failed=False):
             pass
     assert "1 of 2 tasks finished in an earlier launch: skipped" in caplog.messages
+
+
+def test_predict_plans_before_it_writes(
+    demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The plan (inputs, model, options) is complete, and refused or accepted, before the
+    output folder exists; executing it writes the scenes it names."""
+    from landseg.cli.predict import execute_predict, plan_predict
+    from tests.inference.test_scene import demo_task, save_checkpoint
+
+    checkpoint = save_checkpoint(
+        demo_task(demo_dir, tmp_path), tmp_path / "run" / "checkpoints" / "m.ckpt"
+    )
+    scene = demo_dir / json.loads((demo_dir / "demo.json").read_text())["data_source"][
+        "test_file"
+    ]
+    image = Path(scene.read_text().splitlines()[-1].split(",")[0])
+    image = image if image.is_absolute() else demo_dir / image
+    output = tmp_path / "out"
+    argv = ["predict", "--run", str(checkpoint), "--input", str(image), "--output", str(output)]
+    refused = build_parser().parse_args([*argv, "--vectorize", "--classes", "lava"])
+    with pytest.raises(Exception, match="--classes: "):
+        plan_predict(refused)
+    plan = plan_predict(build_parser().parse_args([*argv, "--tta", "--no-progress"]))
+    assert not output.exists()  # planning wrote nothing
+    assert plan.inputs == [image] and plan.tta == "d4"
+    assert plan.describe() == [
+        f"1 scene(s) -> {output} (classes)",
+        f"model {checkpoint}, test-time augmentation d4",
+        "tiles 256 px, overlap 64 px, batches of 8, 1 worker(s)",
+    ]
+    assert execute_predict(plan) == [output / f"{image.stem}.tif"]
