@@ -102,9 +102,7 @@ def test_predict_plans_before_it_writes(
     checkpoint = save_checkpoint(
         demo_task(demo_dir, tmp_path), tmp_path / "run" / "checkpoints" / "m.ckpt"
     )
-    scene = demo_dir / json.loads((demo_dir / "demo.json").read_text())["data_source"][
-        "test_file"
-    ]
+    scene = demo_dir / json.loads((demo_dir / "demo.json").read_text())["data_source"]["test_file"]
     image = Path(scene.read_text().splitlines()[-1].split(",")[0])
     image = image if image.is_absolute() else demo_dir / image
     output = tmp_path / "out"
