@@ -111,6 +111,11 @@ def test_validate_prints_train_s_plan(
         f"  run folder {run}: starts",
         "  precision 32-true (precision set in the config)",
     ], lines
+    unnamed = {**demo_config, "output_setup": {**demo_config["output_setup"], "version_name": None}}
+    assert main(["validate", "-c", str(write_config(tmp_path / "u.json", unnamed))]) == 0
+    assert (
+        capsys.readouterr().out.splitlines()[1].endswith(": starts (named by the time it starts)")
+    )
     run.mkdir(parents=True)
     (run / "run.json").write_text(
         '{"status": "interrupted", "epochs_done": 1, "precision": "32-true", '

@@ -28,7 +28,7 @@ from landseg.data.summary import DataSummary
 from landseg.launch.hardware import FastPaths, choose_fast_paths
 from landseg.planning.prepare import Prepared, prepare
 from landseg.runs.catalog import refuse_archived_run, refuse_live_run
-from landseg.runs.folder import RUN_DIR_ENV, RunFolder, RunState, resolve_run_folder
+from landseg.runs.folder import RUN_DIR_ENV, SLURM_DIR, RunFolder, RunState, resolve_run_folder
 
 log = logging.getLogger("landseg.train")
 
@@ -51,8 +51,13 @@ class TrainPlan:
         """What ``landseg validate`` prints of the plan."""
         summary = self.summary
         how = "continues" if self.run.resuming else "starts"
+        timed = self.config.output_setup.version_name is None and (
+            self.run.path.parent.name != SLURM_DIR  # a SLURM job's run is named by the job
+        )
         if self.done is not None:
             how = "is left as it is"
+        elif timed and not self.run.resuming:
+            how += " (named by the time it starts)"
         lines = [
             f"run folder {self.run.path}: {how}"
             + (f" ({self.done})" if self.done is not None else ""),

@@ -236,10 +236,9 @@ def train(
             )
         )
     board = DecisionBoard(launch) if launch is not None else None
-    try:
-        return _train_as_rank_zero(
-            config, summary, run, checkpoint, extra_callbacks, board, standalone
-        )
+    try:  # plan, then execute: a refusal reaches the launch's other ranks through the board
+        plan = plan_run(config, summary, run=run, checkpoint=checkpoint)
+        return execute(plan, extra_callbacks=extra_callbacks, board=board, standalone=standalone)
     except LandsegError as error:
         if board is not None:
             board.publish(RunDecision(error=error.problems[0]))
@@ -247,24 +246,6 @@ def train(
     finally:
         if board is not None:
             board.close()
-
-
-def _train_as_rank_zero(
-    config: LandsegConfig,
-    summary: DataSummary,
-    run: RunFolder | None,
-    checkpoint: Path | None,
-    extra_callbacks: list[Callback] | None,
-    board: DecisionBoard | None,
-    standalone: bool,
-) -> Path:
-    plan = plan_run(config, summary, run=run, checkpoint=checkpoint)
-    return execute(
-        plan,
-        extra_callbacks=extra_callbacks,
-        board=board,
-        standalone=standalone,
-    )
 
 
 def execute(
