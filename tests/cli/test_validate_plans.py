@@ -226,3 +226,18 @@ def test_validate_prints_tune_s_plan(
         "  search: 2 trials of 2 tasks over train_setup.lr, objective val_miou",
         f"  tune folder {tmp_path / 'runs' / 'search'}: starts",
     ], lines
+
+
+def test_validate_for_other_machines_leaves_auto_precision_to_them(
+    demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--no-device-check: the config is for compute nodes, whose hardware picks bf16 or not."""
+    demo_config["device_setup"]["precision"] = "auto"
+    path = write_config(tmp_path / "c.json", demo_config)
+    capsys.readouterr()
+    assert main(["validate", "-c", str(path), "--no-device-check"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == (
+        "  precision auto: chosen on the machine that trains"
+    )
+    assert main(["validate", "-c", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("  precision ")  # this machine's

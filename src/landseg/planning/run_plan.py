@@ -14,6 +14,7 @@ Nothing here writes a file or creates a folder.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ class TrainPlan:
     changes: dict[str, list[Any]] = field(default_factory=dict)  # continued with these
     done: str | None = None
     decides: bool = True  # this process decided (rank 0), and writes the run's files
+    trains_here: bool = True  # False: validated for other machines (--no-device-check)
 
     def describe(self) -> list[str]:
         """What ``landseg validate`` prints of the plan."""
@@ -65,8 +67,12 @@ class TrainPlan:
         for key, (before, after) in self.changes.items():
             lines.append(f"continued with {key} changed: {before!r} -> {after!r}")
         memory = ", channels-last" if self.fast.channels_last else ""
+        precision = f"precision {self.fast.precision}{memory} ({self.fast.reason})"
+        auto = self.config.device_setup.precision == "auto"
+        if auto and not self.trains_here and not self.run.resuming:  # a continued run keeps its own
+            precision = "precision auto: chosen on the machine that trains"
         lines += [
-            f"precision {self.fast.precision}{memory} ({self.fast.reason})",
+            precision,
             f"{summary.n_classes} classes ({', '.join(summary.class_labels)}), "
             f"{summary.n_image_bands} image bands, patches {summary.patch_size[0]}x"
             f"{summary.patch_size[1]}, splits {summary.split_sizes}",
@@ -99,7 +105,8 @@ def plan_train(
 ) -> TrainPlan:
     """``landseg train -c CONFIG``'s plan: every check and refusal, in train's order."""
     prepared = prepare_train(source, overrides, device_check=device_check)
-    return plan_run(prepared.config, prepared.summary)
+    plan = plan_run(prepared.config, prepared.summary)
+    return dataclasses.replace(plan, trains_here=device_check)
 
 
 def plan_run(
