@@ -104,7 +104,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
     task_dir = ddp_rank_task()
     if task_dir is not None:  # an extra DDP process of one task, started by Lightning
-        run_ddp_rank(task_dir, args.verbose)
+        run_ddp_rank(task_dir)
         return 0
     if args.config is None:
         raise LandsegError("cv: -c CONFIG is required (or: landseg cv status)")
@@ -117,25 +117,22 @@ def cmd_cv(args: argparse.Namespace) -> int:
             raise LandsegError("--workers: not used under mpiexec, where the ranks are the workers")
         from landseg.jobs.mpi import run_mpi
 
-        result = run_mpi(
-            args.config, args.overrides, retry_failed=args.retry_failed, verbose=args.verbose
-        )
+        result = run_mpi(args.config, args.overrides, retry_failed=args.retry_failed)
         if result is None:  # a worker rank: rank 0 reports
             return 0
         folder, summary = result
     else:
-        from landseg.jobs.plan import prepare_job
+        from landseg.jobs.cv_plan import plan_cv
         from landseg.jobs.runner import run_job
 
-        job, rows = prepare_job(args.config, args.overrides)
+        plan = plan_cv(args.config, args.overrides)  # what landseg validate prints
         folder, summary = (
-            job.folder,
+            plan.job.folder,
             run_job(
-                job,
-                rows,
+                plan.job,
+                plan.rows,
                 workers=args.workers,
                 retry_failed=args.retry_failed,
-                verbose=args.verbose,
             ),
         )
     _report(summary, folder)

@@ -52,94 +52,47 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Every check ``train`` (and ``cv``, for a config with ``cross_validation``; ``tune``,
-    for one with ``search`` too) would make."""
-    from landseg.planning.prepare import prepare, read_source
+    """Print the plan of the command the config is for: ``train``; ``cv``, for a config with
+    ``cross_validation``; ``tune``, for one with ``search`` too.
+
+    The plan is built by the function that command builds it with, so validate refuses what
+    the command would refuse, in the same order, with the same lines, and writes nothing.
+    """
+    from landseg.planning.prepare import read_source
 
     device_check = not args.no_device_check
     raw, _ = read_source(args.config, args.overrides)
-    job_checked = raw.get("cross_validation") is not None or raw.get("search") is not None
-    if job_checked:
-        from landseg.jobs.plan import prepare_job
+    plan: Any
+    if raw.get("search") is not None:
+        from landseg.tuning.search import plan_tune
 
-        searched = None
-        job_overrides = args.overrides
-        if raw.get("search") is not None:
-            from landseg.tuning.search import prepare_tuning, refuse_other_search
+        plan = plan_tune(args.config, args.overrides, device_check=device_check)
+    elif raw.get("cross_validation") is not None:
+        from landseg.jobs.cv_plan import plan_cv
 
-            tuning = prepare_tuning(args.config, args.overrides)
-            refuse_other_search(tuning)  # tune's refusal of a folder holding another search
-            searched = tuning.search
-            job_overrides = tuning.trial_overrides(0, {})  # a trial's job, where tune puts it
-        job, _ = prepare_job(args.config, job_overrides, dry_run=True, device_check=device_check)
-        if searched is None:
-            from landseg.jobs.runner import refuse_changed_job
-
-            refuse_changed_job(job)  # cv's refusal of a job started with another config
-        summary = job.summary
-        tasks = job.plan.tasks
-        print(f"{args.config}: valid")
-        print(
-            f"  cross-validation: {len(job.plan.groups)} groups, "
-            f"{len(job.plan.subjects)} test subjects, {len(tasks)} tasks, "
-            f"{_task_splits(job.split_sizes)}"
-        )
-        if searched is not None:
-            print(
-                f"  search: {searched.trials} trials of {len(tasks)} tasks over "
-                f"{', '.join(searched.params)}, objective {searched.objective}"
-            )
+        plan = plan_cv(args.config, args.overrides, device_check=device_check, dry_run=True)
     else:
-        from landseg.runs.folder import resolve_run_folder
+        from landseg.planning.run_plan import plan_train
 
-        prepared = prepare(args.config, args.overrides, device_check=device_check)
-        # train's refusals of the run folder too (a version that exists, nothing to continue,
-        # a continued run's settings that may not change)
-        run = resolve_run_folder(prepared.config, create=False)
-        if run.resuming:
-            from landseg.runs.catalog import refuse_archived_run
-
-            refuse_archived_run(run.path)
-            run.continuation_changes(prepared.config)
-        summary = prepared.summary
-        print(f"{args.config}: valid")
-    splits = "" if job_checked else f", splits {summary.split_sizes}"
-    print(
-        f"  {summary.n_classes} classes ({', '.join(summary.class_labels)}), "
-        f"{summary.n_image_bands} image bands, patches {summary.patch_size[0]}x"
-        f"{summary.patch_size[1]}{splits}"
-    )
-    print(f"  {summary.report}")
+        plan = plan_train(args.config, args.overrides, device_check=device_check)
+    print(f"{args.config}: valid")
+    for line in plan.describe():
+        print(f"  {line}")
     return 0
-
-
-def _task_splits(sizes: dict[str, dict[str, int]]) -> str:
-    """``tiles per task: train 16, val 16, test 16`` (``min-max`` where the tasks differ)."""
-    names = list(dict.fromkeys(split for task in sizes.values() for split in task))
-    parts = []
-    for split in names:
-        values = [task.get(split, 0) for task in sizes.values()]
-        low, high = min(values), max(values)
-        parts.append(f"{split} {low}" if low == high else f"{split} {low}-{high}")
-    return "tiles per task: " + ", ".join(parts)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from landseg.callbacks.progress import quiet_known_noise
-    from landseg.planning.prepare import prepare
+    from landseg.planning.run_plan import prepare_train
     from landseg.training.run import resume_from_checkpoint, train
 
     quiet_known_noise()
     if args.resume is not None:
-        run_dir = resume_from_checkpoint(args.resume, args.overrides, verbose=args.verbose)
+        run_dir = resume_from_checkpoint(args.resume, args.overrides)
     else:
-        prepared = prepare(args.config, args.overrides)
-        if prepared.config.cross_validation is not None or prepared.config.search is not None:
-            log.warning(
-                "cross_validation and search are for landseg cv and landseg tune; landseg "
-                "train trains one model on data_source's files"
-            )
-        run_dir = train(prepared.config, prepared.summary, verbose=args.verbose)
+        # the run itself is planned by global rank 0 inside train (plan_run), as validate does
+        prepared = prepare_train(args.config, args.overrides)
+        run_dir = train(prepared.config, prepared.summary)
     from landseg.launch.cluster import global_rank_zero
 
     if global_rank_zero():

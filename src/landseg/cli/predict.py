@@ -12,6 +12,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,10 +207,12 @@ def _prediction_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--tta",
+        nargs="?",
+        const="d4",
         choices=("d4", "flips", "rot90"),
         default=None,
         help="test-time augmentation: probabilities averaged over the 8 rotations and flips "
-        "(d4, about 8x the time), the 4 flips or the 4 rotations, before the argmax",
+        "(d4, about 8x the time; bare --tta), the 4 flips or the 4 rotations, before the argmax",
     )
 
 
@@ -413,8 +416,41 @@ def _refuse_geographic(inputs: list[Path]) -> None:
                 )
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from landseg.inference.scene import collect_inputs, predict_files
+@dataclass(frozen=True)
+class PredictPlan:
+    """``landseg predict``, decided before any prediction is written: the model (loaded,
+    with its test-time augmentation), the scenes, the options and the polygons asked."""
+
+    model: Any  # LoadedModel or PortableModel, wrapped for --tta
+    portable: bool  # --model: an export; else a run's checkpoint
+    inputs: list[Path]
+    output: Path
+    options: Any  # PredictOptions
+    workers: int
+    progress: bool
+    device: str
+    tta: str | None
+    hint: str | None  # how to choose a folder's files, for the message of a failed scene
+    vectors: bool
+    vector_classes: list[int] | None
+    min_area: float | None
+    simplify: float | None
+
+    def describe(self) -> list[str]:
+        """The plan in a few lines (what is predicted, with what, where)."""
+        tiling = self.options.tiling
+        return [
+            f"{len(self.inputs)} scene(s) -> {self.output} ({self.options.output_type})",
+            f"model {self.model.checkpoint}"
+            + (f", test-time augmentation {self.tta}" if self.tta else ""),
+            f"tiles {tiling.tile} px, overlap {tiling.overlap} px, batches of "
+            f"{tiling.batch_size}, {self.workers} worker(s)",
+        ] + (["polygons: <scene>.gpkg beside each class map"] if self.vectors else [])
+
+
+def plan_predict(args: argparse.Namespace) -> PredictPlan:
+    """Every check of ``landseg predict`` (options, inputs, model), nothing written."""
+    from landseg.inference.scene import collect_inputs
 
     _check_vector_options(args)
     if args.workers < 1:
@@ -434,17 +470,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.input.is_dir() and args.glob is None
         else None
     )
-    if args.workers > 1:
+    return PredictPlan(
+        model=model,
+        portable=args.model is not None,
+        inputs=inputs,
+        output=args.output,
+        options=options,
+        workers=args.workers,
+        progress=not args.no_progress,
+        device=args.device,
+        tta=args.tta,
+        hint=hint,
+        vectors=args.vectorize,
+        vector_classes=classes,
+        min_area=args.min_area,
+        simplify=args.simplify,
+    )
+
+
+def execute_predict(plan: PredictPlan) -> list[Path]:
+    """Predict the plan's scenes (and their polygons); returns the rasters written."""
+    from landseg.inference.scene import predict_files
+
+    model = plan.model
+    if plan.workers > 1:
         from landseg.inference.parallel import ModelSource, predict_files_parallel
 
-        source = ModelSource(Path(model.checkpoint), args.model is not None, args.device, args.tta)
+        source = ModelSource(Path(model.checkpoint), plan.portable, plan.device, plan.tta)
         written = predict_files_parallel(
-            model, source, inputs, args.output, options, args.workers, not args.no_progress, hint
+            model,
+            source,
+            plan.inputs,
+            plan.output,
+            plan.options,
+            plan.workers,
+            plan.progress,
+            plan.hint,
         )
     else:
-        written = predict_files(model, inputs, args.output, options, not args.no_progress, hint)
-    print(f"{len(written)} prediction(s) written to {args.output} ({model.checkpoint.name})")
-    if args.vectorize:
+        written = predict_files(
+            model, plan.inputs, plan.output, plan.options, plan.progress, plan.hint
+        )
+    print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
+    if plan.vectors:
         from landseg.maps.vectorize import vectorize
 
         for raster in written:
@@ -452,12 +520,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raster,
                 raster.with_suffix(".gpkg"),
                 model.class_labels,
-                classes=classes,
-                min_area=args.min_area,
-                simplify=args.simplify,
+                classes=plan.vector_classes,
+                min_area=plan.min_area,
+                simplify=plan.simplify,
             )
             for line in summary.lines():
                 print(f"  {line}")
+    return written
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    execute_predict(plan_predict(args))
     return 0
 
 

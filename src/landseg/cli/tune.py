@@ -20,7 +20,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     task_dir = ddp_rank_task()
     if task_dir is not None:  # an extra DDP process of one task of a trial
-        run_ddp_rank(task_dir, args.verbose)
+        run_ddp_rank(task_dir)
         return 0
     if args.workers < 1:
         raise LandsegError(f"--workers: must be at least 1, got {args.workers}")
@@ -33,22 +33,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
         ) from error
     from landseg.jobs.mpi import launched_by_mpi
     from landseg.tuning.results import results_markdown, write_results
-    from landseg.tuning.search import prepare_tuning, run_search
+    from landseg.tuning.search import plan_tune, run_search
 
     if launched_by_mpi():
         if args.workers != 1:
             raise LandsegError("--workers: not used under mpiexec, where the ranks are the workers")
         from landseg.jobs.mpi import run_mpi_jobs
 
-        with run_mpi_jobs(verbose=args.verbose) as run_job:
+        with run_mpi_jobs() as run_job:
             if run_job is None:  # a worker rank: it served every trial's tasks
                 return 0
-            tuning = prepare_tuning(args.config, args.overrides)
+            tuning = plan_tune(args.config, args.overrides).tuning  # as validate plans it
             study = run_search(tuning, lambda job, rows: run_job(job, rows, args.retry_failed))
     else:
         from landseg.jobs.runner import run_job as run_local
 
-        tuning = prepare_tuning(args.config, args.overrides)
+        tuning = plan_tune(args.config, args.overrides).tuning  # as validate plans it
         study = run_search(
             tuning,
             lambda job, rows: run_local(
@@ -56,7 +56,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 rows,
                 workers=args.workers,
                 retry_failed=args.retry_failed,
-                verbose=args.verbose,
             ),
         )
     results = write_results(tuning, study)

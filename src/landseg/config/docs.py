@@ -44,7 +44,10 @@ are relative to the config file's folder, and `~` is your home folder. Any value
 overridden on the command line:
 `landseg train -c config.json --set train_setup.lr=0.01 --set train_setup.epochs=5`.
 
-`landseg validate -c FILE` runs every check (config, registries, data headers) and exits;
+`landseg validate -c FILE` runs every check (config, registries, data headers) and every
+refusal of the command the config is for (`train`; `cv` with `cross_validation`; `tune` with
+`search` too), prints that command's plan (run or job folder, what continuing changes,
+precision, tasks, data) and exits, writing nothing;
 `landseg schema` prints the JSON Schema for editors.
 
 ## Where ODEON's documentation slips, and what landseg does

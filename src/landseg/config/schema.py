@@ -670,10 +670,16 @@ def path_from_config(value: Path, base: Path) -> Path:
     return value if value.is_absolute() else (base / value).resolve()
 
 
-def prediction_problems(data: DataSource, out: OutputSetup) -> list[str]:
-    """``get_prediction`` predicts the test split: it needs one; polygons need class maps."""
+def prediction_problems(
+    data: DataSource, out: OutputSetup, *, tasks_have_test: bool = False
+) -> list[str]:
+    """``get_prediction`` predicts the test split: it needs one; polygons need class maps.
+
+    ``tasks_have_test``: a cross-validation job, whose every task tests on its held-out
+    groups, so data_source.test_file is not needed.
+    """
     problems = []
-    if out.get_prediction and data.test_file is None:
+    if out.get_prediction and data.test_file is None and not tasks_have_test:
         problems.append(
             "output_setup.get_prediction: predictions are made on the test split; "
             "set data_source.test_file or get_prediction false"

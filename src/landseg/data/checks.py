@@ -165,7 +165,7 @@ def check_data(config: LandsegConfig) -> DataSummary:
         image_dtype=str(dtype),
         pixel_range=pixel_range,
         split_sizes={name: len(pairs) for name, pairs in used.items()},
-        report=f"checked {rows} rows in {n_csv} CSV files: headers of "
+        report=f"checked {rows} rows in {n_csv} CSV file{'' if n_csv == 1 else 's'}: headers of "
         f"{sum(h is not None for h in scan.headers.values())} rasters ({read_note})",
     )
 

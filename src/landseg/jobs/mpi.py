@@ -30,12 +30,12 @@ from typing import Any
 from landseg.config.schema import DeviceSetup
 from landseg.core.errors import LandsegError, StopRequested
 from landseg.core.signals import StopSignals
+from landseg.jobs.cv_plan import plan_cv
 from landseg.jobs.log import Claim, Worker, writer_lease
-from landseg.jobs.plan import Job, Row, prepare_job
+from landseg.jobs.plan import Job, Row
 from landseg.jobs.runner import (
     Outcome,
     attempt,
-    console_logging,
     fix_task_threads,
     job_stop_signals,
     job_stopped,
@@ -95,14 +95,14 @@ def worker_index(comm: Any) -> int:
 
 
 def run_mpi(
-    config_path: Path, overrides: list[str], *, retry_failed: bool, verbose: bool
+    config_path: Path, overrides: list[str], *, retry_failed: bool
 ) -> tuple[Path, dict[str, Any]] | None:
     """Run the job as one rank of an MPI launch; rank 0 returns (job folder, summary)."""
-    with run_mpi_jobs(verbose=verbose) as run_job:
+    with run_mpi_jobs() as run_job:
         if run_job is None:  # a worker rank: rank 0 reports
             return None
-        job, rows = prepare_job(config_path, overrides)
-        return job.folder, run_job(job, rows, retry_failed)
+        plan = plan_cv(config_path, overrides)
+        return plan.job.folder, run_job(plan.job, plan.rows, retry_failed)
 
 
 #: Rank 0's way to run one job over the worker ranks: (job, rows, retry_failed) -> summary.
@@ -110,7 +110,7 @@ MpiJobRunner = Callable[[Job, list[Row], bool], dict[str, Any]]
 
 
 @contextlib.contextmanager
-def run_mpi_jobs(*, verbose: bool) -> Iterator[MpiJobRunner | None]:
+def run_mpi_jobs() -> Iterator[MpiJobRunner | None]:
     """One rank of an MPI launch that runs one job or several in turn (``landseg tune``).
 
     Rank 0 gets a function that runs a job over the worker ranks and returns its summary;
@@ -123,10 +123,10 @@ def run_mpi_jobs(*, verbose: bool) -> Iterator[MpiJobRunner | None]:
     comm = MPI.COMM_WORLD
     index = worker_index(comm)
     if comm.Get_size() < 2:  # a single rank: nobody to hand tasks to
-        yield lambda job, rows, retry: run_job(job, rows, retry_failed=retry, verbose=verbose)
+        yield lambda job, rows, retry: run_job(job, rows, retry_failed=retry)
         return
     if comm.Get_rank() != 0:
-        _serve(comm, index, verbose)
+        _serve(comm, index)
         yield None
         return
     coordinator = _Coordinator(comm)
@@ -212,12 +212,11 @@ class _Coordinator:
             return write_summary(job, log_db)
 
 
-def _serve(comm: Any, index: int, verbose: bool) -> None:
+def _serve(comm: Any, index: int) -> None:
     """A worker rank: serve each job rank 0 announces, until it says there is none left."""
     pin_gpu(index, visible_gpus())
     import landseg.training.run  # noqa: F401  (the slow imports, while rank 0 plans the job)
 
-    console_logging(verbose)
     with StopSignals(
         DeviceSetup().stop_signal_numbers()
     ) as waiting:  # until a job's own config says which
@@ -230,10 +229,10 @@ def _serve(comm: Any, index: int, verbose: bool) -> None:
                     raise StopRequested(waiting.requested, 0)
                 return
             job = Job.load(Path(setup["job"]))
-            _work(comm, job, verbose, waiting.requested, int(setup["threads"]))
+            _work(comm, job, waiting.requested, int(setup["threads"]))
 
 
-def _work(comm: Any, job: Job, verbose: bool, signalled: int | None, threads: int) -> None:
+def _work(comm: Any, job: Job, signalled: int | None, threads: int) -> None:
     """Serve one job: ask rank 0 for a task, run it on the job's ``threads``, report, ask
     again, until told to stop.
 
@@ -264,7 +263,7 @@ def _work(comm: Any, job: Job, verbose: bool, signalled: int | None, threads: in
             stop_if_signalled()
             try:
                 task = job.plan.task(reply["task"])
-                outcome = attempt(job, task, verbose=verbose, threads=threads).to_json()
+                outcome = attempt(job, task, threads=threads).to_json()
             except StopRequested as stopped:  # the task stopped at a checkpoint
                 _send(comm, {**me, "stopped": stopped.signum}, 0, REQUEST)
                 stopped.requeue = False  # rank 0 requeues the job, once

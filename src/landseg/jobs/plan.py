@@ -660,9 +660,13 @@ def _note_ignored_keys(config: LandsegConfig) -> None:
 
 
 def whole_data_config(config: LandsegConfig, csv_file: Path) -> LandsegConfig:
-    """The config that checks every row of the job at once (each task's test split included)."""
+    """The config that checks every row of the job at once, read once.
+
+    Every row is in some task's training split, so they are all checked as training rows
+    (one tile size); the same file given as the test split too was read, and counted, twice.
+    """
     data = config.model_dump(mode="json", exclude={"cross_validation", "search"})
-    data["data_source"].update(train_file=str(csv_file), val_file=None, test_file=str(csv_file))
+    data["data_source"].update(train_file=str(csv_file), val_file=None, test_file=None)
     return LandsegConfig.model_validate(data)
 
 

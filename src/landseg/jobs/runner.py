@@ -59,7 +59,7 @@ def new_session() -> str:
 # ---------------------------------------------------------------------------- one task
 
 
-def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
+def train_task(job: Job, task: Task) -> Path:
     """Train (or continue) one task in its folder, from its latest checkpoint if it has one.
 
     Also the entry point of the extra processes that DDP starts for a task: they re-run the
@@ -77,7 +77,6 @@ def train_task(job: Job, task: Task, *, verbose: bool = False) -> Path:
         return train(
             job.task_config(task),
             job.task_summary(task),
-            verbose=verbose,
             run=run,
             extra_callbacks=[EpochCheckpoint(run.checkpoints, task.id, every)],
             standalone=True,  # a task is one run of its own, not one rank of the SLURM job
@@ -155,7 +154,7 @@ def task_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def attempt(job: Job, task: Task, *, verbose: bool = False, threads: int | None = None) -> Outcome:
+def attempt(job: Job, task: Task, *, threads: int | None = None) -> Outcome:
     """Run a task on ``threads`` CPU threads (the job's: :func:`fix_task_threads`); an error
     fails this task only (recorded, with its traceback in error.txt).
 
@@ -175,7 +174,7 @@ def attempt(job: Job, task: Task, *, verbose: bool = False, threads: int | None 
                 task.val or "share",
                 torch.get_num_threads(),  # what the task runs on, whatever was asked
             )
-            train_task(job, task, verbose=verbose)
+            train_task(job, task)
         state = folder.state()
         if state.status != "finished":
             raise LandsegError(f"{folder.path}: training ended with status {state.status}")
@@ -218,7 +217,6 @@ def work(
     log_db: JobLog,
     worker: Worker,
     *,
-    verbose: bool = False,
     parent: int | None = None,
     threads: int | None = None,
 ) -> None:
@@ -241,7 +239,7 @@ def work(
                 continue
             task = job.plan.task(claim.task_id)
             try:
-                outcome = attempt(job, task, verbose=verbose, threads=threads)
+                outcome = attempt(job, task, threads=threads)
             except BaseException:
                 log_db.release(claim, f"interrupted in {worker.name}")
                 raise
@@ -286,14 +284,15 @@ def threads_notice(threads: int, workers: int, gpus: list[str], job: Job) -> Non
         )
 
 
-def console_logging(verbose: bool) -> None:
-    """landseg's messages on stderr in a worker process (the CLI does it in the main one)."""
+def console_logging(level: int) -> None:
+    """landseg's messages on stderr in a ``--workers`` process, at the level the command
+    line chose (its entry point configures the main process's logging)."""
     logger = logging.getLogger("landseg")
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(level)
 
 
 def _local_worker(
@@ -301,7 +300,7 @@ def _local_worker(
     index: int,
     session: str,
     gpus: list[str],
-    verbose: bool,
+    level: int,
     parent: int,
     threads: int,
 ) -> None:
@@ -309,19 +308,17 @@ def _local_worker(
     anything imports torch), then the work loop."""
     pin_gpu(index, gpus)
     limit_threads(threads)
-    console_logging(verbose)
+    console_logging(level)
     job = Job.load(Path(folder))
     with JobLog(job.files.log, create=False) as log_db:
         worker = Worker.here(f"local-{index + 1}", session)
         try:
-            work(job, log_db, worker, verbose=verbose, parent=parent, threads=threads)
+            work(job, log_db, worker, parent=parent, threads=threads)
         except (KeyboardInterrupt, StopRequested):
             return  # the task went back to pending (work releases its claim)
 
 
-def run_local_workers(
-    job: Job, log_db: JobLog, session: str, n: int, verbose: bool, threads: int
-) -> None:
+def run_local_workers(job: Job, log_db: JobLog, session: str, n: int, threads: int) -> None:
     """N worker processes (spawn: no state inherited from this process); wait for them all.
 
     Each runs its tasks on the job's ``threads`` (:func:`fix_task_threads`). A worker that
@@ -331,10 +328,11 @@ def run_local_workers(
     context = multiprocessing.get_context("spawn")
     gpus = visible_gpus()
     threads_notice(threads, n, gpus, job)
+    level = logging.getLogger("landseg").getEffectiveLevel()  # as the command line set it
     processes = [
         context.Process(
             target=_local_worker,
-            args=(str(job.folder), i, session, gpus, verbose, os.getpid(), threads),
+            args=(str(job.folder), i, session, gpus, level, os.getpid(), threads),
             name=f"landseg-cv-{i + 1}",
         )
         for i in range(n)
@@ -419,6 +417,13 @@ def start_job(job: Job, rows: list[Row], session: str, *, retry_failed: bool) ->
             log_db.retry_failed()
         for task_id in log_db.reclaim(session):
             log.info("task %s: its worker is gone; it will resume from its checkpoint", task_id)
+        finished = log_db.counts()["finished"]
+        if finished:  # a re-run: say what it will not train again
+            log.info(
+                "%d of %d tasks finished in an earlier launch: skipped",
+                finished,
+                len(job.plan.tasks),
+            )
     except BaseException:
         log_db.close()
         raise
@@ -480,7 +485,6 @@ def run_job(
     *,
     workers: int = 1,
     retry_failed: bool = False,
-    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) every task of the job on this machine; write and return the summary."""
     from landseg.jobs.summary import write_summary
@@ -493,9 +497,9 @@ def run_job(
         threads = fix_task_threads(job, log_db)
         if workers <= 1:
             threads_notice(threads, 1, [], job)
-            work(job, log_db, Worker.here("main", session), verbose=verbose, threads=threads)
+            work(job, log_db, Worker.here("main", session), threads=threads)
         else:
-            run_local_workers(job, log_db, session, workers, verbose, threads)
+            run_local_workers(job, log_db, session, workers, threads)
         # every task has had its turn: a stop signal now has nothing left to stop, and its
         # default action would end the process in the middle of the summary; it is recorded
         # instead (and passed on to an enclosing search, which then stops after this trial)
@@ -513,7 +517,7 @@ def ddp_rank_task() -> Path | None:
     return Path(inherited) if inherited else None
 
 
-def run_ddp_rank(task_dir: Path, verbose: bool) -> None:
+def run_ddp_rank(task_dir: Path) -> None:
     """Join the DDP group of the task in ``task_dir`` (its first process writes every file)."""
     job = Job.load(JobFolder.above_task(task_dir).path)
-    train_task(job, job.plan.task(task_dir.name), verbose=verbose)
+    train_task(job, job.plan.task(task_dir.name))

@@ -107,8 +107,8 @@ def prepare(
     working directory), or a :class:`LandsegConfig` already validated (its registry and data
     checks still run). ``device_check``: whether the devices named exist on this machine
     (off for a config written on a login node for the compute nodes). ``one_run``: the config
-    trains one run whose processes are the SLURM job's tasks (not a cv job's tasks, which
-    train one process each).
+    trains one run whose processes are the SLURM job's tasks (not a cv job's rows, whose
+    tasks train one process each and test on their held-out groups).
     """
     if isinstance(source, LandsegConfig):
         config: LandsegConfig | None = source
@@ -119,8 +119,8 @@ def prepare(
         raw, path = read_source(source, overrides)
         base = path.resolve().parent if path is not None else Path.cwd()
         config, schema_lines, sections = _validate(raw, base, path)
-    problems = schema_lines + _registry_problems(sections) + _output_problems(sections)
-    problems += _init_weights_problems(sections)
+    problems = schema_lines + _registry_problems(sections, job=not one_run)
+    problems += _output_problems(sections) + _init_weights_problems(sections)
     device = sections.get("device_setup")
     if device_check and device is not None and not _rejected("device_setup", schema_lines):
         problems += host_device_problems(device)
@@ -193,11 +193,13 @@ def _output_problems(sections: dict[str, Any]) -> list[str]:
 def prepare_config(
     source: str | Path | Mapping[str, Any], overrides: list[str] | None = None
 ) -> LandsegConfig:
-    """The config alone, with every check that needs no data (``landseg cv status``, jobs)."""
+    """The config alone, with every check that needs no data (cross-validation jobs and
+    searches, whose data are checked through each job's rows)."""
     raw, path = read_source(source, overrides)
     base = path.resolve().parent if path is not None else Path.cwd()
     config, schema_lines, sections = _validate(raw, base, path)
-    problems = schema_lines + _registry_problems(sections) + _output_problems(sections)
+    job = raw.get("cross_validation") is not None
+    problems = schema_lines + _registry_problems(sections, job=job) + _output_problems(sections)
     data = sections.get("data_source")
     problems += _class_count_problems(sections, data.n_classes() if data else None, None)
     if problems:
@@ -272,8 +274,11 @@ def _rejected(section: str, schema_lines: list[str]) -> bool:
 # ---------------------------------------------------------------------------- registries
 
 
-def _registry_problems(sections: dict[str, Any]) -> list[str]:
-    """The problems of every registry name and parameter, and of the rules between keys."""
+def _registry_problems(sections: dict[str, Any], *, job: bool = False) -> list[str]:
+    """The problems of every registry name and parameter, and of the rules between keys.
+
+    ``job``: the config is a cross-validation job's (or a search's), whose tasks each test
+    on their held-out groups."""
     problems: list[str] = []
     data: DataSource | None = sections.get("data_source")
     train: TrainSetup | None = sections.get("train_setup")
@@ -299,7 +304,7 @@ def _registry_problems(sections: dict[str, Any]) -> list[str]:
     if out is not None:
         problems += logger_problems(out.logger_names(), _logger_keys(out))
     if data is not None and out is not None:
-        problems += prediction_problems(data, out)
+        problems += prediction_problems(data, out, tasks_have_test=job)
     if device is not None:
         problems += device.problems()
     return problems

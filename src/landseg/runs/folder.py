@@ -516,6 +516,14 @@ def resolve_run_folder(
                 f"output_setup.output_folder: cannot write the run folder {path}: {problem}"
             )
         return RunFolder(path, resuming=exists)
+    made = make_run_folder(path)
+    return RunFolder(path, resuming=exists, made=made)
+
+
+def make_run_folder(path: Path) -> Path | None:
+    """Create a planned run folder (``resolve_run_folder(create=False)`` chose it), make sure
+    it can be written to, and return the topmost folder this created (None: it was there),
+    which :meth:`RunFolder.remove_failed_start` removes if the start then fails."""
     made = first_missing(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -526,7 +534,7 @@ def resolve_run_folder(
         raise RunFolderError(
             f"output_setup.output_folder: cannot write the run folder {path}: {error.strerror}"
         ) from error
-    return RunFolder(path, resuming=exists, made=made)
+    return made
 
 
 def first_missing(path: Path) -> Path | None:

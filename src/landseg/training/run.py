@@ -1,7 +1,9 @@
-"""A run's lifecycle: checked config -> run folder -> fit -> test, predict, export -> run.json.
+"""A run's lifecycle: its plan executed: run folder -> fit -> test, predict, export -> run.json.
 
-``landseg train`` and every cross-validation task come through :func:`train`; ``landseg train
---resume CKPT`` through :func:`resume_from_checkpoint`. Only rank 0 writes files. The processes
+``landseg train`` and every cross-validation task come through :func:`train`, which plans the
+run (:func:`landseg.planning.run_plan.plan_run`: the folder, its refusals, what a continued run
+changes, the precision) and executes the plan (:func:`execute`); ``landseg train --resume
+CKPT`` through :func:`resume_from_checkpoint`. Only rank 0 writes files. The processes
 Lightning starts for DDP re-run the same command and find the run folder through
 ``LANDSEG_RUN_DIR``, so every rank uses one folder. Which callbacks and loggers a run has is
 :mod:`landseg.training.trainer`'s concern.
@@ -10,6 +12,7 @@ Lightning starts for DDP re-run the same command and find the run folder through
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -33,21 +36,22 @@ from landseg.data.summary import DataSummary
 from landseg.inference.split import predict_split
 from landseg.launch.cluster import external_launch, requeue_wanted
 from landseg.launch.handshake import DecisionBoard, RunDecision, receive_decision
-from landseg.launch.hardware import FastPaths, choose_fast_paths
+from landseg.launch.hardware import FastPaths
 from landseg.models.export import export_formats, export_model
-from landseg.planning.prepare import prepare
-from landseg.runs.catalog import refuse_archived_run, refuse_live_run
+from landseg.planning.run_plan import TrainPlan, fast_paths, plan_resume, plan_run
 from landseg.runs.checkpoints import (
     WeightsFileError,
     WeightsMismatchError,
     base_name,
     best_of_fit,
-    checkpoint_error_line,
     export_stem,
-    load_checkpoint,
     load_weights,
 )
-from landseg.runs.folder import RUN_DIR_ENV, RunFolder, RunState, resolve_run_folder
+from landseg.runs.folder import (
+    RUN_DIR_ENV,
+    RunFolder,
+    make_run_folder,
+)
 from landseg.tasks.segmentation import SegmentationTask
 from landseg.training.trainer import build_trainer
 
@@ -57,31 +61,18 @@ log = logging.getLogger("landseg.train")
 # ---------------------------------------------------------------------------- the run
 
 
-def _setup_file_logging(run: RunFolder, verbose: bool) -> logging.Handler:
+def _setup_file_logging(run: RunFolder) -> logging.Handler:
+    """The run's train.log, at the level the entry point gave landseg's logger (``-v``:
+    debug), and at least info (a run started from Python, with logging left unset)."""
+    level = min(logging.getLogger("landseg").getEffectiveLevel(), logging.INFO)
     handler = logging.FileHandler(run.train_log)
-    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("landseg", "lightning.pytorch"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        logger.setLevel(level)
     return handler
-
-
-def _completion(run: RunFolder, config: LandsegConfig) -> str | None:
-    """Why a finished run has nothing left to do, and what would give it more (None: it
-    has something left)."""
-    state = run.state()
-    if state.status != "finished":
-        return None
-    if state.early_stopped:
-        return f"ended by early stopping after {state.epochs_done} epochs; nothing left to do"
-    if state.epochs_done >= config.train_setup.epochs:
-        return (
-            f"finished ({state.epochs_done} of {config.train_setup.epochs} epochs); nothing "
-            "left to do (train longer with more epochs: --set train_setup.epochs=N)"
-        )
-    return None
 
 
 def _write_run_files(
@@ -118,29 +109,6 @@ def load_initial_weights(task: SegmentationTask, checkpoint: Path) -> None:
         ) from error
 
 
-def fast_paths(config: LandsegConfig, run: RunFolder, given: FastPaths | None) -> FastPaths:
-    """The precision and memory format this run trains with (``auto`` resolved).
-
-    A continued run keeps what its first launch chose (recorded in run.json), whatever this
-    machine would choose: cluster nodes differ, and a run must not change precision midway.
-    ``given`` is global rank 0's choice, for the other ranks of a multi-node launch.
-    """
-    if given is not None:
-        return given
-    device = config.device_setup
-    if run.resuming:
-        state = RunState.read(run.path)
-        if state is not None and state.precision is not None:
-            return FastPaths(
-                state.precision,
-                bool(state.channels_last),
-                state.fast_paths_reason or "recorded in run.json",
-            )
-    return choose_fast_paths(
-        device.precision, device.channels_last, device.lightning_args()["accelerator"]
-    )
-
-
 def resolved_device(config: LandsegConfig, fast: FastPaths) -> LandsegConfig:
     """``config`` with ``device_setup.precision`` and ``channels_last`` set to ``fast``'s."""
     device = config.device_setup.model_copy(
@@ -153,7 +121,6 @@ def train(
     config: LandsegConfig,
     summary: DataSummary,
     *,
-    verbose: bool = False,
     run: RunFolder | None = None,
     checkpoint: Path | None = None,
     extra_callbacks: list[Callback] | None = None,
@@ -200,10 +167,9 @@ def train(
             )
         )
     board = DecisionBoard(launch) if launch is not None else None
-    try:
-        return _train_as_rank_zero(
-            config, summary, verbose, run, checkpoint, extra_callbacks, board, standalone
-        )
+    try:  # plan, then execute: a refusal reaches the launch's other ranks through the board
+        plan = plan_run(config, summary, run=run, checkpoint=checkpoint)
+        return execute(plan, extra_callbacks=extra_callbacks, board=board, standalone=standalone)
     except LandsegError as error:
         if board is not None:
             board.publish(RunDecision(error=error.problems[0]))
@@ -213,43 +179,38 @@ def train(
             board.close()
 
 
-def _train_as_rank_zero(
-    config: LandsegConfig,
-    summary: DataSummary,
-    verbose: bool,
-    run: RunFolder | None,
-    checkpoint: Path | None,
-    extra_callbacks: list[Callback] | None,
-    board: DecisionBoard | None,
-    standalone: bool,
+def execute(
+    plan: TrainPlan,
+    *,
+    extra_callbacks: list[Callback] | None = None,
+    board: DecisionBoard | None = None,
+    standalone: bool = False,
 ) -> Path:
-    run = run or resolve_run_folder(config)
-    rank_zero = RUN_DIR_ENV not in os.environ  # else a process Lightning started for DDP
-    changes: dict[str, list[Any]] = {}
-    if rank_zero and run.resuming:
-        refuse_archived_run(run.path)
-        refuse_live_run(run.path)
-        changes = run.continuation_changes(config)
-        done = _completion(run, config)
-        if done is not None:
-            print(f"{run.path}: {done}")
-            if board is not None:
-                board.publish(RunDecision(run=str(run.path), finished=True))
-            return run.path
-    handler = _setup_file_logging(run, verbose) if rank_zero else None
+    """Carry out a run's plan: a finished run is left as it is; otherwise its folder is
+    made and the run trains (``board``: where rank 0 tells a launch's other ranks)."""
+    run = plan.run
+    if plan.done is not None:
+        print(f"{run.path}: {plan.done}")
+        if board is not None:
+            board.publish(RunDecision(run=str(run.path), finished=True))
+        return run.path
+    if plan.decides:  # remembers what it made, for a start that fails before its run.json
+        run = dataclasses.replace(run, made=make_run_folder(run.path))
+    handler = _setup_file_logging(run) if plan.decides else None
     returned = False
     try:
         path = _train_with_signals(
             _ProcessRun(
                 run,
-                config,
-                summary,
-                rank_zero=rank_zero,
-                checkpoint=checkpoint,
+                plan.config,
+                plan.summary,
+                rank_zero=plan.decides,
+                checkpoint=plan.checkpoint,
                 extra_callbacks=extra_callbacks,
-                changes=changes,
+                changes=plan.changes,
                 board=board,
                 standalone=standalone,
+                fast_paths_given=plan.fast,
             )
         )
         returned = True
@@ -259,7 +220,7 @@ def _train_as_rank_zero(
             for name in ("landseg", "lightning.pytorch"):
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
-        if rank_zero and not returned:  # failed before its run.json: nothing worth keeping
+        if plan.decides and not returned:  # failed before its run.json: nothing worth keeping
             run.remove_failed_start()
 
 
@@ -446,34 +407,8 @@ def _after_fit(
         log.info("exported %s", path)
 
 
-def resume_from_checkpoint(
-    checkpoint: Path, overrides: list[str] | None = None, *, verbose: bool = False
-) -> Path:
-    """``landseg train --resume CKPT [--set KEY=VALUE ...]``: the config travels inside the
-    checkpoint.
-
-    The run continues in the folder that holds the checkpoint, from that checkpoint. ``--set``
-    follows the rule of every continued run: only the settings that may change on continue
-    (:mod:`landseg.config.continuation`) may differ from the run's.
-    """
-    try:
-        state = load_checkpoint(checkpoint)
-    except Exception as error:
-        raise LandsegError(checkpoint_error_line(checkpoint, error)) from error
-    try:
-        raw = state["hyper_parameters"]["config"]
-    except (KeyError, TypeError) as error:
-        raise LandsegError(f"{checkpoint}: checkpoint holds no landseg config") from error
-    run = RunFolder(checkpoint.resolve().parent.parent, resuming=True)
-    if not run.is_run or checkpoint.resolve().parent != run.checkpoints.resolve():
-        # the run's files would be written two folders above the checkpoint, over whatever
-        # is there
-        raise LandsegError(
-            f"{checkpoint}: not in the checkpoints folder of a run (no run.json in "
-            f"{run.path}); --resume continues a run where it is: give the checkpoint inside "
-            "its run folder, or start a run from these weights with "
-            "train_setup.init_weights"
-        )
-    raw["train_setup"]["continue_training"] = True
-    prepared = prepare(raw, overrides)
-    return train(prepared.config, prepared.summary, verbose=verbose, run=run, checkpoint=checkpoint)
+def resume_from_checkpoint(checkpoint: Path, overrides: list[str] | None = None) -> Path:
+    """``landseg train --resume CKPT [--set KEY=VALUE ...]``: planned by
+    :func:`~landseg.planning.run_plan.plan_resume`, then trained in the checkpoint's run."""
+    prepared, run = plan_resume(checkpoint, overrides)
+    return train(prepared.config, prepared.summary, run=run, checkpoint=checkpoint)

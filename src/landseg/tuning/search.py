@@ -28,6 +28,7 @@ from landseg.config.search import Search, SearchParam
 from landseg.core.errors import ConfigError
 from landseg.core.files import folder_problem
 from landseg.core.signals import StopSignals
+from landseg.jobs.cv_plan import data_lines, job_line
 from landseg.jobs.folder import JobFolder
 from landseg.jobs.plan import Job, Row, prepare_job
 from landseg.runs.checkpoints import CheckpointName
@@ -158,6 +159,40 @@ def prepare_tuning(config_path: Path, overrides: list[str]) -> Tuning:
     if problems:
         raise ConfigError(problems)
     return Tuning(config_path, tuple(overrides), config, search)
+
+
+@dataclass(frozen=True)
+class TunePlan:
+    """A checked search, accepted by its tune folder, and its first trial's checked job
+    (every trial's job has the same rows: only the searched settings differ)."""
+
+    tuning: Tuning
+    first_job: Job
+
+    def describe(self) -> list[str]:
+        """What ``landseg validate`` prints of the plan."""
+        searched = self.tuning.search
+        tasks = len(self.first_job.plan.tasks)
+        study = JobFolder(self.tuning.folder).study
+        return [
+            job_line(self.first_job),
+            f"search: {searched.trials} trials of {tasks} tasks over "
+            f"{', '.join(searched.params)}, objective {searched.objective}",
+            f"tune folder {self.tuning.folder}: "
+            + ("continues its search" if study.is_file() else "starts"),
+            *data_lines(self.first_job),
+        ]
+
+
+def plan_tune(config_path: Path, overrides: list[str], *, device_check: bool = True) -> TunePlan:
+    """``landseg tune -c CONFIG``'s plan: every check and refusal, in tune's order (the
+    search, its folder, then a trial's cross-validation job); nothing is written."""
+    tuning = prepare_tuning(config_path, overrides)
+    refuse_other_search(tuning)
+    job, _ = prepare_job(
+        config_path, tuning.trial_overrides(0, {}), dry_run=True, device_check=device_check
+    )
+    return TunePlan(tuning, job)
 
 
 # ---------------------------------------------------------------------------- Optuna
