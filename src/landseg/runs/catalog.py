@@ -25,6 +25,7 @@ from typing import Any
 from landseg.core.errors import LandsegError, RunFolderError
 from landseg.core.files import atomic_write_json
 from landseg.core.processes import pid_alive
+from landseg.runs.checkpoints import CheckpointName
 from landseg.runs.folder import ArchiveRecord, RunFolder, RunState
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,7 @@ def resolve_checkpoint(reference: str | Path, search: Path | None = None) -> Pat
     """A ``.ckpt`` path as given, a ``.pth`` inside its run folder (see :func:`weights_run`),
     or the best val_loss checkpoint of a run (path or name)."""
     path = Path(reference)
-    if path.suffix == ".ckpt":
+    if path.suffix == CheckpointName.SUFFIX:
         if not path.is_file():
             raise LandsegError(f"{path}: checkpoint not found")
         return path
