@@ -3,8 +3,10 @@
 Rank 0 prepares the job, owns the job log (the only writer) and hands out tasks; ranks 1..N-1
 are workers that ask for the next task, report its outcome and ask again, until rank 0 tells
 them to stop. A worker's GPU is chosen from its rank among the workers of its node
-(``COMM_TYPE_SHARED``). Messages are JSON encoded as bytes (``Send``/``Recv`` of buffers),
-never pickled.
+(``COMM_TYPE_SHARED``); its CPU threads are the job's, which rank 0 reads from the job log
+and sends with the job (:func:`landseg.jobs.runner.fix_task_threads`): not torch's default,
+which under ``mpiexec`` is a share of the cores. Messages are JSON encoded as bytes
+(``Send``/``Recv`` of buffers), never pickled.
 
 Stop signals (SIGINT, ``device_setup.stop_signals``; SLURM sends them to every rank): a
 worker stops its task at a checkpoint, or stops between tasks, and reports ``stopped``; rank

@@ -5,9 +5,9 @@ one GPU each when there are GPUs); under ``mpiexec`` see :mod:`landseg.jobs.mpi`
 runs on the job's number of CPU threads (:func:`fix_task_threads`), however it is launched:
 float sums follow the thread count, and a job's results must not depend on its launch. Every
 worker takes the next pending task from the job log, so tasks are handed out dynamically and
-each is claimed by one worker at a time. Re-running the command resumes the job: finished tasks are
-skipped, and an interrupted task continues from its latest checkpoint (``train`` with a resuming
-run folder), with its optimiser, scheduler, early-stopping and random state.
+each is claimed by one worker at a time. Re-running the command resumes the job: finished
+tasks are skipped, and an interrupted task continues from its latest checkpoint (``train``
+with a resuming run folder), with its optimiser, scheduler, early-stopping and random state.
 
 This module imports no torch at import time: spawned workers set ``CUDA_VISIBLE_DEVICES``
 before anything initialises CUDA, and their thread counts before torch starts.
