@@ -224,9 +224,18 @@ def test_get_prediction_writes_class_maps_polygons_and_uses_tta(
         prediction_tta="flips",
         use_tensorboard=False,
     )
+    small["device_setup"]["precision"] = "32-true"  # the maps are compared exactly below
     assert run_train(small, tmp_path) == 0
     predictions = tmp_path / "runs" / "exp" / "v1" / "predictions"
     rasters = sorted(predictions.glob("*.tif"))
+    # the maps are the flips TTA of the best checkpoint (computed here without landseg's TTA),
+    # which differ from the same model's plain maps
+    flipped, plain = _best_checkpoint_test_maps(tmp_path / "runs" / "exp" / "v1", tmp_path)
+    written = {raster.name: _read_classes(raster) for raster in rasters}
+    assert written.keys() == flipped.keys() == plain.keys()
+    for name, classes in written.items():
+        assert np.array_equal(classes, flipped[name]), name
+    assert any(not np.array_equal(plain[name], flipped[name]) for name in plain)
     assert rasters and len(rasters) == len(list(predictions.glob("*.gpkg")))
     assert len(rasters) == len(list(predictions.glob("*.qml")))
     with rasterio.open(rasters[0]) as src:
@@ -239,3 +248,57 @@ def test_get_prediction_writes_class_maps_polygons_and_uses_tta(
 
     small["output_setup"].update(prediction_output_type="uint8", version_name="v2")
     assert run_train(small, tmp_path) == 2  # polygons need class maps: refused before training
+
+
+class _FlipsByHand:
+    """The mean of the probabilities of a tile, flipped left-right, up-down, both and not: what
+    ``prediction_tta: flips`` is documented to compute, written without landseg's TTA code."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.__dict__["model"], name)
+
+    def tile_probabilities(self, tiles: np.ndarray, batch_size: int) -> np.ndarray:
+        total = np.zeros((0,), np.float32)
+        for axes in [(), (-1,), (-2,), (-2, -1)]:
+            moved = np.ascontiguousarray(np.flip(tiles, axes)) if axes else tiles
+            probs = self.model.tile_probabilities(moved, batch_size)  # type: ignore[attr-defined]
+            probs = np.flip(probs, axes) if axes else probs
+            total = total + probs if total.size else np.array(probs, np.float32)
+        return total / np.float32(4)
+
+
+def _read_classes(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def _best_checkpoint_test_maps(
+    run: Path, tmp_path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The class maps of the run's test split by its best val_loss checkpoint: with the
+    flips by hand, and plain."""
+    from landseg.config.load import load_config
+    from landseg.data.checks import check_data
+    from landseg.data.datamodule import DATAMODULES
+    from landseg.inference import split
+    from landseg.tasks.segmentation import SegmentationTask
+
+    (best,) = (run / "checkpoints").glob("*-loss-*.ckpt")
+    task = SegmentationTask.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    config = load_config(run / "config.json")
+    datamodule = DATAMODULES.get("csv")(config, check_data(config))
+    datamodule.setup("test")
+    plain = split.predict_split(task, datamodule, "test", tmp_path / "plain", "classes")
+    original = split.with_tta
+    split.with_tta = lambda model, mode: _FlipsByHand(model)  # type: ignore[assignment]
+    try:
+        flipped = split.predict_split(task, datamodule, "test", tmp_path / "flips", "classes")
+    finally:
+        split.with_tta = original
+    return (
+        {path.name: _read_classes(path) for path in flipped},
+        {path.name: _read_classes(path) for path in plain},
+    )
