@@ -180,6 +180,70 @@ def test_training_options_reach_lightning(small: dict, tmp_path: Path) -> None:
     assert [entry["step"] for entry in history.values()] == [2, 4, 6]
 
 
+class WreckWeights(Callback):
+    """Negates the last layer just before epoch ``epoch``'s validation (the logits change sign:
+    the likeliest class becomes the least likely): that epoch's val_loss is far worse than the
+    one before, so the best checkpoint is not the last."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.current_epoch != self.epoch:
+            return
+        last_conv = [m for m in pl_module.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        with torch.no_grad():
+            for weight in last_conv.parameters():
+                weight.neg_()
+
+
+def _network(checkpoint: dict) -> torch.nn.Module:
+    from landseg.models.registry import build_model
+
+    network = build_model("lightunet", 4, 4, {})  # the demo: 4 bands, 4 classes
+    weights = {
+        k.removeprefix("model."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k[:6] == "model."
+    }
+    network.load_state_dict(weights)
+    return network.eval()
+
+
+@pytest.mark.slow
+def test_the_best_exports_are_the_best_checkpoint_not_the_last(small: dict, tmp_path: Path) -> None:
+    """``-best.pth`` and ``-best.torchscript.pt`` hold the best val_loss epoch's network (epoch
+    0 here), not the last epoch's."""
+    small["train_setup"]["export_checkpoint"] = ["pth", "torchscript"]
+    small["output_setup"].update(use_tensorboard=False, get_prediction=False)
+    small["data_source"].pop("test_file")
+    small["device_setup"]["precision"] = "32-true"
+    prepared = prepare(write_config(tmp_path / "c.json", small), [])
+    run = train(prepared.config, prepared.summary, extra_callbacks=[WreckWeights(1)])
+    history = json.loads((run / "history.json").read_text())
+    assert history["1"]["loss"] > history["0"]["loss"]  # epoch 0 is the best
+    checkpoints = run / "checkpoints"
+    by_epoch = {}
+    for path in checkpoints.glob("*-loss-*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        by_epoch[checkpoint["epoch"]] = _network(checkpoint)
+    best = by_epoch[0]
+    last = _network(torch.load(checkpoints / "lightunet-last.ckpt", weights_only=True))
+
+    exported = torch.load(checkpoints / "lightunet-best.pth", weights_only=True)
+    assert exported.keys() == best.state_dict().keys()
+    for key, value in best.state_dict().items():
+        assert torch.equal(exported[key], value), key
+    assert any(not torch.equal(exported[k], v) for k, v in last.state_dict().items())
+
+    scripted = torch.jit.load(checkpoints / "lightunet-best.torchscript.pt")
+    image = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want, wrong = scripted(image), best(image), last(image)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, wrong, atol=1e-2)
+
+
 class AutocastProbe(Callback):
     """Records the dtype of the logits and the memory format of the model's first weight."""
 
