@@ -1,6 +1,6 @@
-"""``train_setup.compile: true`` compiles the network for training without changing what a run
-leaves: checkpoints with the plain network's keys (no ``_orig_mod.``), a continued run, an
-export."""
+"""``train_setup.compile: true`` compiles the network for training (torch.compile's graphs
+are counted) without changing what a run leaves: checkpoints with the plain network's keys
+(no ``_orig_mod.``), a continued run, an export."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from landseg.cli.main import main
 from landseg.models.registry import build_model
@@ -26,7 +27,10 @@ def test_a_compiled_run_checkpoints_continues_and_exports(
     )
     demo_config["data_source"].pop("test_file")
     demo_config["device_setup"]["precision"] = "32-true"
+    counters.clear()
     assert main(["train", "-c", str(write_config(tmp_path / "c.json", demo_config))]) == 0
+    # the network really went through torch.compile (the rest would pass without it)
+    assert counters["stats"]["unique_graphs"] >= 1 and counters["frames"]["ok"] >= 1
     run = tmp_path / "runs" / "exp" / "compiled"
     (last,) = (run / "checkpoints").glob("*-last.ckpt")
     keys = {

@@ -178,6 +178,70 @@ def test_training_options_reach_lightning(small: dict, tmp_path: Path) -> None:
     assert [entry["step"] for entry in history.values()] == [2, 4, 6]
 
 
+class WreckWeights(Callback):
+    """Negates the last layer just before epoch ``epoch``'s validation (the logits change sign:
+    the likeliest class becomes the least likely): that epoch's val_loss is far worse than the
+    one before, so the best checkpoint is not the last."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.current_epoch != self.epoch:
+            return
+        last_conv = [m for m in pl_module.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        with torch.no_grad():
+            for weight in last_conv.parameters():
+                weight.neg_()
+
+
+def _network(checkpoint: dict) -> torch.nn.Module:
+    from landseg.models.registry import build_model
+
+    network = build_model("lightunet", 4, 4, {})  # the demo: 4 bands, 4 classes
+    weights = {
+        k.removeprefix("model."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k[:6] == "model."
+    }
+    network.load_state_dict(weights)
+    return network.eval()
+
+
+@pytest.mark.slow
+def test_the_best_exports_are_the_best_checkpoint_not_the_last(small: dict, tmp_path: Path) -> None:
+    """``-best.pth`` and ``-best.torchscript.pt`` hold the best val_loss epoch's network (epoch
+    0 here), not the last epoch's."""
+    small["train_setup"]["export_checkpoint"] = ["pth", "torchscript"]
+    small["output_setup"].update(use_tensorboard=False, get_prediction=False)
+    small["data_source"].pop("test_file")
+    small["device_setup"]["precision"] = "32-true"
+    prepared = prepare(write_config(tmp_path / "c.json", small), [])
+    run = train(prepared.config, prepared.summary, extra_callbacks=[WreckWeights(1)])
+    history = json.loads((run / "history.json").read_text())
+    assert history["1"]["loss"] > history["0"]["loss"]  # epoch 0 is the best
+    checkpoints = run / "checkpoints"
+    by_epoch = {}
+    for path in checkpoints.glob("*-loss-*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        by_epoch[checkpoint["epoch"]] = _network(checkpoint)
+    best = by_epoch[0]
+    last = _network(torch.load(checkpoints / "lightunet-last.ckpt", weights_only=True))
+
+    exported = torch.load(checkpoints / "lightunet-best.pth", weights_only=True)
+    assert exported.keys() == best.state_dict().keys()
+    for key, value in best.state_dict().items():
+        assert torch.equal(exported[key], value), key
+    assert any(not torch.equal(exported[k], v) for k, v in last.state_dict().items())
+
+    scripted = torch.jit.load(checkpoints / "lightunet-best.torchscript.pt")
+    image = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want, wrong = scripted(image), best(image), last(image)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, wrong, atol=1e-2)
+
+
 class AutocastProbe(Callback):
     """Records the dtype of the logits and the memory format of the model's first weight."""
 
@@ -222,9 +286,18 @@ def test_get_prediction_writes_class_maps_polygons_and_uses_tta(
         prediction_tta="flips",
         use_tensorboard=False,
     )
+    small["device_setup"]["precision"] = "32-true"  # the maps are compared exactly below
     assert run_train(small, tmp_path) == 0
     predictions = tmp_path / "runs" / "exp" / "v1" / "predictions"
     rasters = sorted(predictions.glob("*.tif"))
+    # the maps are the flips TTA of the best checkpoint (computed here without landseg's TTA),
+    # which differ from the same model's plain maps
+    flipped, plain = _best_checkpoint_test_maps(tmp_path / "runs" / "exp" / "v1", tmp_path)
+    written = {raster.name: _read_classes(raster) for raster in rasters}
+    assert written.keys() == flipped.keys() == plain.keys()
+    for name, classes in written.items():
+        assert np.array_equal(classes, flipped[name]), name
+    assert any(not np.array_equal(plain[name], flipped[name]) for name in plain)
     assert rasters and len(rasters) == len(list(predictions.glob("*.gpkg")))
     assert len(rasters) == len(list(predictions.glob("*.qml")))
     with rasterio.open(rasters[0]) as src:
@@ -237,3 +310,57 @@ def test_get_prediction_writes_class_maps_polygons_and_uses_tta(
 
     small["output_setup"].update(prediction_output_type="uint8", version_name="v2")
     assert run_train(small, tmp_path) == 2  # polygons need class maps: refused before training
+
+
+class _FlipsByHand:
+    """The mean of the probabilities of a tile, flipped left-right, up-down, both and not: what
+    ``prediction_tta: flips`` is documented to compute, written without landseg's TTA code."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.__dict__["model"], name)
+
+    def tile_probabilities(self, tiles: np.ndarray, batch_size: int) -> np.ndarray:
+        total = np.zeros((0,), np.float32)
+        for axes in [(), (-1,), (-2,), (-2, -1)]:
+            moved = np.ascontiguousarray(np.flip(tiles, axes)) if axes else tiles
+            probs = self.model.tile_probabilities(moved, batch_size)  # type: ignore[attr-defined]
+            probs = np.flip(probs, axes) if axes else probs
+            total = total + probs if total.size else np.array(probs, np.float32)
+        return total / np.float32(4)
+
+
+def _read_classes(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def _best_checkpoint_test_maps(
+    run: Path, tmp_path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The class maps of the run's test split by its best val_loss checkpoint: with the
+    flips by hand, and plain."""
+    from landseg.config.load import load_config
+    from landseg.data.checks import check_data
+    from landseg.data.datamodule import DATAMODULES
+    from landseg.inference import split
+    from landseg.tasks.segmentation import SegmentationTask
+
+    (best,) = (run / "checkpoints").glob("*-loss-*.ckpt")
+    task = SegmentationTask.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    config = load_config(run / "config.json")
+    datamodule = DATAMODULES.get("csv")(config, check_data(config))
+    datamodule.setup("test")
+    plain = split.predict_split(task, datamodule, "test", tmp_path / "plain", "classes")
+    original = split.with_tta
+    split.with_tta = lambda model, mode: _FlipsByHand(model)  # type: ignore[assignment]
+    try:
+        flipped = split.predict_split(task, datamodule, "test", tmp_path / "flips", "classes")
+    finally:
+        split.with_tta = original
+    return (
+        {path.name: _read_classes(path) for path in flipped},
+        {path.name: _read_classes(path) for path in plain},
+    )

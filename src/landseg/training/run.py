@@ -321,6 +321,10 @@ def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
             run.record_end("interrupted")
         if isinstance(stop, StopRequested):
             stop.run = run.path  # for the line that says how to continue
+        if isinstance(stop, SystemExit) and isinstance(stop.__context__, KeyboardInterrupt):
+            # Lightning ends a KeyboardInterrupt in fit or test (a second Ctrl-C) with
+            # sys.exit(1): the command exits 130 with its line, as after any Ctrl-C
+            raise stop.__context__ from None
         raise
     except BaseException as error:
         if rank_zero:
