@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from landseg.callbacks.early_stopping import ConfiguredEarlyStopping
 from landseg.cli.main import main
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 
 def test_configured_patience_and_min_delta_survive_loading_a_checkpoint() -> None:

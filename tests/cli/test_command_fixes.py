@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from landseg.cli.main import build_parser, main
-from tests.conftest import write_config
-from tests.jobs.conftest import cv_config
+from tests.helpers import cv_config, write_config
 
 PREDICT = ["predict", "--run", "r", "--input", "i.tif", "--output", "o"]
 
@@ -97,7 +96,7 @@ def test_predict_plans_before_it_writes(
     """The plan (inputs, model, options) is complete, and refused or accepted, before the
     output folder exists; executing it writes the scenes it names."""
     from landseg.cli.predict import execute_predict, plan_predict
-    from tests.inference.test_scene import demo_task, save_checkpoint
+    from tests.helpers import demo_task, save_checkpoint
 
     checkpoint = save_checkpoint(
         demo_task(demo_dir, tmp_path), tmp_path / "run" / "checkpoints" / "m.ckpt"

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from landseg.cli.main import main
-from tests.conftest import write_config
-from tests.jobs.conftest import cv_config
+from tests.helpers import cv_config, write_config
 
 
 def snapshot(folder: Path) -> dict[Path, bytes | None]:

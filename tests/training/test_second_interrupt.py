@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from landseg.cli.main import main
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 
 def test_a_second_ctrl_c_stops_in_the_middle_of_the_step(
