@@ -200,14 +200,34 @@ class SegmentationTask(pl.LightningModule):
         }
         if torch.cuda.is_available():
             checkpoint["landseg_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        self._save_metric_states_of_every_rank(checkpoint)
+
+    def _save_metric_states_of_every_rank(self, checkpoint: dict[str, Any]) -> None:
+        """DDP: each rank's metric states count its own batches, and the checkpoint is rank
+        0's. So it holds their sum over the ranks (every rank saves a checkpoint, so every rank
+        takes part in the sum), and on loading rank 0 alone takes it up
+        (:meth:`on_load_checkpoint`): an epoch continued mid-way ends with each of its batches
+        counted once, not rank 0's first batches once per rank."""
+        weights = checkpoint.get("state_dict")
+        if not isinstance(weights, dict) or self._trainer is None or self.trainer.world_size <= 1:
+            return
+        for name, metric in self._named_metrics().items():
+            with metric.sync_context():
+                weights.update(metric.state_dict(prefix=f"{name}."))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Checkpoints written before metric states were saved start those metrics empty.
         weights = checkpoint.get("state_dict")
         if isinstance(weights, dict):
+            others = self._trainer is not None and self.trainer.global_rank > 0
             for name, metric in self._named_metrics().items():
+                if others:  # the saved states are every rank's sum: rank 0 holds them
+                    metric.reset()
                 for key, value in metric.state_dict(prefix=f"{name}.").items():
-                    weights.setdefault(key, value)
+                    if others:
+                        weights[key] = value
+                    else:
+                        weights.setdefault(key, value)
         state = checkpoint.get("landseg_rng")
         if not state:
             return
