@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -510,3 +511,35 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- multi-process launches
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def base_env() -> dict[str, str]:
+    """This process's environment without any launcher's variables."""
+    launcher = ("SLURM_", "TORCHELASTIC_", "PMI_", "PMIX_", "OMPI_")
+    names = {"RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher) and k not in names}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def torchrun_nodes(port: int) -> list[dict[str, str]]:
+    """What ``torchrun --nnodes 2 --nproc-per-node 1`` gives the worker on each node."""
+    common = {
+        "TORCHELASTIC_RUN_ID": uuid.uuid4().hex,
+        "TORCHELASTIC_RESTART_COUNT": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    return [{**common, "RANK": str(n), "GROUP_RANK": str(n)} for n in (0, 1)]

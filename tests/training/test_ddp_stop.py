@@ -19,9 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import write_config
-from tests.training.test_multinode import base_env, free_port, torchrun_nodes
-from tests.training.test_resume import final_state
+from tests.helpers import base_env, final_state, free_port, torchrun_nodes, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -7,16 +7,19 @@ confusion matrix counts every labelled validation pixel exactly once.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_two_epochs_counting_each_val_pixel_once, write_config
+from tests.helpers import (
+    assert_two_epochs_counting_each_val_pixel_once,
+    base_env,
+    free_port,
+    torchrun_nodes,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -39,21 +42,6 @@ sys.exit(main())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def base_env() -> dict[str, str]:
-    """This process's environment without any launcher's variables."""
-    launcher = ("SLURM_", "TORCHELASTIC_", "PMI_", "PMIX_", "OMPI_")
-    names = {"RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher) and k not in names}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def slurm_nodes(port: int) -> list[dict[str, str]]:
     """What ``srun --nodes 2 --ntasks-per-node 1`` gives the task on each node."""
     common = {
@@ -67,20 +55,6 @@ def slurm_nodes(port: int) -> list[dict[str, str]]:
         "MASTER_PORT": str(port),
     }
     return [{**common, "SLURM_PROCID": str(n), "SLURM_NODEID": str(n)} for n in (0, 1)]
-
-
-def torchrun_nodes(port: int) -> list[dict[str, str]]:
-    """What ``torchrun --nnodes 2 --nproc-per-node 1`` gives the worker on each node."""
-    common = {
-        "TORCHELASTIC_RUN_ID": uuid.uuid4().hex,
-        "TORCHELASTIC_RESTART_COUNT": "0",
-        "WORLD_SIZE": "2",
-        "LOCAL_WORLD_SIZE": "1",
-        "LOCAL_RANK": "0",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    }
-    return [{**common, "RANK": str(n), "GROUP_RANK": str(n)} for n in (0, 1)]
 
 
 def plain_nodes(port: int) -> list[dict[str, str]]:
