@@ -5,6 +5,10 @@ after an interruption (or with more epochs) kept only the rows of its last launc
 earlier rows stay and the new ones are appended, as TensorBoard's event files are: rows
 logged between the last checkpoint and an interruption appear again after the resume, with
 the same ``step``. landseg's own ``logs/scalars.jsonl`` holds the exact history.
+
+Lightning has no public way to append: the writer's ``_check_log_dir_exists`` and the logger's
+``_experiment`` and ``_fs`` are private (pyproject.toml pins Lightning's minor version, and
+tests/test_lightning_private.py names them when a release changes them).
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -34,11 +37,13 @@ class AppendingCSVLogger(CSVLogger):
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> _ExperimentWriter:
+    def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
-        return self._experiment
+        writer = self._experiment
+        assert isinstance(writer, ExperimentWriter)  # the one set above
+        return writer
 
 
 def make_csv_logger(folder: Path) -> CSVLogger:
