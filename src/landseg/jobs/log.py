@@ -319,7 +319,7 @@ class JobLog:
         return None
 
     def sync_plan(self, tasks: list[dict[str, Any]], session: str) -> None:
-        """Add the plan's tasks (``Task.to_json()`` + ``hash`` + ``run_dir``); check old ones.
+        """Add the plan's tasks (``CvTask.to_json()`` + ``hash`` + ``run_dir``); check old ones.
 
         A task already in the log must have the same config hash: its checkpoints and results
         belong to that config. Tasks of the log that the plan no longer names are kept.

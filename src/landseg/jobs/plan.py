@@ -90,8 +90,10 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Task:
-    """One fold: train on ``train``, stop early on ``val``, test on ``test`` (group names).
+class CvTask:
+    """One task of a cv job, one fold: train on ``train``, stop early on ``val``, test on
+    ``test`` (group names). Named ``CvTask``, not ``Task``: in landseg's code a bare "task" is
+    the LightningModule of :mod:`landseg.tasks`; users meet this one as a cv job's "task".
 
     ``val`` empty means the validation set is data_source.percentage_val of the training rows.
     ``buffer`` (spatial blocks): the training and validation rows closer than this to a test
@@ -111,7 +113,7 @@ class Task:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Task:
+    def from_json(cls, data: dict[str, Any]) -> CvTask:
         return cls(
             **{
                 **data,
@@ -304,14 +306,14 @@ def _validation_sets(
 @dataclass(frozen=True)
 class Plan:
     groups: tuple[str, ...]
-    tasks: tuple[Task, ...]
+    tasks: tuple[CvTask, ...]
 
     @property
     def subjects(self) -> dict[str, tuple[str, ...]]:
         """Test subject name -> its groups, in plan order."""
         return {task.subject: task.test for task in self.tasks}
 
-    def task(self, task_id: str) -> Task:
+    def task(self, task_id: str) -> CvTask:
         for task in self.tasks:
             if task.id == task_id:
                 return task
@@ -331,12 +333,12 @@ def build_plan(
     groups = _select_groups(rows, cv)
     used = [row for row in rows if row.group in groups]
     buffer = cv.spatial_blocks.buffer if cv.spatial_blocks is not None else 0.0
-    tasks: list[Task] = []
+    tasks: list[CvTask] = []
     for subject in _subjects(cv, groups):
         val_sets = _validation_sets(cv, groups, subject)
         for rotation, val in enumerate(val_sets, start=1):
             train = tuple(g for g in groups if g not in subject and g not in val)
-            task = Task(
+            task = CvTask(
                 id=task_id(subject, val),
                 subject=subject_name(subject),
                 rotation=rotation,
@@ -418,7 +420,7 @@ def _number(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
-def task_rows(task: Task, rows: Sequence[Row]) -> dict[str, list[Row]]:
+def task_rows(task: CvTask, rows: Sequence[Row]) -> dict[str, list[Row]]:
     """The task's train, val and test rows, in the job's order.
 
     With ``task.buffer`` > 0, the training and validation rows whose footprint lies closer
@@ -446,7 +448,7 @@ def _footprints(rows: Sequence[Row]) -> Any:
     return spatial.as_array(box for box in boxes if box is not None)
 
 
-def excluded_count(task: Task, rows: Sequence[Row]) -> int:
+def excluded_count(task: CvTask, rows: Sequence[Row]) -> int:
     """How many training and validation rows the task's buffer leaves out."""
     if task.buffer <= 0:
         return 0
@@ -455,7 +457,7 @@ def excluded_count(task: Task, rows: Sequence[Row]) -> int:
     return total - len(kept["train"]) - len(kept["val"])
 
 
-def task_csvs(task: Task, rows: list[Row]) -> dict[str, str]:
+def task_csvs(task: CvTask, rows: list[Row]) -> dict[str, str]:
     """The task's CSV texts (absolute paths, no header); no ``val`` when it is a share."""
     members = {"train": task.train, "val": task.val, "test": task.test}
     return {
@@ -474,7 +476,7 @@ def job_folder(config: LandsegConfig) -> Path:
     return JobFolder.of_cv(config).path
 
 
-def task_config(config: LandsegConfig, task: Task, folder: Path) -> LandsegConfig:
+def task_config(config: LandsegConfig, task: CvTask, folder: Path) -> LandsegConfig:
     """The plain train config of one task: its own CSV files, and its folder as the run folder."""
     data = config.model_dump(mode="json", exclude={"cross_validation", "search"})
     files = JobFolder(folder)
@@ -506,7 +508,7 @@ def task_hash(config: LandsegConfig, csvs: dict[str, str]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def split_sizes(task: Task, rows: list[Row], config: LandsegConfig) -> dict[str, int]:
+def split_sizes(task: CvTask, rows: list[Row], config: LandsegConfig) -> dict[str, int]:
     """Rows per split of one task, as the datamodule will build them (for its data summary)."""
     size = {split: len(selected) for split, selected in task_rows(task, rows).items()}
     if not task.val:
@@ -520,7 +522,7 @@ def split_sizes(task: Task, rows: list[Row], config: LandsegConfig) -> dict[str,
 # ---------------------------------------------------------------------------- the job file
 
 
-#: Keys of a task entry of job.json that are not :class:`Task` fields.
+#: Keys of a task entry of job.json that are not :class:`CvTask` fields.
 _TASK_EXTRAS = ("hash", "split_sizes", "excluded")
 
 
@@ -545,13 +547,13 @@ class Job:
         """The paths of the job folder."""
         return JobFolder(self.folder)
 
-    def task_dir(self, task: Task) -> Path:
+    def task_dir(self, task: CvTask) -> Path:
         return self.files.task(task.id)
 
-    def task_config(self, task: Task) -> LandsegConfig:
+    def task_config(self, task: CvTask) -> LandsegConfig:
         return task_config(self.config, task, self.folder)
 
-    def task_summary(self, task: Task) -> DataSummary:
+    def task_summary(self, task: CvTask) -> DataSummary:
         return dataclasses.replace(self.summary, split_sizes=self.split_sizes[task.id])
 
     def save(self) -> None:
@@ -585,7 +587,7 @@ class Job:
         if data.get("format") != JOB_FORMAT:
             raise LandsegError(f"{path}: job file format {data.get('format')}, expected 1")
         tasks = [
-            Task.from_json({k: v for k, v in item.items() if k not in _TASK_EXTRAS})
+            CvTask.from_json({k: v for k, v in item.items() if k not in _TASK_EXTRAS})
             for item in data["tasks"]
         ]
         summary = data["data_summary"]

@@ -32,7 +32,7 @@ from landseg.core.files import atomic_write_text
 from landseg.core.signals import StopSignals, pass_on
 from landseg.jobs.folder import JobFolder
 from landseg.jobs.log import Claim, JobLog, Worker, writer_lease
-from landseg.jobs.plan import Job, Row, Task, write_task_files
+from landseg.jobs.plan import CvTask, Job, Row, write_task_files
 from landseg.launch.cluster import requeue_wanted
 from landseg.launch.devices import (
     available_cpus,
@@ -59,7 +59,7 @@ def new_session() -> str:
 # ---------------------------------------------------------------------------- one task
 
 
-def train_task(job: Job, task: Task) -> Path:
+def train_task(job: Job, task: CvTask) -> Path:
     """Train (or continue) one task in its folder, from its latest checkpoint if it has one.
 
     Also the entry point of the extra processes that DDP starts for a task: they re-run the
@@ -154,7 +154,7 @@ def task_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def attempt(job: Job, task: Task, *, threads: int | None = None) -> Outcome:
+def attempt(job: Job, task: CvTask, *, threads: int | None = None) -> Outcome:
     """Run a task on ``threads`` CPU threads (the job's: :func:`fix_task_threads`); an error
     fails this task only (recorded, with its traceback in error.txt).
 
