@@ -7,11 +7,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import SHARED_DATA
+
+_STOP_SIGNALS = [s for s in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, s)]
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    """Each test gets the process's stop-signal handlers back as they were: a test that runs
+    a worker's set-up in this process (which ignores Ctrl-C) must not change the next one's."""
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in _STOP_SIGNALS}
+    yield
+    for name, handler in saved.items():
+        if handler is not None:
+            signal.signal(getattr(signal, name), handler)
+
 
 #: ``gpu``: the demo config trains on the GPU (``benchmarks/gpu_session.sh`` runs the resume
 #: and precision tests so on a lent GPU machine); unset, everything runs on the CPU.

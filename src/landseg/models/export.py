@@ -49,7 +49,14 @@ def export_problems(value: str | list[str] | None) -> list[str]:
 
 
 def export_model(network: torch.nn.Module, in_channels: int, fmt: str, stem: Path) -> Path:
-    """Write ``network`` in an extra format (``export_checkpoint``); returns the file."""
+    """Write ``network`` in an extra format (``export_checkpoint``); returns the file.
+
+    Raises ValueError naming the format when no writer has that name (validation refuses it
+    before any training; this guards callers from Python)."""
+    if fmt not in CHECKPOINT_WRITERS:
+        raise ValueError(
+            unknown_name_message("export_checkpoint format", fmt, CHECKPOINT_WRITERS.names())
+        )
     return CHECKPOINT_WRITERS.get(fmt)(network.eval().cpu(), in_channels, stem)
 
 
