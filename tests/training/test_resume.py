@@ -44,7 +44,7 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
 ) -> None:
     demo_config["device_setup"]["precision"] = precision
     demo_config["train_setup"].update(
-        epochs=4, batch_size=4, checkpoint_every_n_steps=2, deterministic=True
+        epochs=3, batch_size=4, checkpoint_every_n_steps=2, deterministic=True
     )
     demo_config["output_setup"].update(
         name_exp_log="exp", save_top_k=2, use_tensorboard=False, get_prediction=False
@@ -68,7 +68,7 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(
         step_checkpoint = next((run / "checkpoints").glob("*-step=*.ckpt"))
         assert main(["train", "--resume", str(step_checkpoint)]) == 0
 
-    assert list(json.loads((run / "history.json").read_text())) == ["0", "1", "2", "3"]
+    assert list(json.loads((run / "history.json").read_text())) == ["0", "1", "2"]
     # the train loss and mIoU of the epoch cut mid-way cover all its batches, not only the
     # ones after the resume (the metric states travel in the step checkpoint)
     assert_same_end(run, reference)
