@@ -42,7 +42,7 @@ def test_dubai_lightunet_learns_and_writes_every_output(shared_data: Path, tmp_p
             "data_augmentation": {"train": ["rotation90"]},
         },
         "train_setup": {
-            # 004's light U-Net has no batch norm; without it, 36 steps on real tiles are too
+            # ODEON's light U-Net has no batch norm; without it, 36 steps on real tiles are too
             # few to leave the all-"land" start (measured: mIoU stays 0.044 for 4 epochs)
             "model_name": "lightunet",
             "model_params": {"batch_norm": True},
