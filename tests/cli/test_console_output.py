@@ -34,6 +34,7 @@ NOISE = (
     "weights_only",
     "Test metric",
     "DataLoader 0",
+    "`Trainer.fit` stopped: `max_epochs=",
 )
 
 

@@ -45,8 +45,9 @@ NOISE_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 
 #: logger name -> texts of its records that are dropped: Lightning's advertisement, its note on
 #: landseg's default ``val_check_interval: 1.0``, the GPUs and TPUs a machine does not have,
-#: the precision landseg already names (its own line says why), and its notes on the
-#: checkpoints it restores, which landseg names itself ("resuming from ...").
+#: the precision landseg already names (its own line says why), its notes on the
+#: checkpoints it restores, which landseg names itself ("resuming from ..."), and its note that
+#: fit reached max_epochs, which the last epoch line ("epoch N/N") already says.
 _LIGHTNING_NOISE = (
     "litlogger",
     "was configured so validation will run at the end of",
@@ -56,6 +57,7 @@ _LIGHTNING_NOISE = (
     "Restoring states from the checkpoint path at ",
     "Restored all states from the checkpoint at ",
     "Loaded model weights from the checkpoint at ",
+    "`Trainer.fit` stopped: `max_epochs=",
 )
 NOISE_LOG_RECORDS: Mapping[str, tuple[str, ...]] = {
     "lightning.pytorch.utilities.rank_zero": _LIGHTNING_NOISE,
