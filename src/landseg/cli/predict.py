@@ -306,16 +306,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _refuse_a_cv_job(path: Path) -> None:
     """A cv job folder (its ``job.sqlite``) is no run: say where its report is, and its runs."""
-    from landseg.jobs.log import LOG_FILE
-    from landseg.jobs.plan import TASKS_DIR
-    from landseg.jobs.summary import SUMMARY_MD
+    from landseg.jobs.folder import JobFolder
 
-    if path.is_dir() and (path / LOG_FILE).is_file():
+    job = JobFolder(path)
+    if path.is_dir() and job.is_job:
         raise LandsegError(
             f"{path}: a cross-validation job folder, not a run folder; its summary is "
-            f"{path / SUMMARY_MD} (written when the job ends; `landseg cv status {path}` shows "
+            f"{job.summary_md} (written when the job ends; `landseg cv status {path}` shows "
             f"its progress), and `landseg report` takes one of its task runs, "
-            f"{path / TASKS_DIR}/<task id>"
+            f"{job.tasks}/<task id>"
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from landseg.jobs.log import LOG_FILE, JobLog
+from landseg.jobs.log import JobLog
 from landseg.jobs.plan import Job, Row, prepare_job
 from landseg.jobs.runner import refuse_changed_job
 
@@ -27,7 +27,7 @@ class CvPlan:
     def describe(self) -> list[str]:
         """What ``landseg validate`` prints of the plan."""
         lines = [job_line(self.job)]
-        path = self.job.folder / LOG_FILE
+        path = self.job.files.log
         if path.is_file():  # a job started earlier: what a re-run continues
             with JobLog(path, create=False) as log_db:
                 counts = log_db.counts()
