@@ -109,6 +109,10 @@ class RunState(BaseModel):
     precision: str | None = None
     channels_last: bool | None = None
     fast_paths_reason: str | None = None
+    #: the mean and std per band that the run's pretrained encoder weights carry, where
+    #: each band's came from, and whether the run normalises with them (it does when
+    #: data_source.normalization_weights is not set)
+    normalization_from_weights: dict[str, Any] | None = None
 
     @classmethod
     def read(cls, run_dir: Path) -> RunState | None:
