@@ -195,3 +195,34 @@ def test_a_run_with_random_weights_is_left_as_it_is(tmp_path: Path) -> None:
     config = config.model_copy(update={"train_setup": train})
     assert with_weights_normalization(config, SUMMARY) == config
     assert weights_normalization_record(config, SUMMARY) is None
+
+
+class Normalize(torch.nn.Module):
+    """What torchgeo's transforms hold: kornia's Normalize, its values in ``flags``."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.flags = {"mean": torch.tensor(mean), "std": torch.tensor(std)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.flags["mean"].view(1, -1, 1, 1), self.flags["std"].view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def test_torchgeos_chained_normalize_steps_are_one_mean_and_std() -> None:
+    """SeCo's three steps (min-max, x 255, ImageNet's): one ``(x - mean) / std`` per band
+    that gives what the chain gives."""
+    from landseg.models.pretrained_stats import _compose_normalize
+
+    chain = torch.nn.Sequential(
+        torch.nn.Identity(),  # a resize or crop between them is skipped
+        Normalize([3.0, 2.0, 0.0], [85.0, 101.0, 129.0]),
+        Normalize([0.0], [1 / 255]),
+        Normalize(*IMAGENET),
+    )
+    composed = _compose_normalize(chain, 3)
+    assert composed is not None
+    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in composed)
+    pixels = torch.rand(2, 3, 4, 4) * 200
+    assert torch.allclose((pixels - mean) / std, chain(pixels), rtol=1e-5, atol=1e-4)
+    assert _compose_normalize(torch.nn.Sequential(torch.nn.Identity()), 3) is None
