@@ -40,8 +40,9 @@ log = logging.getLogger("landseg.models")
 
 #: What an image band takes when the weights do not know its name.
 MEAN_OF_BANDS = "mean of the weights' bands"
-#: File suffixes of weights files (anything else given as encoder_weights is a hub name).
-WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+#: The file a Hugging Face model repository describes itself in (smp-hub: ``mean``, ``std``,
+#: ``input_range``; timm: ``pretrained_cfg``), not a run folder's config.
+HUB_CONFIG = "config.json"
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,12 @@ def weights_file_metadata(path: Path) -> dict[str, str]:
 
 
 def is_weights_path(value: Any) -> bool:
-    """Whether ``encoder_weights`` names a file rather than a hub name (``imagenet``...)."""
+    """Whether ``encoder_weights`` names a file rather than a hub name (``imagenet``,
+    ``noisy-student``...: no folder, no suffix)."""
     if not isinstance(value, (str, Path)):
         return False
     text = str(value)
-    return "/" in text or "\\" in text or text.startswith("~") or text.endswith(WEIGHTS_SUFFIXES)
+    return "/" in text or "\\" in text or text.startswith("~") or "." in Path(text).name
 
 
 def weights_path(value: str | Path, base: Path | None) -> Path:
@@ -219,7 +221,7 @@ def _config_stats(config: Path, origin: str) -> WeightsStats | None:
 
 
 def _beside_stats(path: Path) -> WeightsStats | None:
-    config = path.parent / "config.json"
+    config = path.parent / HUB_CONFIG
     return _config_stats(config, str(config)) if config.is_file() else None
 
 
@@ -246,13 +248,13 @@ def _smp_hub_stats(encoder: str, weights: str) -> WeightsStats | None:
 
         settings = encoders[encoder]["pretrained_settings"][weights]
         found = try_to_load_from_cache(
-            settings["repo_id"], "config.json", revision=settings.get("revision")
+            settings["repo_id"], HUB_CONFIG, revision=settings.get("revision")
         )
     except Exception:  # unknown encoder or weights: the model checks say so
         return None
     if not isinstance(found, str):
         return None
-    return _config_stats(Path(found), f"{settings['repo_id']}'s config.json")
+    return _config_stats(Path(found), f"{settings['repo_id']}'s {HUB_CONFIG}")
 
 
 def torchgeo_stats(path: Path) -> WeightsStats | None:
