@@ -135,15 +135,21 @@ def output_setup(folder: Path, name: str) -> dict[str, Any]:
     }
 
 
-def band_names_key() -> bool:
-    """Whether this landseg has ``data_source.band_names`` (the names say which pretrained
-    kernel and statistics each band takes)."""
-    from landseg.config.schema import DataSource
+def band_names_key(env: dict[str, str]) -> bool:
+    """Whether the landseg the runs use (this checkout's, in ``env``) has
+    ``data_source.band_names`` (the names say which pretrained kernel and statistics each band
+    takes); asked of a child process, which imports what ``landseg`` commands import."""
+    code = (
+        "from landseg.config.schema import DataSource; "
+        "print('band_names' in DataSource.model_fields)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip() == "True"
 
-    return "band_names" in DataSource.model_fields
 
-
-def source_config(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+def source_config(folder: Path, args: argparse.Namespace, named: bool) -> dict[str, Any]:
     """The Dubai run whose encoder is exported."""
     train = dubai_rows("train", args.source_tiles)
     val = dubai_rows("val", max(4, args.source_tiles // 4))
@@ -158,7 +164,7 @@ def source_config(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     )
     config["output_setup"] = output_setup(folder, "dubai")
     config["train_setup"]["random_seed"] = 0
-    if band_names_key():
+    if named:
         config["data_source"]["band_names"] = BANDS[:3]
     return config
 
@@ -170,6 +176,7 @@ def target_config(
     args: argparse.Namespace,
     seed: int,
     weights: Path | None,
+    named: bool,
 ) -> dict[str, Any]:
     """A Massachusetts run: from the exported encoder (``weights``), or from random weights."""
     data: dict[str, Any] = {
@@ -178,7 +185,7 @@ def target_config(
         "image_bands": [1, 2, 3, 4],
         "class_labels": CLASSES,
     }
-    if band_names_key():
+    if named:
         data["band_names"] = BANDS
     return {
         "data_source": data,
@@ -319,7 +326,8 @@ def main() -> None:
     start = time.perf_counter()
 
     print("1/3 Dubai: train resnet34, export its encoder", flush=True)
-    source = train(source_config(work, args), work / "dubai.json", "source", env)
+    named = band_names_key(env)
+    source = train(source_config(work, args, named), work / "dubai.json", "source", env)
     encoder = export_encoder(source, env)
     print(f"    encoder: {encoder}", flush=True)
 
@@ -332,7 +340,7 @@ def main() -> None:
     print(f"    {len(train_rows)} train, {len(val_rows)} val tiles", flush=True)
 
     print("3/3 fine-tune from the encoder, and from random weights", flush=True)
-    check = target_config(work, train_csv, val_csv, args, args.seeds[0], encoder)
+    check = target_config(work, train_csv, val_csv, args, args.seeds[0], encoder, named)
     unavailable = refusal(check, work / "pretrained-check.json", env)
     if unavailable:
         print(f"    pretrained runs unavailable: {unavailable}", flush=True)
@@ -342,7 +350,7 @@ def main() -> None:
             if arm == "pretrained" and unavailable:
                 continue
             weights = encoder if arm == "pretrained" else None
-            config = target_config(work, train_csv, val_csv, args, seed, weights)
+            config = target_config(work, train_csv, val_csv, args, seed, weights, named)
             began = time.perf_counter()
             run = train(config, work / f"{arm}-{seed}.json", f"{arm}-{seed}", env)
             row = {
@@ -368,6 +376,7 @@ def main() -> None:
         "encoder_file": str(encoder),
         "dubai_classes": DUBAI_CLASSES,
         "tiles": {"train": len(train_rows), "val": len(val_rows), "size": args.tile_size},
+        "band_names": named,
         "pretrained_unavailable": unavailable,
         "runs": runs,
         "mean_val_miou": {
