@@ -371,7 +371,8 @@ def _places(files: list[HubFile]) -> str:
     """Where each of ``files`` would be found: a Hugging Face repo's files (fetched with
     ``hf download REPO FILE`` where there is network, then the cache copied), or a torch hub
     checkpoint."""
-    places, repos = [], {}
+    places: list[str] = []
+    repos: dict[tuple[str, str | None], list[str]] = {}
     for hub in files:
         if hub.repo_id is None:
             folder = Path(torch.hub.get_dir()) / "checkpoints"
