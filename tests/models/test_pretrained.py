@@ -343,3 +343,16 @@ def test_timm_weights_from_the_torch_hub_cache(tmp_path: Path, monkeypatch) -> N
     own = model.encoder.state_dict()
     assert all(torch.equal(v, sd[k.removeprefix("model.")]) for k, v in own.items())
     assert attempts == []
+
+
+def test_flattened_timm_feature_names(tmp_path: Path) -> None:
+    """timm's feature extractor names ConvNeXt's stages.0 stages_0: a timm file still fits."""
+    torch.manual_seed(0)
+    sd = timm.create_model("convnext_atto").state_dict()
+    path = tmp_path / "convnext.pth"
+    torch.save(sd, path)
+    model, record = loaded(config(path, encoder_name="tu-convnext_atto"), 3)
+    own = model.encoder.state_dict()
+    key = "model.stages_0.blocks.0.conv_dw.weight"
+    assert torch.equal(own[key], sd["stages.0.blocks.0.conv_dw.weight"])
+    assert record is not None and record["loaded"] == record["total"] == len(own)
