@@ -109,6 +109,9 @@ class RunState(BaseModel):
     precision: str | None = None
     channels_last: bool | None = None
     fast_paths_reason: str | None = None
+    #: ``model_params.encoder_weights`` as loaded when the run started: the file's name,
+    #: size and SHA-256, the tensors loaded, missing and unused, the first layer's band mapping
+    encoder_weights: dict[str, Any] | None = None
 
     @classmethod
     def read(cls, run_dir: Path) -> RunState | None:
@@ -352,6 +355,7 @@ class RunFolder:
                     "resumed": [*previous.resumed, {"at": now_iso(), "changed": changes}],
                     "best": previous.best,
                     "epochs_done": previous.epochs_done,
+                    "encoder_weights": previous.encoder_weights,
                 }
             )
         state = state.model_copy(
