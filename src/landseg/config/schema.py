@@ -344,6 +344,22 @@ class TrainSetup(StrictModel):
         "the plain network). Pays a compilation at the start of each process; whether it "
         "pays back is measured in benchmarks/README.md.",
     )
+    freeze_encoder_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="landseg: keep the model's encoder frozen for the first N epochs (no "
+        "gradient, its normalisation layers' running statistics fixed), then train it; N at "
+        "least epochs keeps it frozen for the whole run (a linear probe). Models with an "
+        "encoder only (resnet18..152, deeplab, smp:<Architecture>).",
+    )
+    encoder_lr_factor: float = Field(
+        default=1.0,
+        gt=0,
+        description="landseg: the encoder's learning rate is this times the rest's (lr), "
+        "through every scheduler (its learning-rate values, such as cycliclr's base_lr and "
+        "max_lr, are scaled for the encoder too; cosine annealing's eta_min, one value for "
+        "both, must then stay 0). Models with an encoder only.",
+    )
     random_seed: int = Field(default=42, ge=0, description="Seed for every random generator.")
     testing: bool = Field(
         default=False, description="Use a small fixed subset of every split (debugging)."

@@ -57,6 +57,7 @@ from landseg.models.export import export_problems
 from landseg.models.registry import model_name_notes, model_problems
 from landseg.planning.pretrained import encoder_weights_problems
 from landseg.runs.checkpoints import checkpoint_error_line, load_checkpoint
+from landseg.tasks.finetune import finetune_problems
 from landseg.tasks.losses import loss_problems
 from landseg.tasks.optim import optimizer_problems, scheduler_problems
 
@@ -319,8 +320,15 @@ def _registry_problems(sections: dict[str, Any], *, job: bool = False) -> list[s
             warnings.simplefilter("ignore")  # e.g. torch deprecation notes on dummy schedulers
             problems += optimizer_problems(optimizer.optimizer, optimizer.params, train.lr)
             problems += scheduler_problems(
-                scheduler.scheduler, scheduler.params, train.lr, train.epochs
+                scheduler.scheduler,
+                scheduler.params,
+                train.lr,
+                train.epochs,
+                train.encoder_lr_factor,
             )
+        problems += finetune_problems(
+            train.model_name, train.freeze_encoder_epochs, train.encoder_lr_factor
+        )
         problems += export_problems(train.export_checkpoint)
     if out is not None:
         problems += logger_problems(out.logger_names(), _logger_keys(out))
