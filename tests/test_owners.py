@@ -35,7 +35,12 @@ OWNERS: dict[str, tuple[str, ...]] = {
 }
 #: Literals that are not the owned file names: the config's ``model_out_ext`` choices, and
 #: the suffix of the job folder ``best_config.yaml`` names (a folder name, not a checkpoint).
-ALLOWED = {("config/schema.py", ".ckpt"), ("tuning/results.py", "-best")}
+#: A Hugging Face repository's ``config.json`` (pretrained weights' statistics) is not a run's.
+ALLOWED = {
+    ("config/schema.py", ".ckpt"),
+    ("tuning/results.py", "-best"),
+    ("models/pretrained_stats.py", "config.json"),
+}
 #: Who may call ``torch.load`` / ``torch.save``: the checkpoints' owner; models/export.py
 #: writes the extra formats of a network and sits in runs/'s layer, which it may not import.
 TORCH_IO = {"load": {"runs/checkpoints.py"}, "save": {"runs/checkpoints.py", "models/export.py"}}

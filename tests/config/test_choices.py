@@ -16,6 +16,7 @@ from landseg.config.choices import (
     class_map_types,
     describe_formats,
     formats_for,
+    predicting_formats,
 )
 from landseg.config.cross_validation import CrossValidation
 from landseg.config.schema import OutputSetup
@@ -50,8 +51,9 @@ def test_export_formats_come_from_one_list(capsys) -> None:
     from landseg.models.export import CHECKPOINT_WRITERS, PORTABLE_WRITERS, export_problems
 
     assert formats_for("checkpoint") == CHECKPOINT_WRITERS.names() == ["pth", "torchscript"]
-    assert formats_for("portable") == PORTABLE_WRITERS.names() == ["onnx", "torchscript"]
-    assert LOADERS.names() == formats_for("portable")
+    portable = ["encoder", "onnx", "torchscript"]
+    assert formats_for("portable") == PORTABLE_WRITERS.names() == portable
+    assert LOADERS.names() == predicting_formats() == ["onnx", "torchscript"]  # not an encoder
     assert option("export", "--format").choices == formats_for("portable")
     (line,) = export_problems("onnx")
     assert line.startswith("train_setup.export_checkpoint: unknown export format 'onnx'")

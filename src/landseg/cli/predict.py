@@ -143,7 +143,8 @@ def register(add: Callable[..., Any]) -> None:
     export = add(
         "export",
         cmd_export,
-        "write a run's model as ONNX or TorchScript with its metadata, and a STAC item",
+        "write a run's model as ONNX or TorchScript with its metadata and a STAC item, or its "
+        "encoder alone (safetensors)",
     )
     export.add_argument("run", help=_RUN_HELP)
     export.add_argument(

@@ -72,7 +72,9 @@ def class_map_types() -> list[str]:
 #: The formats a network is written in. ``info`` says what each use writes, or None where the
 #: use does not offer it: ``checkpoint`` (``train_setup.export_checkpoint``: the bare network,
 #: beside each saved checkpoint), ``portable`` (``landseg export``: softmax in the graph, fixed
-#: tile size, landseg's metadata, for use without landseg).
+#: tile size, landseg's metadata, for use without landseg). ``predicts``: the file is a whole
+#: model that predicts (``landseg predict --model`` runs it, a STAC item describes it), not a
+#: part of one (default true).
 EXPORT_FORMATS: Registry[str] = Registry("export format")
 EXPORT_FORMATS.add(
     "pth",
@@ -92,11 +94,26 @@ EXPORT_FORMATS.add(
     checkpoint=None,
     portable="<base>.onnx, with the softmax and its metadata, also for QGIS Deepness",
 )
+EXPORT_FORMATS.add(
+    "encoder",
+    "the trained encoder alone (safetensors), to start another run from",
+    checkpoint=None,
+    portable="<base>-encoder.safetensors, the encoder's weights with its bands and "
+    "normalisation, for another run's model_params.encoder_weights",
+    predicts=False,
+)
 
 
 def formats_for(use: Literal["checkpoint", "portable"]) -> list[str]:
     """The formats of ``export_checkpoint`` (``checkpoint``) or ``landseg export``."""
     return [name for name in EXPORT_FORMATS.names() if EXPORT_FORMATS.info(name)[use]]
+
+
+def predicting_formats() -> list[str]:
+    """The formats of ``landseg export`` that are whole models (``predict --model`` runs them)."""
+    return [
+        name for name in formats_for("portable") if EXPORT_FORMATS.info(name).get("predicts", True)
+    ]
 
 
 def describe_formats(use: Literal["checkpoint", "portable"]) -> str:

@@ -12,6 +12,10 @@
   file's extra file ``landseg.json``; a STAC item with the Machine Learning Model extension
   (``mlm:``) is written beside it.
 
+``landseg export RUN --format encoder`` writes ``<base>-encoder.safetensors`` instead: the
+trained encoder alone with its bands and normalisation (:func:`encoder_metadata`), for another
+run's ``model_params.encoder_weights``; no STAC item describes it (it does not predict).
+
 ``landseg predict --model FILE`` runs such a file (:class:`PortableModel`, which has the
 interface of ``scene.LoadedModel`` that the scene prediction uses), normalising the inputs from
 its metadata alone: onnxruntime for ``.onnx``, ``torch.jit.load`` for ``.pt``.
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from landseg import __version__
-from landseg.config.choices import formats_for
+from landseg.config.choices import predicting_formats
 from landseg.config.schema import LandsegConfig, OutputSetup
 from landseg.core.errors import LandsegError
 from landseg.core.registry import Registry, check_implements
@@ -428,6 +432,8 @@ def export_run(
             raise LandsegError(
                 f"--format onnx needs the onnx package: {export.ONNX_EXTRA}"
             ) from error
+    if "encoder" in formats:  # refuse a network without one before anything is written
+        export.network_encoder(loaded.model, loaded.config.train_setup.model_name)
     run = run_of(checkpoint, loaded.run)
     base = base_of(checkpoint)
     folder = Path(folder) if folder is not None else run / EXPORT_DIR
@@ -438,13 +444,55 @@ def export_run(
         writer = writers.get(fmt)
         path = folder / f"{base}{writer.suffix}"
         text = json.dumps({**meta, "format": fmt})
-        props = {**deepness_metadata(meta), METADATA_KEY: text}
+        if fmt in predicting_formats():
+            props = {**deepness_metadata(meta), METADATA_KEY: text}
+        else:
+            props = encoder_metadata(loaded, checkpoint, run, meta)
         written[fmt] = writer.write(loaded.model, loaded.in_channels, tile, path, text, props)
+    models = {fmt: path for fmt, path in written.items() if fmt in predicting_formats()}
+    if not models:  # an encoder alone: no model that predicts for a STAC item to describe
+        return list(written.values())
     from landseg.core.files import atomic_write_json
 
     item = folder / f"{base}{STAC_SUFFIX}"
-    atomic_write_json(item, stac_item(meta, f"{run.name}-{base}", written))
+    atomic_write_json(item, stac_item(meta, f"{run.name}-{base}", models))
     return [*written.values(), item]
+
+
+def encoder_metadata(
+    loaded: Any, checkpoint: Path, run: Path, meta: dict[str, Any]
+) -> dict[str, str]:
+    """The string metadata of ``--format encoder``'s ``.safetensors`` file: what another run
+    needs to start from it (encoder name, bands, the normalisation the encoder was trained
+    with, 0-1 range) and where it came from (run, checkpoint and its SHA-256)."""
+    from landseg.models.export import ENCODER_FORMAT, ENCODER_FORMAT_VERSION
+    from landseg.models.registry import encoder_name
+    from landseg.runs.folder import file_sha256
+
+    config = loaded.config
+    train = config.train_setup
+    source = config.data_source
+    weights = source.normalization_weights
+    stats = weights.for_split("train") if weights else None
+    values = {
+        "format": ENCODER_FORMAT,
+        "format_version": ENCODER_FORMAT_VERSION,
+        "encoder_name": encoder_name(train.model_name, train.model_params) or "",
+        "model_name": train.model_name,
+        "in_channels": str(loaded.in_channels),
+        "pixel_range": json.dumps(meta["normalization"]["training_pixel_range"]),
+        "source_run": str(run.absolute()),
+        "source_checkpoint": checkpoint.name,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "landseg_version": __version__,
+    }
+    band_names = getattr(source, "band_names", None)  # data_source.band_names, where it exists
+    if band_names:
+        values["band_names"] = json.dumps([str(name) for name in band_names])
+    if stats is not None:
+        values["mean"] = json.dumps(list(stats.mean))
+        values["std"] = json.dumps(list(stats.std))
+    return values
 
 
 # ---------------------------------------------------------------------------- running an export
@@ -513,7 +561,7 @@ class PortableModel:
             raise LandsegError(f"{path}: model file not found")
         from landseg.models.export import PORTABLE_WRITERS
 
-        suffixes = {PORTABLE_WRITERS.get(name).suffix: name for name in PORTABLE_WRITERS}
+        suffixes = {PORTABLE_WRITERS.get(name).suffix: name for name in predicting_formats()}
         if path.suffix not in suffixes:
             raise LandsegError(
                 f"{path}: --model takes a {' or '.join(sorted(suffixes))} file written by "
@@ -645,4 +693,4 @@ def _load_torchscript(
 LOADERS: Registry[Loader] = Registry("export format loader")
 LOADERS.add("onnx", _load_onnx)
 LOADERS.add("torchscript", _load_torchscript)
-check_implements(formats_for("portable"), LOADERS)
+check_implements(predicting_formats(), LOADERS)

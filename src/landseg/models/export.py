@@ -9,7 +9,9 @@ for ``.pth``, ``torch.jit.load`` for TorchScript.
 
 ``landseg export``'s portable models (:func:`export_onnx`, :func:`export_torchscript`) add the
 softmax to the graph, fix the tile size, keep the batch axis dynamic and carry metadata; what
-the metadata says is decided in ``landseg.inference.portable``.
+the metadata says is decided in ``landseg.inference.portable``. ``--format encoder``
+(:func:`export_encoder`) writes the trained encoder alone as ``.safetensors``, for another
+run's ``model_params.encoder_weights``.
 """
 
 from __future__ import annotations
@@ -212,6 +214,51 @@ def export_torchscript(
     return destination
 
 
+# ---------------------------------------------------------------------------- encoder files
+
+#: ``format`` and ``format_version`` in the metadata of an encoder file (``--format encoder``).
+ENCODER_FORMAT = "landseg-encoder"
+ENCODER_FORMAT_VERSION = "1"
+
+
+def network_encoder(network: torch.nn.Module, model_name: str) -> torch.nn.Module:
+    """The encoder of an smp network (``network.encoder``); landseg's own U-Nets have none,
+    which is refused naming the model."""
+    encoder = getattr(network, "encoder", None)
+    if not isinstance(encoder, torch.nn.Module):
+        raise LandsegError(
+            f"model '{model_name}' has no separate encoder to export (landseg's own U-Net); "
+            "--format encoder needs an smp model (resnet18 ... resnet152, deeplab, smp:...)"
+        )
+    return encoder
+
+
+def encoder_tensors(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``encoder.state_dict()`` as safetensors stores it: contiguous CPU tensors of their own
+    (no shared storage), floating ones as float32; integer buffers (batch norm's
+    ``num_batches_tracked``) keep their type."""
+    tensors = {}
+    for key, value in encoder.state_dict().items():
+        tensor = value.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float32)
+        tensors[key] = tensor.contiguous().clone()
+    return tensors
+
+
+def export_encoder(
+    network: torch.nn.Module, model_name: str, destination: Path, metadata: dict[str, str]
+) -> Path:
+    """Write ``network``'s encoder as a ``.safetensors`` file with string ``metadata``: the
+    keys of ``network.encoder.state_dict()`` (no ``encoder.`` prefix), atomically."""
+    from safetensors.torch import save_file
+
+    tensors = encoder_tensors(network_encoder(network, model_name))
+    with atomic_path(destination) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return destination
+
+
 # ---------------------------------------------------------------------------- the formats
 
 
@@ -250,9 +297,19 @@ def _portable_torchscript(
     return export_torchscript(network, channels, tile, path, text)
 
 
+def _encoder(
+    network: torch.nn.Module, channels: int, tile: int, path: Path, text: str, props: dict[str, str]
+) -> Path:
+    return export_encoder(network, props.get("model_name", "?"), path, props)
+
+
 PORTABLE_WRITERS.add("onnx", PortableFormat(".onnx", _onnx, "onnx", "onnx", "ONNX"))
 PORTABLE_WRITERS.add(
     "torchscript", PortableFormat(".pt", _portable_torchscript, "pytorch", "torch.jit.save")
+)
+PORTABLE_WRITERS.add(
+    "encoder",
+    PortableFormat("-encoder.safetensors", _encoder, "pytorch", "safetensors"),
 )
 check_implements(formats_for("checkpoint"), CHECKPOINT_WRITERS)
 check_implements(formats_for("portable"), PORTABLE_WRITERS)

@@ -262,6 +262,20 @@ def model_problems(
     return problems
 
 
+def encoder_name(name: str, params: dict[str, Any] | None = None) -> str | None:
+    """The smp encoder name of model ``name`` with ``params`` (``resnet34``, ``tu-...``), or
+    None for landseg's own U-Nets, which have no separate encoder."""
+    if not _known(name):
+        return None
+    info = MODELS.info(name)
+    if info.get("encoder"):
+        return str(info["encoder"])
+    if "encoder_name" not in info["params"]:
+        return None
+    value = {**info["params"], **(params or {})}["encoder_name"]
+    return str(value) if value is not None else None
+
+
 def model_name_notes(name: str) -> list[str]:
     """What a user should know of a model name that is accepted as another (ODEON's
     ``resnet150``, a slip of its documentation, is ResNet-152)."""

@@ -39,7 +39,9 @@ from landseg.config.schema import (
     DataSource,
     DeviceSetup,
     LandsegConfig,
+    NormalizationWeights,
     OutputSetup,
+    SplitStats,
     TrainSetup,
     band_names_problems,
     output_class_problems,
@@ -147,7 +149,109 @@ def prepare(
             raise DataError(data_lines)
         raise ConfigError(problems + data_lines)
     assert config is not None and summary is not None  # no problem: everything validated
-    return Prepared(config, summary)
+    return Prepared(with_weights_normalization(config, summary, base), summary)
+
+
+# ---------------------------------------------------------------------------- normalisation
+
+
+@dataclass(frozen=True)
+class WeightsNormalization:
+    """The mean and std per image band that a run's pretrained weights were trained with
+    (0-1 range), where they were found, and which weights band each image band took."""
+
+    origin: str
+    mean: list[float]
+    std: list[float]
+    sources: list[str]
+    band_names: list[str] | None
+
+    def record(self, used: bool) -> dict[str, Any]:
+        """What run.json says of it (``used``: the run normalises with it)."""
+        names = self.band_names or [f"band {i + 1}" for i in range(len(self.mean))]
+        return {
+            "origin": self.origin,
+            "used": used,
+            "bands": [
+                {"band": name, "from": source, "mean": m, "std": s}
+                for name, source, m, s in zip(names, self.sources, self.mean, self.std, strict=True)
+            ],
+        }
+
+    def line(self) -> str:
+        names = self.band_names or [f"band {i + 1}" for i in range(len(self.mean))]
+        pairs = ", ".join(f"{n} <- {s}" for n, s in zip(names, self.sources, strict=True))
+        return (
+            f"normalisation from the pretrained weights ({self.origin}): {pairs}; "
+            "set data_source.normalization_weights to use other values"
+        )
+
+
+def normalization_from_weights(
+    config: LandsegConfig, summary: DataSummary, base: Path | None = None
+) -> WeightsNormalization | None:
+    """The mean and std that ``model_params.encoder_weights`` carry, per image band (None:
+    no pretrained weights, or their statistics are unknown without a download).
+
+    The weights' band names are ``model_params.encoder_bands``, else the file's own; the
+    image's are ``data_source.band_names``; see
+    :func:`landseg.models.pretrained_stats.pretrained_normalization` for the mapping.
+    """
+    train = config.train_setup
+    params = dict(train.model_params or {})
+    if params.get("encoder_weights") in (None, False):
+        return None  # checking a landseg U-Net's config imports neither smp nor timm
+    from landseg.models.pretrained_stats import pretrained_normalization, weights_stats
+    from landseg.models.registry import encoder_name
+
+    stats = weights_stats(encoder_name(train.model_name, params), params["encoder_weights"], base)
+    if stats is None:
+        return None
+    mean, std = stats.mean, stats.std
+    if stats.pixel_units:  # torchgeo's statistics of raw pixels: to the 0-1 range
+        mean = [v / summary.pixel_range for v in mean]
+        std = [v / summary.pixel_range for v in std]
+    image_names = getattr(config.data_source, "band_names", None)  # where the key exists
+    weights_names = params.get("encoder_bands") or stats.band_names
+    try:
+        bands = pretrained_normalization(
+            summary.n_image_bands, image_names, weights_names, mean, std
+        )
+    except ValueError as error:
+        log.warning("the pretrained weights' normalisation is not used: %s", error)
+        return None
+    names = [str(n) for n in image_names] if image_names else None
+    return WeightsNormalization(stats.origin, bands.mean, bands.std, bands.sources, names)
+
+
+def with_weights_normalization(
+    config: LandsegConfig, summary: DataSummary, base: Path | None = None
+) -> LandsegConfig:
+    """``config`` normalised as its pretrained weights were, where it sets no
+    ``data_source.normalization_weights`` (one line logged saying which band took what)."""
+    if config.data_source.normalization_weights is not None:
+        return config
+    found = normalization_from_weights(config, summary, base)
+    if found is None:
+        return config
+    log.info(found.line())
+    weights = NormalizationWeights(train=SplitStats(mean=found.mean, std=found.std))
+    data = config.data_source.model_copy(update={"normalization_weights": weights})
+    return config.model_copy(update={"data_source": data})
+
+
+def weights_normalization_record(
+    config: LandsegConfig, summary: DataSummary
+) -> dict[str, Any] | None:
+    """run.json's ``normalization_from_weights``: the weights' statistics per band, and
+    whether the run uses them (None: the weights carry none, or there are no weights)."""
+    found = normalization_from_weights(config, summary)
+    if found is None:
+        return None
+    weights = config.data_source.normalization_weights
+    train = weights.train if weights is not None else None
+    used = train is not None and list(train.mean) == found.mean and list(train.std) == found.std
+    return found.record(used)
 
 
 def _validation_interval_problems(sections: dict[str, Any], summary: DataSummary) -> list[str]:

@@ -114,6 +114,10 @@ class RunState(BaseModel):
     encoder_weights: dict[str, Any] | None = None
     #: ``train_setup.freeze_encoder_epochs`` and ``encoder_lr_factor``, where either is set
     fine_tuning: dict[str, Any] | None = None
+    #: the mean and std per band that the run's pretrained encoder weights carry, where
+    #: each band's came from, and whether the run normalises with them (it does when
+    #: data_source.normalization_weights is not set)
+    normalization_from_weights: dict[str, Any] | None = None
 
     @classmethod
     def read(cls, run_dir: Path) -> RunState | None:

@@ -39,6 +39,7 @@ from landseg.launch.handshake import DecisionBoard, RunDecision, receive_decisio
 from landseg.launch.hardware import FastPaths
 from landseg.models.export import export_formats, export_model
 from landseg.planning.pretrained import load_encoder_weights
+from landseg.planning.prepare import weights_normalization_record
 from landseg.planning.run_plan import TrainPlan, fast_paths, plan_resume, plan_run
 from landseg.runs.checkpoints import (
     WeightsFileError,
@@ -82,10 +83,14 @@ def _write_run_files(
     task: SegmentationTask,
     changes: dict[str, list[Any]],
     fast: FastPaths,
+    summary: DataSummary,
 ) -> None:
     atomic_write_json(run.config_file, config.model_dump(mode="json"))
     atomic_write_text(run.model_summary, f"{task.model}\n\n{_parameter_count(task)}\n")
     run.record_start(config, changes, fast)
+    record = weights_normalization_record(config, summary)
+    if record is not None:
+        run.update_state(normalization_from_weights=record)
 
 
 def _parameter_count(task: SegmentationTask) -> str:
@@ -282,7 +287,7 @@ def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
             run.checkpoint_folder.prune_after(ckpt_path)
             for path in remove_stale_temporaries(run.path):
                 log.info("removing %s, left by an interrupted write", path.relative_to(run.path))
-        _write_run_files(config, run, task, changes, fast)
+        _write_run_files(config, run, task, changes, fast, summary)
         if pretrained is not None:
             run.update_state(encoder_weights=pretrained)
         os.environ[RUN_DIR_ENV] = str(run.path)
