@@ -330,10 +330,16 @@ def hub_files(encoder_name: str, weights: str | bool) -> list[HubFile]:
     return [HubFile(settings["repo_id"], "model.safetensors", settings.get("revision"))]
 
 
+def torch_hub_checkpoints() -> Path:
+    """torch hub's folder of downloaded weights (``$TORCH_HOME/hub/checkpoints``): torch's
+    folder, not a run's checkpoints."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def cached_file(hub: HubFile) -> Path | None:
     """Where ``hub`` lies in the local cache, or None; never downloads."""
     if hub.repo_id is None:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / hub.filename
+        path = torch_hub_checkpoints() / hub.filename
         return path if path.is_file() else None
     from huggingface_hub import try_to_load_from_cache
 
@@ -375,7 +381,7 @@ def _places(files: list[HubFile]) -> str:
     repos: dict[tuple[str, str | None], list[str]] = {}
     for hub in files:
         if hub.repo_id is None:
-            folder = Path(torch.hub.get_dir()) / "checkpoints"
+            folder = torch_hub_checkpoints()
             places.append(f"{hub.filename} (from {hub.url}) in {folder}")
         else:
             repos.setdefault((hub.repo_id, hub.revision), []).append(hub.filename)

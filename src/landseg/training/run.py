@@ -38,8 +38,8 @@ from landseg.launch.cluster import external_launch, requeue_wanted
 from landseg.launch.handshake import DecisionBoard, RunDecision, receive_decision
 from landseg.launch.hardware import FastPaths
 from landseg.models.export import export_formats, export_model
-from landseg.planning.pretrained import load_encoder_weights
 from landseg.planning.prepare import weights_normalization_record
+from landseg.planning.pretrained import load_encoder_weights
 from landseg.planning.run_plan import TrainPlan, fast_paths, plan_resume, plan_run
 from landseg.runs.checkpoints import (
     WeightsFileError,
