@@ -191,7 +191,8 @@ def final_state(run: Path) -> tuple[dict, dict[str, torch.Tensor], list[str], li
     from landseg.callbacks.run_logger import read_scalars
 
     history = json.loads((run / "history.json").read_text())
-    last = torch.load(run / "checkpoints" / "lightunet-last.ckpt", weights_only=True)
+    (last_path,) = (run / "checkpoints").glob("*-last.ckpt")  # lightunet's, or another model's
+    last = torch.load(last_path, weights_only=True)
     names = sorted(p.name for p in (run / "checkpoints").glob("*-loss-*.ckpt"))
     names += sorted(p.name for p in (run / "checkpoints").glob("*-miou-*.ckpt"))
     scalars = [{k: v for k, v in row.items() if k != "time"} for row in read_scalars(run)]

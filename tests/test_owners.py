@@ -35,8 +35,10 @@ OWNERS: dict[str, tuple[str, ...]] = {
 }
 #: Literals that are not the owned file names: the config's ``model_out_ext`` choices, and
 #: the suffix of the job folder ``best_config.yaml`` names (a folder name, not a checkpoint).
-#: A Hugging Face repository's ``config.json`` (pretrained weights' statistics) is not a run's.
+#: A Hugging Face repository's ``config.json`` (pretrained weights' statistics) is not a run's,
+#: nor is torch hub's ``checkpoints`` folder of downloaded weights.
 ALLOWED = {
+    ("models/pretrained.py", "checkpoints"),
     ("config/schema.py", ".ckpt"),
     ("tuning/results.py", "-best"),
     ("models/pretrained_stats.py", "config.json"),

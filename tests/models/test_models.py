@@ -128,6 +128,20 @@ def test_valid_params_have_no_problems() -> None:
         ("smp:unet", {"encoder_name": "tu-nonexistent"}, None, "timm has no model"),
         ("smp:unet", {"activation": "softmax"}, None, "model_params.activation: unknown"),
         ("resnet18", {"encoder_weights": "imagenett"}, None, "available: imagenet"),
+        ("resnet18", {"encoder_weights": "imagenett"}, None, "or the path of a weights file"),
+        (
+            "smp:unet",
+            {"encoder_name": "tu-resnet18", "encoder_weights": "imagenet"},
+            None,
+            "takes true, null or the path of a weights file",
+        ),
+        (
+            "resnet18",
+            {"encoder_weights": "w.pt", "encoder_bands": ["red", "Red"]},
+            None,
+            "encoder_bands: names must be unique",
+        ),
+        ("deeplab", {"encoder_bands": ["red"]}, None, "applies to encoder_weights, which is not"),
     ],
 )
 def test_model_problems(
@@ -148,8 +162,13 @@ def test_build_rejects_bad_params() -> None:
 
 def test_unavailable_pretrained_weights_fail_fast(monkeypatch, tmp_path) -> None:
     """Offline with an empty cache: one ConfigError line at once; no connection is tried and
-    nothing waits to retry (counted, not timed: a loaded machine makes any time bound lie)."""
+    nothing waits to retry (counted, not timed: a loaded machine makes any time bound lie).
+    The network itself is built with random weights: the weights are looked up for a new
+    run (weights_source), never when a network is rebuilt from a checkpoint."""
     import socket
+
+    from landseg.config.schema import TrainSetup
+    from landseg.planning.pretrained import weights_source
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
@@ -165,8 +184,10 @@ def test_unavailable_pretrained_weights_fail_fast(monkeypatch, tmp_path) -> None
     monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
     monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
     monkeypatch.setattr(time, "sleep", refuse("sleep"))  # a retry's back-off
+    params = {"encoder_weights": "imagenet"}
+    build_model("resnet18", BANDS, CLASSES, params)
     with pytest.raises(ConfigError, match=r"train_setup\.model_params\.encoder_weights") as err:
-        build_model("resnet18", BANDS, CLASSES, {"encoder_weights": "imagenet"})
+        weights_source(TrainSetup(model_name="resnet18", model_params=params))
     assert attempts == []
     assert len(err.value.problems) == 1 and "\n" not in err.value.problems[0]
 

@@ -137,6 +137,14 @@ class DataSource(StrictModel):
     image_bands: list[Band] | None = Field(
         default=None, min_length=1, description="1-based image bands to use; default all."
     )
+    band_names: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="landseg: names of the bands the model reads (those image_bands selects, "
+        "in that order; e.g. [red, green, blue, nir]), one per band. With the pretrained "
+        "weights' band names (model_params.encoder_bands, or the weights file's metadata) a "
+        "band of both takes its pretrained kernel; see model_params.",
+    )
     mask_bands: list[Band] | None = Field(
         default=None,
         min_length=1,
@@ -205,14 +213,16 @@ class DataSource(StrictModel):
     def problems(self) -> list[str]:
         """Rules between keys of this section, one line each."""
         labels, bands = self.class_labels, self.mask_bands
+        problems = []
         if labels and bands and len(labels) != len(bands):
-            return [
+            problems.append(
                 f"data_source.class_labels: {len(labels)} names but mask_bands selects "
                 f"{len(bands)} classes"
-            ]
-        return []
+            )
+        problems += band_names_problems(self, len(self.image_bands or []) or None)
+        return problems
 
-    @field_validator("class_labels", "mask_bands")
+    @field_validator("class_labels", "mask_bands", "band_names")
     @classmethod
     def _no_repeats(cls, value: list[Any] | None) -> list[Any] | None:
         """A repeated label is ambiguous; a repeated mask band makes two classes of one band."""
@@ -283,8 +293,19 @@ class TrainSetup(StrictModel):
         default_factory=dict,
         description="landseg: extra model options (e.g. decoder_mode, output_stride, "
         "encoder_name, encoder_weights); checked against the model. A model starts from "
-        "random weights unless encoder_weights is set (imagenet: downloaded once from the "
-        "Hugging Face Hub, then read from its cache) or init_weights names a file.",
+        "random weights unless encoder_weights is set or init_weights names a file. "
+        "encoder_weights (models with an smp encoder) is the path of a weights file "
+        "(.pt/.pth/.bin/.ckpt/.safetensors: a state dict, a timm, Lightning or landseg "
+        "checkpoint; relative to the config file's folder, ~ allowed; loaded weights_only) "
+        "or smp's weights name (imagenet..., true for a tu- timm encoder), read from the "
+        "local Hugging Face or torch hub cache only: nothing is downloaded. Keys are matched "
+        "after removing module., model., encoder., backbone., _orig_mod. and "
+        "encoder_weights_prefix; fewer than half of the encoder's tensors, or another shape "
+        "than the first convolution's, is refused. encoder_bands: the weights' band names "
+        "(else the file's band_names metadata); with data_source.band_names, bands of both "
+        "take their pretrained kernels, the others the mean kernel, all times M/N (M "
+        "weights bands, N image bands); without names, image band i takes pretrained band "
+        "i mod M, times M/N (one band: their sum), as smp does.",
     )
     epochs: PositiveInt = Field(default=1000, description="Number of epochs.")
     batch_size: PositiveInt = Field(default=3, description="Samples per mini-batch.")
@@ -322,6 +343,22 @@ class TrainSetup(StrictModel):
         "(nn.Module.compile(), which keeps the checkpoint keys; prediction and exports use "
         "the plain network). Pays a compilation at the start of each process; whether it "
         "pays back is measured in benchmarks/README.md.",
+    )
+    freeze_encoder_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="landseg: keep the model's encoder frozen for the first N epochs (no "
+        "gradient, its normalisation layers' running statistics fixed), then train it; N at "
+        "least epochs keeps it frozen for the whole run (a linear probe). Models with an "
+        "encoder only (resnet18..152, deeplab, smp:<Architecture>).",
+    )
+    encoder_lr_factor: float = Field(
+        default=1.0,
+        gt=0,
+        description="landseg: the encoder's learning rate is this times the rest's (lr), "
+        "through every scheduler (its learning-rate values, such as cycliclr's base_lr and "
+        "max_lr, are scaled for the encoder too; cosine annealing's eta_min, one value for "
+        "both, must then stay 0). Models with an encoder only.",
     )
     random_seed: int = Field(default=42, ge=0, description="Seed for every random generator.")
     testing: bool = Field(
@@ -670,6 +707,37 @@ def path_from_config(value: Path, base: Path) -> Path:
     return value if value.is_absolute() else (base / value).resolve()
 
 
+#: The file suffixes that make ``model_params.encoder_weights`` a path, not a weights name.
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def is_weights_path(value: object) -> bool:
+    """Whether ``model_params.encoder_weights`` names a file (a path, or a weights file's
+    suffix) rather than smp's weights name (``imagenet``, ``ssl``...) or timm's ``true``."""
+    if not isinstance(value, str | Path):
+        return False
+    text = str(value)
+    return (
+        "/" in text
+        or "\\" in text
+        or text.startswith(("~", "."))
+        or text.lower().endswith(WEIGHTS_SUFFIXES)
+    )
+
+
+def band_names_problems(data: DataSource, n_bands: int | None) -> list[str]:
+    """``data_source.band_names``: one name per band the model reads (``n_bands``: their
+    count, once known)."""
+    names = data.band_names
+    if names is None or n_bands is None or len(names) == n_bands:
+        return []
+    what = "image_bands selects" if data.image_bands else "the images have"
+    return [
+        f"data_source.band_names: {len(names)} names but {what} {n_bands} bands; "
+        "give one name per band the model reads, in their order"
+    ]
+
+
 def prediction_problems(
     data: DataSource, out: OutputSetup, *, tasks_have_test: bool = False
 ) -> list[str]:
@@ -755,6 +823,10 @@ class LandsegConfig(StrictModel):
         train = getattr(self, "train_setup", None)  # a partial config while validating
         if train is not None and train.init_weights:
             train.init_weights = path_from_config(train.init_weights, base)
+        weights = train.model_params.get("encoder_weights") if train is not None else None
+        if train is not None and is_weights_path(weights):
+            path = path_from_config(Path(str(weights)), base)
+            train.model_params = {**train.model_params, "encoder_weights": str(path)}
         cv = getattr(self, "cross_validation", None)
         if cv is not None and cv.file is not None:
             cv.file = path_from_config(cv.file, base)

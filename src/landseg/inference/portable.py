@@ -204,6 +204,7 @@ def describe(
             "architecture": architecture(train.model_name),
             "size_multiple": loaded.size_multiple,
             "parameters": (int(sum(p.numel() for p in network.parameters())) if network else None),
+            "encoder_weights": pretrained_record(state.encoder_weights if state else None),
         },
         "input": {
             "name": "image",
@@ -211,7 +212,7 @@ def describe(
             "dim_order": ["batch", "channel", "height", "width"],
             "data_type": "float32",
             "bands": bands,
-            "band_names": data.band_names or [f"band {b}" for b in read],
+            "band_names": source.band_names or data.band_names or [f"band {b}" for b in read],
         },
         "output": {
             "name": "probabilities",
@@ -253,6 +254,15 @@ def describe(
             "exported": (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds"),
         },
     }
+
+
+def pretrained_record(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What an export says of the encoder weights its run started from (run.json's record):
+    the file's name, size and SHA-256, what it was named as, the tensors loaded."""
+    if not record:
+        return None
+    keys = ("file", "size", "sha256", "source", "loaded", "total")
+    return {key: record.get(key) for key in keys}
 
 
 def deepness_metadata(meta: dict[str, Any]) -> dict[str, str]:
@@ -311,7 +321,8 @@ def stac_item(meta: dict[str, Any], item_id: str, files: dict[str, Path]) -> dic
         "mlm:framework": "PyTorch",
         "mlm:framework_version": _torch_version(),
         "mlm:pretrained": bool(model["params"].get("encoder_weights")),
-        "mlm:pretrained_source": model["params"].get("encoder_weights"),
+        "mlm:pretrained_source": (model.get("encoder_weights") or {}).get("file")
+        or model["params"].get("encoder_weights"),
         "mlm:accelerator": None,
         "mlm:accelerator_constrained": False,
         "mlm:input": [

@@ -1,14 +1,14 @@
 """Networks built from segmentation-models-pytorch (smp) for ODEON's model names and ``smp:*``.
 
 smp already adapts the first convolution to any number of bands; what it lacks is ODEON's
-transposed-conv decoder option, added here, and a clear error when pretrained weights cannot be
-downloaded. Names, defaults and checks live in :mod:`landseg.models.registry`.
+transposed-conv decoder option, added here. Every network is built with random weights (smp
+is never asked to download any): pretrained encoder weights are read from a local file and
+loaded into ``model.encoder`` at the start of a run (:mod:`landseg.models.pretrained`).
+Names, defaults and checks live in :mod:`landseg.models.registry`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -17,39 +17,19 @@ from segmentation_models_pytorch.base.initialization import initialize_decoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoderBlock
 from torch import nn
 
-from landseg.core.errors import ConfigError
-
 
 def smp_architectures() -> dict[str, type[nn.Module]]:
     """smp's architectures by lower-case class name (``unet``, ``fpn``, ``segformer``...)."""
     return dict(smp.MODEL_ARCHITECTURES_MAPPING)
 
 
-@contextmanager
-def pretrained_weights_errors(encoder: str, weights: object) -> Iterator[None]:
-    """Turn a failed weights download (no network, not cached) into a one-line config error."""
-    if weights is None:
-        yield
-        return
-    try:
-        yield
-    except Exception as err:  # download errors come from requests, httpx, hf_hub or timm
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(
-            f"train_setup.model_params.encoder_weights: cannot load {weights!r} weights for "
-            f"encoder '{encoder}' ({type(err).__name__}: {reason}); they are downloaded from "
-            "the Hugging Face Hub on first use, which needs network access or a cached copy; "
-            "set encoder_weights to null to start from random weights"
-        ) from err
-
-
 def smp_model(arch: str, in_channels: int, n_classes: int, **params: Any) -> nn.Module:
-    """An smp architecture returning logits; weights are random unless encoder_weights is set."""
+    """An smp architecture returning logits, with random weights: smp never downloads;
+    pretrained encoder weights are loaded from a file afterwards
+    (:mod:`landseg.planning.pretrained`)."""
     model_class = smp.MODEL_ARCHITECTURES_MAPPING[arch.lower()]
-    params = {"encoder_weights": None, **params}
-    encoder = params.get("encoder_name", "resnet34")
-    with pretrained_weights_errors(encoder, params["encoder_weights"]):
-        return model_class(in_channels=in_channels, classes=n_classes, **params)
+    params = {**params, "encoder_weights": None}
+    return model_class(in_channels=in_channels, classes=n_classes, **params)
 
 
 class TransposedUpBlock(nn.Module):
@@ -96,7 +76,6 @@ def resnet_unet(
     *,
     depth: int,
     decoder_mode: str = "bilinear",
-    encoder_weights: str | None = None,
 ) -> nn.Module:
     """ODEON's ``resnet18`` .. ``resnet152``: a U-Net with a ResNet encoder."""
     decoder_channels = (256, 128, 64, 32, 16)  # smp's default
@@ -105,7 +84,6 @@ def resnet_unet(
         in_channels,
         n_classes,
         encoder_name=f"resnet{depth}",
-        encoder_weights=encoder_weights,
         decoder_channels=decoder_channels,
         decoder_interpolation="bilinear",
     )
@@ -119,7 +97,6 @@ def deeplab(
     n_classes: int,
     *,
     output_stride: int = 8,
-    encoder_weights: str | None = None,
 ) -> nn.Module:
     """ODEON's ``deeplab``: DeepLabV3+ on MobileNetV2, with ODEON's (torchvision) plain ASPP.
 
@@ -130,7 +107,6 @@ def deeplab(
         in_channels,
         n_classes,
         encoder_name="mobilenet_v2",
-        encoder_weights=encoder_weights,
         encoder_output_stride=output_stride,
         decoder_atrous_rates=(12, 24, 36) if output_stride == 8 else (6, 12, 18),
         decoder_aspp_separable=False,

@@ -19,8 +19,10 @@ from typing import Any
 
 from torch import nn
 
+from landseg.config.schema import WEIGHTS_SUFFIXES, is_weights_path
 from landseg.core.errors import ConfigError
 from landseg.core.registry import Registry, unknown_name_message
+from landseg.models.pretrained import PRETRAINED_PARAMS
 from landseg.models.unet import DECODER_MODES, UNET_SIZE_MULTIPLE, UNet
 
 ModelFactory = Callable[..., nn.Module]  # (in_channels, n_classes, **model_params) -> logits
@@ -72,7 +74,7 @@ for _depth in (18, 34, 50, 101, 152):
         partial(resnet_unet, depth=_depth),
         aliases=("resnet150",) if _depth == 152 else (),  # ODEON's docs list "resnet150", a slip
         size_multiple=32,
-        params={"decoder_mode": "bilinear", "encoder_weights": None},
+        params={"decoder_mode": "bilinear", **dict.fromkeys(PRETRAINED_PARAMS)},
         choices={"decoder_mode": DECODER_MODES},
         encoder=f"resnet{_depth}",
     )
@@ -81,7 +83,7 @@ MODELS.add(
     deeplab,
     size_multiple=8,
     size_multiple_fn=lambda params: params["output_stride"],
-    params={"output_stride": 8, "encoder_weights": None},
+    params={"output_stride": 8, **dict.fromkeys(PRETRAINED_PARAMS)},
     choices={"output_stride": (8, 16)},
     encoder="mobilenet_v2",
 )
@@ -95,7 +97,7 @@ def _smp_params(model_class: type[nn.Module]) -> dict[str, Any]:
         for name, p in signature.parameters.items()
         if name not in _SMP_RESERVED and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     }
-    params["encoder_weights"] = None
+    params.update(dict.fromkeys(PRETRAINED_PARAMS))  # landseg's: smp never sees them
     return params
 
 
@@ -157,8 +159,9 @@ def _encoder_problems(name: str, info: dict[str, Any], params: dict[str, Any]) -
     if not isinstance(encoder, str):
         return [f"{_PARAMS_KEY}.encoder_name: must be a string, got {encoder!r}"]
     weights = params.get("encoder_weights")
+    problems = _pretrained_param_problems(params)
     if info.get("encoder") and weights is None:
-        return []  # landseg's own encoder, random weights: nothing to look up in smp
+        return problems  # landseg's own encoder, random weights: nothing to look up in smp
     from segmentation_models_pytorch.encoders import encoders as smp_encoders
     from segmentation_models_pytorch.encoders import get_encoder_names
 
@@ -171,23 +174,45 @@ def _encoder_problems(name: str, info: dict[str, Any], params: dict[str, Any]) -
             + unknown_name_message("smp encoder", encoder, get_encoder_names())
             + ", or tu-<any timm model>"
         ]
-    if weights is None:
-        return []
+    if weights is None or is_weights_path(weights):
+        return problems  # a file: read and matched with the encoder by planning.pretrained
+    a_file = f"or the path of a weights file ({', '.join(WEIGHTS_SUFFIXES)})"
     if is_timm:
         if weights is not True:
             return [
-                f"{_PARAMS_KEY}.encoder_weights: timm encoder '{encoder}' takes true or null; "
-                "the pretrained variant is part of its name (tu-<model>.<tag>)"
+                f"{_PARAMS_KEY}.encoder_weights: timm encoder '{encoder}' takes true, null "
+                f"{a_file}; the pretrained variant is part of its name (tu-<model>.<tag>)"
             ]
-        return []
+        return problems
     available = list(smp_encoders[encoder]["pretrained_settings"])
     if weights not in available:
         offered = ", ".join(available) or "none"
         return [
             f"{_PARAMS_KEY}.encoder_weights: encoder '{encoder}' of model '{name}' has no "
-            f"{weights!r} weights; available: {offered}, or null for random weights"
+            f"{weights!r} weights; available: {offered}, null for random weights, {a_file}"
         ]
-    return []
+    return problems
+
+
+def _pretrained_param_problems(params: dict[str, Any]) -> list[str]:
+    """encoder_bands (unique names) and encoder_weights_prefix (a string), with weights."""
+    problems = []
+    bands, prefix = params.get("encoder_bands"), params.get("encoder_weights_prefix")
+    if bands is not None:
+        if not isinstance(bands, list) or not bands or not all(isinstance(b, str) for b in bands):
+            problems.append(f"{_PARAMS_KEY}.encoder_bands: must be a list of band names")
+        elif len({b.strip().lower() for b in bands}) != len(bands):
+            repeated = sorted({b for b in bands if bands.count(b) > 1}) or bands
+            problems.append(
+                f"{_PARAMS_KEY}.encoder_bands: names must be unique; repeated: "
+                f"{', '.join(repeated)}"
+            )
+    if prefix is not None and not isinstance(prefix, str):
+        problems.append(f"{_PARAMS_KEY}.encoder_weights_prefix: must be a string")
+    for key, value in (("encoder_bands", bands), ("encoder_weights_prefix", prefix)):
+        if value is not None and params.get("encoder_weights") is None:
+            problems.append(f"{_PARAMS_KEY}.{key}: applies to encoder_weights, which is not set")
+    return problems
 
 
 def _timm_has(model: str) -> bool:
@@ -265,14 +290,23 @@ def model_name_notes(name: str) -> list[str]:
 def build_model(
     name: str, in_channels: int, n_classes: int, params: dict[str, Any] | None = None
 ) -> nn.Module:
-    """The named model with random (or opt-in pretrained) weights; bad params -> ConfigError."""
+    """The named model with random weights; bad params -> ConfigError.
+
+    ``encoder_weights`` (and its encoder_bands, encoder_weights_prefix) are checked here but
+    not loaded: a network is built from a checkpoint's hyperparameters for every prediction,
+    export and resume, which must not need the weights file. A new run loads them into
+    ``model.encoder`` (:func:`landseg.planning.pretrained.load_encoder_weights`).
+    """
     params = params or {}
     problems = model_problems(name, params, None)
     if problems:
         raise ConfigError(problems)
     entry = MODELS.entry(name)
+    kwargs = {**entry.info["params"], **params}
+    for key in PRETRAINED_PARAMS:
+        kwargs.pop(key, None)
     try:
-        return entry.factory(in_channels, n_classes, **{**entry.info["params"], **params})
+        return entry.factory(in_channels, n_classes, **kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError, AssertionError) as err:

@@ -43,6 +43,7 @@ from landseg.config.schema import (
     OutputSetup,
     SplitStats,
     TrainSetup,
+    band_names_problems,
     output_class_problems,
     path_from_config,
     prediction_problems,
@@ -56,7 +57,9 @@ from landseg.launch.cluster import in_slurm_batch
 from landseg.loggers.registry import logger_problems
 from landseg.models.export import export_problems
 from landseg.models.registry import model_name_notes, model_problems
+from landseg.planning.pretrained import encoder_weights_problems
 from landseg.runs.checkpoints import checkpoint_error_line, load_checkpoint
+from landseg.tasks.finetune import finetune_problems
 from landseg.tasks.losses import loss_problems
 from landseg.tasks.optim import optimizer_problems, scheduler_problems
 
@@ -140,6 +143,7 @@ def prepare(
     problems += _class_count_problems(sections, n_classes, summary)
     if one_run and summary is not None:
         problems += _validation_interval_problems(sections, summary)
+    problems += _pretrained_problems(sections, summary)
     if problems or data_lines:
         if not problems:
             raise DataError(data_lines)
@@ -287,6 +291,23 @@ def _init_weights_problems(sections: dict[str, Any]) -> list[str]:
     return []
 
 
+def _pretrained_problems(sections: dict[str, Any], summary: DataSummary | None) -> list[str]:
+    """data_source.band_names against the images' bands, and model_params.encoder_weights
+    (a weights name in no local cache, a file that is missing, unsafe, or of another
+    architecture): one line each, before any run folder is made."""
+    data, train = sections.get("data_source"), sections.get("train_setup")
+    n_bands = summary.n_image_bands if summary is not None else None
+    problems = []
+    if data is not None and not data.image_bands:  # else DataSource.problems() said it
+        problems += band_names_problems(data, n_bands)
+    if data is None or train is None or problems:
+        return problems
+    if n_bands is None and data.image_bands:
+        n_bands = len(data.image_bands)
+    whole = LandsegConfig.model_construct(data_source=data, train_setup=train)
+    return encoder_weights_problems(whole, n_bands)
+
+
 def _output_problems(sections: dict[str, Any]) -> list[str]:
     """output_setup.output_folder where no folder can be made (a file of that name...)."""
     out = sections.get("output_setup")
@@ -306,6 +327,7 @@ def prepare_config(
     problems = schema_lines + _registry_problems(sections, job=job) + _output_problems(sections)
     data = sections.get("data_source")
     problems += _class_count_problems(sections, data.n_classes() if data else None, None)
+    problems += _pretrained_problems(sections, None)
     if problems:
         raise ConfigError(problems)
     assert config is not None
@@ -402,8 +424,15 @@ def _registry_problems(sections: dict[str, Any], *, job: bool = False) -> list[s
             warnings.simplefilter("ignore")  # e.g. torch deprecation notes on dummy schedulers
             problems += optimizer_problems(optimizer.optimizer, optimizer.params, train.lr)
             problems += scheduler_problems(
-                scheduler.scheduler, scheduler.params, train.lr, train.epochs
+                scheduler.scheduler,
+                scheduler.params,
+                train.lr,
+                train.epochs,
+                train.encoder_lr_factor,
             )
+        problems += finetune_problems(
+            train.model_name, train.freeze_encoder_epochs, train.encoder_lr_factor
+        )
         problems += export_problems(train.export_checkpoint)
     if out is not None:
         problems += logger_problems(out.logger_names(), _logger_keys(out))

@@ -473,3 +473,100 @@ def load_weights(
         else "",
     )
     return report
+
+
+# ---------------------------------------------------------------------------- weights files
+
+#: The dicts that hold a network's weights inside a checkpoint, in the order they are looked
+#: for: Lightning's and timm's training checkpoints (``state_dict``), other trainers' (``model``),
+#: timm's exponential moving average (``state_dict_ema``).
+WEIGHTS_CONTAINERS = ("state_dict", "model", "state_dict_ema")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """The tensors of a weights file, where they were found in it, and what identifies it.
+
+    ``metadata``: a ``.safetensors`` file's string metadata (``band_names``, ``mean``...),
+    empty for a PyTorch file; ``container``: the checkpoint key that held the tensors
+    (``state_dict``...), None for a bare state dict.
+    """
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    container: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The file's name, size and SHA-256 (for run.json and the exports' metadata)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return {
+            "file": self.path.name,
+            "path": str(self.path),
+            "size": self.path.stat().st_size,
+            "sha256": digest.hexdigest(),
+        }
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: a little-endian header length, then its JSON header."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def read_weights_file(file: str | Path) -> WeightsFile:
+    """The tensors of a weights file: a ``.safetensors`` file (with its metadata), or a
+    PyTorch file read ``weights_only`` (:func:`load_checkpoint`): a bare state dict, or a
+    checkpoint holding one under :data:`WEIGHTS_CONTAINERS` (Lightning, landseg, timm).
+
+    Keys are returned as the file has them (prefixes included): matching them to a network
+    is the caller's. Raises :class:`WeightsFileError` with one line naming the file: missing,
+    not a weights file (a text file...), a pickle that would run code, no tensors.
+    """
+    import torch
+
+    path = Path(file)
+    if not path.is_file():
+        raise WeightsFileError(f"{path}: no such weights file")
+    if _is_safetensors(path):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                metadata = dict(handle.metadata() or {})
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as error:
+            reason = (str(error).splitlines() or [type(error).__name__])[0]
+            raise WeightsFileError(f"{path}: not a readable safetensors file ({reason})") from error
+        if not tensors:
+            raise WeightsFileError(f"{path}: holds no tensors")
+        return WeightsFile(path, tensors, metadata)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive since torch 1.6
+        raise WeightsFileError(
+            f"{path}: not a weights file (neither a PyTorch file saved by torch >= 1.6 nor "
+            "safetensors: empty, truncated, text, or another kind of file)"
+        )
+    try:
+        state = load_checkpoint(path)
+    except Exception as error:
+        raise WeightsFileError(checkpoint_error_line(path, error)) from error
+    container = None
+    if isinstance(state, dict):
+        for key in WEIGHTS_CONTAINERS:
+            if isinstance(state.get(key), dict):
+                container, state = key, state[key]
+                break
+    tensors = (
+        {str(k): v for k, v in state.items() if torch.is_tensor(v)}
+        if isinstance(state, dict)
+        else {}
+    )
+    if not tensors:
+        raise WeightsFileError(f"{path}: holds no tensors (not a network's weights)")
+    return WeightsFile(path, tensors, {}, container)

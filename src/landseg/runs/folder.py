@@ -109,6 +109,11 @@ class RunState(BaseModel):
     precision: str | None = None
     channels_last: bool | None = None
     fast_paths_reason: str | None = None
+    #: ``model_params.encoder_weights`` as loaded when the run started: the file's name,
+    #: size and SHA-256, the tensors loaded, missing and unused, the first layer's band mapping
+    encoder_weights: dict[str, Any] | None = None
+    #: ``train_setup.freeze_encoder_epochs`` and ``encoder_lr_factor``, where either is set
+    fine_tuning: dict[str, Any] | None = None
     #: the mean and std per band that the run's pretrained encoder weights carry, where
     #: each band's came from, and whether the run normalises with them (it does when
     #: data_source.normalization_weights is not set)
@@ -184,7 +189,20 @@ def initial_state(config: LandsegConfig) -> RunState:
         epochs=config.train_setup.epochs,
         csv=csvs,
         versions=library_versions(),
+        fine_tuning=fine_tuning(config),
     )
+
+
+def fine_tuning(config: LandsegConfig) -> dict[str, Any] | None:
+    """The fine-tuning controls a run trains with, None where neither is set (run.json then
+    stays as it was before they existed)."""
+    train = config.train_setup
+    if train.freeze_encoder_epochs == 0 and train.encoder_lr_factor == 1.0:
+        return None
+    return {
+        "freeze_encoder_epochs": train.freeze_encoder_epochs,
+        "encoder_lr_factor": train.encoder_lr_factor,
+    }
 
 
 # ---------------------------------------------------------------------------- the folder
@@ -356,6 +374,7 @@ class RunFolder:
                     "resumed": [*previous.resumed, {"at": now_iso(), "changed": changes}],
                     "best": previous.best,
                     "epochs_done": previous.epochs_done,
+                    "encoder_weights": previous.encoder_weights,
                 }
             )
         state = state.model_copy(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -42,30 +42,53 @@ SCHEDULERS.add(
     defaults={"mode": "min", "factor": 0.5, "patience": 10, "min_lr": 1e-7, "cooldown": 4},
     interval="epoch",
     needs_monitor=True,
+    group_lr_keys=("min_lr",),
 )
 SCHEDULERS.add(
     "cycliclr",
     lr_scheduler.CyclicLR,
     defaults={"base_lr": None, "max_lr": None},  # None: filled from train_setup.lr
     interval="step",
+    group_lr_keys=("base_lr", "max_lr"),
 )
-SCHEDULERS.add("cosineannealinglr", lr_scheduler.CosineAnnealingLR, defaults={}, interval="epoch")
+SCHEDULERS.add(
+    "cosineannealinglr",
+    lr_scheduler.CosineAnnealingLR,
+    defaults={},
+    interval="epoch",
+    shared_lr_keys=("eta_min",),
+)
 SCHEDULERS.add(
     "cosineannealingwarmrestarts",
     lr_scheduler.CosineAnnealingWarmRestarts,
     defaults={},
     interval="epoch",
+    shared_lr_keys=("eta_min",),
 )
+# Learning rates in a scheduler's arguments: ``group_lr_keys`` take one value per parameter
+# group, and are scaled by each group's factor (train_setup.encoder_lr_factor), so that the
+# encoder's learning rate stays that factor times the rest's through the whole schedule;
+# ``shared_lr_keys`` take one value for every group, which would break that ratio: a factor
+# other than 1 is refused with one of them set (prepare's check, scheduler_problems).
 
 _OPTIMIZER_FIXED = {"params", "lr"}
 _SCHEDULER_FIXED = {"optimizer", "verbose"}
 
 
-def scheduler_kwargs(name: str, params: dict[str, Any], lr: float, epochs: int) -> dict[str, Any]:
+def scheduler_kwargs(
+    name: str,
+    params: dict[str, Any],
+    lr: float,
+    epochs: int,
+    lr_factors: Sequence[float] = (1.0,),
+) -> dict[str, Any]:
     """The scheduler's keyword arguments: registry defaults, then the user's values.
 
     CyclicLR cycles between lr and 10 x lr unless told otherwise; cosine annealing spans the
-    whole run (T_max = epochs) unless told otherwise.
+    whole run (T_max = epochs) unless told otherwise. ``lr_factors``: each parameter group's
+    learning-rate factor (:func:`landseg.tasks.finetune.parameter_groups`); with more than one
+    group, each learning rate among the arguments (``group_lr_keys``) becomes one value per
+    group, scaled by its factor.
     """
     info = SCHEDULERS.info(name)
     kwargs = {**info.get("defaults", {}), **params}
@@ -77,6 +100,11 @@ def scheduler_kwargs(name: str, params: dict[str, Any], lr: float, epochs: int) 
         kwargs.setdefault("T_max", epochs)
     if canonical == "cosineannealingwarmrestarts":
         kwargs.setdefault("T_0", max(1, epochs // 4))
+    if len(lr_factors) > 1:
+        for key in info.get("group_lr_keys", ()):
+            value = kwargs.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                kwargs[key] = [value * factor for factor in lr_factors]
     return kwargs
 
 
@@ -191,11 +219,18 @@ def _fused_by_default(
 
 
 def build_scheduler(
-    name: str, optimizer: torch.optim.Optimizer, params: dict[str, Any], lr: float, epochs: int
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    params: dict[str, Any],
+    lr: float,
+    epochs: int,
+    lr_factors: Sequence[float] = (1.0,),
 ) -> Any:
+    """The scheduler ``name`` over ``optimizer``; ``lr_factors``: one per parameter group
+    (see :func:`scheduler_kwargs`)."""
     cls = SCHEDULERS.get(name)
     values = _typed_or_raise(cls, params, "train_setup.scheduler_config")
-    return cls(optimizer, **scheduler_kwargs(name, values, lr, epochs))
+    return cls(optimizer, **scheduler_kwargs(name, values, lr, epochs, lr_factors))
 
 
 def _constructor_problems(
@@ -292,13 +327,29 @@ def optimizer_problems(name: str, params: dict[str, Any], lr: float) -> list[str
     )
 
 
-def scheduler_problems(name: str, params: dict[str, Any], lr: float, epochs: int) -> list[str]:
+def scheduler_problems(
+    name: str, params: dict[str, Any], lr: float, epochs: int, encoder_lr_factor: float = 1.0
+) -> list[str]:
     def build() -> Any:
         scheduler = build_scheduler(name, _validation_optimizer(lr), params, lr, epochs)
         _first_steps(scheduler)
         return scheduler
 
-    return _constructor_problems(SCHEDULERS, "scheduler", name, params, _SCHEDULER_FIXED, build)
+    problems = _constructor_problems(SCHEDULERS, "scheduler", name, params, _SCHEDULER_FIXED, build)
+    if problems or encoder_lr_factor == 1.0:
+        return problems
+    cls = SCHEDULERS.get(name)
+    values, _ = typed_params(cls, params, "train_setup.scheduler_config")
+    kwargs = scheduler_kwargs(name, values, lr, epochs)
+    cls_name = cls.__name__
+    return [
+        f"train_setup.scheduler_config.{key}: {cls_name} takes one {key} for every parameter "
+        f"group, so with train_setup.encoder_lr_factor {encoder_lr_factor} the encoder's "
+        "learning rate would not stay that factor times the rest's; leave "
+        f"{key} at 0, or encoder_lr_factor at 1"
+        for key in SCHEDULERS.info(name).get("shared_lr_keys", ())
+        if kwargs.get(key)
+    ]
 
 
 def _first_steps(scheduler: Any, steps: int = 2) -> None:

@@ -18,6 +18,7 @@ from torchmetrics import Metric
 
 from landseg.config.schema import LandsegConfig
 from landseg.models.registry import build_model, model_size_multiple
+from landseg.tasks.finetune import parameter_groups
 from landseg.tasks.losses import build_loss
 from landseg.tasks.metrics import (
     ConfusionMIoU,
@@ -172,15 +173,24 @@ class SegmentationTask(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         train = self.config.train_setup
+        # the encoder in a group of its own at encoder_lr_factor x lr (one group when 1)
+        parameters, lr_factors = parameter_groups(
+            self.model, list(self.parameters()), train.lr, train.encoder_lr_factor
+        )
         optimizer = build_optimizer(
             train.optimizer_config.optimizer,
-            self.parameters(),
+            parameters,
             train.lr,
             train.optimizer_config.params,
         )
         scheduler_name = train.scheduler_config.scheduler
         scheduler = build_scheduler(
-            scheduler_name, optimizer, train.scheduler_config.params, train.lr, train.epochs
+            scheduler_name,
+            optimizer,
+            train.scheduler_config.params,
+            train.lr,
+            train.epochs,
+            lr_factors,
         )
         info = SCHEDULERS.info(scheduler_name)
         lr_scheduler: dict[str, Any] = {"scheduler": scheduler, "interval": info["interval"]}

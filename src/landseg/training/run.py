@@ -39,6 +39,7 @@ from landseg.launch.handshake import DecisionBoard, RunDecision, receive_decisio
 from landseg.launch.hardware import FastPaths
 from landseg.models.export import export_formats, export_model
 from landseg.planning.prepare import weights_normalization_record
+from landseg.planning.pretrained import load_encoder_weights
 from landseg.planning.run_plan import TrainPlan, fast_paths, plan_resume, plan_run
 from landseg.runs.checkpoints import (
     WeightsFileError,
@@ -274,6 +275,9 @@ def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
         list(summary.class_labels),
         channels_last=fast.channels_last,
     )
+    pretrained = None
+    if ckpt_path is None:  # a new run: a continued one has them in its checkpoint
+        pretrained = load_encoder_weights(task.model, config, summary.n_image_bands)
     if ckpt_path is None and config.train_setup.init_weights is not None:
         load_initial_weights(task, config.train_setup.init_weights)
     if config.train_setup.compile:  # in place: the state_dict keys stay the network's
@@ -284,6 +288,8 @@ def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
             for path in remove_stale_temporaries(run.path):
                 log.info("removing %s, left by an interrupted write", path.relative_to(run.path))
         _write_run_files(config, run, task, changes, fast, summary)
+        if pretrained is not None:
+            run.update_state(encoder_weights=pretrained)
         os.environ[RUN_DIR_ENV] = str(run.path)
         memory = ", channels-last" if fast.channels_last else ""
         log.info("precision %s%s (%s)", fast.precision, memory, fast.reason)

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import Logger
 from landseg.callbacks.cadence import VisualCadence
 from landseg.callbacks.checkpoints import LastCheckpoint, StepCheckpoint, top_k_checkpoints
 from landseg.callbacks.early_stopping import ConfiguredEarlyStopping
+from landseg.callbacks.freeze_encoder import FreezeEncoder
 from landseg.callbacks.graceful_stop import GracefulStop
 from landseg.callbacks.history import HistoryWriter
 from landseg.callbacks.progress import progress_bar
@@ -49,6 +50,8 @@ def build_callbacks(
     cadence = cadence or visual_cadence(config)
     base = base_name(config)
     callbacks: list[Callback] = [ResumeTracker(), RunStateUpdater(run)]
+    if train.freeze_encoder_epochs:
+        callbacks.append(FreezeEncoder(train.freeze_encoder_epochs))
     if out.extension == ".pth":  # ODEON's .pth files are the kept models; .ckpt: last alone
         callbacks.append(PthExport(run.path, base))
     else:
@@ -146,4 +149,22 @@ def build_trainer(
         **config.device_setup.lightning_args(),
     )
     keep_lightning_off_signals(trainer)  # landseg alone decides on stop signals
+    if train.freeze_encoder_epochs:
+        find_unused_parameters(trainer)
     return trainer
+
+
+def find_unused_parameters(trainer: pl.Trainer) -> None:
+    """Under DDP (whichever way Lightning chose it: ``ddp``, ``ddp_spawn``, ``auto`` on several
+    devices), let the network have parameters without a gradient: a frozen encoder's
+    (``train_setup.freeze_encoder_epochs``). DDP's reducer otherwise waits for their gradients
+    and stops at the second step. The DDP wrapper is made when fitting starts, from the
+    strategy's keyword arguments, so setting the flag now is in time; it costs a walk of the
+    autograd graph per step, so only runs that freeze pay it. Lightning has no public setter
+    once the strategy is built (tests/test_lightning_private.py watches the attribute).
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy):
+        strategy._ddp_kwargs["find_unused_parameters"] = True
