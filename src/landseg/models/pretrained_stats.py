@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from landseg.config.schema import is_weights_path
+
 log = logging.getLogger("landseg.models")
 
 #: What an image band takes when the weights do not know its name.
@@ -98,9 +100,9 @@ def pretrained_normalization(
         raise ValueError(f"{len(image_band_names)} band name(s) for {n_bands} image band(s)")
     means, stds, sources = [], [], []
     if image_band_names is not None and weights_band_names is not None:
-        index = {str(name).casefold(): i for i, name in enumerate(weights_band_names)}
+        index = {_fold(name): i for i, name in enumerate(weights_band_names)}
         for name in image_band_names:
-            i = index.get(str(name).casefold())
+            i = index.get(_fold(name))
             if i is None:
                 means.append(sum(mean) / m)
                 stds.append(sum(std) / m)
@@ -119,6 +121,11 @@ def pretrained_normalization(
     return BandNormalization(means, stds, sources)
 
 
+def _fold(name: object) -> str:
+    """Band names match case-insensitively, as the first convolution's mapping matches them."""
+    return str(name).strip().casefold()
+
+
 # ---------------------------------------------------------------------------- where they are
 
 
@@ -133,15 +140,6 @@ def weights_file_metadata(path: Path) -> dict[str, str]:
             return dict(handle.metadata() or {})
     except Exception:  # unreadable: the weights loader says why; no statistics from it
         return {}
-
-
-def is_weights_path(value: Any) -> bool:
-    """Whether ``encoder_weights`` names a file rather than a hub name (``imagenet``,
-    ``noisy-student``...: no folder, no suffix)."""
-    if not isinstance(value, (str, Path)):
-        return False
-    text = str(value)
-    return "/" in text or "\\" in text or text.startswith("~") or "." in Path(text).name
 
 
 def weights_path(value: str | Path, base: Path | None) -> Path:
