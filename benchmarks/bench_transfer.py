@@ -3,15 +3,17 @@ exported encoder and from random weights.
 
 What a user would do, with the landseg command line (each step a ``landseg`` process):
 
-1. train a U-Net ResNet-34 (``model_name: resnet34``) on Dubai aerial tiles (RGB, 6 classes)
-   for ``--source-epochs`` epochs, and ``landseg export RUN --format encoder`` its encoder;
+1. train a U-Net ResNet-34 (``model_name: resnet34``) on Dubai aerial tiles (RGB, 6 classes,
+   normalised with their own mean and std) for ``--source-epochs`` epochs, and
+   ``landseg export RUN --format encoder`` its encoder (which carries that normalisation);
 2. cut tiles from ONE Massachusetts Buildings scene (``22978945_15``) for training and from
    the OTHER (``23429155_15``) for validation, each with a fourth band, the mean of the three
-   (written by this script with rasterio, band names red, green, blue, mean; 2 classes:
+   (written by this script with rasterio, band names red, green, blue, intensity; 2 classes:
    background, building);
 3. fine-tune on them from the exported encoder (``model_params.encoder_weights: <file>``,
-   the fourth band's first-layer kernel from the pretrained ones), and train the same run
-   from random weights: same epochs, same seeds (``--seeds``);
+   the fourth band's first-layer kernel and statistics from the pretrained ones, the
+   normalisation taken from the file), and train the same run from random weights with the
+   same normalisation given: same epochs, same seeds (``--seeds``);
 4. write every run's validation mIoU per epoch as JSON (``--out``, default
    ``transfer.json``) and both curves, each seed and their mean, as a PNG (``--figure``).
 
@@ -59,7 +61,7 @@ from benchmarks.common import (
 
 MASSACHUSETTS = SHARED_DATA / "massachusetts-buildings"
 TRAIN_SCENE, VAL_SCENE = "22978945_15", "23429155_15"
-BANDS = ["red", "green", "blue", "mean"]
+BANDS = ["red", "green", "blue", "intensity"]  # the fourth: the mean of the three
 CLASSES = ["background", "building"]
 ARMS = ("pretrained", "random")
 
@@ -149,8 +151,34 @@ def band_names_key(env: dict[str, str]) -> bool:
     return done.stdout.strip() == "True"
 
 
-def source_config(folder: Path, args: argparse.Namespace, named: bool) -> dict[str, Any]:
-    """The Dubai run whose encoder is exported."""
+def band_statistics(rows: list[tuple[Path, Path]]) -> tuple[list[float], list[float]]:
+    """Per-band mean and std of the images of ``rows``, in the 0-1 range (uint8 / 255)."""
+    import rasterio
+
+    pixels = []
+    for image, _ in rows:
+        with rasterio.open(image) as src:
+            pixels.append(src.read().reshape(src.count, -1).astype(np.float64) / 255)
+    stacked = np.concatenate(pixels, axis=1)
+    return stacked.mean(axis=1).tolist(), stacked.std(axis=1).tolist()
+
+
+def four_band_normalization(
+    mean: list[float], std: list[float], named: bool
+) -> dict[str, list[float]]:
+    """What a run reading :data:`BANDS` takes from weights trained on red, green, blue with
+    ``mean``/``std`` (landseg's rule): with band names, the fourth band, unknown to the
+    weights, the mean of their means and of their stds; without, weights band 1 (``i % 3``)."""
+    if named:
+        return {"mean": [*mean, sum(mean) / 3], "std": [*std, sum(std) / 3]}
+    return {"mean": [*mean, mean[0]], "std": [*std, std[0]]}
+
+
+def source_config(
+    folder: Path, args: argparse.Namespace, named: bool
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The Dubai run whose encoder is exported, normalised with its training tiles' mean and
+    std (which the export carries); and that normalisation."""
     train = dubai_rows("train", args.source_tiles)
     val = dubai_rows("val", max(4, args.source_tiles // 4))
     config = dubai_config(
@@ -164,9 +192,12 @@ def source_config(folder: Path, args: argparse.Namespace, named: bool) -> dict[s
     )
     config["output_setup"] = output_setup(folder, "dubai")
     config["train_setup"]["random_seed"] = 0
+    mean, std = band_statistics(train)
+    stats = {"mean": mean, "std": std}
+    config["data_source"]["normalization_weights"] = {"train": stats}
     if named:
         config["data_source"]["band_names"] = BANDS[:3]
-    return config
+    return config, stats
 
 
 def target_config(
@@ -177,8 +208,10 @@ def target_config(
     seed: int,
     weights: Path | None,
     named: bool,
+    normalization: dict[str, list[float]] | None,
 ) -> dict[str, Any]:
-    """A Massachusetts run: from the exported encoder (``weights``), or from random weights."""
+    """A Massachusetts run: from the exported encoder (``weights``; its normalisation comes
+    with it), or from random weights with ``normalization`` given, the same values."""
     data: dict[str, Any] = {
         "train_file": str(train_csv),
         "val_file": str(val_csv),
@@ -187,6 +220,8 @@ def target_config(
     }
     if named:
         data["band_names"] = BANDS
+    if normalization is not None:
+        data["normalization_weights"] = {"train": normalization}
     return {
         "data_source": data,
         "train_setup": {
@@ -327,7 +362,9 @@ def main() -> None:
 
     print("1/3 Dubai: train resnet34, export its encoder", flush=True)
     named = band_names_key(env)
-    source = train(source_config(work, args, named), work / "dubai.json", "source", env)
+    source_cfg, source_stats = source_config(work, args, named)
+    source = train(source_cfg, work / "dubai.json", "source", env)
+    normalization = four_band_normalization(source_stats["mean"], source_stats["std"], named)
     encoder = export_encoder(source, env)
     print(f"    encoder: {encoder}", flush=True)
 
@@ -340,7 +377,7 @@ def main() -> None:
     print(f"    {len(train_rows)} train, {len(val_rows)} val tiles", flush=True)
 
     print("3/3 fine-tune from the encoder, and from random weights", flush=True)
-    check = target_config(work, train_csv, val_csv, args, args.seeds[0], encoder, named)
+    check = target_config(work, train_csv, val_csv, args, args.seeds[0], encoder, named, None)
     unavailable = refusal(check, work / "pretrained-check.json", env)
     if unavailable:
         print(f"    pretrained runs unavailable: {unavailable}", flush=True)
@@ -349,8 +386,8 @@ def main() -> None:
         for arm in ARMS:  # side by side, alternating
             if arm == "pretrained" and unavailable:
                 continue
-            weights = encoder if arm == "pretrained" else None
-            config = target_config(work, train_csv, val_csv, args, seed, weights, named)
+            weights, given = (encoder, None) if arm == "pretrained" else (None, normalization)
+            config = target_config(work, train_csv, val_csv, args, seed, weights, named, given)
             began = time.perf_counter()
             run = train(config, work / f"{arm}-{seed}.json", f"{arm}-{seed}", env)
             row = {
@@ -360,8 +397,11 @@ def main() -> None:
                 "val_miou": val_miou(run),
                 "seconds": round(time.perf_counter() - began, 1),
             }
+            used = json.loads((run / "config.json").read_text())["data_source"]
+            row["normalization"] = (used.get("normalization_weights") or {}).get("train")
+            row["same_normalization"] = row["normalization"] == normalization
             state = json.loads((run / "run.json").read_text())
-            for key in ("encoder_weights", "first_conv", "normalization_from_weights"):
+            for key in ("encoder_weights", "fine_tuning", "normalization_from_weights"):
                 if key in state:  # what the weights loader recorded, where it does
                     row[key] = state[key]
             runs.append(row)
@@ -377,6 +417,8 @@ def main() -> None:
         "dubai_classes": DUBAI_CLASSES,
         "tiles": {"train": len(train_rows), "val": len(val_rows), "size": args.tile_size},
         "band_names": named,
+        "normalization": normalization,
+        "same_normalization": all(r["same_normalization"] for r in runs),
         "pretrained_unavailable": unavailable,
         "runs": runs,
         "mean_val_miou": {
