@@ -53,8 +53,10 @@ def test_without_band_names_band_i_takes_weights_band_i_modulo_their_count() -> 
     assert got.mean == [0.25, 0.5, 0.75, 0.25]
     assert got.std == [0.125, 0.25, 0.375, 0.125]
     assert got.sources == ["weights band 1", "weights band 2", "weights band 3", "weights band 1"]
-    one = pretrained_normalization(1, ["pan"], None, MEAN3, STD3)  # names on one side only
-    assert (one.mean, one.std, one.sources) == ([0.25], [0.125], ["weights band 1"])
+    two = pretrained_normalization(2, ["pan", "nir"], None, MEAN3, STD3)  # names on one side
+    assert (two.mean, two.std) == ([0.25, 0.5], [0.125, 0.25])
+    one = pretrained_normalization(1, None, None, MEAN3, STD3)  # smp sums the kernels: all
+    assert (one.mean, one.std, one.sources) == ([0.5], [0.25], [MEAN_OF_BANDS])
 
 
 @pytest.mark.parametrize(

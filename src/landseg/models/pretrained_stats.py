@@ -24,7 +24,8 @@ both sides, a band the weights know takes its own; a band they do not know (a fo
 RGB weights) takes the mean of the weights' means and the mean of their stds, the statistics
 of a typical band of the data the encoder saw (its first convolution initialises such a band
 from the mean of the pretrained kernels, the same choice). Without names, smp's first-layer
-rule decides: image band ``i`` is weights band ``i % M``.
+rule decides: image band ``i`` is weights band ``i % M`` (a single band, whose kernel is the
+sum of the pretrained ones, takes the mean of them all).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def pretrained_normalization(
 
     With both band lists: a band whose name (case-insensitive) the weights have takes that
     band's values; another takes the mean of the weights' means and of their stds. Without
-    one of them: image band ``i`` takes weights band ``i % M`` (smp's first-convolution rule).
+    one of them, smp's first-convolution rule: image band ``i`` takes weights band ``i % M``,
+    and a single band (whose kernel is the sum of the pretrained ones) the mean of them all.
     Raises ValueError when the lists do not fit (lengths, a std <= 0, names not one per band).
     """
     m = len(mean)
@@ -112,6 +114,8 @@ def pretrained_normalization(
                 stds.append(float(std[i]))
                 sources.append(str(weights_band_names[i]))
         return BandNormalization(means, stds, sources)
+    if n_bands == 1 and m > 1:  # smp's one-band rule: the sum of the kernels sees every band
+        return BandNormalization([sum(mean) / m], [sum(std) / m], [MEAN_OF_BANDS])
     for band in range(n_bands):
         i = band % m
         means.append(float(mean[i]))
