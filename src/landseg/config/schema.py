@@ -162,7 +162,10 @@ class DataSource(StrictModel):
     )
     normalization_weights: NormalizationWeights | None = Field(
         default=None,
-        description="Mean/std per split in the 0-1 range; default scales by the dtype's range.",
+        description="Mean/std per split in the 0-1 range. Default: the pretrained encoder "
+        "weights' own where they carry them (see docs/pretrained.md; run.json's "
+        "normalization_from_weights says which band took what), else scaling by the dtype's "
+        "range alone.",
     )
     data_augmentation: DataAugmentation | None = Field(
         default=None, description="Augmentations per split (train only)."
