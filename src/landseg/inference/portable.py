@@ -308,7 +308,9 @@ def stac_item(meta: dict[str, Any], item_id: str, files: dict[str, Path]) -> dic
         "mlm:tasks": ["semantic-segmentation"],
         "mlm:framework": "PyTorch",
         "mlm:framework_version": _torch_version(),
-        "mlm:pretrained": bool(model["params"].get("encoder_weights")),
+        "mlm:pretrained": bool(
+            model.get("encoder_weights") or model["params"].get("encoder_weights")
+        ),
         "mlm:pretrained_source": (model.get("encoder_weights") or {}).get("file")
         or model["params"].get("encoder_weights"),
         "mlm:accelerator": None,
