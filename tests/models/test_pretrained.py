@@ -375,3 +375,17 @@ def test_transformer_encoder_dpt_with_a_vit(tmp_path: Path) -> None:
     w = sd["patch_embed.proj.weight"]
     expected = torch.stack([w[:, 0], w[:, 1], w[:, 2], w[:, 0]], dim=1) * 0.75
     assert torch.allclose(own[first], expected, atol=1e-7)
+
+
+def test_deeplab_takes_a_torchvision_mobilenet_file(tmp_path: Path) -> None:
+    """ODEON's deeplab: smp's MobileNetV2 encoder is torchvision's; its classifier is left."""
+    import torchvision
+
+    torch.manual_seed(0)
+    sd = torchvision.models.mobilenet_v2(weights=None).state_dict()
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(sd, path)
+    model, record = loaded(config(path, model="deeplab"), 3)
+    assert_encoder_is(model, sd, skip="")
+    assert record is not None and record["loaded"] == record["total"]
+    assert record["unexpected_examples"] == ["classifier.1.weight", "classifier.1.bias"]
