@@ -72,6 +72,7 @@ def test_training_starts_from_the_file_and_records_it(
         model_name="smp:unet",
         model_params={**SMALL, "encoder_weights": "~/rgb.safetensors"},
         epochs=1,
+        export_checkpoint="torchscript",
     )
     demo_config["output_setup"].update(
         use_tensorboard=False, get_prediction=False, name_exp_log="e", version_name="v"
@@ -92,8 +93,17 @@ def test_training_starts_from_the_file_and_records_it(
     }
     assert record["bands"]["factor"] == 0.75
     assert "encoder weights from" in (run / "train.log").read_text()
-    # the network is rebuilt from the checkpoint without the file (moved away here)
+    extra = {"landseg_checkpoint.json": ""}  # the checkpoint's TorchScript export says it too
+    torch.jit.load(next((run / "checkpoints").glob("*.torchscript.pt")), _extra_files=extra)
+    exported = json.loads(extra["landseg_checkpoint.json"])["encoder_weights"]
+    assert exported["file"] == "rgb.safetensors" and exported["sha256"] == record["sha256"]
+    # the network is rebuilt from the checkpoint without the file (moved away here), and
+    # the run continues without it
     weights.unlink()
+    demo_config["train_setup"].update(continue_training=True, epochs=2)
+    config = write_config(tmp_path / "config.json", demo_config)
+    code, err = run_cli(["validate", "-c", str(config)], capsys)
+    assert code == 0, err
     from landseg.tasks.segmentation import SegmentationTask
 
     (checkpoint,) = (run / "checkpoints").glob("*-last.ckpt")

@@ -70,6 +70,19 @@ def write_scene(path: Path, height: int, width: int, seed: int = 0) -> Path:
     return path
 
 
+#: run.json's record of the encoder weights the run started from (as training writes it).
+PRETRAINED = {
+    "file": "rgb.safetensors",
+    "path": "/weights/rgb.safetensors",
+    "size": 46_000_000,
+    "sha256": "ab" * 32,
+    "source": "file",
+    "loaded": 100,
+    "total": 100,
+    "missing": [],
+}
+
+
 @pytest.fixture(scope="module")
 def task(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return demo_task(demo_dir, tmp_path_factory.mktemp("task"))
@@ -80,7 +93,8 @@ def run(task, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder with run.json and one checkpoint, exported in both formats."""
     folder = tmp_path_factory.mktemp("runs") / "exp" / "v1"
     save_checkpoint(task, folder / "checkpoints" / "m-loss-epoch=003-val_loss=0.5000.ckpt")
-    (folder / "run.json").write_text(json.dumps({"status": "finished", "best": {"val_loss": 0.5}}))
+    state = {"status": "finished", "best": {"val_loss": 0.5}, "encoder_weights": PRETRAINED}
+    (folder / "run.json").write_text(json.dumps(state))
     args = ["export", str(folder), "--format", "onnx", "--format", "torchscript"]
     assert main([*args, "--tile", str(TILE), "--overlap", str(OVERLAP)]) == 0
     return folder
@@ -167,6 +181,8 @@ def test_onnx_metadata_describes_the_run(task, run: Path) -> None:
     assert meta["resolution"] == 0.5 and meta["resolution_unit"] == "m"
     assert meta["model"]["name"] == "lightunet" and meta["model"]["size_multiple"] == 16
     assert meta["model"]["parameters"] == sum(p.numel() for p in task.model.parameters())
+    keys = ("file", "size", "sha256", "source", "loaded", "total")
+    assert meta["model"]["encoder_weights"] == {key: PRETRAINED[key] for key in keys}
     source = meta["source"]
     assert source["run"] == str(run) and source["run_name"] == "v1"
     assert source["checkpoint"] == "m-loss-epoch=003-val_loss=0.5000.ckpt"
@@ -233,6 +249,8 @@ def test_stac_item_with_the_mlm_extension(run: Path) -> None:
         {"value": i, "name": name, "color_hint": colours[i]} for i, name in enumerate(LABELS)
     ]
     assert props["gsd"] == 0.5
+    assert props["mlm:pretrained"] is True
+    assert props["mlm:pretrained_source"] == "rgb.safetensors"
     assets = item["assets"]
     assert assets["onnx"]["href"] == "./m.onnx" and assets["torchscript"]["href"] == "./m.pt"
     assert assets["onnx"]["mlm:artifact_type"] == "onnx"

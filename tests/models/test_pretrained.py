@@ -356,3 +356,36 @@ def test_flattened_timm_feature_names(tmp_path: Path) -> None:
     key = "model.stages_0.blocks.0.conv_dw.weight"
     assert torch.equal(own[key], sd["stages.0.blocks.0.conv_dw.weight"])
     assert record is not None and record["loaded"] == record["total"] == len(own)
+
+
+def test_transformer_encoder_dpt_with_a_vit(tmp_path: Path) -> None:
+    """DPT on a timm ViT: the patch embedding is the first convolution (3 -> 4 bands, smp's
+    rule); the class token, position embedding and blocks are the file's."""
+    torch.manual_seed(0)
+    sd = timm.create_model("test_vit").state_dict()
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    cfg = config(path, model="smp:dpt", encoder_name="tu-test_vit")
+    cfg.train_setup.model_params = {"encoder_name": "tu-test_vit", "encoder_weights": str(path)}
+    model, record = loaded(cfg, 4)
+    own = model.encoder.state_dict()
+    first = "model.patch_embed.proj.weight"
+    assert record is not None and record["first_conv"] == first
+    assert all(torch.equal(v, sd[k.removeprefix("model.")]) for k, v in own.items() if k != first)
+    w = sd["patch_embed.proj.weight"]
+    expected = torch.stack([w[:, 0], w[:, 1], w[:, 2], w[:, 0]], dim=1) * 0.75
+    assert torch.allclose(own[first], expected, atol=1e-7)
+
+
+def test_deeplab_takes_a_torchvision_mobilenet_file(tmp_path: Path) -> None:
+    """ODEON's deeplab: smp's MobileNetV2 encoder is torchvision's; its classifier is left."""
+    import torchvision
+
+    torch.manual_seed(0)
+    sd = torchvision.models.mobilenet_v2(weights=None).state_dict()
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(sd, path)
+    model, record = loaded(config(path, model="deeplab"), 3)
+    assert_encoder_is(model, sd, skip="")
+    assert record is not None and record["loaded"] == record["total"]
+    assert record["unexpected_examples"] == ["classifier.1.weight", "classifier.1.bias"]

@@ -159,6 +159,7 @@ def describe(
     ``data`` (default: read from the run's training images) gives the training dtype, tile
     size, resolution and band names when the config does not.
     """
+    from landseg.models.pretrained import export_record
     from landseg.runs.checkpoints import CheckpointName
     from landseg.runs.folder import RunState
 
@@ -204,7 +205,7 @@ def describe(
             "architecture": architecture(train.model_name),
             "size_multiple": loaded.size_multiple,
             "parameters": (int(sum(p.numel() for p in network.parameters())) if network else None),
-            "encoder_weights": pretrained_record(state.encoder_weights if state else None),
+            "encoder_weights": export_record(state.encoder_weights if state else None),
         },
         "input": {
             "name": "image",
@@ -254,15 +255,6 @@ def describe(
             "exported": (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds"),
         },
     }
-
-
-def pretrained_record(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What an export says of the encoder weights its run started from (run.json's record):
-    the file's name, size and SHA-256, what it was named as, the tensors loaded."""
-    if not record:
-        return None
-    keys = ("file", "size", "sha256", "source", "loaded", "total")
-    return {key: record.get(key) for key in keys}
 
 
 def deepness_metadata(meta: dict[str, Any]) -> dict[str, str]:
@@ -320,7 +312,9 @@ def stac_item(meta: dict[str, Any], item_id: str, files: dict[str, Path]) -> dic
         "mlm:tasks": ["semantic-segmentation"],
         "mlm:framework": "PyTorch",
         "mlm:framework_version": _torch_version(),
-        "mlm:pretrained": bool(model["params"].get("encoder_weights")),
+        "mlm:pretrained": bool(
+            model.get("encoder_weights") or model["params"].get("encoder_weights")
+        ),
         "mlm:pretrained_source": (model.get("encoder_weights") or {}).get("file")
         or model["params"].get("encoder_weights"),
         "mlm:accelerator": None,

@@ -16,6 +16,7 @@ run's ``model_params.encoder_weights``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,18 @@ def export_problems(value: str | list[str] | None) -> list[str]:
     ]
 
 
-def export_model(network: torch.nn.Module, in_channels: int, fmt: str, stem: Path) -> Path:
+def export_model(
+    network: torch.nn.Module,
+    in_channels: int,
+    fmt: str,
+    stem: Path,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
     """Write ``network`` in an extra format (``export_checkpoint``); returns the file.
+
+    ``metadata`` (e.g. the encoder weights the run started from: file name, SHA-256) travels
+    in the formats that can carry it: TorchScript's ``landseg_checkpoint.json`` extra file;
+    ``.pth`` stays ODEON's bare state dict.
 
     Raises ValueError naming the format when no writer has that name (validation refuses it
     before any training; this guards callers from Python)."""
@@ -59,31 +70,36 @@ def export_model(network: torch.nn.Module, in_channels: int, fmt: str, stem: Pat
         raise ValueError(
             unknown_name_message("export_checkpoint format", fmt, CHECKPOINT_WRITERS.names())
         )
-    return CHECKPOINT_WRITERS.get(fmt)(network.eval().cpu(), in_channels, stem)
+    return CHECKPOINT_WRITERS.get(fmt)(network.eval().cpu(), in_channels, stem, metadata or {})
 
 
-#: ``(network in eval mode on the CPU, input channels, stem) -> the file written``.
-CheckpointWriter = Callable[[torch.nn.Module, int, Path], Path]
+#: ``(network in eval mode on the CPU, input channels, stem, metadata) -> the file written``.
+CheckpointWriter = Callable[[torch.nn.Module, int, Path, dict[str, Any]], Path]
 #: The writers of ``train_setup.export_checkpoint``'s formats: the names of
 #: :data:`landseg.config.choices.EXPORT_FORMATS` whose ``checkpoint`` info is true.
 CHECKPOINT_WRITERS: Registry[CheckpointWriter] = Registry("export_checkpoint format")
+#: The extra file of a checkpoint's TorchScript export that holds its metadata (JSON).
+CHECKPOINT_METADATA = "landseg_checkpoint.json"
 
 
 @CHECKPOINT_WRITERS.register("pth")
-def _pth(model: torch.nn.Module, in_channels: int, stem: Path) -> Path:
+def _pth(model: torch.nn.Module, in_channels: int, stem: Path, metadata: dict[str, Any]) -> Path:
     path = stem.with_suffix(".pth")
-    save_torch(model.state_dict(), path)
+    save_torch(model.state_dict(), path)  # ODEON's layout: the state dict alone
     return path
 
 
 @CHECKPOINT_WRITERS.register("torchscript")
-def _torchscript(model: torch.nn.Module, in_channels: int, stem: Path) -> Path:
+def _torchscript(
+    model: torch.nn.Module, in_channels: int, stem: Path, metadata: dict[str, Any]
+) -> Path:
     path = stem.with_suffix(".torchscript.pt")
     example = torch.zeros(1, in_channels, 64, 64)
     with torch.no_grad():
         traced = torch.jit.trace(model, example)
+    extra = {CHECKPOINT_METADATA: json.dumps(metadata)} if metadata else {}
     with atomic_path(path) as tmp:
-        traced.save(str(tmp))
+        traced.save(str(tmp), _extra_files=extra)
     return path
 
 

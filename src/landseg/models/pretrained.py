@@ -278,6 +278,16 @@ def load_match(encoder: nn.Module, match: EncoderMatch) -> None:
             own[key].copy_(value.to(own[key].dtype))
 
 
+def export_record(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What an export says of the encoder weights its run started from (run.json's
+    ``encoder_weights``): the file's name, size and SHA-256, what it was named as, the
+    tensors loaded."""
+    if not record:
+        return None
+    keys = ("file", "size", "sha256", "source", "loaded", "total")
+    return {key: record.get(key) for key in keys}
+
+
 # ---------------------------------------------------------------------------- weights names
 
 

@@ -302,6 +302,11 @@ def _pretrained_problems(sections: dict[str, Any], summary: DataSummary | None) 
         problems += band_names_problems(data, n_bands)
     if data is None or train is None or problems:
         return problems
+    if train.continue_training:
+        # a continued run has its weights in its checkpoint: the file may be gone (a purged
+        # scratch disk); a continue that finds no run starts anew and checks it then, before
+        # its run.json is written
+        return problems
     if n_bands is None and data.image_bands:
         n_bands = len(data.image_bands)
     whole = LandsegConfig.model_construct(data_source=data, train_setup=train)

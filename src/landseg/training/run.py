@@ -38,6 +38,7 @@ from landseg.launch.cluster import external_launch, requeue_wanted
 from landseg.launch.handshake import DecisionBoard, RunDecision, receive_decision
 from landseg.launch.hardware import FastPaths
 from landseg.models.export import export_formats, export_model
+from landseg.models.pretrained import export_record
 from landseg.planning.prepare import weights_normalization_record
 from landseg.planning.pretrained import load_encoder_weights
 from landseg.planning.run_plan import TrainPlan, fast_paths, plan_resume, plan_run
@@ -417,8 +418,10 @@ def _after_fit(
             for raster in written:
                 vectorize(raster, raster.with_suffix(".gpkg"), task.class_labels)
     stem = export_stem(run.checkpoints, base_name(config))
+    pretrained = run.state().encoder_weights
+    metadata = {"encoder_weights": export_record(pretrained)} if pretrained else None
     for fmt in export_formats(config.train_setup.export_checkpoint):
-        path = export_model(task.model, task.in_channels, fmt, stem)
+        path = export_model(task.model, task.in_channels, fmt, stem, metadata)
         log.info("exported %s", path)
 
 
