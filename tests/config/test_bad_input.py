@@ -282,10 +282,19 @@ CASES: dict[str, tuple[Mutation, str]] = {
     ),
     "wandb missing": (both(setkey("output_setup.use_wandb", True), no_wandb), "use_wandb"),
     "freeze_encoder_epochs -1": (
-        setkey("train_setup.freeze_encoder_epochs", -1),
+        both(
+            setkey("train_setup.model_name", "resnet18"),
+            setkey("train_setup.freeze_encoder_epochs", -1),
+        ),
         "train_setup.freeze_encoder_epochs",
     ),
-    "encoder_lr_factor 0": (setkey("train_setup.encoder_lr_factor", 0), "encoder_lr_factor"),
+    "encoder_lr_factor 0": (
+        both(
+            setkey("train_setup.model_name", "resnet18"),
+            setkey("train_setup.encoder_lr_factor", 0),
+        ),
+        "train_setup.encoder_lr_factor",
+    ),
     # the demo's lightunet is one network, without an encoder
     "freeze without encoder": (
         setkey("train_setup.freeze_encoder_epochs", 2),
