@@ -92,3 +92,20 @@ def test_the_csv_logger_s_writer(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="", version="")
     for attribute in ("_experiment", "_fs"):
         assert hasattr(logger, attribute), changed(f"CSVLogger.{attribute}", where)
+
+
+def test_ddp_strategy_builds_its_wrapper_from_its_ddp_kwargs() -> None:
+    """training/trainer.py (find_unused_parameters for a frozen encoder) sets the flag in the
+    built strategy's keyword arguments, which its DDP wrapper is made from when fitting starts."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = DDPStrategy(find_unused_parameters=False)
+    kwargs = getattr(strategy, "_ddp_kwargs", None)
+    assert kwargs == {"find_unused_parameters": False}, changed(
+        "DDPStrategy._ddp_kwargs", "training/trainer.py"
+    )
+    source = inspect.getsource(DDPStrategy._setup_model)
+    assert "DistributedDataParallel(" in source and "**self._ddp_kwargs" in source, changed(
+        "DDPStrategy._setup_model wrapping the model with **self._ddp_kwargs",
+        "training/trainer.py",
+    )

@@ -281,6 +281,39 @@ CASES: dict[str, tuple[Mutation, str]] = {
         "model_params.output_stride",
     ),
     "wandb missing": (both(setkey("output_setup.use_wandb", True), no_wandb), "use_wandb"),
+    "freeze_encoder_epochs -1": (
+        both(
+            setkey("train_setup.model_name", "resnet18"),
+            setkey("train_setup.freeze_encoder_epochs", -1),
+        ),
+        "train_setup.freeze_encoder_epochs",
+    ),
+    "encoder_lr_factor 0": (
+        both(
+            setkey("train_setup.model_name", "resnet18"),
+            setkey("train_setup.encoder_lr_factor", 0),
+        ),
+        "train_setup.encoder_lr_factor",
+    ),
+    # the demo's lightunet is one network, without an encoder
+    "freeze without encoder": (
+        setkey("train_setup.freeze_encoder_epochs", 2),
+        "train_setup.freeze_encoder_epochs 2: model 'lightunet' has no encoder",
+    ),
+    "encoder lr without encoder": (
+        setkey("train_setup.encoder_lr_factor", 0.1),
+        "train_setup.encoder_lr_factor 0.1: model 'lightunet' has no encoder",
+    ),
+    "encoder lr with a shared eta_min": (
+        both(
+            setkey("train_setup.model_name", "resnet18"),
+            setkey("train_setup.encoder_lr_factor", 0.1),
+            setkey(
+                "train_setup.scheduler_config", {"scheduler": "cosineannealinglr", "eta_min": 1e-5}
+            ),
+        ),
+        "train_setup.scheduler_config.eta_min: CosineAnnealingLR takes one eta_min",
+    ),
     # --- cross-field rules
     "labels vs bands": (
         setkey("data_source.class_labels", ["a", "b"]),

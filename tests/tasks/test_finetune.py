@@ -81,7 +81,7 @@ def test_the_encoder_s_lr_stays_the_factor_times_the_rest_s(
     )
     configured = task.configure_optimizers()
     built, lr_scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
-    encoder_group, rest_group = built.param_groups
+    rest_group, encoder_group = built.param_groups  # the first is the one runs report
     assert {id(p) for p in encoder_group["params"]} == {
         id(p) for p in task.model.encoder.parameters()
     }

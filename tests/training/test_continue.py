@@ -99,6 +99,30 @@ def test_changeable_keys_are_applied_others_refused() -> None:
     assert problems[1].startswith("train_setup.lr: 0.01 in the run, 0.001 now; a continued run")
 
 
+@pytest.mark.parametrize(
+    ("key", "before", "after"),
+    [
+        ("freeze_encoder_epochs", 0, 3),
+        ("freeze_encoder_epochs", 3, 1),
+        ("encoder_lr_factor", 1.0, 0.1),
+    ],
+)
+def test_the_fine_tuning_controls_are_kept_by_a_continued_run(
+    key: str, before: float, after: float
+) -> None:
+    """Which epochs the encoder was frozen for, and its learning rate, are part of what the run
+    trained (and the groups of its optimiser's state): a new run, or init_weights, changes them."""
+    old = {"train_setup": {"model_name": "resnet18", key: before}}
+    new = {"train_setup": {"model_name": "resnet18", key: after, "continue_training": True}}
+    allowed, problems = continuation_problems(old, new)
+    assert allowed == {}
+    assert problems == [
+        f"train_setup.{key}: {before!r} in the run, {after!r} now; a continued run keeps it "
+        "(start a new run, or fine-tune from its weights with train_setup.init_weights)"
+    ]
+    assert f"train_setup.{key}" in result_relevant(old)
+
+
 def test_a_different_process_count_is_refused() -> None:
     old = {"device_setup": {"accelerator": "cpu", "num_processes": 1}}
     new = {"device_setup": {"accelerator": "cpu", "num_processes": 2}}

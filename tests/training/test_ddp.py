@@ -38,3 +38,28 @@ def test_ddp_two_cpu_processes(demo_config: dict, tmp_path: Path) -> None:
         int((item["mask"] >= 0).sum()) for item in datamodule.test_dataset
     )
     assert len(list((run / "predictions").glob("*.tif"))) == len(datamodule.test_dataset)
+
+
+@pytest.mark.parametrize("strategy", [None, "ddp_spawn", "ddp_find_unused_parameters_false"])
+@pytest.mark.parametrize("freeze", [0, 2])
+def test_ddp_accepts_a_frozen_encoder_s_parameters_without_gradient(
+    strategy: str | None, freeze: int, demo_config: dict, tmp_path: Path
+) -> None:
+    """train_setup.freeze_encoder_epochs: DDP is told that some parameters get no gradient
+    (its reducer would wait for them and stop at the second step), whichever DDP strategy the
+    config names; runs that freeze nothing keep DDP's default, which costs no graph walk."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from landseg.config.schema import LandsegConfig
+    from landseg.runs.folder import RunFolder
+    from landseg.training.trainer import build_trainer
+
+    demo_config["train_setup"].update(model_name="resnet18", freeze_encoder_epochs=freeze)
+    demo_config["output_setup"]["use_tensorboard"] = False
+    demo_config["device_setup"].update(
+        accelerator="cpu", num_processes=2, strategy=strategy, precision="32-true"
+    )  # resolved before build_trainer is called
+    trainer = build_trainer(LandsegConfig.model_validate(demo_config), RunFolder(tmp_path))
+    assert isinstance(trainer.strategy, DDPStrategy)
+    given = trainer.strategy._ddp_kwargs.get("find_unused_parameters", False)
+    assert given is (freeze > 0)

@@ -17,7 +17,10 @@ may change, and are applied:
 
 ``output_setup.output_folder`` may differ too: it says where the run lies (an output folder
 moved or copied elsewhere is continued there), not how it trains. Any other difference is
-refused. A cross-validation task's hash (what its results depend on)
+refused: ``train_setup.freeze_encoder_epochs`` and ``encoder_lr_factor`` among them (which
+epochs the encoder trained in, and at which rate, are what the run is; the factor also shapes
+the optimiser state the run continues with). A cross-validation task's hash (what its results
+depend on)
 leaves out the same keys, plus ``train_setup.continue_training``.
 """
 

@@ -73,10 +73,12 @@ def parameter_groups(
 
     ``lr_factor`` 1: every parameter in one group, as always, so the optimiser's state and
     checkpoints are what they were before the key existed, and runs trained then continue as
-    before. Otherwise two groups, the encoder's (at ``lr_factor`` x ``lr``) then the rest's
-    (at ``lr``), named, so that the learning-rate log says which is which. Freezing needs no
-    group of its own: every optimiser landseg offers skips the parameters that have no
-    gradient, so the groups depend on the factor alone.
+    before. Otherwise two groups, named, so that Lightning's learning-rate log says which is
+    which: the rest's first, at ``lr`` (the learning rate that history.json, the run's scalars
+    and the .pth metadata report is the first group's, train_setup.lr's schedule), then the
+    encoder's, at ``lr_factor`` x ``lr``. Freezing needs no group of its own: every optimiser
+    landseg offers skips the parameters that have no gradient, so the groups depend on the
+    factor alone.
 
     ``parameters``: every parameter the optimiser updates, the encoder's included (their
     order is kept within each group).
@@ -85,11 +87,11 @@ def parameter_groups(
         return parameters, [1.0]
     encoder = {id(p) for p in encoder_of(model, FACTOR_KEY).parameters()}
     groups = [
+        {"params": [p for p in parameters if id(p) not in encoder], "name": "rest"},
         {
             "params": [p for p in parameters if id(p) in encoder],
             "lr": lr * lr_factor,
             "name": "encoder",
         },
-        {"params": [p for p in parameters if id(p) not in encoder], "name": "rest"},
     ]
-    return groups, [lr_factor, 1.0]
+    return groups, [1.0, lr_factor]

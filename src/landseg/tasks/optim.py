@@ -70,6 +70,8 @@ SCHEDULERS.add(
 # encoder's learning rate stays that factor times the rest's through the whole schedule;
 # ``shared_lr_keys`` take one value for every group, which would break that ratio: a factor
 # other than 1 is refused with one of them set (prepare's check, scheduler_problems).
+# ReduceLROnPlateau's ``eps`` (1e-8: a decay smaller than that is skipped) is one value too;
+# it only matters once a group's learning rate is within a few times 1e-8 of its floor.
 
 _OPTIMIZER_FIXED = {"params", "lr"}
 _SCHEDULER_FIXED = {"optimizer", "verbose"}
