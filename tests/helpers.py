@@ -9,6 +9,7 @@ in-process command runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -544,3 +545,61 @@ def torchrun_nodes(port: int) -> list[dict[str, str]]:
         "MASTER_PORT": str(port),
     }
     return [{**common, "RANK": str(n), "GROUP_RANK": str(n)} for n in (0, 1)]
+
+
+# ---------------------------------------------------------------------------- weights files
+
+
+RGB = ["red", "green", "blue"]
+#: Sentinel-2's 13 bands in torchgeo's order.
+S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+#: A tiny smp U-Net on a ResNet-18 encoder (3 stages: cheap to build).
+SMALL_RESNET18 = {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]}
+
+
+@functools.cache
+def _timm_resnet18(in_chans: int) -> dict[str, torch.Tensor]:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", pretrained=False, in_chans=in_chans).state_dict()
+
+
+def timm_resnet18(in_chans: int = 3) -> dict[str, torch.Tensor]:
+    """A timm ResNet-18's random weights (made once per band count)."""
+    return dict(_timm_resnet18(in_chans))
+
+
+class RunsCode:
+    """A pickle that would call ``Path.touch`` on load."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """(the file, a part of the one line that refuses it) per kind of wrong file."""
+    import timm
+
+    torch.manual_seed(0)
+    r50 = tmp_path / "resnet50.pth"
+    torch.save(timm.create_model("resnet50").state_dict(), r50)
+    mobile = tmp_path / "mobilenet.pth"
+    torch.save(timm.create_model("mobilenetv3_small_050").state_dict(), mobile)
+    text = tmp_path / "notes.pt"
+    text.write_text("these are not weights\n")
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "x": RunsCode(tmp_path / "ran")}, evil)
+    empty = tmp_path / "empty.pth"
+    torch.save({"epoch": 3, "note": "no tensors"}, empty)
+    return {
+        "resnet50": (r50, "have another shape (first: layer1.0.conv1.weight"),
+        "mobilenet": (mobile, "of the encoder's 100 tensors fit, but"),
+        "text": (text, "not a weights file"),
+        "missing": (tmp_path / "absent.safetensors", "no such weights file"),
+        "pickle": (evil, "could run code"),
+        "no tensors": (empty, "holds no tensors"),
+    }

@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.helpers import run_cli, write_config
-from tests.models.test_pretrained import RGB, SMALL, bad_files, timm_resnet18
+from tests.helpers import RGB, SMALL_RESNET18, bad_files, run_cli, timm_resnet18, write_config
 
 
 def test_wrong_weights_files_refused_before_any_run_folder(
@@ -70,7 +69,7 @@ def test_training_starts_from_the_file_and_records_it(
     demo_config["data_source"].pop("test_file")
     demo_config["train_setup"].update(
         model_name="smp:unet",
-        model_params={**SMALL, "encoder_weights": "~/rgb.safetensors"},
+        model_params={**SMALL_RESNET18, "encoder_weights": "~/rgb.safetensors"},
         epochs=1,
         export_checkpoint="torchscript",
     )

@@ -111,7 +111,7 @@ def map_first_conv(
     else:
         names = image_bands or [f"band {i + 1}" for i in range(n_bands)]
         if n_bands == 1:
-            mapped = source.mean(dim=1, keepdim=True) * factor  # = the sum over the M bands
+            mapped = source.sum(dim=1, keepdim=True)  # smp's rule, to the bit: the mean x M/1
             sources = [(names[0], "mean")]
         else:
             mapped = torch.stack([source[:, i % m] for i in range(n_bands)], dim=1) * factor
