@@ -124,9 +124,11 @@ class Windows(StrictModel):
         "grid covers every pixel); default size. A last window flush with the far edge covers "
         "a remainder; pixels two windows share are counted once, in the first.",
     )
-    samples_per_epoch: PositiveInt = Field(
+    samples_per_epoch: PositiveInt | None = Field(
+        default=None,
         description="Random windows trained per epoch, drawn from the seed, the epoch and the "
-        "sample's index alone (exact resume, any number of workers)."
+        "sample's index alone (exact resume, any number of workers). Default: train on the "
+        "grid's windows, each once per epoch, as on tiles cut on that grid.",
     )
     max_nodata: float = Field(
         default=0.5,

@@ -168,9 +168,8 @@ def check_data(config: LandsegConfig) -> DataSummary:
     patch_size = cast("tuple[int, int]", scan.sizes.single())
     if source.windows is not None:  # windows per epoch: random ones to train, the grid else
         split_sizes = {
-            name: source.windows.samples_per_epoch
-            if name == "train"
-            else scan.scenes.grid_windows.get(name, 0)
+            name: (name == "train" and source.windows.samples_per_epoch)
+            or scan.scenes.grid_windows.get(name, 0)
             for name in used
         }
         patch_size = (source.windows.size, source.windows.size)

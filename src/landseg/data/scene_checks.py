@@ -81,7 +81,7 @@ def scene_row_problems(
                 f"{image.path} ({image.size})",
             )
         )
-    elif split != "train":
+    else:
         facts.grid_windows[split] = facts.grid_windows.get(split, 0) + len(
             grid_offsets(image.height, windows.size, windows.step)
         ) * len(grid_offsets(image.width, windows.size, windows.step))

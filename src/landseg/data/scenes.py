@@ -6,7 +6,9 @@ window, so tiles and scenes mix freely in one CSV. ``labels`` is a label raster 
 file (:mod:`landseg.data.labels`), ``aoi`` an optional polygon file: the column named ``aoi``
 in a header, or else the third column.
 
-* **Training** draws ``samples_per_epoch`` windows per epoch (:class:`RandomWindows`): the
+* **Training** without ``samples_per_epoch`` reads the grid below, each window once per epoch
+  in the sampler's shuffled order: exactly what training on tiles cut on that grid does.
+* **Training** with it draws ``samples_per_epoch`` windows per epoch (:class:`RandomWindows`): the
   window of sample ``i`` of epoch ``e`` comes from a generator seeded with the sample's own
   seed (:func:`~landseg.data.sampler.derive_seed` of the run's seed, ``e`` and ``i``), so it
   is a pure function of those three, and exact mid-epoch resume and ``--workers`` equality
