@@ -123,3 +123,14 @@ def test_a_dtype_without_known_scaling_is_refused(tmp_path: Path) -> None:
     (tmp_path / "val.csv").write_text("v16.tif,a.gpkg\n")
     with pytest.raises(DataError, match="pixel_range"):
         check_data(load_config(path))
+
+
+def test_predicting_scene_rows_while_training_is_refused(tmp_path: Path, capsys) -> None:
+    rows = [f"{image(tmp_path / 'a.tif')},{vector(tmp_path / 'a.gpkg', [0])}"]
+    path = config(tmp_path, rows)
+    body = json.loads(path.read_text())
+    body["data_source"]["test_file"] = "val.csv"
+    body["output_setup"]["get_prediction"] = True
+    path.write_text(json.dumps(body))
+    code, output = run_cli(["validate", "-c", str(path)], capsys)
+    assert code == 2 and "get_prediction: predicting the test split's scene rows" in output

@@ -262,3 +262,22 @@ def test_datamodule_draws_train_windows_and_grids_val(tmp_path: Path, make_confi
     assert module.train_dataset.cache is None and module.val_dataset.cache is not None
     batch = next(iter(module.train_dataloader()))
     assert batch["image"].shape == (2, 3, 16, 16)
+
+
+def test_random_windows_are_the_same_with_loader_workers(tmp_path: Path) -> None:
+    """Two DataLoader workers (each with its own copy of the reader) give the batches of none."""
+    from torch.utils.data import DataLoader
+
+    cells = write_scene(tmp_path, "s", 48, 64)
+    write_aoi(tmp_path / "aoi.gpkg", (8, 60))
+    csv = tmp_path / "train.csv"
+    csv.write_text(f"{cells},aoi.gpkg\n")
+    dataset = random_windows(csv, samples=8)
+    batches = []
+    for workers in (0, 2):
+        sampler = SeededSampler(8, seed=5, shuffle=True)
+        sampler.set_epoch(2)
+        loader = DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=workers)
+        batches.append(list(loader))
+    for a, b in zip(*batches, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -749,6 +749,12 @@ def prediction_problems(
             "output_setup.get_prediction: predictions are made on the test split; "
             "set data_source.test_file or get_prediction false"
         )
+    if out.get_prediction and data.windows is not None:
+        problems.append(
+            "output_setup.get_prediction: predicting the test split's scene rows "
+            "(data_source.windows) is not supported yet; set get_prediction false and run "
+            "`landseg predict` on the scenes"
+        )
     maps = class_map_types()
     if out.prediction_vectors and out.prediction_output_type not in maps:
         problems.append(
