@@ -281,3 +281,17 @@ def test_random_windows_are_the_same_with_loader_workers(tmp_path: Path) -> None
         batches.append(list(loader))
     for a, b in zip(*batches, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_tile_rows_and_scene_rows_mix(tmp_path: Path) -> None:
+    """With windows set, a tile row is a scene of one window: it gives one grid window, the
+    tile itself."""
+    csv = tmp_path / "val.csv"
+    csv.write_text(
+        f"{write_scene(tmp_path, 'tile', 16, 16)}\n{write_scene(tmp_path, 's', 32, 40)}\n"
+    )
+    dataset = grid(csv, 16)
+    assert [pair.window for pair in dataset.pairs][:2] == [(0, 0, 16, 16), (0, 0, 16, 16)]
+    assert len(dataset) == 1 + 2 * 3
+    tile = SegmentationDataset(read_pairs(_csv(tmp_path, "tile.tif,tile_l.tif")), **OPTIONS)
+    torch.testing.assert_close(dataset[0], tile[0], rtol=0, atol=0)

@@ -40,6 +40,7 @@ from landseg.data.raster import (
     registration_problem,
 )
 from landseg.data.scene_checks import SceneFacts, scene_row_problems
+from landseg.data.scenes import grid_offsets
 from landseg.data.summary import DataSummary, MaskKind
 
 log = logging.getLogger("landseg.data")
@@ -169,8 +170,8 @@ def check_data(config: LandsegConfig) -> DataSummary:
     if source.windows is not None:  # windows per epoch: random ones to train, the grid else
         split_sizes = {
             name: (name == "train" and source.windows.samples_per_epoch)
-            or scan.scenes.grid_windows.get(name, 0)
-            for name in used
+            or _grid_windows(pairs, scan.headers, source.windows.size, source.windows.step)
+            for name, pairs in used.items()
         }
         patch_size = (source.windows.size, source.windows.size)
     return DataSummary(
@@ -212,7 +213,7 @@ def _scan_rasters(
             image = _header(scan.headers, pair, pair.image, "image", problems)
             if source.windows is not None:  # a scene row: windows are checked, not sizes
                 if image is not None:
-                    _scan_scene(split, pair, image, config, scan, problems)
+                    _scan_scene(pair, image, config, scan, problems)
                 continue
             mask = _header(scan.headers, pair, pair.mask, "mask", problems)
             if image is None or mask is None:
@@ -248,7 +249,6 @@ def _scan_rasters(
 
 
 def _scan_scene(
-    split: str,
     pair: SamplePair,
     image: RasterHeader,
     config: LandsegConfig,
@@ -256,7 +256,7 @@ def _scan_scene(
     problems: _Problems,
 ) -> None:
     """What a scene row adds: its labels, AOI and window (landseg.data.scene_checks)."""
-    for kind, line in scene_row_problems(split, pair, image, config, scan.scenes):
+    for kind, line in scene_row_problems(pair, image, config, scan.scenes):
         problems.add(kind, line)
     example = f"{image.path}, {pair.where()}"
     scan.image_bands.add(image.count, example)
@@ -266,6 +266,19 @@ def _scan_scene(
     )
     if bands_problem:
         problems.add("image_bands", bands_problem)
+
+
+def _grid_windows(
+    pairs: list[SamplePair], headers: dict[Path, RasterHeader | None], size: int, stride: int
+) -> int:
+    """The grid windows of these scene rows (those whose window fits)."""
+    total = 0
+    for pair in pairs:
+        header = headers.get(pair.image)
+        if header is not None and min(header.height, header.width) >= size:
+            rows = grid_offsets(header.height, size, stride)
+            total += len(rows) * len(grid_offsets(header.width, size, stride))
+    return total
 
 
 def _header(

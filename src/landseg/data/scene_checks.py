@@ -20,19 +20,16 @@ from landseg.core.errors import DataError
 from landseg.data.csvfiles import SamplePair
 from landseg.data.labels import is_vector, load_aoi, load_vector_labels
 from landseg.data.raster import RasterHeader, check_mask_bands, mask_kind, read_header
-from landseg.data.scenes import grid_offsets
 
 Problem = tuple[str, str]  # (kind, line)
 
 
 @dataclass
 class SceneFacts:
-    """What the scene rows tell the summary: label kinds and one-hot band counts seen, and
-    the number of grid windows per split."""
+    """What the scene rows tell the summary: the label kinds and one-hot band counts seen."""
 
     label_kinds: dict[str, str] = field(default_factory=dict)  # kind -> example row
     onehot_bands: dict[int, str] = field(default_factory=dict)
-    grid_windows: dict[str, int] = field(default_factory=dict)
     _vectors: dict[tuple[Path, str], str | None] = field(default_factory=dict)
     _headers: dict[Path, RasterHeader | str] = field(default_factory=dict)
 
@@ -61,7 +58,6 @@ def _overlaps(
 
 
 def scene_row_problems(
-    split: str,
     pair: SamplePair,
     image: RasterHeader,
     config: LandsegConfig,
@@ -81,10 +77,6 @@ def scene_row_problems(
                 f"{image.path} ({image.size})",
             )
         )
-    else:
-        facts.grid_windows[split] = facts.grid_windows.get(split, 0) + len(
-            grid_offsets(image.height, windows.size, windows.step)
-        ) * len(grid_offsets(image.width, windows.size, windows.step))
     crs = CRS.from_wkt(image.crs) if image.crs else None
     if is_vector(pair.mask):
         facts.label_kinds.setdefault("index", f"{pair.mask}, {where}")
