@@ -82,6 +82,13 @@ def test_burnt_labels_equal_an_independent_rasterize_from_another_crs(tmp_path: 
     assert burnt.dtype == np.int64
     assert (burnt[10 - 6, 12 - 4]) == 2  # in both polygons: the later one's class
     assert set(np.unique(burnt)) == {-1, 0, 1, 2}
+    for col, row in ((0, 0), (36, 35), (20, 27)):  # windows that reach a few polygons only
+        corner = TRANSFORM @ Affine.translation(col, row)
+        expected = rasterize(POLYGONS, out_shape=(5, 4), transform=corner, fill=-1)
+        assert len(labels.near(corner, (5, 4))) < len(POLYGONS)
+        np.testing.assert_array_equal(
+            burn_labels(labels, corner, (5, 4), background=-1, all_touched=False), expected
+        )
 
 
 def test_label_field_as_index_background_and_all_touched(tmp_path: Path) -> None:

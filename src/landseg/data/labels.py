@@ -25,7 +25,7 @@ Everything here is pure: arguments in, arrays out; files are opened and closed p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +51,31 @@ def is_vector(path: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class VectorLabels:
-    """A label file's polygons in the image's CRS, as GeoJSON-like dicts, and their classes."""
+    """A label file's polygons in the image's CRS, as GeoJSON-like dicts, and their classes.
+
+    ``tree`` indexes the polygons' extents, so a window burns only the polygons that reach it
+    (a file of many buildings costs a window its few neighbours, not the whole file)."""
 
     path: Path
     shapes: tuple[dict[str, Any], ...]
     classes: tuple[int, ...]
+    tree: Any = field(default=None, compare=False, repr=False)
+
+    def near(self, transform: Affine, shape: tuple[int, int]) -> list[int]:
+        """Indices, in file order, of the polygons whose extent meets the window."""
+        import shapely
+
+        if self.tree is None:
+            return list(range(len(self.shapes)))
+        height, width = shape
+        x0, y0 = transform @ (0, 0)
+        x1, y1 = transform @ (width, height)
+        window = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        return sorted(int(i) for i in self.tree.query(window))
 
 
 def _read_layer(
-    path: Path, layer: str | None, columns: Sequence[str]
+    path: Path, layer: str | None, columns: Sequence[str], *, layer_key: str = "label_layer"
 ) -> tuple[CRS, list[bytes | None], dict[str, np.ndarray]]:
     """(CRS, WKB geometries, the columns asked for) of one layer; DataError naming the file."""
     import pyogrio
@@ -70,8 +86,12 @@ def _read_layer(
         if layer is None and len(layers) > 1:
             names = ", ".join(str(name) for name in layers[:, 0])
             raise DataError(
-                f"{path}: holds {len(layers)} layers ({names}); name one with "
-                "data_source.label_layer"
+                f"{path}: holds {len(layers)} layers ({names}); "
+                + (
+                    "name one with data_source.label_layer"
+                    if layer_key == "label_layer"
+                    else "an AOI file must hold one"
+                )
             )
         meta, _, geometry, values = pyogrio.raw.read(path, layer=layer, columns=list(columns))
     except (DataSourceError, DataLayerError, OSError) as error:
@@ -183,13 +203,16 @@ def load_vector_labels(
         )
     shapes = _to_shapes(wkbs, source_crs, crs)
     kept = [(shape, cls) for shape, cls in zip(shapes, classes, strict=True) if shape is not None]
-    return VectorLabels(path, tuple(s for s, _ in kept), tuple(c for _, c in kept))
+    import shapely
+
+    tree = shapely.STRtree([shapely.geometry.shape(shape) for shape, _ in kept])
+    return VectorLabels(path, tuple(s for s, _ in kept), tuple(c for _, c in kept), tree)
 
 
 def load_aoi(path: str | Path, crs: CRS, layer: str | None = None) -> tuple[dict[str, Any], ...]:
     """The polygons of an AOI file, reprojected to ``crs``; DataError naming the file."""
     path = Path(path)
-    source_crs, wkbs, _ = _read_layer(path, layer, [])
+    source_crs, wkbs, _ = _read_layer(path, layer, [], layer_key="aoi")
     return tuple(shape for shape in _to_shapes(wkbs, source_crs, crs) if shape is not None)
 
 
@@ -204,10 +227,11 @@ def burn_labels(
     """The (H, W) int64 classes of a window (``transform``, ``shape``), later features on top."""
     from rasterio.features import rasterize
 
-    if not labels.shapes:
+    near = labels.near(transform, shape)
+    if not near:
         return np.full(shape, background, dtype=np.int64)
     burnt = rasterize(
-        zip(labels.shapes, labels.classes, strict=True),
+        [(labels.shapes[i], labels.classes[i]) for i in near],
         out_shape=shape,
         transform=transform,
         fill=background,
