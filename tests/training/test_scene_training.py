@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from rasterio.windows import Window
 
 from landseg.cli.main import main
 from landseg.core.files import write_geotiff
-from tests.helpers import assert_same_end, scene_pixels, write_config
+from tests.helpers import assert_same_end, scene_pixels, sigkill_when, write_config
 
 UTM = CRS.from_epsg(32633)
 TRANSFORM = Affine(0.5, 0, 500_000.0, 0, -0.5, 5_000_000.0)
@@ -99,3 +101,31 @@ def test_training_on_the_grid_of_scenes_equals_training_on_its_tiles(tmp_path: P
     assert main(["train", "-c", str(write_config(tmp_path / "t.json", on_tiles))]) == 0
     assert main(["train", "-c", str(write_config(tmp_path / "s.json", on_scenes))]) == 0
     assert_same_end(tmp_path / "scene_runs" / "exp" / "v1", tmp_path / "tile_runs" / "exp" / "v1")
+
+
+@pytest.mark.slow
+def test_random_windows_killed_mid_epoch_continue_like_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """Random training windows: a run with two loader workers, killed after its first
+    mid-epoch checkpoint and continued, ends bit for bit like an uninterrupted run without
+    workers (the windows depend on the seed, the epoch and the sample index alone)."""
+    (tmp_path / "train.csv").write_text(write_scene(tmp_path, "a", 64, 80, seed=3) + "\n")
+    (tmp_path / "val.csv").write_text(write_scene(tmp_path, "b", 32, 32, seed=4) + "\n")
+    windows = {"size": TILE, "samples_per_epoch": 8, "max_nodata": 0.1}
+    reference = config(tmp_path, tmp_path / "runs", windows=windows)
+    reference["train_setup"].update(epochs=1, checkpoint_every_n_steps=2)  # 4 steps
+    reference["output_setup"]["version_name"] = "reference"
+    assert main(["train", "-c", str(write_config(tmp_path / "r.json", reference))]) == 0
+
+    killed = json.loads(json.dumps(reference))
+    killed["output_setup"]["version_name"] = "killed"
+    killed["device_setup"]["num_workers"] = 2
+    run = tmp_path / "runs" / "exp" / "killed"
+    path = write_config(tmp_path / "k.json", killed)
+    moment = lambda: any((run / "checkpoints").glob("*-step=*.ckpt"))  # noqa: E731
+    assert sigkill_when(["train", "-c", str(path)], moment, timeout=120) == -signal.SIGKILL
+    killed["train_setup"]["continue_training"] = True
+    assert main(["train", "-c", str(write_config(tmp_path / "c.json", killed))]) == 0
+    assert json.loads((run / "run.json").read_text())["resumed"]
+    assert_same_end(run, tmp_path / "runs" / "exp" / "reference")
