@@ -76,6 +76,8 @@ def test_good_scene_rows_give_the_window_summary(tmp_path: Path) -> None:
     assert summary.patch_size == (16, 16) and summary.n_classes == 2
     assert summary.split_sizes == {"train": 4, "val": 9}  # val: a 40x40 scene, 3x3 windows
     assert summary.mask_kind == "index" and summary.n_image_bands == 3
+    assert summary.report.startswith("checked 2 scene rows in 2 CSV files")
+    assert "windows of 16 px: train reads 4 random windows per epoch" in summary.report
 
 
 def test_every_bad_scene_row_is_named_in_one_pass(tmp_path: Path, capsys) -> None:

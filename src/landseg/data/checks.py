@@ -183,8 +183,26 @@ def check_data(config: LandsegConfig) -> DataSummary:
         image_dtype=str(dtype),
         pixel_range=pixel_range,
         split_sizes=split_sizes,
-        report=f"checked {rows} rows in {n_csv} CSV file{'' if n_csv == 1 else 's'}: headers of "
-        f"{sum(h is not None for h in scan.headers.values())} rasters ({read_note})",
+        report=f"checked {rows} {'scene ' if source.windows else ''}rows in {n_csv} CSV "
+        f"file{'' if n_csv == 1 else 's'}: headers of "
+        f"{sum(h is not None for h in scan.headers.values())} rasters ({read_note})"
+        + _windows_note(config),
+    )
+
+
+def _windows_note(config: LandsegConfig) -> str:
+    """How scene rows are read, for the summary line (empty for tiles)."""
+    windows = config.data_source.windows
+    if windows is None:
+        return ""
+    train = (
+        f"{windows.samples_per_epoch} random windows per epoch"
+        if windows.samples_per_epoch
+        else "the grid"
+    )
+    return (
+        f"; windows of {windows.size} px: train reads {train}, val and test a grid of "
+        f"stride {windows.step}"
     )
 
 
