@@ -78,7 +78,6 @@ class WindowPair(SamplePair):
     and left of it, an earlier grid window covered them, so they are not labelled here.
     """
 
-    aoi: Path | None = None
     window: tuple[int, int, int, int] = (0, 0, 0, 0)
     owned: tuple[int, int] = (0, 0)
 
@@ -126,11 +125,6 @@ class Scene:
         return max(0, self.height - size + 1) * max(0, self.width - size + 1)
 
 
-def aoi_path(pair: SamplePair) -> Path | None:
-    """The row's AOI file: its ``aoi`` column, absolute like the row's other paths."""
-    return pair.aoi
-
-
 def read_scene(pair: SamplePair) -> Scene:
     """The scene of ``pair`` from its image header; warns once about a scene in strips."""
     with open_raster(pair.image) as src:
@@ -138,7 +132,7 @@ def read_scene(pair: SamplePair) -> Scene:
         tiled = block_width < src.width or src.width <= STRIP_WARNING_WIDTH
         scene = Scene(
             pair,
-            aoi_path(pair),
+            pair.aoi,
             src.height,
             src.width,
             src.count,
