@@ -105,6 +105,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tiles(args: argparse.Namespace) -> int:
+    """Cut the grid windows of the config's scene rows into ODEON's tiles (landseg.data.tiling)."""
+    from landseg.data.tiling import write_tiles
+    from landseg.planning.prepare import prepare
+
+    prepared = prepare(args.config, args.overrides, device_check=False)
+    counts = write_tiles(prepared.config, prepared.summary, args.output)
+    for split, count in counts.items():
+        print(f"{split}: {count} tiles, {args.output / f'{split}.csv'}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from landseg.config.schema import LandsegConfig
 
@@ -151,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not check that the GPUs (or other devices) named exist on this machine, "
         "for a config written on a login node for the compute nodes",
     )
+    tiles = add("tiles", cmd_tiles, "cut the scene rows' grid windows into ODEON's tiles")
+    _add_config_args(tiles)
+    tiles.add_argument("--output", type=Path, required=True, help="a new or empty folder")
     add("schema", cmd_schema, "print the JSON Schema of the config (for editors)")
     demo = add("demo-data", cmd_demo_data, "write a small generated dataset and demo config")
     demo.add_argument("folder", type=Path)

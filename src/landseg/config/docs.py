@@ -27,6 +27,7 @@ from landseg.config.schema import (
     SchedulerConfig,
     SplitStats,
     TrainSetup,
+    Windows,
 )
 from landseg.config.search import Search, SearchParam
 
@@ -119,6 +120,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("data_source.normalization_weights", NormalizationWeights),
     ("data_source.normalization_weights.<split>", SplitStats),
     ("data_source.data_augmentation", DataAugmentation),
+    ("data_source.windows", Windows),
     ("train_setup", TrainSetup),
     ("train_setup.optimizer_config", OptimizerConfig),
     ("train_setup.scheduler_config", SchedulerConfig),

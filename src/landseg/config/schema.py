@@ -114,6 +114,45 @@ class DataAugmentation(StrictModel):
 Resolution = float | list[float]
 
 
+class Windows(StrictModel):
+    """landseg: windows drawn from whole scenes (rows ``image,labels[,aoi]``; docs/scenes.md)."""
+
+    size: PositiveInt = Field(description="Side of a square window, in pixels.")
+    stride: PositiveInt | None = Field(
+        default=None,
+        description="Step of the validation and test grid, in pixels (at most size, so the "
+        "grid covers every pixel); default size. A last window flush with the far edge covers "
+        "a remainder; pixels two windows share are counted once, in the first.",
+    )
+    samples_per_epoch: PositiveInt | None = Field(
+        default=None,
+        description="Random windows trained per epoch, drawn from the seed, the epoch and the "
+        "sample's index alone (exact resume, any number of workers). Default: train on the "
+        "grid's windows, each once per epoch, as on tiles cut on that grid.",
+    )
+    max_nodata: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Largest share of a training window that may be image nodata or outside "
+        "the AOI; windows beyond it are drawn again.",
+    )
+
+    @property
+    def step(self) -> int:
+        """The grid's stride (``stride`` or, by default, ``size``)."""
+        return self.stride or self.size
+
+    @model_validator(mode="after")
+    def _stride_covers(self) -> Windows:
+        if self.stride is not None and self.stride > self.size:
+            raise ValueError(
+                f"stride {self.stride} is larger than size {self.size}: the grid would skip "
+                "pixels; use a stride of at most size"
+            )
+        return self
+
+
 class DataSource(StrictModel):
     """Where the data is and how to read it (ODEON's train tool, section Data source)."""
 
@@ -203,6 +242,32 @@ class DataSource(StrictModel):
         "is added beyond it, nor when the disk would keep less than 10 % free (tiles left "
         "out are decoded every time); memory: the run is refused when the tiles need more, "
         "or more than half the memory available.",
+    )
+
+    windows: Windows | None = Field(
+        default=None,
+        description="landseg: train from whole scenes: every row of the CSV files is then a "
+        "scene `image,labels[,aoi]` read window by window (a tile is a scene of one window). "
+        "See docs/scenes.md.",
+    )
+    label_field: str | None = Field(
+        default=None,
+        description="landseg: the attribute of vector labels holding each polygon's class, as "
+        "a 0-based index or a name from class_labels.",
+    )
+    label_layer: str | None = Field(
+        default=None,
+        description="landseg: the layer of vector label files with several; default the only one.",
+    )
+    label_background: str | int = Field(
+        default="ignore",
+        description="landseg: the class of pixels inside the AOI that no polygon covers: a name "
+        'from class_labels, a 0-based index, or "ignore" (not labelled).',
+    )
+    label_all_touched: bool = Field(
+        default=False,
+        description="landseg: burn every pixel a polygon touches (default: the pixels whose "
+        "centre it covers). Where polygons overlap, the later feature of the file wins.",
     )
 
     def n_classes(self) -> int | None:
@@ -754,6 +819,12 @@ def prediction_problems(
         problems.append(
             "output_setup.get_prediction: predictions are made on the test split; "
             "set data_source.test_file or get_prediction false"
+        )
+    if out.get_prediction and data.windows is not None:
+        problems.append(
+            "output_setup.get_prediction: predicting the test split's scene rows "
+            "(data_source.windows) is not supported yet; set get_prediction false and run "
+            "`landseg predict` on the scenes"
         )
     maps = class_map_types()
     if out.prediction_vectors and out.prediction_output_type not in maps:

@@ -197,14 +197,14 @@ class DiskCache:
 
     def path(self, pair: SamplePair) -> Path:
         """The entry of ``pair`` under the current settings."""
-        text = f"{self.settings}\n{os.path.abspath(pair.image)}\n{os.path.abspath(pair.mask)}"
+        text = f"{self.settings}\n{pair.cache_text()}"
         key = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return self.entries / key[:2] / f"{key[2:]}{ENTRY_SUFFIX}"
 
     def fetch(self, index: int, pair: SamplePair, decode: Callable[[], Decoded]) -> Decoded:
         path = self.path(pair)
         try:  # stat before decoding: a file changed meanwhile reads as changed next time
-            sources = [_signature(pair.image), _signature(pair.mask)]
+            sources = [_signature(path) for path in pair.sources()]
         except OSError:
             return decode()  # which names the missing file
         hit = self.read(path, sources)
@@ -524,12 +524,20 @@ def build_caches(
     folder = cache_folder(config)
     if source.cache_dir is None and not config.output_setup.output_folder.is_dir():
         return {}  # not training (a report on another machine): leave no folder behind
-    settings = {
+    settings: dict[str, Any] = {
         "image_bands": source.image_bands,
         "mask_bands": source.mask_bands,
         "n_classes": summary.n_classes,
         "ignore_index": source.ignore_index,
     }
+    if source.windows is not None:  # scene windows: how labels are burnt changes the masks
+        settings["labels"] = [
+            source.label_field,
+            source.label_layer,
+            source.label_background,
+            source.label_all_touched,
+            list(summary.class_labels),
+        ]
     cache = DiskCache(folder, limit, settings, summary.n_classes)
     try:
         used = cache.setup()

@@ -39,6 +39,8 @@ from landseg.data.raster import (
     read_header,
     registration_problem,
 )
+from landseg.data.scene_checks import SceneFacts, scene_row_problems
+from landseg.data.scenes import grid_offsets
 from landseg.data.summary import DataSummary, MaskKind
 
 log = logging.getLogger("landseg.data")
@@ -107,6 +109,10 @@ def check_data(config: LandsegConfig) -> DataSummary:
         _check_val_split(splits, config, problems)
 
     scan = _scan_rasters(splits, config, problems)
+    for label_kind, example in scan.scenes.label_kinds.items():
+        scan.mask_kinds.add(label_kind, example)
+    for count, example in scan.scenes.onehot_bands.items():
+        scan.onehot_bands.add(count, example)
     _require_one(scan.sizes, "patch sizes (height, width) differ in train and val", problems)
     _require_one(scan.test_sizes, "patch sizes (height, width) differ in the test split", problems)
     _require_one(scan.image_bands, "images have different band counts", problems)
@@ -136,9 +142,12 @@ def check_data(config: LandsegConfig) -> DataSummary:
         _check_weights(config, int(cast("int", n_image_bands)), problems)
 
     kind = cast("MaskKind | None", scan.mask_kinds.single())
-    n_classes, basis, pixels_read = _count_classes(
-        config, kind, scan.onehot_bands, scan.headers, problems
-    )
+    if source.windows is not None:
+        n_classes, basis, pixels_read = _count_scene_classes(config, kind, scan, problems)
+    else:
+        n_classes, basis, pixels_read = _count_classes(
+            config, kind, scan.onehot_bands, scan.headers, problems
+        )
     # with mask_bands the count is the config's own (DataSource.problems checks the labels)
     if n_classes is not None and not (kind == "onehot" and source.mask_bands):
         _check_class_lengths(config, n_classes, basis, problems)
@@ -156,17 +165,44 @@ def check_data(config: LandsegConfig) -> DataSummary:
         else "no pixels read"
     )
     used = testing_subset(splits) if setup.testing else splits
+    split_sizes = {name: len(pairs) for name, pairs in used.items()}
+    patch_size = cast("tuple[int, int]", scan.sizes.single())
+    if source.windows is not None:  # windows per epoch: random ones to train, the grid else
+        split_sizes = {
+            name: (name == "train" and source.windows.samples_per_epoch)
+            or _grid_windows(pairs, scan.headers, source.windows.size, source.windows.step)
+            for name, pairs in used.items()
+        }
+        patch_size = (source.windows.size, source.windows.size)
     return DataSummary(
         n_image_bands=int(cast("int", n_image_bands)),
         n_classes=n_classes,
         class_labels=tuple(source.class_labels or (f"class {i}" for i in range(1, n_classes + 1))),
         mask_kind=kind,
-        patch_size=cast("tuple[int, int]", scan.sizes.single()),
+        patch_size=patch_size,
         image_dtype=str(dtype),
         pixel_range=pixel_range,
-        split_sizes={name: len(pairs) for name, pairs in used.items()},
-        report=f"checked {rows} rows in {n_csv} CSV file{'' if n_csv == 1 else 's'}: headers of "
-        f"{sum(h is not None for h in scan.headers.values())} rasters ({read_note})",
+        split_sizes=split_sizes,
+        report=f"checked {rows} {'scene ' if source.windows else ''}rows in {n_csv} CSV "
+        f"file{'' if n_csv == 1 else 's'}: headers of "
+        f"{sum(h is not None for h in scan.headers.values())} rasters ({read_note})"
+        + _windows_note(config),
+    )
+
+
+def _windows_note(config: LandsegConfig) -> str:
+    """How scene rows are read, for the summary line (empty for tiles)."""
+    windows = config.data_source.windows
+    if windows is None:
+        return ""
+    train = (
+        f"{windows.samples_per_epoch} random windows per epoch"
+        if windows.samples_per_epoch
+        else "the grid"
+    )
+    return (
+        f"; windows of {windows.size} px: train reads {train}, val and test a grid of "
+        f"stride {windows.step}"
     )
 
 
@@ -181,6 +217,7 @@ class _Scan:
     image_dtypes: _Examples = field(default_factory=_Examples)
     mask_kinds: _Examples = field(default_factory=_Examples)
     onehot_bands: _Examples = field(default_factory=_Examples)
+    scenes: SceneFacts = field(default_factory=SceneFacts)  # scene rows (data_source.windows)
 
 
 def _scan_rasters(
@@ -192,6 +229,10 @@ def _scan_rasters(
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):  # no folder listing per open
         for split, pair in ((split, pair) for split, pairs in splits.items() for pair in pairs):
             image = _header(scan.headers, pair, pair.image, "image", problems)
+            if source.windows is not None:  # a scene row: windows are checked, not sizes
+                if image is not None:
+                    _scan_scene(pair, image, config, scan, problems)
+                continue
             mask = _header(scan.headers, pair, pair.mask, "mask", problems)
             if image is None or mask is None:
                 continue
@@ -223,6 +264,39 @@ def _scan_rasters(
             if mask_problem:
                 problems.add("mask_bands", mask_problem)
     return scan
+
+
+def _scan_scene(
+    pair: SamplePair,
+    image: RasterHeader,
+    config: LandsegConfig,
+    scan: _Scan,
+    problems: _Problems,
+) -> None:
+    """What a scene row adds: its labels, AOI and window (landseg.data.scene_checks)."""
+    for kind, line in scene_row_problems(pair, image, config, scan.scenes):
+        problems.add(kind, line)
+    example = f"{image.path}, {pair.where()}"
+    scan.image_bands.add(image.count, example)
+    scan.image_dtypes.add(image.dtype, example)
+    bands_problem = check_bands(
+        "data_source.image_bands", config.data_source.image_bands or (), image, "image"
+    )
+    if bands_problem:
+        problems.add("image_bands", bands_problem)
+
+
+def _grid_windows(
+    pairs: list[SamplePair], headers: dict[Path, RasterHeader | None], size: int, stride: int
+) -> int:
+    """The grid windows of these scene rows (those whose window fits)."""
+    total = 0
+    for pair in pairs:
+        header = headers.get(pair.image)
+        if header is not None and min(header.height, header.width) >= size:
+            rows = grid_offsets(header.height, size, stride)
+            total += len(rows) * len(grid_offsets(header.width, size, stride))
+    return total
 
 
 def _header(
@@ -314,6 +388,27 @@ def _count_classes(
         problems.add("class_labels", "the class-index masks hold no class value (all nodata)")
         return None, "", len(masks)
     return top + 1, "the largest class value in the masks + 1", len(masks)
+
+
+def _count_scene_classes(
+    config: LandsegConfig, kind: MaskKind | None, scan: _Scan, problems: _Problems
+) -> tuple[int | None, str, int]:
+    """Scene rows: classes from the config or one-hot bands, never from a scene's pixels
+    (reading whole label rasters would break the bounded memory of windowed reads)."""
+    source = config.data_source
+    if source.mask_bands and kind == "onehot":
+        return len(source.mask_bands), "one per band of data_source.mask_bands", 0
+    if source.class_labels:
+        return len(source.class_labels), "one per label", 0
+    if kind == "onehot":
+        return cast("int | None", scan.onehot_bands.single()), "one per band of the labels", 0
+    if kind is not None:
+        problems.add(
+            "class_labels",
+            "data_source.class_labels is required for scene rows with class-index or vector "
+            "labels (landseg does not read whole scenes to count classes)",
+        )
+    return None, "", 0
 
 
 def _warn_unlabelled_classes(config: LandsegConfig, masks: list[Path]) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,17 @@ class SamplePair:
     row: int
     extra: dict[str, str] = field(default_factory=dict, compare=False)
     csv: Path | None = field(default=None, compare=False)
+    #: A scene row's area of interest (``data_source.windows``; :mod:`landseg.data.scenes`):
+    #: the header's ``aoi`` column, or else the third column. Unused for tile rows.
+    aoi: Path | None = field(default=None, compare=False)
+
+    def cache_text(self) -> str:
+        """What names this row's decoded pixels in a cache key: its files."""
+        return f"{os.path.abspath(self.image)}\n{os.path.abspath(self.mask)}"
+
+    def sources(self) -> list[Path]:
+        """The files whose change makes a cached decoding stale."""
+        return [self.image, self.mask]
 
     def where(self) -> str:
         """``file.csv, row N``: how every problem names its row."""
@@ -115,6 +127,7 @@ def read_pairs(
                 found.append(f"{csv_path}, row {number}: empty {column} cell")
             else:
                 extra = dict(zip(names[2:], cells[2:], strict=False))
+                aoi = extra.get("aoi") if names else (cells[2] if len(cells) > 2 else None)
                 pairs.append(
                     SamplePair(
                         folder / Path(cells[0]).expanduser(),
@@ -122,6 +135,7 @@ def read_pairs(
                         number,
                         extra,
                         csv_path,
+                        folder / Path(aoi).expanduser() if aoi else None,
                     )
                 )
         if not rows and not found:

@@ -36,6 +36,7 @@ from landseg.data.csvfiles import SamplePair, load_splits
 from landseg.data.dataset import SegmentationDataset
 from landseg.data.resumable import ResumableDataLoader
 from landseg.data.sampler import SeededSampler
+from landseg.data.scenes import SceneDataset, label_settings, scene_dataset
 from landseg.data.summary import DataSummary
 from landseg.data.transport import BatchScaler, compact_eligible, is_compact
 from landseg.data.workers import SignalSafeDataLoader, ignore_stop_signals
@@ -70,7 +71,7 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         for split, pairs in self.load_pairs().items():
             self.datasets[split] = self._dataset(split, pairs)
             self.samplers[split] = SeededSampler(
-                len(pairs),
+                len(self.datasets[split]),
                 seed=self.config.train_setup.random_seed,
                 shuffle=split == "train",
                 pad=split == "train",
@@ -91,16 +92,28 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         source = self.config.data_source
         weights = source.normalization_weights
         augmentation = source.data_augmentation
-        return SegmentationDataset(
+        options: dict[str, Any] = {
+            "image_bands": source.image_bands,
+            "mask_bands": source.mask_bands,
+            "n_classes": self.summary.n_classes,
+            "pixel_range": self.summary.pixel_range,
+            "stats": weights.for_split(split) if weights else None,
+            "augmentations": getattr(augmentation, split) if augmentation else (),
+            "seed": self.config.train_setup.random_seed,
+            "ignore_index": source.ignore_index,
+        }
+        windows = source.windows
+        if windows is None:
+            return SegmentationDataset(pairs, **options)
+        # scene rows (landseg.data.scenes): random windows to train, a fixed grid otherwise
+        return scene_dataset(
             pairs,
-            image_bands=source.image_bands,
-            mask_bands=source.mask_bands,
-            n_classes=self.summary.n_classes,
-            pixel_range=self.summary.pixel_range,
-            stats=weights.for_split(split) if weights else None,
-            augmentations=getattr(augmentation, split) if augmentation else (),
-            seed=self.config.train_setup.random_seed,
-            ignore_index=source.ignore_index,
+            size=windows.size,
+            stride=windows.step,
+            samples_per_epoch=windows.samples_per_epoch if split == "train" else None,
+            max_nodata=windows.max_nodata,
+            settings=label_settings(self.config, self.summary),
+            **options,
         )
 
     # ------------------------------------------------------------------ loaders
@@ -134,7 +147,11 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         self.setup()
         if self.caches_built:
             return
-        sizes = {split: len(dataset) for split, dataset in self.datasets.items()}
+        sizes = {  # random windows are new every time: nothing to cache
+            split: len(dataset)
+            for split, dataset in self.datasets.items()
+            if not (isinstance(dataset, SceneDataset) and dataset.random is not None)
+        }
         for split, cache in build_caches(self.config, self.summary, sizes).items():
             self.datasets[split].cache = cache
         self.caches_built = True

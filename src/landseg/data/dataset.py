@@ -77,7 +77,7 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         index = int(index)
         if sample_seed is None:
             sample_seed = derive_seed(self.seed, 0, index)
-        raw, mask = self.decoded(index)
+        raw, mask = self.sample_decoded(index, sample_seed)
         if self.compact:  # pixel permutations only: they commute with the scaling
             raw, mask = self._augment(raw, mask, sample_seed)
             return {
@@ -107,6 +107,11 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         """The pair's 0-1 float32 image and int64 class mask, before augmentation."""
         raw, mask = self.decode(pair)
         return scale(raw, self.pixel_range), mask
+
+    def sample_decoded(self, index: int, sample_seed: int) -> Decoded:
+        """What item ``index`` decodes to: row ``index`` here; a dataset of random windows
+        (:class:`~landseg.data.scenes.SceneDataset`) draws its window from ``sample_seed``."""
+        return self.decoded(index)
 
     def decoded(self, index: int) -> Decoded:
         """Row ``index`` as :meth:`decode` returns it, from the cache when there is one."""
