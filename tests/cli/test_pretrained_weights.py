@@ -111,3 +111,35 @@ def test_training_starts_from_the_file_and_records_it(
         task.model.encoder.conv1.weight,
         torch.load(checkpoint, weights_only=True)["state_dict"]["model.encoder.conv1.weight"],
     )
+
+
+def test_validate_prints_the_weights_plan(
+    demo_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The file, the tensors that load, the band mapping and the fine-tuning controls are in
+    validate's plan, before any training."""
+    weights = tmp_path / "rgb.safetensors"
+    sd = {k: v.contiguous() for k, v in timm_resnet18().items()}
+    save_file(sd, weights, metadata={"band_names": json.dumps(RGB)})
+    demo_config["data_source"]["band_names"] = ["blue", "green", "red", "nir"]
+    demo_config["train_setup"].update(
+        model_name="smp:unet",
+        model_params={**SMALL_RESNET18, "encoder_weights": str(weights)},
+        epochs=3,
+        freeze_encoder_epochs=5,
+        encoder_lr_factor=0.1,
+    )
+    config = write_config(tmp_path / "config.json", demo_config)
+    from landseg.cli.main import main
+
+    code = main(["validate", "-c", str(config)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    loads = "100 of 100 tensors load, 0 missing, 2 unused"
+    assert f"encoder weights from {weights} (file): {loads}" in out
+    assert (
+        "first convolution conv1.weight: band names rule, blue <- blue, green <- green, "
+        "red <- red, nir <- mean, kernels x 0.75" in out
+    )
+    assert "encoder frozen for the first 5 epochs (the whole run)" in out
+    assert "encoder learning rate 0.1 x the rest's" in out

@@ -163,6 +163,31 @@ def encoder_weights_problems(config: LandsegConfig, n_bands: int | None) -> list
     return []
 
 
+def encoder_weights_plan(config: LandsegConfig, n_bands: int) -> list[str]:
+    """What ``landseg validate`` prints of a new run's start from pretrained weights and of its
+    fine-tuning controls (the file, the tensors that load, the first layer's band mapping),
+    so that a wrong band order shows before training, not after."""
+    train = config.train_setup
+    lines = []
+    found = weights_source(train) if train.model_params.get("encoder_weights") else None
+    if found is not None:
+        path, source = found
+        match = match_weights(_shape_only_model(train, n_bands), config, n_bands, _read(path))
+        lines.append(
+            f"encoder weights from {path} ({source}): {match.loaded} of {match.total} "
+            f"tensors load, {len(match.missing)} missing, {len(match.unexpected)} unused"
+        )
+        if match.bands is not None:
+            lines.append(f"first convolution {match.first_conv}: {match.bands.describe()}")
+    frozen = train.freeze_encoder_epochs
+    if frozen:
+        whole = " (the whole run)" if frozen >= train.epochs else ""
+        lines.append(f"encoder frozen for the first {frozen} epochs{whole}")
+    if train.encoder_lr_factor != 1:
+        lines.append(f"encoder learning rate {train.encoder_lr_factor:g} x the rest's")
+    return lines
+
+
 def _shape_only_model(train: TrainSetup, n_bands: int) -> nn.Module:
     """The network, on the meta device where it builds there (no memory, no initialisation):
     matching reads its shapes alone."""

@@ -27,6 +27,7 @@ from landseg.core.errors import LandsegError
 from landseg.data.summary import DataSummary
 from landseg.launch.hardware import FastPaths, choose_fast_paths
 from landseg.planning.prepare import Prepared, prepare
+from landseg.planning.pretrained import encoder_weights_plan
 from landseg.runs.catalog import refuse_archived_run, refuse_live_run
 from landseg.runs.checkpoints import checkpoint_error_line, load_checkpoint
 from landseg.runs.folder import RUN_DIR_ENV, SLURM_DIR, RunFolder, RunState, resolve_run_folder
@@ -78,6 +79,8 @@ class TrainPlan:
             f"{summary.patch_size[1]}, splits {summary.split_sizes}",
             summary.report,
         ]
+        if not self.run.resuming:  # a continued run has its weights in its checkpoint
+            lines += encoder_weights_plan(self.config, summary.n_image_bands)
         return lines
 
 
