@@ -103,6 +103,12 @@ def register(add: Callable[..., Any]) -> None:
         help="scenes predicted at once, each worker process with its own model (one GPU each "
         "when there are GPUs, else a share of the cores); default 1",
     )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the job in --output over: forget the inputs an earlier launch finished "
+        "(by default they are skipped, and a scene left half way is continued)",
+    )
     vectors = predict.add_argument_group("vectors (needs the vector extra)")
     vectors.add_argument(
         "--vectorize",
@@ -434,17 +440,29 @@ class PredictPlan:
     vector_classes: list[int] | None
     min_area: float | None
     simplify: float | None
+    job: Any  # PredictJob: the state of the job in ``output``
+    identity: Any  # JobIdentity: the model and settings this launch predicts with
+    todo: list[Path]  # the inputs this launch predicts (not finished earlier)
+    overwrite: bool
+
+    @property
+    def skipped(self) -> int:
+        return len(self.inputs) - len(self.todo)
 
     def describe(self) -> list[str]:
         """The plan in a few lines (what is predicted, with what, where)."""
         tiling = self.options.tiling
         return [
             f"{len(self.inputs)} scene(s) -> {self.output} ({self.options.output_type})",
+            *([self.skip_line()] if self.skipped else []),
             f"model {self.model.checkpoint}"
             + (f", test-time augmentation {self.tta}" if self.tta else ""),
             f"tiles {tiling.tile} px, overlap {tiling.overlap} px, batches of "
             f"{tiling.batch_size}, {self.workers} worker(s)",
         ] + (["polygons: <scene>.gpkg beside each class map"] if self.vectors else [])
+
+    def skip_line(self) -> str:
+        return f"{self.skipped} of {len(self.inputs)} inputs finished in an earlier launch: skipped"
 
 
 def plan_predict(args: argparse.Namespace) -> PredictPlan:
@@ -469,6 +487,8 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         if args.input.is_dir() and args.glob is None
         else None
     )
+    job, identity = _job(args, model, options, classes)
+    todo = list(inputs) if args.overwrite else [p for p in inputs if not job.is_done(p)]
     return PredictPlan(
         model=model,
         portable=args.model is not None,
@@ -484,48 +504,162 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         vector_classes=classes,
         min_area=args.min_area,
         simplify=args.simplify,
+        job=job,
+        identity=identity,
+        todo=todo,
+        overwrite=args.overwrite,
     )
 
 
+def _job(
+    args: argparse.Namespace, model: Any, options: Any, classes: list[int] | None
+) -> tuple[Any, Any]:
+    """The job in ``--output`` and this launch's identity; refused (one line naming the
+    setting, old -> new) when the folder holds another job and ``--overwrite`` is not given."""
+    from landseg.inference.job import JobIdentity, PredictJob, file_sha256
+
+    tiling = options.tiling
+    settings = {
+        "type": options.output_type,
+        "tile": tiling.tile,
+        "overlap": tiling.overlap,
+        "tta": args.tta,
+        "pixel_range": args.pixel_range,
+        "vectorize": bool(args.vectorize),
+        "classes": classes,
+        "min_area": args.min_area,
+        "simplify": args.simplify,
+    }
+    checkpoint = Path(model.checkpoint)
+    identity = JobIdentity(str(checkpoint), file_sha256(checkpoint), settings)
+    job = PredictJob(args.output)
+    if not args.overwrite:
+        refusal = job.refusal(identity)
+        if refusal is not None:
+            raise LandsegError(refusal)
+    return job, identity
+
+
 def execute_predict(plan: PredictPlan) -> list[Path]:
-    """Predict the plan's scenes (and their polygons); returns the rasters written."""
-    from landseg.inference.scene import predict_files
+    """Predict the plan's scenes not finished earlier (and their polygons), each recorded in
+    the job as it is finished; returns the rasters written by this launch.
+
+    A stop signal (SIGINT, SIGTERM, SIGUSR1) ends the launch between two strips of a scene:
+    what is written is kept, and the same command continues it (exit 128 + the signal).
+    """
+    from landseg.core.signals import EARLY_STOP_SIGNALS, StopSignals
+    from landseg.inference.scene import check_inputs
+
+    check_inputs(plan.model, plan.todo, plan.options, plan.hint, plan.output)
+    plan.job.start(plan.identity, plan.overwrite)
+    if plan.skipped:
+        todo = set(plan.todo)
+        plan.job.tidy([p for p in plan.inputs if p not in todo])
+        print(plan.skip_line())
+    model = plan.model
+    with StopSignals(EARLY_STOP_SIGNALS) as stops:
+        try:
+            if plan.workers > 1:
+                written = _predict_parallel(plan, stops)
+            else:
+                written = _predict_in_turn(plan, stops)
+        except BaseException as error:
+            _mark_requeue(error)
+            raise
+    print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
+    return written
+
+
+def _mark_requeue(error: BaseException) -> None:
+    """A prediction stopped by SLURM's SIGUSR1 asks SLURM to requeue its job, as train does."""
+    from landseg.core.errors import StopRequested
+    from landseg.launch.cluster import requeue_wanted
+
+    if isinstance(error, StopRequested):
+        error.requeue = requeue_wanted(error.signum, True)
+
+
+def _part(plan: PredictPlan, source: Path) -> Any:
+    """Where ``source``'s prediction keeps its progress in the job (see PredictJob.part)."""
+    from landseg.data.raster import open_raster
+
+    with open_raster(source) as src:
+        return plan.job.part(source, src.height, src.width)
+
+
+def _predict_in_turn(plan: PredictPlan, stops: Any) -> list[Path]:
+    from landseg.inference.scene import (
+        PredictionStopped,
+        make_progress,
+        predict_scene,
+        prediction_path,
+    )
+
+    written = []
+    with make_progress(plan.progress) as progress:
+        for number, source in enumerate(plan.todo, start=1):
+            part = _part(plan, source)
+            if part.rows_done:
+                print(f"{source.name}: continued from row {part.rows_done} of {part.height}")
+            raster = predict_scene(
+                plan.model,
+                source,
+                prediction_path(plan.output, source),
+                plan.options,
+                progress,
+                part,
+                lambda: stops.requested,
+            )
+            _finish(plan, source, raster, part.tiles)
+            written.append(raster)
+            if stops.requested is not None and number < len(plan.todo):
+                raise PredictionStopped(
+                    stops.requested, f"after {number} of {len(plan.todo)} inputs"
+                )
+    return written
+
+
+def _predict_parallel(plan: PredictPlan, stops: Any) -> list[Path]:
+    from landseg.inference.parallel import ModelSource, predict_files_parallel
 
     model = plan.model
-    if plan.workers > 1:
-        from landseg.inference.parallel import ModelSource, predict_files_parallel
+    source = ModelSource(Path(model.checkpoint), plan.portable, plan.device, plan.tta)
+    parts = {scene: _part(plan, scene) for scene in plan.todo}
+    return predict_files_parallel(
+        model,
+        source,
+        plan.todo,
+        plan.output,
+        plan.options,
+        plan.workers,
+        plan.progress,
+        plan.hint,
+        parts=parts,
+        stop=lambda: stops.requested,
+        finished=lambda scene, raster, tiles: _finish(plan, scene, raster, tiles),
+    )
 
-        source = ModelSource(Path(model.checkpoint), plan.portable, plan.device, plan.tta)
-        written = predict_files_parallel(
-            model,
-            source,
-            plan.inputs,
-            plan.output,
-            plan.options,
-            plan.workers,
-            plan.progress,
-            plan.hint,
-        )
-    else:
-        written = predict_files(
-            model, plan.inputs, plan.output, plan.options, plan.progress, plan.hint
-        )
-    print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
+
+def _finish(plan: PredictPlan, source: Path, raster: Path, tiles: int) -> None:
+    """A scene's raster is written: its polygons (with --vectorize), then its record in the
+    job, naming every file made for it."""
+    outputs = [raster] + [p for p in (raster.with_suffix(".qml"),) if p.is_file()]
     if plan.vectors:
         from landseg.maps.vectorize import vectorize
 
-        for raster in written:
-            summary = vectorize(
-                raster,
-                raster.with_suffix(".gpkg"),
-                model.class_labels,
-                classes=plan.vector_classes,
-                min_area=plan.min_area,
-                simplify=plan.simplify,
-            )
-            for line in summary.lines():
-                print(f"  {line}")
-    return written
+        polygons = raster.with_suffix(".gpkg")
+        summary = vectorize(
+            raster,
+            polygons,
+            plan.model.class_labels,
+            classes=plan.vector_classes,
+            min_area=plan.min_area,
+            simplify=plan.simplify,
+        )
+        for line in summary.lines():
+            print(f"  {line}")
+        outputs.append(polygons)
+    plan.job.finish(source, outputs, tiles)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
