@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rasterio.transform import Affine
 
 from landseg.cli.main import main
 from landseg.inference.job import PredictJob
@@ -238,3 +239,110 @@ def test_sigterm_between_strips_exits_143_and_the_same_command_continues(
     assert main([*command, *COMMON]) == 0
     assert f"s00.tif: continued from row {rows} of 400" in capsys.readouterr().out
     assert job.is_done(scene)
+
+
+# ---------------------------------------------------------------------------- nodata, AOI
+
+
+def counting(model: LoadedModel) -> list[int]:
+    """Count the tiles ``model`` is given (patched on this instance only)."""
+    calls: list[int] = []
+    forward = model.tile_probabilities
+
+    def counted(tiles, batch_size):  # type: ignore[no-untyped-def]
+        calls.append(len(tiles))
+        return forward(tiles, batch_size)
+
+    model.tile_probabilities = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_tiles_wholly_nodata_cost_no_model_call(task, tmp_path: Path) -> None:
+    """All-nodata tiles are written as nodata without the model; the valid pixels are those
+    of a prediction that sent every tile through it."""
+    import numpy as np
+    import rasterio
+
+    from landseg.inference.scene import blended_strips, encode_strip
+
+    model = LoadedModel.from_task(task)
+    calls = counting(model)
+    pixels = scene_pixels(90, 120, seed=5)
+    pixels[:, :, :70] = 255  # nodata in every band: the left 70 columns
+    half = write_scene(tmp_path / "half.tif", pixels)
+    empty = write_scene(tmp_path / "empty.tif", np.full((4, 90, 120), 255, np.uint8))
+    options = PredictOptions(Tiling(32, 8, 8), "float32")
+    anchor = grid_anchor(TRANSFORM)
+    predict_scene(model, empty, tmp_path / "out" / "empty.tif", options)
+    assert calls == []
+    with rasterio.open(tmp_path / "out" / "empty.tif") as out:
+        assert np.isnan(out.read()).all()
+
+    predict_scene(model, half, tmp_path / "out" / "half.tif", options)
+    columns = len(options.tiling.starts(120, anchor[1]))
+    assert 0 < sum(calls) < tile_count(90, 120, options.tiling, anchor)
+    assert sum(calls) % (tile_count(90, 120, options.tiling, anchor) // columns) == 0
+
+    with rasterio.open(half) as src:  # every tile through the model, as before
+        raw = src.read().astype(np.float32) / 255
+
+    def every_tile(first: int, stop: int) -> tuple[np.ndarray, None]:
+        return raw[:, first:stop], None
+
+    valid = (pixels != 255).all(axis=0)
+    expected = np.concatenate(
+        [
+            encode_strip(probs, valid[row : row + probs.shape[1]], "float32")
+            for row, probs, _ in blended_strips(model, every_tile, 90, 120, options.tiling, anchor)
+        ],
+        axis=1,
+    )
+    with rasterio.open(tmp_path / "out" / "half.tif") as out:
+        np.testing.assert_allclose(out.read(), expected, rtol=0, atol=1e-6)
+
+
+def test_an_area_of_interest_limits_the_prediction(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Outside the polygons: nodata and no model call; a scene outside them is not read."""
+    import numpy as np
+    import rasterio
+
+    inputs = scenes(tmp_path / "scenes", [(60, 80), (60, 80)])
+    far = (TRANSFORM.c, TRANSFORM.f)
+    with rasterio.open(inputs / "s01.tif", "r+") as moved:  # 10 km east: outside the polygon
+        moved.transform = Affine.translation(10_000, 0) @ TRANSFORM
+    x0, y0 = far
+    polygon = [[x0, y0], [x0 + 20, y0], [x0 + 20, y0 - 30], [x0, y0 - 30], [x0, y0]]
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32631"}},
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {"type": "Polygon", "coordinates": [polygon]},
+                    }
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    command = ["predict", "--run", str(run), "--input", str(inputs), "--output", str(out)]
+    assert main([*command, "--aoi", str(aoi), *COMMON]) == 0
+    job = PredictJob(out)
+    assert job.done_record(inputs / "s01.tif")["tiles"] == 0  # outside: nothing predicted
+    assert 0 < job.done_record(inputs / "s00.tif")["tiles"] < 12
+    with rasterio.open(out / "s00.tif") as a, rasterio.open(out / "s01.tif") as b:
+        inside = a.read(1) != 255
+        assert (b.read(1) == 255).all()
+    assert inside[:60, :40].all() and not inside[:, 40:].any()  # 20 m x 30 m at 0.5 m
+
+    aoi.write_text(aoi.read_text().replace('"properties": {}', '"properties": {"v": 1}'))
+    capsys.readouterr()
+    assert main([*command, "--aoi", str(aoi), *COMMON]) == 2
+    assert "another aoi_sha256: " in capsys.readouterr().err
+    assert np.count_nonzero(inside) == 60 * 40

@@ -104,6 +104,15 @@ def register(add: Callable[..., Any]) -> None:
         "when there are GPUs, else a share of the cores); default 1",
     )
     predict.add_argument(
+        "--aoi",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="area of interest: a polygon file (GeoPackage, Shapefile, GeoJSON...); pixels "
+        "outside are nodata and never sent through the model; a scene outside it is written "
+        "as nodata without being read",
+    )
+    predict.add_argument(
         "--overwrite",
         action="store_true",
         help="start the job in --output over: forget the inputs an earlier launch finished "
@@ -366,7 +375,12 @@ def _options(args: argparse.Namespace, output_type: str, export: Any = None) -> 
         overlap = export.overlap if overlap is None else overlap
     tile = DEFAULT_TILE if tile is None else tile
     tiling = Tiling(tile, tile // 4 if overlap is None else overlap, args.batch_size)
-    return PredictOptions(tiling, output_type, args.pixel_range)
+    aoi = None
+    if getattr(args, "aoi", None) is not None:
+        from landseg.maps.aoi import AreaOfInterest
+
+        aoi = AreaOfInterest.read(args.aoi)
+    return PredictOptions(tiling, output_type, args.pixel_range, aoi)
 
 
 def _vector_classes(text: str | None, labels: list[str]) -> list[int] | None:
@@ -529,6 +543,8 @@ def _job(
         "classes": classes,
         "min_area": args.min_area,
         "simplify": args.simplify,
+        "aoi": str(args.aoi.absolute()) if args.aoi is not None else None,
+        "aoi_sha256": file_sha256(args.aoi) if args.aoi is not None else None,
     }
     checkpoint = Path(model.checkpoint)
     identity = JobIdentity(str(checkpoint), file_sha256(checkpoint), settings)

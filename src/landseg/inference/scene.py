@@ -275,8 +275,15 @@ def blended_strips(
     anchor: tuple[int, int] = (0, 0),
     advance: Callable[[int], None] | None = None,
     start_row: int = 0,
+    predicted: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """``(first row, probabilities (K, rows, width), valid)`` strips from top to bottom.
+
+    A tile whose input is nodata everywhere (``valid`` all False: the raster's nodata, or
+    outside an area of interest) is not sent through the model: every pixel it covers is
+    written as nodata whatever it would have said, and the pixels it shares with other tiles
+    are nodata too, so no valid pixel changes. ``advance(n)`` counts the tiles done, predicted
+    or not; ``predicted(n)`` the tiles sent through the model.
 
     With ``start_row``, the strips from the one that holds that row on, each exactly as the
     whole scene's (a prediction resumed after a kill): a strip's values are a pure function of
@@ -288,7 +295,12 @@ def blended_strips(
         return
     if height <= tiling.tile and width <= tiling.tile:
         image, valid = read_rows(0, height)
-        probs = model.tile_probabilities(image[np.newaxis], tiling.batch_size)[0]
+        if valid is not None and not valid.any():
+            probs = np.zeros((model.n_classes, height, width), dtype=np.float32)
+        else:
+            probs = model.tile_probabilities(image[np.newaxis], tiling.batch_size)[0]
+            if predicted:
+                predicted(1)
         if advance:
             advance(1)
         yield 0, probs, valid
@@ -310,8 +322,11 @@ def blended_strips(
             ((0, 0), (r0 - y0, y0 + t - r1), (-xs[0], xs[-1] + t - width)),
             mode="reflect",
         )
-        for first in range(0, len(xs), tiling.batch_size):
-            batch = xs[first : first + tiling.batch_size]
+        wanted = [x for x in xs if valid is None or valid[:, max(x, 0) : x + t].any()]
+        if advance and len(wanted) < len(xs):
+            advance(len(xs) - len(wanted))
+        for first in range(0, len(wanted), tiling.batch_size):
+            batch = wanted[first : first + tiling.batch_size]
             tiles = np.stack([strip[:, :, x - xs[0] : x - xs[0] + t] for x in batch])
             for x, probs in zip(batch, model.tile_probabilities(tiles, len(batch)), strict=True):
                 c0, c1 = max(x, 0), min(x + t, width)
@@ -320,11 +335,15 @@ def blended_strips(
                 total[:, c0:c1] += w
             if advance:
                 advance(len(batch))
+            if predicted:
+                predicted(len(batch))
         f0, f1 = r0, min(y_next, height)  # rows no later tile touches
         if f1 > f0 and index >= first_yielded:
             rows = slice(f0 - y0, f1 - y0)
             done = valid[f0 - r0 : f1 - r0] if valid is not None else None
-            yield f0, acc[:, rows] / total[rows], done
+            blended = np.zeros_like(acc[:, rows])  # 0 where only skipped tiles lie (nodata)
+            np.divide(acc[:, rows], total[rows], out=blended, where=total[rows] > 0)
+            yield f0, blended, done
         step = y_next - y0  # at most a stride: the next tile's rows start here
         acc = np.concatenate([acc[:, step:], np.zeros_like(acc[:, :step])], axis=1)
         total = np.concatenate([total[step:], np.zeros_like(total[:step])], axis=0)
@@ -643,9 +662,13 @@ def valid_pixels(src: Any, bands: Sequence[int] | None = None) -> np.ndarray | N
 
 @dataclass(frozen=True)
 class PredictOptions:
+    """How scenes are predicted; ``aoi`` (:class:`landseg.maps.aoi.AreaOfInterest`): nodata
+    outside its polygons, and nothing sent through the model there."""
+
     tiling: Tiling = Tiling()
     output_type: str = "classes"
     pixel_range: float | None = None
+    aoi: Any = None
 
 
 def predict_scene(
@@ -674,10 +697,20 @@ def predict_scene(
         )
         bands = model_bands(model, src)
         nodata = src.nodata
+        area = options.aoi.on(src) if options.aoi is not None else None
 
         def read_rows(first: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
             raw = src.read(bands, window=Window(0, first, src.width, stop - first))
-            return normalize(raw), nodata_free(raw, nodata)
+            valid = nodata_free(raw, nodata)
+            if area is not None:
+                inside = area.inside(first, stop)
+                valid = inside if valid is None else valid & inside
+            return normalize(raw), valid
+
+        def nothing(first: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+            """A scene outside the area of interest: not read, all nodata."""
+            shape = (stop - first, src.width)
+            return np.zeros((len(bands), *shape), np.float32), np.zeros(shape, bool)
 
         anchor = grid_anchor(src.transform)
         task = None
@@ -686,20 +719,23 @@ def predict_scene(
             task = progress.add_task(source.name, total=total, unit="tiles")
 
         def advance(tiles: int) -> None:
-            if part is not None:
-                part.tiles += tiles
             if task is not None:
                 progress.advance(task, tiles)
 
+        def predicted(tiles: int) -> None:
+            if part is not None:
+                part.tiles += tiles
+
         strips = blended_strips(
             model,
-            read_rows,
+            read_rows if area is None or area.touches() else nothing,
             src.height,
             src.width,
             tiling,
             anchor,
             advance,
             start_row=part.rows_done if part is not None else 0,
+            predicted=predicted,
         )
         settings = PixelSettings.of(model, normalize.pixel_range, tiling)
         return write_prediction(
