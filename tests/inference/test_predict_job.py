@@ -346,3 +346,31 @@ def test_an_area_of_interest_limits_the_prediction(
     assert main([*command, "--aoi", str(aoi), *COMMON]) == 2
     assert "another aoi_sha256: " in capsys.readouterr().err
     assert np.count_nonzero(inside) == 60 * 40
+
+
+# ---------------------------------------------------------------------------- shards
+
+
+def test_shards_of_a_job_array_make_the_maps_of_one_process(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = scenes(tmp_path / "scenes", [(40, 40), (48, 40), (40, 56), (36, 36), (40, 44)])
+    common = ["predict", "--run", str(run), "--input", str(inputs), "--type", "float32"]
+    assert main([*common, "--output", str(tmp_path / "one"), *COMMON]) == 0
+    out = tmp_path / "shards"
+    assert main([*common, "--output", str(out), "--shard", "1/2", *COMMON]) == 0
+    assert sorted(rasters(out)) == ["s01.tif", "s03.tif"]  # input k: shard k mod 2
+    capsys.readouterr()
+    assert main([*common, "--output", str(out), "--shard", "0/2", *COMMON]) == 0
+    assert rasters(out) == rasters(tmp_path / "one")
+    job = PredictJob(out)
+    assert all(job.is_done(p) for p in sorted(inputs.glob("*.tif")))
+    assert main([*common, "--output", str(out), *COMMON]) == 0  # all of them: nothing left
+    assert "5 of 5 inputs finished in an earlier launch: skipped" in capsys.readouterr().out
+
+    assert main([*common, "--output", str(out), "--shard", "0/2", "--overwrite", *COMMON]) == 2
+    assert "--overwrite with --shard: each shard would remove" in capsys.readouterr().err
+    for wrong in ("2/2", "x/2", "1"):
+        with pytest.raises(SystemExit):
+            main([*common, "--output", str(out), "--shard", wrong, *COMMON])
+        assert f"I/N with 0 <= I < N (e.g. 0/4), got {wrong}" in capsys.readouterr().err

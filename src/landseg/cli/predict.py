@@ -50,6 +50,15 @@ def _non_negative(text: str) -> float:
     return _finite(text, zero=True)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    from landseg.inference.job import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--shard: ")) from error
+
+
 def register(add: Callable[..., Any]) -> None:
     """Add this package's subcommands with ``add(name, handler, help_text)``."""
     runs = add("runs", cmd_runs, "list the runs of an output folder (both layouts)")
@@ -111,6 +120,15 @@ def register(add: Callable[..., Any]) -> None:
         help="area of interest: a polygon file (GeoPackage, Shapefile, GeoJSON...); pixels "
         "outside are nodata and never sent through the model; a scene outside it is written "
         "as nodata without being read",
+    )
+    predict.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="predict only input k of the sorted inputs with k mod N = I (one task of a "
+        "SLURM job array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); every "
+        "shard records its inputs in the same --output job",
     )
     predict.add_argument(
         "--overwrite",
@@ -458,6 +476,7 @@ class PredictPlan:
     identity: Any  # JobIdentity: the model and settings this launch predicts with
     todo: list[Path]  # the inputs this launch predicts (not finished earlier)
     overwrite: bool
+    shard: tuple[int, int] | None  # --shard i/n: ``inputs`` are this shard's
 
     @property
     def skipped(self) -> int:
@@ -466,8 +485,9 @@ class PredictPlan:
     def describe(self) -> list[str]:
         """The plan in a few lines (what is predicted, with what, where)."""
         tiling = self.options.tiling
+        shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
         return [
-            f"{len(self.inputs)} scene(s) -> {self.output} ({self.options.output_type})",
+            f"{len(self.inputs)} scene(s){shard} -> {self.output} ({self.options.output_type})",
             *([self.skip_line()] if self.skipped else []),
             f"model {self.model.checkpoint}"
             + (f", test-time augmentation {self.tta}" if self.tta else ""),
@@ -501,6 +521,16 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         if args.input.is_dir() and args.glob is None
         else None
     )
+    if args.shard is not None:
+        from landseg.inference.job import shard_inputs
+
+        if args.overwrite:
+            raise LandsegError(
+                "--overwrite with --shard: each shard would remove the work of the others; "
+                "start the job over once without --shard, or predict into a new --output"
+            )
+
+        inputs = shard_inputs(inputs, args.shard)
     job, identity = _job(args, model, options, classes)
     todo = list(inputs) if args.overwrite else [p for p in inputs if not job.is_done(p)]
     return PredictPlan(
@@ -522,6 +552,7 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         identity=identity,
         todo=todo,
         overwrite=args.overwrite,
+        shard=args.shard,
     )
 
 
@@ -567,7 +598,7 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
     from landseg.inference.scene import check_inputs
 
     check_inputs(plan.model, plan.todo, plan.options, plan.hint, plan.output)
-    plan.job.start(plan.identity, plan.overwrite)
+    plan.job.start(plan.identity, plan.overwrite, alone=plan.shard is None)
     if plan.skipped:
         todo = set(plan.todo)
         plan.job.tidy([p for p in plan.inputs if p not in todo])

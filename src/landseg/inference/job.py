@@ -52,6 +52,29 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard i/n`` -> (i, n), 0 <= i < n (``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``)."""
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        shard = (-1, 0)
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"--shard: I/N with 0 <= I < N (e.g. 0/4), got {text}")
+    return shard
+
+
+def shard_inputs(inputs: Sequence[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """The inputs of shard ``(i, n)``: input k of the inputs sorted by path belongs to shard
+    k mod n, so every shard computes the same split from the same inputs, with no
+    communication, and the n shards together hold each input once."""
+    if shard is None:
+        return list(inputs)
+    index, count = shard
+    ordered = sorted(inputs, key=str)
+    return [source for k, source in enumerate(ordered) if k % count == index]
+
+
 @dataclass(frozen=True)
 class JobIdentity:
     """What makes two launches one job: the model's bytes and the settings that change the
