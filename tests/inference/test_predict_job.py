@@ -168,9 +168,13 @@ def test_a_job_killed_twice_gives_the_same_maps_and_predicts_no_scene_twice(
     run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """SIGKILL once after two scenes are finished, once in the middle of a scene; the job
-    continued ends with the rasters of an uninterrupted job, byte for byte."""
+    continued ends with the rasters of an uninterrupted job, byte for byte, and sent every
+    scene through the model once (the all-nodata one never)."""
+    import numpy as np
+
     sizes = [(64, 64), (80, 96), (300, 96), (64, 64), (96, 64)]
     inputs = scenes(tmp_path / "scenes", sizes)
+    write_scene(inputs / "s05.tif", np.full((4, 64, 64), 255, np.uint8))  # all nodata
     reference = tmp_path / "reference"
     common = ["--run", str(run), "--input", str(inputs), "--type", "float32", *COMMON]
     assert main(["predict", *common, "--output", str(reference)]) == 0
@@ -183,24 +187,30 @@ def test_a_job_killed_twice_gives_the_same_maps_and_predicts_no_scene_twice(
         return sum(job.is_done(p) for p in names)
 
     assert sigkill_when(command, lambda: finished() >= 2) == -signal.SIGKILL
-    early = {p.name: json.loads(job._done_file(p).read_text()) for p in names if job.is_done(p)}
+    early = {p.name: job.done_record(p) for p in names if job.is_done(p)}
     assert 2 <= len(early) < len(names)
+    rows_then = {p: job.rows_done(p) for p in names}
 
-    def half_way() -> bool:
-        return any(job.rows_done(p) > 0 for p in names if p.name not in early)
+    def half_way() -> bool:  # a scene of the second launch has rows on disk, not all
+        return any(rows_then[p] < job.rows_done(p) and not job.is_done(p) for p in names)
 
     assert sigkill_when(command, half_way) == -signal.SIGKILL
-    cut = [p for p in names if not job.is_done(p) and job.rows_done(p) > 0]
-    assert len(cut) == 1, "killed in the middle of a scene"
-    rows = job.rows_done(cut[0])
+    cut = {p.name: job.rows_done(p) for p in names if not job.is_done(p) and job.rows_done(p)}
+    assert cut, "killed in the middle of a scene"
 
     capsys.readouterr()
     assert main(command) == 0
     printed = capsys.readouterr().out
-    assert f"{cut[0].name}: continued from row {rows} of " in printed
+    for name, rows in cut.items():
+        assert f"{name}: continued from row {rows} of " in printed
     assert rasters(out) == rasters(reference)
     for name, record in early.items():  # not predicted again
-        assert json.loads(job._done_file(inputs / name).read_text()) == record
+        assert job.done_record(inputs / name) == record
+    whole = PredictJob(reference)
+    for source in names:  # every other scene sent through the model once, tile for tile
+        if source.name not in cut and rows_then[source] == 0:
+            assert job.done_record(source)["tiles"] == whole.done_record(source)["tiles"]
+    assert job.done_record(inputs / "s05.tif")["tiles"] == 0
     assert not any(out.glob(".*.tmp")) and not list((out / ".predict" / "partial").iterdir())
 
 
