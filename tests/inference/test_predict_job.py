@@ -384,3 +384,63 @@ def test_shards_of_a_job_array_make_the_maps_of_one_process(
         with pytest.raises(SystemExit):
             main([*common, "--output", str(out), "--shard", wrong, *COMMON])
         assert f"I/N with 0 <= I < N (e.g. 0/4), got {wrong}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- one map
+
+
+def test_a_finished_job_is_one_mosaic_with_the_areas_of_its_classes(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    import numpy as np
+    import rasterio
+
+    inputs = tmp_path / "scenes"  # a and b share a border; c lies 10 px below b, 3 px right
+    # (sizes are height, width; offsets x, y in pixels of the same grid)
+    for name, (dx, dy), size in (("a", (0, 0), (40, 30)), ("b", (30, 0), (40, 20)),
+                                 ("c", (53, 50), (24, 36))):  # fmt: skip
+        transform = TRANSFORM @ Affine.translation(dx, dy)
+        write_scene(inputs / f"{name}.tif", scene_pixels(*size, seed=ord(name)), transform)
+    out = tmp_path / "out"
+    command = ["predict", "--run", str(run), "--input", str(inputs), "--output", str(out)]
+    assert main([*command, "--shard", "0/2", *COMMON]) == 0
+    assert "mosaic: written when the 1 input(s) left are finished" in capsys.readouterr().out
+    assert not (out / "mosaic.vrt").exists()
+    assert main([*command, "--shard", "1/2", *COMMON]) == 0  # the last input: the mosaic
+    assert "mosaic of 3 raster(s): " in capsys.readouterr().out
+
+    with rasterio.open(out / "mosaic.vrt") as mosaic:
+        assert (mosaic.width, mosaic.height) == (89, 74)
+        assert mosaic.transform == TRANSFORM and mosaic.crs == "EPSG:32631"
+        assert mosaic.nodata == 255
+        whole = mosaic.read(1)
+        with rasterio.open(out / "a.tif") as a:
+            assert mosaic.colormap(1) == a.colormap(1)
+        for name, (dx, dy) in (("a", (0, 0)), ("b", (30, 0)), ("c", (53, 50))):
+            with rasterio.open(out / f"{name}.tif") as scene:
+                part = whole[dy : dy + scene.height, dx : dx + scene.width]
+                assert np.array_equal(part, scene.read(1))
+        assert (whole[40:50, :] == 255).all()  # between the scenes: nodata
+
+    rows = list(csv.DictReader((out / "areas.csv").open()))
+    pixels = {}
+    for name in ("a", "b", "c"):
+        with rasterio.open(out / f"{name}.tif") as scene:
+            pixels[name] = np.bincount(scene.read(1).ravel(), minlength=256)
+    for row in rows:
+        k = int(row["class_id"])
+        expected = sum(pixels.values())[k] if row["scene"] == "total" else pixels[row["scene"]][k]
+        assert int(row["pixels"]) == expected
+        assert float(row["area_map_units2"]) == pytest.approx(expected * 0.25)
+        assert float(row["area_ha"]) == pytest.approx(expected * 0.25 / 10_000)
+    assert [r["scene"] for r in rows].count("total") == 4
+
+    (out / "mosaic.vrt").unlink()
+    (out / "areas.csv").unlink()
+    assert main(["predict", "--mosaic", str(out)]) == 0
+    assert (out / "mosaic.vrt").is_file() and (out / "areas.csv").is_file()
+    capsys.readouterr()
+    assert main(["predict", "--mosaic", str(tmp_path)]) == 2
+    assert "no prediction job here" in capsys.readouterr().err

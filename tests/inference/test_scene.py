@@ -246,7 +246,16 @@ def test_predict_command(task, scene: Path, tmp_path: Path, capsys) -> None:
     assert main([*args, "--output", str(tmp_path / "out"), *common]) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     # class rasters and their styles, and the job's state (landseg.inference.job)
-    assert written == [".predict", "a.qml", "a.tif", "b.qml", "b.tif", "predict.json"]
+    assert written == [
+        ".predict",
+        "a.qml",
+        "a.tif",
+        "areas.csv",
+        "b.qml",
+        "b.tif",
+        "mosaic.vrt",
+        "predict.json",
+    ]
     assert np.array_equal(read(tmp_path / "out" / "a.tif"), read(tmp_path / "out" / "b.tif"))
 
     csv = folder / "list.csv"

@@ -86,10 +86,16 @@ def register(add: Callable[..., Any]) -> None:
         help="instead of --run: a .onnx or .pt file written by landseg export (its metadata "
         "gives the bands, normalisation, classes and tile size)",
     )
-    predict.add_argument(
-        "--input", required=True, type=Path, help="a raster, a CSV of images, or a folder"
+    which.add_argument(
+        "--mosaic",
+        type=Path,
+        metavar="DIR",
+        help="instead of predicting: write DIR/mosaic.vrt and DIR/areas.csv over the rasters "
+        "of the job in DIR finished so far (a job writes them itself when its last input is "
+        "finished)",
     )
-    predict.add_argument("--output", required=True, type=Path, help="folder of the predictions")
+    predict.add_argument("--input", type=Path, help="a raster, a CSV of images, or a folder")
+    predict.add_argument("--output", type=Path, help="folder of the predictions")
     predict.add_argument(
         "--glob",
         metavar="PATTERN",
@@ -477,6 +483,7 @@ class PredictPlan:
     todo: list[Path]  # the inputs this launch predicts (not finished earlier)
     overwrite: bool
     shard: tuple[int, int] | None  # --shard i/n: ``inputs`` are this shard's
+    everything: list[Path]  # the inputs of the whole job (of every shard)
 
     @property
     def skipped(self) -> int:
@@ -503,10 +510,12 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
     """Every check of ``landseg predict`` (options, inputs, model), nothing written."""
     from landseg.inference.scene import collect_inputs
 
+    if args.input is None or args.output is None:
+        raise LandsegError("predict needs --input and --output (or --mosaic DIR alone)")
     _check_vector_options(args)
     if args.workers < 1:
         raise LandsegError(f"--workers: must be at least 1, got {args.workers}")
-    inputs = collect_inputs(args.input, args.glob)
+    inputs = everything = collect_inputs(args.input, args.glob)
     if args.vectorize and args.min_area is not None:
         _refuse_geographic(inputs)
     if args.model is not None:
@@ -553,6 +562,7 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         todo=todo,
         overwrite=args.overwrite,
         shard=args.shard,
+        everything=everything,
     )
 
 
@@ -614,7 +624,28 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
             _mark_requeue(error)
             raise
     print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
+    from landseg.maps.mosaic import MOSAIC_FILE
+
+    left = len(plan.everything) - len(plan.job.finished(plan.everything))
+    if left == 0:
+        if written or not (plan.output / MOSAIC_FILE).is_file():  # else: as it was
+            _write_mosaic(plan.output)
+    else:
+        print(f"mosaic: written when the {left} input(s) left are finished (or: landseg "
+              f"predict --mosaic {plan.output})")  # fmt: skip
     return written
+
+
+def _write_mosaic(folder: Path) -> None:
+    """``mosaic.vrt`` and ``areas.csv`` over the job's finished rasters."""
+    from landseg.inference.job import PredictJob
+    from landseg.maps.mosaic import write_areas, write_mosaic
+
+    rasters = PredictJob(folder).finished_rasters()
+    print(f"mosaic of {len(rasters)} raster(s): {write_mosaic(folder, rasters)}")
+    areas = write_areas(folder, rasters)
+    if areas is not None:
+        print(f"areas per class: {areas}")
 
 
 def _mark_requeue(error: BaseException) -> None:
@@ -710,6 +741,13 @@ def _finish(plan: PredictPlan, source: Path, raster: Path, tiles: int) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.mosaic is not None:
+        from landseg.inference.job import PredictJob
+
+        if not PredictJob(args.mosaic).job_file.is_file():
+            raise LandsegError(f"--mosaic {args.mosaic}: no prediction job here (no predict.json)")
+        _write_mosaic(args.mosaic)
+        return 0
     execute_predict(plan_predict(args))
     return 0
 

@@ -282,6 +282,17 @@ class PredictJob:
             for path in self._partial(source):
                 path.unlink(missing_ok=True)
 
+    def finished_rasters(self) -> list[Path]:
+        """The rasters of every input finished (by any launch or shard), sorted."""
+        found = []
+        for record in sorted((self.state_dir / "done").glob("*.json")):
+            try:
+                outputs = json.loads(record.read_text())["outputs"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            found += [self.folder / o["file"] for o in outputs if o["file"].endswith(".tif")]
+        return sorted(p for p in found if p.is_file())
+
     def done_record(self, source: Path) -> dict[str, Any]:
         """The record of a finished input (for a report or a test)."""
         data: dict[str, Any] = json.loads(self._done_file(source).read_text())
