@@ -32,8 +32,10 @@ from tests.helpers import (
     demo_task,
     save_checkpoint,
     scene_pixels,
+    scontrol_calls,
     sigkill_when,
     single_thread,
+    slurm_env,
     write_scene,
 )
 
@@ -214,14 +216,23 @@ def test_a_job_killed_twice_gives_the_same_maps_and_predicts_no_scene_twice(
     assert not any(out.glob(".*.tmp")) and not list((out / ".predict" / "partial").iterdir())
 
 
-def test_sigterm_between_strips_exits_143_and_the_same_command_continues(
-    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_ends_at_a_strip_and_the_same_command_continues(
+    signum: int,
+    run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """SIGTERM (scancel, a scheduler's stop) ends the command at the next strip: the rows on
-    disk are kept, exit 143 as train, and the message says to run the same command again."""
+    """SIGTERM (scancel) and SLURM's SIGUSR1 end the command at the next strip: the rows on
+    disk are kept, exit 128 + the signal as train, the message says to run the same command
+    again, and under SLURM SIGUSR1 requeues the job as train's does."""
     import os
     import threading
     import time
+
+    for key, value in slurm_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
 
     inputs = scenes(tmp_path / "scenes", [(400, 64)])
     out = tmp_path / "out"
@@ -232,18 +243,24 @@ def test_sigterm_between_strips_exits_143_and_the_same_command_continues(
         deadline = time.monotonic() + 60
         while job.rows_done(scene) == 0 and time.monotonic() < deadline:
             time.sleep(0.005)
-        os.kill(os.getpid(), signal.SIGTERM)  # to this process: main() handles it
+        os.kill(os.getpid(), signum)  # to this process: main() handles it
 
     command = ["predict", "--run", str(run), "--input", str(inputs), "--output", str(out)]
     sender = threading.Thread(target=terminate_half_way)
     sender.start()
     try:
-        assert main([*command, *COMMON]) == 128 + signal.SIGTERM
+        assert main([*command, *COMMON]) == 128 + signum
     finally:
         sender.join()
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("interrupted: stopped by SIGTERM after ")
-    assert last.endswith(" of 400 rows of s00; run the same command again to continue")
+    name = signal.Signals(signum).name
+    assert last.startswith(f"interrupted: stopped by {name} after ")
+    if signum == signal.SIGUSR1:
+        assert scontrol_calls(tmp_path) == ["requeue 4242"]
+        assert " of 400 rows of s00; SLURM job 4242 requeued" in last
+    else:
+        assert scontrol_calls(tmp_path) == []
+        assert last.endswith(" of 400 rows of s00; run the same command again to continue")
     rows = job.rows_done(scene)
     assert 0 < rows < 400 and not (out / "s00.tif").exists()
     assert main([*command, *COMMON]) == 0
