@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from landseg.core.signals import exit_on_sigterm, ignore_interrupts
+from landseg.core.signals import exit_on_sigterm, ignore_interrupts, requeue_signal_ignored
 from landseg.inference.scene import (
     LoadedModel,
     PredictionStopped,
@@ -112,7 +112,8 @@ def predict_files_parallel(
     gpus = visible_gpus(source.device)
     threads = cpu_share(workers)
     context = multiprocessing.get_context("spawn")
-    counter = context.Value("i", 0)
+    with requeue_signal_ignored():  # the resource tracker starts here, and outlives SIGUSR1
+        counter = context.Value("i", 0)
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=context,
@@ -142,7 +143,17 @@ def predict_files_parallel(
             while pending:
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
                 for future in done:
-                    raster, tiles = future.result()  # a worker's error stops everything here
+                    try:
+                        raster, tiles = future.result()  # a worker's error stops everything
+                    except (Exception, SystemExit) as error:  # SystemExit: a worker's SIGTERM
+                        signum = stop() if stop is not None else None
+                        if signum is None:
+                            raise
+                        # a stop signal sent to the whole group (SLURM, a terminal) ended the
+                        # workers too: the stop, not their end, is what happened
+                        count = len(inputs) - len(pending) - len(done)
+                        where = f"after {count} of {len(inputs)} inputs"
+                        raise PredictionStopped(signum, where) from error
                     if finished is not None:
                         finished(scene_of[future], raster, tiles)
                     if task is not None:
