@@ -245,7 +245,17 @@ def test_predict_command(task, scene: Path, tmp_path: Path, capsys) -> None:
     args = ["predict", "--run", str(tmp_path / "run"), "--input", str(folder)]
     assert main([*args, "--output", str(tmp_path / "out"), *common]) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["a.qml", "a.tif", "b.qml", "b.tif"]  # class rasters and their styles
+    # class rasters and their styles, and the job's state (landseg.inference.job)
+    assert written == [
+        ".predict",
+        "a.qml",
+        "a.tif",
+        "areas.csv",
+        "b.qml",
+        "b.tif",
+        "mosaic.vrt",
+        "predict.json",
+    ]
     assert np.array_equal(read(tmp_path / "out" / "a.tif"), read(tmp_path / "out" / "b.tif"))
 
     csv = folder / "list.csv"
@@ -516,8 +526,9 @@ def _gone(pid: int) -> bool:
 def test_sigterm_during_predict_leaves_no_temporary_file_and_no_worker(
     workers: int, task, tmp_path: Path
 ) -> None:
-    """SIGTERM (kill, a scheduler) cleans up as Ctrl-C does: exit 143 with one line, the
-    unfinished maps' temporary files removed, the workers ended with the command."""
+    """SIGTERM (kill, a scheduler) stops the job: exit 143 with one line saying to run the
+    same command again, no temporary file left, the workers ended with the command (what the
+    unfinished maps have on disk is kept by the job: tests/inference/test_predict_job.py)."""
     import subprocess
     import sys
     import time
@@ -531,7 +542,7 @@ def test_sigterm_during_predict_leaves_no_temporary_file_and_no_worker(
     command += ["--input", str(scenes), "--output", str(out), "--workers", str(workers), *COMMON]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not list(out.glob(".*.tmp")) and process.poll() is None:
+    while not list(out.glob(".predict/partial/*.tif")) and process.poll() is None:
         assert time.monotonic() < deadline, "no map was started"
         time.sleep(0.05)
     assert process.poll() is None, process.stderr.read() if process.stderr else ""
@@ -544,9 +555,11 @@ def test_sigterm_during_predict_leaves_no_temporary_file_and_no_worker(
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err
-    assert err.strip().splitlines()[-1] == "interrupted: SIGTERM"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: stopped by SIGTERM after ")
+    assert last.endswith("; run the same command again to continue")
     assert "Traceback" not in err
-    assert list(out.glob(".*.tmp")) == []
+    assert list(out.rglob(".*.tmp")) == []
     deadline = time.monotonic() + 15  # the workers, and multiprocessing's resource tracker
     while not all(_gone(pid) for pid in workers_seen) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -39,7 +39,7 @@ log = logging.getLogger("landseg")
 COMMAND_MODULES = ("landseg.cli.cv", "landseg.cli.predict", "landseg.cli.tune")
 
 #: The commands that start a run or a job (they honour EARLY_STOP_SIGNALS while starting).
-EARLY_STOP_COMMANDS = ("train", "cv", "tune")
+EARLY_STOP_COMMANDS = ("train", "cv", "tune", "predict")
 
 #: The exit status when stdout's reader went away: 128 + SIGPIPE, what a shell reports for
 #: any Unix tool that a closed pipe ended (``yes | head``), so ``set -o pipefail`` sees it.

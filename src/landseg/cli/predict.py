@@ -50,6 +50,15 @@ def _non_negative(text: str) -> float:
     return _finite(text, zero=True)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    from landseg.inference.job import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--shard: ")) from error
+
+
 def register(add: Callable[..., Any]) -> None:
     """Add this package's subcommands with ``add(name, handler, help_text)``."""
     runs = add("runs", cmd_runs, "list the runs of an output folder (both layouts)")
@@ -77,10 +86,16 @@ def register(add: Callable[..., Any]) -> None:
         help="instead of --run: a .onnx or .pt file written by landseg export (its metadata "
         "gives the bands, normalisation, classes and tile size)",
     )
-    predict.add_argument(
-        "--input", required=True, type=Path, help="a raster, a CSV of images, or a folder"
+    which.add_argument(
+        "--mosaic",
+        type=Path,
+        metavar="DIR",
+        help="instead of predicting: write DIR/mosaic.vrt and DIR/areas.csv over the rasters "
+        "of the job in DIR finished so far (a job writes them itself when its last input is "
+        "finished)",
     )
-    predict.add_argument("--output", required=True, type=Path, help="folder of the predictions")
+    predict.add_argument("--input", type=Path, help="a raster, a CSV of images, or a folder")
+    predict.add_argument("--output", type=Path, help="folder of the predictions")
     predict.add_argument(
         "--glob",
         metavar="PATTERN",
@@ -102,6 +117,30 @@ def register(add: Callable[..., Any]) -> None:
         default=1,
         help="scenes predicted at once, each worker process with its own model (one GPU each "
         "when there are GPUs, else a share of the cores); default 1",
+    )
+    predict.add_argument(
+        "--aoi",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="area of interest: a polygon file (GeoPackage, Shapefile, GeoJSON...); pixels "
+        "outside are nodata and never sent through the model; a scene outside it is written "
+        "as nodata without being read",
+    )
+    predict.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="predict only input k of the sorted inputs with k mod N = I (one task of a "
+        "SLURM job array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); every "
+        "shard records its inputs in the same --output job",
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the job in --output over: forget the inputs an earlier launch finished "
+        "(by default they are skipped, and a scene left half way is continued)",
     )
     vectors = predict.add_argument_group("vectors (needs the vector extra)")
     vectors.add_argument(
@@ -361,7 +400,12 @@ def _options(args: argparse.Namespace, output_type: str, export: Any = None) -> 
         overlap = export.overlap if overlap is None else overlap
     tile = DEFAULT_TILE if tile is None else tile
     tiling = Tiling(tile, tile // 4 if overlap is None else overlap, args.batch_size)
-    return PredictOptions(tiling, output_type, args.pixel_range)
+    aoi = None
+    if getattr(args, "aoi", None) is not None:
+        from landseg.maps.aoi import AreaOfInterest
+
+        aoi = AreaOfInterest.read(args.aoi)
+    return PredictOptions(tiling, output_type, args.pixel_range, aoi)
 
 
 def _vector_classes(text: str | None, labels: list[str]) -> list[int] | None:
@@ -435,27 +479,44 @@ class PredictPlan:
     vector_classes: list[int] | None
     min_area: float | None
     simplify: float | None
+    job: Any  # PredictJob: the state of the job in ``output``
+    identity: Any  # JobIdentity: the model and settings this launch predicts with
+    todo: list[Path]  # the inputs this launch predicts (not finished earlier)
+    overwrite: bool
+    shard: tuple[int, int] | None  # --shard i/n: ``inputs`` are this shard's
+    everything: list[Path]  # the inputs of the whole job (of every shard)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.inputs) - len(self.todo)
 
     def describe(self) -> list[str]:
         """The plan in a few lines (what is predicted, with what, where)."""
         tiling = self.options.tiling
+        shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
         return [
-            f"{len(self.inputs)} scene(s) -> {self.output} ({self.options.output_type})",
+            f"{len(self.inputs)} scene(s){shard} -> {self.output} ({self.options.output_type})",
+            *([self.skip_line()] if self.skipped else []),
             f"model {self.model.checkpoint}"
             + (f", test-time augmentation {self.tta}" if self.tta else ""),
             f"tiles {tiling.tile} px, overlap {tiling.overlap} px, batches of "
             f"{tiling.batch_size}, {self.workers} worker(s)",
         ] + (["polygons: <scene>.gpkg beside each class map"] if self.vectors else [])
 
+    def skip_line(self) -> str:
+        return f"{self.skipped} of {len(self.inputs)} inputs finished in an earlier launch: skipped"
+
 
 def plan_predict(args: argparse.Namespace) -> PredictPlan:
     """Every check of ``landseg predict`` (options, inputs, model), nothing written."""
     from landseg.inference.scene import collect_inputs
 
+    if args.input is None or args.output is None:
+        raise LandsegError("predict needs --input and --output (or --mosaic DIR alone)")
     _check_vector_options(args)
     if args.workers < 1:
         raise LandsegError(f"--workers: must be at least 1, got {args.workers}")
-    inputs = collect_inputs(args.input, args.glob)
+    inputs = everything = collect_inputs(args.input, args.glob)
     if args.vectorize and args.min_area is not None:
         _refuse_geographic(inputs)
     if args.model is not None:
@@ -470,6 +531,18 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         if args.input.is_dir() and args.glob is None
         else None
     )
+    if args.shard is not None:
+        from landseg.inference.job import shard_inputs
+
+        if args.overwrite:
+            raise LandsegError(
+                "--overwrite with --shard: each shard would remove the work of the others; "
+                "start the job over once without --shard, or predict into a new --output"
+            )
+
+        inputs = shard_inputs(inputs, args.shard)
+    job, identity = _job(args, model, options, classes)
+    todo = list(inputs) if args.overwrite else [p for p in inputs if not job.is_done(p)]
     return PredictPlan(
         model=model,
         portable=args.model is not None,
@@ -485,51 +558,197 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         vector_classes=classes,
         min_area=args.min_area,
         simplify=args.simplify,
+        job=job,
+        identity=identity,
+        todo=todo,
+        overwrite=args.overwrite,
+        shard=args.shard,
+        everything=everything,
     )
 
 
+def _job(
+    args: argparse.Namespace, model: Any, options: Any, classes: list[int] | None
+) -> tuple[Any, Any]:
+    """The job in ``--output`` and this launch's identity; refused (one line naming the
+    setting, old -> new) when the folder holds another job and ``--overwrite`` is not given."""
+    from landseg.inference.job import JobIdentity, PredictJob, file_sha256
+
+    tiling = options.tiling
+    settings = {
+        "type": options.output_type,
+        "tile": tiling.tile,
+        "overlap": tiling.overlap,
+        "tta": args.tta,
+        "pixel_range": args.pixel_range,
+        "vectorize": bool(args.vectorize),
+        "classes": classes,
+        "min_area": args.min_area,
+        "simplify": args.simplify,
+        "aoi": str(args.aoi.absolute()) if args.aoi is not None else None,
+        "aoi_sha256": file_sha256(args.aoi) if args.aoi is not None else None,
+    }
+    checkpoint = Path(model.checkpoint)
+    identity = JobIdentity(str(checkpoint), file_sha256(checkpoint), settings)
+    job = PredictJob(args.output)
+    if not args.overwrite:
+        refusal = job.refusal(identity)
+        if refusal is not None:
+            raise LandsegError(refusal)
+    return job, identity
+
+
 def execute_predict(plan: PredictPlan) -> list[Path]:
-    """Predict the plan's scenes (and their polygons); returns the rasters written."""
-    from landseg.inference.scene import predict_files
+    """Predict the plan's scenes not finished earlier (and their polygons), each recorded in
+    the job as it is finished; returns the rasters written by this launch.
 
+    A stop signal (SIGINT, SIGTERM, SIGUSR1) ends the launch between two strips of a scene:
+    what is written is kept, and the same command continues it (exit 128 + the signal).
+    """
+    from landseg.core.signals import EARLY_STOP_SIGNALS, StopSignals
+    from landseg.inference.scene import check_inputs
+
+    check_inputs(plan.model, plan.todo, plan.options, plan.hint, plan.output)
+    plan.job.start(plan.identity, plan.overwrite, alone=plan.shard is None)
+    if plan.skipped:
+        todo = set(plan.todo)
+        plan.job.tidy([p for p in plan.inputs if p not in todo])
+        print(plan.skip_line())
     model = plan.model
-    if plan.workers > 1:
-        from landseg.inference.parallel import ModelSource, predict_files_parallel
-
-        source = ModelSource(Path(model.checkpoint), plan.portable, plan.device, plan.tta)
-        written = predict_files_parallel(
-            model,
-            source,
-            plan.inputs,
-            plan.output,
-            plan.options,
-            plan.workers,
-            plan.progress,
-            plan.hint,
-        )
-    else:
-        written = predict_files(
-            model, plan.inputs, plan.output, plan.options, plan.progress, plan.hint
-        )
+    with StopSignals(EARLY_STOP_SIGNALS) as stops:
+        try:
+            if plan.workers > 1:
+                written = _predict_parallel(plan, stops)
+            else:
+                written = _predict_in_turn(plan, stops)
+        except BaseException as error:
+            _mark_requeue(error)
+            raise
     print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
-    if plan.vectors:
-        from landseg.maps.vectorize import vectorize
+    from landseg.maps.mosaic import MOSAIC_FILE
 
-        for raster in written:
-            summary = vectorize(
-                raster,
-                raster.with_suffix(".gpkg"),
-                model.class_labels,
-                classes=plan.vector_classes,
-                min_area=plan.min_area,
-                simplify=plan.simplify,
-            )
-            for line in summary.lines():
-                print(f"  {line}")
+    left = len(plan.everything) - len(plan.job.finished(plan.everything))
+    if left == 0:
+        if written or not (plan.output / MOSAIC_FILE).is_file():  # else: as it was
+            _write_mosaic(plan.output)
+    else:
+        print(f"mosaic: written when the {left} input(s) left are finished (or: landseg "
+              f"predict --mosaic {plan.output})")  # fmt: skip
     return written
 
 
+def _write_mosaic(folder: Path) -> None:
+    """``mosaic.vrt`` and ``areas.csv`` over the job's finished rasters."""
+    from landseg.inference.job import PredictJob
+    from landseg.maps.mosaic import write_areas, write_mosaic
+
+    rasters = PredictJob(folder).finished_rasters()
+    print(f"mosaic of {len(rasters)} raster(s): {write_mosaic(folder, rasters)}")
+    areas = write_areas(folder, rasters)
+    if areas is not None:
+        print(f"areas per class: {areas}")
+
+
+def _mark_requeue(error: BaseException) -> None:
+    """A prediction stopped by SLURM's SIGUSR1 asks SLURM to requeue its job, as train does."""
+    from landseg.core.errors import StopRequested
+    from landseg.launch.cluster import requeue_wanted
+
+    if isinstance(error, StopRequested):
+        error.requeue = requeue_wanted(error.signum, True)
+
+
+def _part(plan: PredictPlan, source: Path) -> Any:
+    """Where ``source``'s prediction keeps its progress in the job (see PredictJob.part)."""
+    from landseg.data.raster import open_raster
+
+    with open_raster(source) as src:
+        return plan.job.part(source, src.height, src.width)
+
+
+def _predict_in_turn(plan: PredictPlan, stops: Any) -> list[Path]:
+    from landseg.inference.scene import (
+        PredictionStopped,
+        make_progress,
+        predict_scene,
+        prediction_path,
+    )
+
+    written = []
+    with make_progress(plan.progress) as progress:
+        for number, source in enumerate(plan.todo, start=1):
+            part = _part(plan, source)
+            if part.rows_done:
+                print(f"{source.name}: continued from row {part.rows_done} of {part.height}")
+            raster = predict_scene(
+                plan.model,
+                source,
+                prediction_path(plan.output, source),
+                plan.options,
+                progress,
+                part,
+                lambda: stops.requested,
+            )
+            _finish(plan, source, raster, part.tiles)
+            written.append(raster)
+            if stops.requested is not None and number < len(plan.todo):
+                raise PredictionStopped(
+                    stops.requested, f"after {number} of {len(plan.todo)} inputs"
+                )
+    return written
+
+
+def _predict_parallel(plan: PredictPlan, stops: Any) -> list[Path]:
+    from landseg.inference.parallel import ModelSource, predict_files_parallel
+
+    model = plan.model
+    source = ModelSource(Path(model.checkpoint), plan.portable, plan.device, plan.tta)
+    parts = {scene: _part(plan, scene) for scene in plan.todo}
+    return predict_files_parallel(
+        model,
+        source,
+        plan.todo,
+        plan.output,
+        plan.options,
+        plan.workers,
+        plan.progress,
+        plan.hint,
+        parts=parts,
+        stop=lambda: stops.requested,
+        finished=lambda scene, raster, tiles: _finish(plan, scene, raster, tiles),
+    )
+
+
+def _finish(plan: PredictPlan, source: Path, raster: Path, tiles: int) -> None:
+    """A scene's raster is written: its polygons (with --vectorize), then its record in the
+    job, naming every file made for it."""
+    outputs = [raster] + [p for p in (raster.with_suffix(".qml"),) if p.is_file()]
+    if plan.vectors:
+        from landseg.maps.vectorize import vectorize
+
+        polygons = raster.with_suffix(".gpkg")
+        summary = vectorize(
+            raster,
+            polygons,
+            plan.model.class_labels,
+            classes=plan.vector_classes,
+            min_area=plan.min_area,
+            simplify=plan.simplify,
+        )
+        for line in summary.lines():
+            print(f"  {line}")
+        outputs.append(polygons)
+    plan.job.finish(source, outputs, tiles)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.mosaic is not None:
+        from landseg.inference.job import PredictJob
+
+        if not PredictJob(args.mosaic).job_file.is_file():
+            raise LandsegError(f"--mosaic {args.mosaic}: no prediction job here (no predict.json)")
+        _write_mosaic(args.mosaic)
+        return 0
     execute_predict(plan_predict(args))
     return 0
 

@@ -260,9 +260,29 @@ def sigterm_blocked() -> Iterator[None]:
 
 
 def ignore_interrupts() -> None:
-    """In a worker process: Ctrl-C, which a terminal sends to the whole group, is left to the
-    main process, which decides (and no worker prints a traceback of its own)."""
+    """In a worker process: Ctrl-C, which a terminal sends to the whole group, and SLURM's
+    SIGUSR1, which it sends to every process of a job, are left to the main process, which
+    decides (and no worker prints a traceback of its own, or dies by SIGUSR1's default)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def requeue_signal_ignored() -> Iterator[None]:
+    """SIGUSR1 ignored meanwhile (in the main thread): a helper process started meanwhile
+    (multiprocessing's resource tracker, which ignores SIGINT and SIGTERM itself) inherits it,
+    so SLURM's SIGUSR1 to every process of a job leaves it alive while the main process
+    stops; the previous handler is put back on exit."""
+    signum = getattr(signal, "SIGUSR1", None)
+    if signum is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -10,15 +10,16 @@ interrupted half way (an error, Ctrl-C) never leaves a truncated file under its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from landseg.core.signals import exit_on_sigterm, ignore_interrupts
+from landseg.core.signals import exit_on_sigterm, ignore_interrupts, requeue_signal_ignored
 from landseg.inference.scene import (
     LoadedModel,
+    PredictionStopped,
     PredictOptions,
     check_inputs,
     make_progress,
@@ -75,8 +76,13 @@ def _stop_workers(executor: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
-def _predict_one(source: Path, destination: Path, options: PredictOptions) -> Path:
-    return predict_scene(_MODEL, source, destination, options)
+def _predict_one(
+    source: Path, destination: Path, options: PredictOptions, part: Any = None
+) -> tuple[Path, int]:
+    """A worker's scene: the raster, and the tiles sent through the model for it (with
+    ``part``, a job's, counted over every launch, and its rows recorded as they are written)."""
+    raster = predict_scene(_MODEL, source, destination, options, part=part)
+    return raster, part.tiles if part is not None else 0
 
 
 def predict_files_parallel(
@@ -88,44 +94,77 @@ def predict_files_parallel(
     workers: int,
     show_progress: bool = True,
     hint: str | None = None,
+    parts: dict[Path, Any] | None = None,
+    stop: Callable[[], int | None] | None = None,
+    finished: Callable[[Path, Path, int], None] | None = None,
 ) -> list[Path]:
     """Predict ``inputs`` into ``out_dir`` with ``workers`` processes (``model``: this process's
-    copy, used for the checks); returns the outputs in the order of ``inputs``."""
+    copy, used for the checks); returns the outputs in the order of ``inputs``.
+
+    A prediction job's (:mod:`landseg.inference.job`): ``parts`` keep each scene's progress,
+    ``finished(scene, raster, tiles)`` is called here as each scene is done, and ``stop()``
+    is asked every half second: when it gives a signal, the workers are ended (SIGTERM: each
+    keeps the rows its scene has on disk) and :class:`PredictionStopped` is raised.
+    """
     import multiprocessing
 
     check_inputs(model, inputs, options, hint, out_dir)
     gpus = visible_gpus(source.device)
     threads = cpu_share(workers)
     context = multiprocessing.get_context("spawn")
-    counter = context.Value("i", 0)
+    with requeue_signal_ignored():  # the resource tracker starts here, and outlives SIGUSR1
+        counter = context.Value("i", 0)
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=context,
         initializer=_start_worker,
         initargs=(source, gpus, threads, counter),
     )
-    futures: list[Future[Path]] = []
+    futures: list[Future[tuple[Path, int]]] = []
     try:  # scenes are handed out as workers become free
         futures = [
-            executor.submit(_predict_one, scene, prediction_path(out_dir, scene), options)
+            executor.submit(
+                _predict_one,
+                scene,
+                prediction_path(out_dir, scene),
+                options,
+                (parts or {}).get(scene),
+            )
             for scene in inputs
         ]
+        scene_of = dict(zip(futures, inputs, strict=True))
         with make_progress(show_progress) as progress:
             task = (
                 progress.add_task(f"{workers} workers", total=len(inputs), unit="scenes")
                 if progress
                 else None
             )
-            pending: set[Future[Path]] = set(futures)
+            pending: set[Future[tuple[Path, int]]] = set(futures)
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
                 for future in done:
-                    future.result()  # a worker's error stops the whole prediction here
+                    try:
+                        raster, tiles = future.result()  # a worker's error stops everything
+                    except (Exception, SystemExit) as error:  # SystemExit: a worker's SIGTERM
+                        signum = stop() if stop is not None else None
+                        if signum is None:
+                            raise
+                        # a stop signal sent to the whole group (SLURM, a terminal) ended the
+                        # workers too: the stop, not their end, is what happened
+                        count = len(inputs) - len(pending) - len(done)
+                        where = f"after {count} of {len(inputs)} inputs"
+                        raise PredictionStopped(signum, where) from error
+                    if finished is not None:
+                        finished(scene_of[future], raster, tiles)
                     if task is not None:
                         progress.advance(task)
+                signum = stop() if stop is not None else None
+                if signum is not None and pending:
+                    count = len(inputs) - len(pending)
+                    raise PredictionStopped(signum, f"after {count} of {len(inputs)} inputs")
     except BaseException:
         _stop_workers(executor)
         raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    return [future.result() for future in futures]
+    return [future.result()[0] for future in futures]

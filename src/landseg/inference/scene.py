@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 import torch
@@ -44,13 +44,14 @@ from rasterio.windows import Window
 
 from landseg.config.choices import OUTPUT_TYPES
 from landseg.config.schema import LandsegConfig, SplitStats
-from landseg.core.errors import DataError, LandsegError
+from landseg.core.errors import DataError, LandsegError, StopRequested
 from landseg.core.files import folder_problem
 from landseg.core.registry import Registry, check_implements, unknown_name_message
+from landseg.core.signals import signal_name
 from landseg.data.normalization import resolve_pixel_range, scale, standardize
 from landseg.data.raster import nodata_pixels, open_raster
 from landseg.inference.tta import TTAModel
-from landseg.maps.cog import CogLayout, cog_layout, cog_writer
+from landseg.maps.cog import CogLayout, cog_layout, cog_writer, resumable_cog_writer
 from landseg.maps.style import colormap, remove_stale_style, run_colors, write_qml
 from landseg.models.registry import model_size_multiple
 from landseg.runs.checkpoints import (
@@ -273,21 +274,47 @@ def blended_strips(
     tiling: Tiling,
     anchor: tuple[int, int] = (0, 0),
     advance: Callable[[int], None] | None = None,
+    start_row: int = 0,
+    predicted: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """``(first row, probabilities (K, rows, width), valid)`` strips from top to bottom."""
+    """``(first row, probabilities (K, rows, width), valid)`` strips from top to bottom.
+
+    A tile whose input is nodata everywhere (``valid`` all False: the raster's nodata, or
+    outside an area of interest) is not sent through the model: every pixel it covers is
+    written as nodata whatever it would have said, and the pixels it shares with other tiles
+    are nodata too, so no valid pixel changes. ``advance(n)`` counts the tiles done, predicted
+    or not; ``predicted(n)`` the tiles sent through the model.
+
+    With ``start_row``, the strips from the one that holds that row on, each exactly as the
+    whole scene's (a prediction resumed after a kill): a strip's values are a pure function of
+    its position. The blended rows of a strip also hold the earlier tile rows that reach into
+    it, so those tile rows are predicted again first (at most ``tile / stride`` of them) and
+    added in the same order, from the same zeros, as without ``start_row``: the same floats.
+    """
+    if start_row >= height:
+        return
     if height <= tiling.tile and width <= tiling.tile:
         image, valid = read_rows(0, height)
-        probs = model.tile_probabilities(image[np.newaxis], tiling.batch_size)[0]
+        if valid is not None and not valid.any():
+            probs = np.zeros((model.n_classes, height, width), dtype=np.float32)
+        else:
+            probs = model.tile_probabilities(image[np.newaxis], tiling.batch_size)[0]
+            if predicted:
+                predicted(1)
         if advance:
             advance(1)
         yield 0, probs, valid
         return
     t = tiling.tile
     ys, xs = tiling.starts(height, anchor[0]), tiling.starts(width, anchor[1])
+    first_yielded = max(i for i, y in enumerate(ys) if y <= start_row)
+    first_predicted = min(i for i, y in enumerate(ys) if y + t > ys[first_yielded])
     weights = blend_weights(t)
     acc = np.zeros((model.n_classes, t, width), dtype=np.float32)
     total = np.zeros((t, width), dtype=np.float32)
-    for y0, y_next in zip(ys, [*ys[1:], height], strict=True):
+    for index, (y0, y_next) in enumerate(zip(ys, [*ys[1:], height], strict=True)):
+        if index < first_predicted:
+            continue
         r0, r1 = y0, min(y0 + t, height)
         image, valid = read_rows(r0, r1)
         strip = np.pad(
@@ -295,8 +322,11 @@ def blended_strips(
             ((0, 0), (r0 - y0, y0 + t - r1), (-xs[0], xs[-1] + t - width)),
             mode="reflect",
         )
-        for first in range(0, len(xs), tiling.batch_size):
-            batch = xs[first : first + tiling.batch_size]
+        wanted = [x for x in xs if valid is None or valid[:, max(x, 0) : x + t].any()]
+        if advance and len(wanted) < len(xs):
+            advance(len(xs) - len(wanted))
+        for first in range(0, len(wanted), tiling.batch_size):
+            batch = wanted[first : first + tiling.batch_size]
             tiles = np.stack([strip[:, :, x - xs[0] : x - xs[0] + t] for x in batch])
             for x, probs in zip(batch, model.tile_probabilities(tiles, len(batch)), strict=True):
                 c0, c1 = max(x, 0), min(x + t, width)
@@ -305,11 +335,15 @@ def blended_strips(
                 total[:, c0:c1] += w
             if advance:
                 advance(len(batch))
+            if predicted:
+                predicted(len(batch))
         f0, f1 = r0, min(y_next, height)  # rows no later tile touches
-        if f1 > f0:
+        if f1 > f0 and index >= first_yielded:
             rows = slice(f0 - y0, f1 - y0)
             done = valid[f0 - r0 : f1 - r0] if valid is not None else None
-            yield f0, acc[:, rows] / total[rows], done
+            blended = np.zeros_like(acc[:, rows])  # 0 where only skipped tiles lie (nodata)
+            np.divide(acc[:, rows], total[rows], out=blended, where=total[rows] > 0)
+            yield f0, blended, done
         step = y_next - y0  # at most a stride: the next tile's rows start here
         acc = np.concatenate([acc[:, step:], np.zeros_like(acc[:, :step])], axis=1)
         total = np.concatenate([total[step:], np.zeros_like(total[:step])], axis=0)
@@ -525,6 +559,32 @@ def _describe_output(
             dst.set_band_description(band, label)
 
 
+class StripProgress(Protocol):
+    """Where a resumable prediction keeps its progress between launches
+    (:class:`landseg.inference.job.ScenePart`): its staging file, the rows on disk in it, and
+    the tiles sent through the model so far."""
+
+    staging: Path
+    rows_done: int
+    tiles: int
+
+    def record(self, rows: int) -> None:
+        """Called once ``rows`` rows are on disk in ``staging`` (closed and synced)."""
+
+
+class PredictionStopped(StopRequested):
+    """A stop signal ended a prediction between two strips: what was written is kept, and the
+    same command continues it (``landseg predict`` exits 128 + the signal, as ``train``)."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(signum, 0)
+        self.args = (f"stopped by {signal_name(signum)} {where}",)
+
+
+#: ``stop() -> the signal number`` when a stop was asked, else None.
+StopCheck = Callable[[], int | None]
+
+
 def write_prediction(
     destination: Path,
     grid: Any,
@@ -532,6 +592,8 @@ def write_prediction(
     output_type: str,
     strips: Iterable[Strip],
     settings: PixelSettings | None = None,
+    part: StripProgress | None = None,
+    stop: StopCheck | None = None,
 ) -> Path:
     """The one writer of prediction rasters, ``landseg predict``'s and training's alike.
 
@@ -543,15 +605,49 @@ def write_prediction(
     """
     destination = Path(destination)
     profile = output_profile(grid, output_type, model.n_classes)
-    with cog_writer(destination, profile, output_layout(output_type)) as out:
-        for first, probs, valid in strips:
-            out.write_rows(first, encode_strip(probs, valid, output_type))
-        _describe_output(out.dataset, model, output_type, settings)
+    if part is not None:
+        _write_resumable(destination, grid, model, output_type, strips, settings, part, stop)
+    else:
+        with cog_writer(destination, profile, output_layout(output_type)) as out:
+            for first, probs, valid in strips:
+                out.write_rows(first, encode_strip(probs, valid, output_type))
+            _describe_output(out.dataset, model, output_type, settings)
     if is_class_map(output_type):
         write_qml(destination, model.class_labels, prediction_colors(model))
     else:
         remove_stale_style(destination)
     return destination
+
+
+def _write_resumable(
+    destination: Path,
+    grid: Any,
+    model: LoadedModel,
+    output_type: str,
+    strips: Iterable[Strip],
+    settings: PixelSettings | None,
+    part: StripProgress,
+    stop: StopCheck | None,
+) -> None:
+    """:func:`write_prediction` into ``part``'s staging file from its ``rows_done`` on
+    (``strips`` start at or before it: rows already on disk are not written again), its
+    progress recorded after each strip, and a stop asked honoured between two strips."""
+    profile = output_profile(grid, output_type, model.n_classes)
+    layout = output_layout(output_type)
+    with resumable_cog_writer(
+        destination, part.staging, profile, layout, part.rows_done, part.record
+    ) as out:
+        for first, probs, valid in strips:
+            cut = max(out.durable - first, 0)
+            if cut < probs.shape[1]:
+                rows = valid[cut:] if valid is not None else None
+                out.write_rows(first + cut, encode_strip(probs[:, cut:], rows, output_type))
+            out.checkpoint()
+            signum = stop() if stop is not None else None
+            if signum is not None and first + probs.shape[1] < grid.height:
+                where = f"after {out.durable} of {grid.height} rows of {destination.stem}"
+                raise PredictionStopped(signum, where)
+        _describe_output(out.dataset, model, output_type, settings)
 
 
 def valid_pixels(src: Any, bands: Sequence[int] | None = None) -> np.ndarray | None:
@@ -566,9 +662,13 @@ def valid_pixels(src: Any, bands: Sequence[int] | None = None) -> np.ndarray | N
 
 @dataclass(frozen=True)
 class PredictOptions:
+    """How scenes are predicted; ``aoi`` (:class:`landseg.maps.aoi.AreaOfInterest`): nodata
+    outside its polygons, and nothing sent through the model there."""
+
     tiling: Tiling = Tiling()
     output_type: str = "classes"
     pixel_range: float | None = None
+    aoi: Any = None
 
 
 def predict_scene(
@@ -577,8 +677,15 @@ def predict_scene(
     destination: Path,
     options: PredictOptions,
     progress: Any = None,
+    part: StripProgress | None = None,
+    stop: StopCheck | None = None,
 ) -> Path:
-    """Predict one raster into ``destination`` (written on a temporary path, then renamed)."""
+    """Predict one raster into ``destination`` (written on a temporary path, then renamed).
+
+    With ``part`` (a prediction job's, :mod:`landseg.inference.job`), the raster is written
+    into a staging file that outlives a kill, continued from the rows it holds, and ``stop``
+    is asked after each strip (see :func:`write_prediction`).
+    """
     tiling = options.tiling
     tiling.check_model(model)
     with open_raster(source) as src:
@@ -590,27 +697,50 @@ def predict_scene(
         )
         bands = model_bands(model, src)
         nodata = src.nodata
+        area = options.aoi.on(src) if options.aoi is not None else None
 
         def read_rows(first: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
             raw = src.read(bands, window=Window(0, first, src.width, stop - first))
-            return normalize(raw), nodata_free(raw, nodata)
+            valid = nodata_free(raw, nodata)
+            if area is not None:
+                inside = area.inside(first, stop)
+                valid = inside if valid is None else valid & inside
+            return normalize(raw), valid
+
+        def nothing(first: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+            """A scene outside the area of interest: not read, all nodata."""
+            shape = (stop - first, src.width)
+            return np.zeros((len(bands), *shape), np.float32), np.zeros(shape, bool)
 
         anchor = grid_anchor(src.transform)
         task = None
         if progress is not None:
             total = tile_count(src.height, src.width, tiling, anchor)
             task = progress.add_task(source.name, total=total, unit="tiles")
+
+        def advance(tiles: int) -> None:
+            if task is not None:
+                progress.advance(task, tiles)
+
+        def predicted(tiles: int) -> None:
+            if part is not None:
+                part.tiles += tiles
+
         strips = blended_strips(
             model,
-            read_rows,
+            read_rows if area is None or area.touches() else nothing,
             src.height,
             src.width,
             tiling,
             anchor,
-            (lambda n: progress.advance(task, n)) if task is not None else None,
+            advance,
+            start_row=part.rows_done if part is not None else 0,
+            predicted=predicted,
         )
         settings = PixelSettings.of(model, normalize.pixel_range, tiling)
-        return write_prediction(destination, src, model, options.output_type, strips, settings)
+        return write_prediction(
+            destination, src, model, options.output_type, strips, settings, part, stop
+        )
 
 
 def model_bands(model: LoadedModel, src: Any) -> list[int]:

@@ -215,3 +215,98 @@ def cog_writer(
             finally:
                 for leftover in (Path(f"{final}.ovr.tmp"), Path(f"{final}.aux.xml")):
                     leftover.unlink(missing_ok=True)
+
+
+#: Rows per block of a resumable staging file: its progress is kept a block row at a time, so
+#: the finer, the less a killed prediction recomputes (GDAL needs multiples of 16).
+RESUME_BLOCK_ROWS = 16
+
+
+class ResumableWriter(CogWriter):
+    """The staging raster of :func:`resumable_cog_writer`: :meth:`write_rows` as
+    :class:`CogWriter`'s, from row ``rows_done`` on, and :meth:`checkpoint` after each strip.
+
+    ``durable`` is the number of rows on disk in a closed, consistent file: rows are written in
+    whole block rows, the file is closed (GDAL writes its directory), synced, and only then
+    ``record(rows)`` is called. A block that holds a row already recorded is never written again,
+    so a kill (even mid-write) leaves every recorded row as it was.
+    """
+
+    def __init__(
+        self, staging: Path, block: int, rows_done: int, record: Any, open_dataset: Any
+    ) -> None:
+        self.staging = staging
+        self.durable = rows_done
+        self._record = record
+        self._open = open_dataset
+        super().__init__(open_dataset("r+" if rows_done else "w"), block)
+        self._start = rows_done
+
+    def checkpoint(self) -> None:
+        """Make the rows written so far durable and record them (nothing when none is new)."""
+        if self._start <= self.durable:
+            return
+        self.dataset.close()
+        with open(self.staging, "rb") as handle:
+            os.fsync(handle.fileno())
+        self.durable = self._start
+        self._record(self.durable)
+        self.dataset = self._open("r+")
+
+    def finish(self) -> None:
+        """Write the last, partial block row (once every strip is in)."""
+        self.flush()
+
+
+@contextlib.contextmanager
+def resumable_cog_writer(
+    destination: str | os.PathLike[str],
+    staging: Path,
+    profile: dict[str, Any],
+    layout: CogLayout | None = None,
+    rows_done: int = 0,
+    record: Any = None,
+    cache_mb: int = CACHE_MB,
+) -> Iterator[ResumableWriter]:
+    """:func:`cog_writer` whose staging file ``staging`` outlives a kill: written from row
+    ``rows_done`` (0: created anew), ``record(rows)`` called after each block row of rows is on
+    disk; on exit, the COG is copied onto ``destination`` (atomically). On error the staging
+    file is kept as it is: its recorded rows are intact, and a later call continues them.
+
+    Its blocks are ``layout.block`` wide and :data:`RESUME_BLOCK_ROWS` high, so progress is
+    kept every few rows; the COG is copied with ``layout``'s own tiles, so its bytes do not
+    depend on where a kill fell.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    layout = layout or CogLayout()
+    content = {
+        key: value
+        for key, value in profile.items()
+        if key.lower()
+        not in {"driver", "tiled", "blockxsize", "blockysize", "compress", "bigtiff", "predictor"}
+        and not key.lower().startswith(("zlevel", "zstd_level"))
+    }
+    options = {**_staging_options(layout.block), "blockysize": RESUME_BLOCK_ROWS}
+
+    def open_dataset(mode: str) -> Any:
+        if mode == "w":
+            return rasterio.open(staging, "w", **content, **options)
+        return rasterio.open(staging, "r+")
+
+    with rasterio.Env(GDAL_CACHEMAX=cache_mb):
+        writer = ResumableWriter(
+            staging, RESUME_BLOCK_ROWS, rows_done, record or (lambda rows: None), open_dataset
+        )
+        try:
+            yield writer
+            writer.finish()
+        finally:
+            writer.dataset.close()
+        with atomic_path(destination) as final:
+            try:
+                rasterio.shutil.copy(staging, final, driver="COG", **layout.creation_options())
+            finally:
+                for leftover in (Path(f"{final}.ovr.tmp"), Path(f"{final}.aux.xml")):
+                    leftover.unlink(missing_ok=True)

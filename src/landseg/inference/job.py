@@ -1,0 +1,299 @@
+"""A prediction job: ``landseg predict --output DIR`` that never predicts a scene twice.
+
+The one owner of a job's state; nothing else reads or writes these files::
+
+    DIR/predict.json                  what the job is: the model (file, SHA-256), the
+                                      settings that change its outputs, when it began
+    DIR/.predict/done/<stem>.json     an input finished: its output files and their sizes
+    DIR/.predict/partial/<stem>.tif   a scene being predicted: its staging raster, tiled
+    DIR/.predict/partial/<stem>.json  ... and the rows of it on disk
+
+Why files and not one predict.json (or SQLite as cv's job log): the processes of a job
+(``--shard i/n`` of a SLURM job array, often on several nodes, over a shared file system) each
+predict their own inputs, and each input's state is written by the one process that predicts
+it, in a file of its own, atomically (:mod:`landseg.core.files`). No two processes ever write
+one file with different contents: ``predict.json`` is written by whichever comes first and
+only compared by the others. One JSON file rewritten by every shard would lose updates (two
+read-modify-writes at once), and SQLite needs file locks that NFS and Lustre do not always
+keep (cv's log has one writer per host for that reason).
+
+A scene's progress is kept a strip at a time: its staging raster is written a block row at a
+time (:func:`landseg.maps.cog.resumable_cog_writer`), and the rows on disk are recorded after
+the file is closed and synced, so a killed scene continues where its record says, and the
+finished raster is the same, byte for byte, as a scene predicted in one go
+(:func:`landseg.inference.scene.blended_strips` recomputes its strips exactly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from landseg.core.errors import LandsegError
+from landseg.core.files import atomic_write_json, remove_stale_temporaries
+from landseg.runs.folder import now_iso
+
+JOB_FILE = "predict.json"
+STATE_DIR = ".predict"
+FORMAT = 1
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard i/n`` -> (i, n), 0 <= i < n (``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``)."""
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        shard = (-1, 0)
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"--shard: I/N with 0 <= I < N (e.g. 0/4), got {text}")
+    return shard
+
+
+def shard_inputs(inputs: Sequence[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """The inputs of shard ``(i, n)``: input k of the inputs sorted by path belongs to shard
+    k mod n, so every shard computes the same split from the same inputs, with no
+    communication, and the n shards together hold each input once."""
+    if shard is None:
+        return list(inputs)
+    index, count = shard
+    ordered = sorted(inputs, key=str)
+    return [source for k, source in enumerate(ordered) if k % count == index]
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """What makes two launches one job: the model's bytes and the settings that change the
+    outputs. ``model_file`` is informational (a moved file with the same bytes is the same
+    model)."""
+
+    model_file: str
+    model_sha256: str
+    settings: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "model": {"file": self.model_file, "sha256": self.model_sha256},
+            "settings": self.settings,
+        }
+
+    def difference(self, recorded: dict[str, Any]) -> str | None:
+        """The first thing that differs from a recorded job, ``name: old -> new``; None."""
+        model = recorded.get("model", {})
+        if model.get("sha256") != self.model_sha256:
+            return (
+                f"model: {model.get('file')} (sha256 {str(model.get('sha256'))[:12]}) -> "
+                f"{self.model_file} (sha256 {self.model_sha256[:12]})"
+            )
+        old = recorded.get("settings", {})
+        for name in sorted(set(old) | set(self.settings)):
+            if old.get(name) != self.settings.get(name):
+                return f"{name}: {_shown(old.get(name))} -> {_shown(self.settings.get(name))}"
+        return None
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else json.dumps(value) if not isinstance(value, str) else value
+
+
+@dataclass
+class ScenePart:
+    """The progress of one scene of a job (:class:`landseg.inference.scene.StripProgress`):
+    picklable, so that a ``--workers`` process records its own scene's rows."""
+
+    record_file: Path
+    staging: Path
+    source: str
+    height: int
+    width: int
+    rows_done: int = 0
+    tiles: int = 0
+
+    def record(self, rows: int) -> None:
+        """``rows`` rows of the staging raster are on disk (closed and synced)."""
+        self.rows_done = rows
+        atomic_write_json(
+            self.record_file,
+            {
+                "input": self.source,
+                "height": self.height,
+                "width": self.width,
+                "rows_done": rows,
+                "tiles": self.tiles,
+            },
+        )
+
+
+@dataclass
+class PredictJob:
+    """The job in ``folder`` (``--output``): see the module's docstring."""
+
+    folder: Path
+    _recorded: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def job_file(self) -> Path:
+        return self.folder / JOB_FILE
+
+    @property
+    def state_dir(self) -> Path:
+        return self.folder / STATE_DIR
+
+    def _done_file(self, source: Path) -> Path:
+        return self.state_dir / "done" / f"{Path(source).stem}.json"
+
+    def _partial(self, source: Path) -> tuple[Path, Path]:
+        stem = Path(source).stem
+        return (
+            self.state_dir / "partial" / f"{stem}.json",
+            self.state_dir / "partial" / f"{stem}.tif",
+        )
+
+    # ------------------------------------------------------------------ the job
+
+    def recorded(self) -> dict[str, Any] | None:
+        """The job's ``predict.json`` (None: no job in the folder yet)."""
+        if not self.job_file.is_file():
+            return None
+        try:
+            data = json.loads(self.job_file.read_text())
+        except (OSError, ValueError) as error:
+            raise LandsegError(
+                f"{self.job_file}: unreadable ({error}); add --overwrite to start the job over"
+            ) from error
+        if not isinstance(data, dict):
+            raise LandsegError(f"{self.job_file}: not a prediction job's record")
+        return data
+
+    def refusal(self, identity: JobIdentity) -> str | None:
+        """Why this folder's job is not ``identity``'s (one line), or None."""
+        recorded = self.recorded()
+        if recorded is None:
+            return None
+        difference = identity.difference(recorded)
+        if difference is None:
+            return None
+        return (
+            f"--output {self.folder}: holds a prediction job with another {difference}; "
+            "predict into another folder, or add --overwrite to start over"
+        )
+
+    def start(self, identity: JobIdentity, overwrite: bool = False, alone: bool = True) -> None:
+        """Begin (or continue) the job: with ``overwrite``, the state of a previous job is
+        removed first; ``predict.json`` is written when the folder has none. ``alone``: no
+        other process of the job runs (no ``--shard``), so the temporary files that a killed
+        writer left are removed (the staging rasters are no temporaries); a shard leaves them,
+        since they may be another shard's files being written."""
+        if overwrite:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            self.job_file.unlink(missing_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.recorded() is None:
+            atomic_write_json(
+                self.job_file, {"format": FORMAT, **identity.as_json(), "created": now_iso()}
+            )
+        if alone:
+            for stale in sorted(self.folder.glob(".*.tmp")):
+                stale.unlink(missing_ok=True)
+            if self.state_dir.is_dir():
+                remove_stale_temporaries(self.state_dir)
+
+    # ------------------------------------------------------------------ inputs
+
+    def is_done(self, source: Path) -> bool:
+        """Whether ``source`` was finished by an earlier launch, its outputs as recorded (a
+        deleted or replaced output is predicted again)."""
+        path = self._done_file(source)
+        if not path.is_file():
+            return False
+        try:
+            outputs = json.loads(path.read_text())["outputs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        for output in outputs:
+            file = self.folder / output["file"]
+            if not file.is_file() or file.stat().st_size != output["bytes"]:
+                return False
+        return True
+
+    def finished(self, inputs: Sequence[Path]) -> list[Path]:
+        return [source for source in inputs if self.is_done(source)]
+
+    def part(self, source: Path, height: int, width: int) -> ScenePart:
+        """Where ``source``'s prediction keeps its progress: continued from its record when
+        the staging raster is there and the same size, else from its first row."""
+        record_file, staging = self._partial(source)
+        part = ScenePart(record_file, staging, str(source), height, width)
+        try:
+            data = json.loads(record_file.read_text())
+        except (OSError, ValueError):
+            return part
+        if (
+            staging.is_file()
+            and isinstance(data, dict)
+            and data.get("height") == height
+            and data.get("width") == width
+            and isinstance(data.get("rows_done"), int)
+            and 0 <= data["rows_done"] <= height
+        ):
+            part.rows_done = data["rows_done"]
+            part.tiles = int(data.get("tiles", 0))
+        return part
+
+    def rows_done(self, source: Path) -> int:
+        """The rows of ``source`` on disk from an unfinished launch (0: none)."""
+        try:
+            return int(json.loads(self._partial(source)[0].read_text())["rows_done"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def finish(self, source: Path, outputs: Sequence[Path], tiles: int) -> None:
+        """``source`` is finished: its outputs (in the job folder) and the tiles its
+        prediction sent through the model, over every launch; its staging files go."""
+        entries = [
+            {"file": str(Path(p).relative_to(self.folder)), "bytes": Path(p).stat().st_size}
+            for p in outputs
+        ]
+        atomic_write_json(
+            self._done_file(source),
+            {"input": str(source), "outputs": entries, "tiles": tiles, "finished": now_iso()},
+        )
+        for path in self._partial(source):
+            path.unlink(missing_ok=True)
+
+    def tidy(self, finished: Sequence[Path]) -> None:
+        """Remove the staging files of inputs already finished (a kill between an input's
+        record and the removal of its staging files leaves them)."""
+        for source in finished:
+            for path in self._partial(source):
+                path.unlink(missing_ok=True)
+
+    def finished_rasters(self) -> list[Path]:
+        """The rasters of every input finished (by any launch or shard), sorted."""
+        found = []
+        for record in sorted((self.state_dir / "done").glob("*.json")):
+            try:
+                outputs = json.loads(record.read_text())["outputs"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            found += [self.folder / o["file"] for o in outputs if o["file"].endswith(".tif")]
+        return sorted(p for p in found if p.is_file())
+
+    def done_record(self, source: Path) -> dict[str, Any]:
+        """The record of a finished input (for a report or a test)."""
+        data: dict[str, Any] = json.loads(self._done_file(source).read_text())
+        return data

@@ -1,0 +1,463 @@
+"""Prediction jobs (``landseg predict --output DIR``): finished inputs skipped, a scene stopped
+half way continued from its strips, byte for byte; another model or setting refused.
+
+The model is the untrained demo lightunet of test_scene (fixed random weights); outputs are
+float32 probabilities, so that any difference in a single value shows in the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from rasterio.transform import Affine
+
+from landseg.cli.main import main
+from landseg.inference.job import PredictJob
+from landseg.inference.scene import (
+    LoadedModel,
+    PredictionStopped,
+    PredictOptions,
+    Tiling,
+    grid_anchor,
+    predict_scene,
+    tile_count,
+)
+from tests.helpers import (
+    TRANSFORM,
+    demo_task,
+    save_checkpoint,
+    scene_pixels,
+    scontrol_calls,
+    sigkill_when,
+    single_thread,
+    slurm_env,
+    write_scene,
+)
+
+COMMON = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Torch on one thread, here and in the commands started: steady on a loaded machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def task(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    return demo_task(demo_dir, tmp_path_factory.mktemp("task"))
+
+
+@pytest.fixture(scope="module")
+def run(task, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    save_checkpoint(task, folder / "checkpoints" / "m-last.ckpt")
+    (folder / "run.json").write_text(json.dumps({"status": "finished"}))
+    return folder
+
+
+def scenes(folder: Path, sizes: list[tuple[int, int]]) -> Path:
+    for index, (height, width) in enumerate(sizes):
+        write_scene(folder / f"s{index:02d}.tif", scene_pixels(height, width, seed=index))
+    return folder
+
+
+def tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder``: its modification time and bytes."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def rasters(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tif"))}
+
+
+def test_a_job_skips_what_is_finished_and_refuses_another_setting(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = scenes(tmp_path / "scenes", [(40, 50), (60, 40), (50, 50)])
+    out = tmp_path / "out"
+    command = ["predict", "--run", str(run), "--input", str(inputs), "--output", str(out)]
+    command += ["--type", "float32", *COMMON]
+    assert main(command) == 0
+    first = tree(out)
+    assert (out / "predict.json").is_file()
+    job = PredictJob(out)
+    record = job.done_record(inputs / "s00.tif")
+    assert [o["file"] for o in record["outputs"]] == ["s00.tif"]
+    assert record["outputs"][0]["bytes"] == (out / "s00.tif").stat().st_size
+    capsys.readouterr()
+
+    assert main(command) == 0  # the same command again: nothing predicted, nothing written
+    assert "3 of 3 inputs finished in an earlier launch: skipped" in capsys.readouterr().out
+    assert tree(out) == first
+
+    # another setting, another model: refused with one line naming it, nothing changed
+    assert main([*command, "--tile", "48"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --output {out}: holds a prediction job with another tile: 32 -> 48; "
+        "predict into another folder, or add --overwrite to start over"
+    ]
+    assert main([*command, "--tta"]) == 2
+    assert "another tta: none -> d4;" in capsys.readouterr().err
+    other = tmp_path / "other" / "checkpoints" / "m-last.ckpt"
+    checkpoint = torch.load(run / "checkpoints" / "m-last.ckpt", weights_only=False)
+    next(iter(checkpoint["state_dict"].values())).add_(1.0)
+    other.parent.mkdir(parents=True)
+    torch.save(checkpoint, other)
+    (other.parent.parent / "run.json").write_text(json.dumps({"status": "finished"}))
+    assert main([*command[:2], str(other), *command[3:]]) == 2
+    assert "another model: " in capsys.readouterr().err
+    assert tree(out) == first
+
+    # an output deleted: that input only is predicted again, to the same bytes
+    (out / "s01.tif").unlink()
+    assert main(command) == 0
+    assert "2 of 3 inputs finished in an earlier launch: skipped" in capsys.readouterr().out
+    again = tree(out)
+    assert again["s01.tif"][1] == first["s01.tif"][1]
+    assert again["s00.tif"] == first["s00.tif"] and again["s02.tif"] == first["s02.tif"]
+
+    # --overwrite starts over: every input predicted again
+    assert main([*command, "--tile", "48", "--overwrite"]) == 0
+    assert "skipped" not in capsys.readouterr().out
+    over = tree(out)
+    assert all(over[name][0] != first[name][0] for name in ("s00.tif", "s01.tif", "s02.tif"))
+    assert json.loads((out / "predict.json").read_text())["settings"]["tile"] == 48
+
+
+def test_a_scene_stopped_half_way_continues_from_its_strips_byte_for_byte(
+    task, tmp_path: Path
+) -> None:
+    """A stop between two strips keeps the rows on disk; continuing recomputes only from
+    there (and the few tile rows that blend into it), to the same bytes as one go."""
+    model = LoadedModel.from_task(task)
+    source = write_scene(tmp_path / "big.tif", scene_pixels(180, 100, seed=3))
+    options = PredictOptions(Tiling(32, 16, 8), "float32")  # each row in two tile rows
+    whole = predict_scene(model, source, tmp_path / "whole" / "big.tif", options)
+
+    job = PredictJob(tmp_path / "job")
+    part = job.part(source, 180, 100)
+    asked = iter([None, None, None, signal.SIGTERM])
+    with pytest.raises(PredictionStopped) as stopped:
+        predict_scene(model, source, job.folder / "big.tif", options, part=part,
+                      stop=lambda: next(asked))  # fmt: skip
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert str(stopped.value) == "stopped by SIGTERM after 48 of 180 rows of big"
+    assert not (job.folder / "big.tif").exists()
+
+    resumed = job.part(source, 180, 100)
+    assert resumed.rows_done == 48 and resumed.staging.is_file()
+    before = resumed.tiles
+    predict_scene(model, source, job.folder / "big.tif", options, part=resumed)
+    full = tile_count(180, 100, options.tiling, grid_anchor(TRANSFORM))
+    assert before > 0 and resumed.tiles - before < full  # the rest and a replayed tile row
+    assert (job.folder / "big.tif").read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_job_killed_twice_gives_the_same_maps_and_predicts_no_scene_twice(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL once after two scenes are finished, once in the middle of a scene; the job
+    continued ends with the rasters of an uninterrupted job, byte for byte, and sent every
+    scene through the model once (the all-nodata one never)."""
+    import numpy as np
+
+    sizes = [(64, 64), (80, 96), (300, 96), (64, 64), (96, 64)]
+    inputs = scenes(tmp_path / "scenes", sizes)
+    write_scene(inputs / "s05.tif", np.full((4, 64, 64), 255, np.uint8))  # all nodata
+    reference = tmp_path / "reference"
+    common = ["--run", str(run), "--input", str(inputs), "--type", "float32", *COMMON]
+    assert main(["predict", *common, "--output", str(reference)]) == 0
+    out = tmp_path / "out"
+    job = PredictJob(out)
+    command = ["predict", *common, "--output", str(out)]
+    names = sorted(inputs.glob("*.tif"))
+
+    def finished() -> int:
+        return sum(job.is_done(p) for p in names)
+
+    assert sigkill_when(command, lambda: finished() >= 2) == -signal.SIGKILL
+    early = {p.name: job.done_record(p) for p in names if job.is_done(p)}
+    assert 2 <= len(early) < len(names)
+    rows_then = {p: job.rows_done(p) for p in names}
+
+    def half_way() -> bool:  # a scene of the second launch has rows on disk, not all
+        return any(rows_then[p] < job.rows_done(p) and not job.is_done(p) for p in names)
+
+    assert sigkill_when(command, half_way) == -signal.SIGKILL
+    cut = {p.name: job.rows_done(p) for p in names if not job.is_done(p) and job.rows_done(p)}
+    assert cut, "killed in the middle of a scene"
+
+    capsys.readouterr()
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    for name, rows in cut.items():
+        assert f"{name}: continued from row {rows} of " in printed
+    assert rasters(out) == rasters(reference)
+    for name, record in early.items():  # not predicted again
+        assert job.done_record(inputs / name) == record
+    whole = PredictJob(reference)
+    for source in names:  # every other scene sent through the model once, tile for tile
+        if source.name not in cut and rows_then[source] == 0:
+            assert job.done_record(source)["tiles"] == whole.done_record(source)["tiles"]
+    assert job.done_record(inputs / "s05.tif")["tiles"] == 0
+    assert not any(out.glob(".*.tmp")) and not list((out / ".predict" / "partial").iterdir())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_ends_at_a_strip_and_the_same_command_continues(
+    signum: int,
+    run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM (scancel) and SLURM's SIGUSR1 end the command at the next strip: the rows on
+    disk are kept, exit 128 + the signal as train, the message says to run the same command
+    again, and under SLURM SIGUSR1 requeues the job as train's does."""
+    import os
+    import threading
+    import time
+
+    for key, value in slurm_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+
+    inputs = scenes(tmp_path / "scenes", [(400, 64)])
+    out = tmp_path / "out"
+    job = PredictJob(out)
+    scene = inputs / "s00.tif"
+
+    def terminate_half_way() -> None:
+        deadline = time.monotonic() + 60
+        while job.rows_done(scene) == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signum)  # to this process: main() handles it
+
+    command = ["predict", "--run", str(run), "--input", str(inputs), "--output", str(out)]
+    sender = threading.Thread(target=terminate_half_way)
+    sender.start()
+    try:
+        assert main([*command, *COMMON]) == 128 + signum
+    finally:
+        sender.join()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    name = signal.Signals(signum).name
+    assert last.startswith(f"interrupted: stopped by {name} after ")
+    if signum == signal.SIGUSR1:
+        assert scontrol_calls(tmp_path) == ["requeue 4242"]
+        assert " of 400 rows of s00; SLURM job 4242 requeued" in last
+    else:
+        assert scontrol_calls(tmp_path) == []
+        assert last.endswith(" of 400 rows of s00; run the same command again to continue")
+    rows = job.rows_done(scene)
+    assert 0 < rows < 400 and not (out / "s00.tif").exists()
+    assert main([*command, *COMMON]) == 0
+    assert f"s00.tif: continued from row {rows} of 400" in capsys.readouterr().out
+    assert job.is_done(scene)
+
+
+# ---------------------------------------------------------------------------- nodata, AOI
+
+
+def counting(model: LoadedModel) -> list[int]:
+    """Count the tiles ``model`` is given (patched on this instance only)."""
+    calls: list[int] = []
+    forward = model.tile_probabilities
+
+    def counted(tiles, batch_size):  # type: ignore[no-untyped-def]
+        calls.append(len(tiles))
+        return forward(tiles, batch_size)
+
+    model.tile_probabilities = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_tiles_wholly_nodata_cost_no_model_call(task, tmp_path: Path) -> None:
+    """All-nodata tiles are written as nodata without the model; the valid pixels are those
+    of a prediction that sent every tile through it."""
+    import numpy as np
+    import rasterio
+
+    from landseg.inference.scene import blended_strips, encode_strip
+
+    model = LoadedModel.from_task(task)
+    calls = counting(model)
+    pixels = scene_pixels(90, 120, seed=5)
+    pixels[:, :, :70] = 255  # nodata in every band: the left 70 columns
+    half = write_scene(tmp_path / "half.tif", pixels)
+    empty = write_scene(tmp_path / "empty.tif", np.full((4, 90, 120), 255, np.uint8))
+    options = PredictOptions(Tiling(32, 8, 8), "float32")
+    anchor = grid_anchor(TRANSFORM)
+    predict_scene(model, empty, tmp_path / "out" / "empty.tif", options)
+    assert calls == []
+    with rasterio.open(tmp_path / "out" / "empty.tif") as out:
+        assert np.isnan(out.read()).all()
+
+    predict_scene(model, half, tmp_path / "out" / "half.tif", options)
+    columns = len(options.tiling.starts(120, anchor[1]))
+    assert 0 < sum(calls) < tile_count(90, 120, options.tiling, anchor)
+    assert sum(calls) % (tile_count(90, 120, options.tiling, anchor) // columns) == 0
+
+    with rasterio.open(half) as src:  # every tile through the model, as before
+        raw = src.read().astype(np.float32) / 255
+
+    def every_tile(first: int, stop: int) -> tuple[np.ndarray, None]:
+        return raw[:, first:stop], None
+
+    valid = (pixels != 255).all(axis=0)
+    expected = np.concatenate(
+        [
+            encode_strip(probs, valid[row : row + probs.shape[1]], "float32")
+            for row, probs, _ in blended_strips(model, every_tile, 90, 120, options.tiling, anchor)
+        ],
+        axis=1,
+    )
+    with rasterio.open(tmp_path / "out" / "half.tif") as out:
+        np.testing.assert_allclose(out.read(), expected, rtol=0, atol=1e-6)
+
+
+def test_an_area_of_interest_limits_the_prediction(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Outside the polygons: nodata and no model call; a scene outside them is not read."""
+    import numpy as np
+    import rasterio
+
+    inputs = scenes(tmp_path / "scenes", [(60, 80), (60, 80)])
+    far = (TRANSFORM.c, TRANSFORM.f)
+    with rasterio.open(inputs / "s01.tif", "r+") as moved:  # 10 km east: outside the polygon
+        moved.transform = Affine.translation(10_000, 0) @ TRANSFORM
+    x0, y0 = far
+    polygon = [[x0, y0], [x0 + 20, y0], [x0 + 20, y0 - 30], [x0, y0 - 30], [x0, y0]]
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32631"}},
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {"type": "Polygon", "coordinates": [polygon]},
+                    }
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    command = ["predict", "--run", str(run), "--input", str(inputs), "--output", str(out)]
+    assert main([*command, "--aoi", str(aoi), *COMMON]) == 0
+    job = PredictJob(out)
+    assert job.done_record(inputs / "s01.tif")["tiles"] == 0  # outside: nothing predicted
+    assert 0 < job.done_record(inputs / "s00.tif")["tiles"] < 12
+    with rasterio.open(out / "s00.tif") as a, rasterio.open(out / "s01.tif") as b:
+        inside = a.read(1) != 255
+        assert (b.read(1) == 255).all()
+    assert inside[:60, :40].all() and not inside[:, 40:].any()  # 20 m x 30 m at 0.5 m
+
+    aoi.write_text(aoi.read_text().replace('"properties": {}', '"properties": {"v": 1}'))
+    capsys.readouterr()
+    assert main([*command, "--aoi", str(aoi), *COMMON]) == 2
+    assert "another aoi_sha256: " in capsys.readouterr().err
+    assert np.count_nonzero(inside) == 60 * 40
+
+
+# ---------------------------------------------------------------------------- shards
+
+
+def test_shards_of_a_job_array_make_the_maps_of_one_process(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = scenes(tmp_path / "scenes", [(40, 40), (48, 40), (40, 56), (36, 36), (40, 44)])
+    common = ["predict", "--run", str(run), "--input", str(inputs), "--type", "float32"]
+    assert main([*common, "--output", str(tmp_path / "one"), *COMMON]) == 0
+    out = tmp_path / "shards"
+    assert main([*common, "--output", str(out), "--shard", "1/2", *COMMON]) == 0
+    assert sorted(rasters(out)) == ["s01.tif", "s03.tif"]  # input k: shard k mod 2
+    capsys.readouterr()
+    assert main([*common, "--output", str(out), "--shard", "0/2", *COMMON]) == 0
+    assert rasters(out) == rasters(tmp_path / "one")
+    job = PredictJob(out)
+    assert all(job.is_done(p) for p in sorted(inputs.glob("*.tif")))
+    assert main([*common, "--output", str(out), *COMMON]) == 0  # all of them: nothing left
+    assert "5 of 5 inputs finished in an earlier launch: skipped" in capsys.readouterr().out
+
+    assert main([*common, "--output", str(out), "--shard", "0/2", "--overwrite", *COMMON]) == 2
+    assert "--overwrite with --shard: each shard would remove" in capsys.readouterr().err
+    for wrong in ("2/2", "x/2", "1"):
+        with pytest.raises(SystemExit):
+            main([*common, "--output", str(out), "--shard", wrong, *COMMON])
+        assert f"I/N with 0 <= I < N (e.g. 0/4), got {wrong}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- one map
+
+
+def test_a_finished_job_is_one_mosaic_with_the_areas_of_its_classes(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    import numpy as np
+    import rasterio
+
+    inputs = tmp_path / "scenes"  # a and b share a border; c lies 10 px below b, 3 px right
+    # (sizes are height, width; offsets x, y in pixels of the same grid)
+    for name, (dx, dy), size in (("a", (0, 0), (40, 30)), ("b", (30, 0), (40, 20)),
+                                 ("c", (53, 50), (24, 36))):  # fmt: skip
+        transform = TRANSFORM @ Affine.translation(dx, dy)
+        write_scene(inputs / f"{name}.tif", scene_pixels(*size, seed=ord(name)), transform)
+    out = tmp_path / "out"
+    command = ["predict", "--run", str(run), "--input", str(inputs), "--output", str(out)]
+    assert main([*command, "--shard", "0/2", *COMMON]) == 0
+    assert "mosaic: written when the 1 input(s) left are finished" in capsys.readouterr().out
+    assert not (out / "mosaic.vrt").exists()
+    assert main([*command, "--shard", "1/2", *COMMON]) == 0  # the last input: the mosaic
+    assert "mosaic of 3 raster(s): " in capsys.readouterr().out
+
+    with rasterio.open(out / "mosaic.vrt") as mosaic:
+        assert (mosaic.width, mosaic.height) == (89, 74)
+        assert mosaic.transform == TRANSFORM and mosaic.crs == "EPSG:32631"
+        assert mosaic.nodata == 255
+        whole = mosaic.read(1)
+        with rasterio.open(out / "a.tif") as a:
+            assert mosaic.colormap(1) == a.colormap(1)
+        for name, (dx, dy) in (("a", (0, 0)), ("b", (30, 0)), ("c", (53, 50))):
+            with rasterio.open(out / f"{name}.tif") as scene:
+                part = whole[dy : dy + scene.height, dx : dx + scene.width]
+                assert np.array_equal(part, scene.read(1))
+        assert (whole[40:50, :] == 255).all()  # between the scenes: nodata
+
+    rows = list(csv.DictReader((out / "areas.csv").open()))
+    pixels = {}
+    for name in ("a", "b", "c"):
+        with rasterio.open(out / f"{name}.tif") as scene:
+            pixels[name] = np.bincount(scene.read(1).ravel(), minlength=256)
+    for row in rows:
+        k = int(row["class_id"])
+        expected = sum(pixels.values())[k] if row["scene"] == "total" else pixels[row["scene"]][k]
+        assert int(row["pixels"]) == expected
+        assert float(row["area_map_units2"]) == pytest.approx(expected * 0.25)
+        assert float(row["area_ha"]) == pytest.approx(expected * 0.25 / 10_000)
+    assert [r["scene"] for r in rows].count("total") == 4
+
+    (out / "mosaic.vrt").unlink()
+    (out / "areas.csv").unlink()
+    assert main(["predict", "--mosaic", str(out)]) == 0
+    assert (out / "mosaic.vrt").is_file() and (out / "areas.csv").is_file()
+    capsys.readouterr()
+    assert main(["predict", "--mosaic", str(tmp_path)]) == 2
+    assert "no prediction job here" in capsys.readouterr().err
