@@ -217,3 +217,75 @@ def test_no_training_window_comes_near_its_task_s_test_windows(
             assert max(window.intersection(box).area for box in test + val) == 0, pair.where()
             near_test += min(window.distance(box) for box in test) < buffer + 4
     assert near_test > 0  # windows do come up to the buffer: the check is not vacuous
+
+
+# ---------------------------------------------------------------------------- landseg cv
+
+
+def cv_scene_config(scenes: Path, output: Path, **cross_validation: object) -> dict:
+    """A tiny lightunet job on the two scenes of ``blocks.csv``: random windows of 32 px,
+    2 epochs of 2 steps; float32 and one thread pinned (jobs run in several ways must
+    agree to the bit)."""
+    return {
+        "data_source": {
+            "train_file": str(scenes / "blocks.csv"),
+            "class_labels": ["water", "vegetation", "building"],
+            "windows": {"size": SIZE, "samples_per_epoch": 8, "max_nodata": 0.5},
+        },
+        "train_setup": {
+            "model_name": "lightunet",
+            "epochs": 2,
+            "batch_size": 4,
+            "lr": 0.01,
+            "random_seed": 7,
+            "deterministic": True,
+        },
+        "output_setup": {
+            "output_folder": str(output),
+            "name_exp_log": "job",
+            "save_top_k": 1,
+            "use_tensorboard": False,
+            "get_prediction": False,
+            "progress": 0,
+        },
+        "device_setup": {"accelerator": "cpu", "num_workers": 0, "precision": "32-true"},
+        "cross_validation": {"threads": 1, **cross_validation},
+    }
+
+
+BLOCKS = {"spatial_blocks": {"size": 64}, "folds": 3, "test_groups": ["fold1"]}
+
+
+def test_validate_prints_the_plan_of_a_cv_job_on_scenes(
+    scenes: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Groups and tasks of scene rows, and their windows per task: by zone (each scene
+    row whole) and by spatial blocks of grid windows; validate writes nothing."""
+    from landseg.cli.main import main
+    from tests.helpers import write_config
+
+    zones = cv_scene_config(
+        scenes, scenes / "runs", group_column="zone", test_groups=["south"], validation=0
+    )
+    zones["data_source"]["train_file"] = str(scenes / "zones.csv")
+    blocks = cv_scene_config(scenes, scenes / "runs", **BLOCKS)
+    # fold1 (11 windows) is tested; fold2 (11) and fold3 (10) validate in turn, less their
+    # windows that overlap a test window (5 and 3)
+    expected = {
+        # south held out: b's 16 grid windows test; a and c train, one of them (16 windows)
+        # validates (percentage_val); random training windows: 8 per epoch
+        "zones": "cross-validation: 2 groups, 1 test subjects, 1 tasks, windows per task: "
+        "train 8, val 16, test 16",
+        "blocks": "cross-validation: 3 groups, 1 test subjects, 2 tasks, windows per task: "
+        "train 8, val 6-7, test 11",
+    }
+    for name, config in (("zones", zones), ("blocks", blocks)):
+        path = write_config(scenes / f"{name}.json", config)
+        capsys.readouterr()
+        assert main(["validate", "-c", str(path)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1:3] == [
+            f"  {expected[name]}",
+            f"  job folder {scenes / 'runs' / 'job'}: starts",
+        ], lines
+    assert not (scenes / "runs").exists()

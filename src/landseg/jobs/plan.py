@@ -665,18 +665,36 @@ def split_sizes(
     """
     windows = config.data_source.windows
     count = grid if grid is not None and windows is not None else (lambda row: 1)
-    size = {
-        split: sum(count(row) for row in selected)
-        for split, selected in task_rows(task, rows).items()
-    }
-    if windows is not None and windows.samples_per_epoch:
-        size["train"] = windows.samples_per_epoch
+    members = task_rows(task, rows)
+    size = {split: sum(count(row) for row in selected) for split, selected in members.items()}
     if not task.val and windows is None:
         size["val"] = val_size(size["train"], config.data_source.percentage_val)
         size["train"] -= size["val"]
+    elif not task.val and windows is not None:
+        # the datamodule holds out whole scene rows of the training CSV: the same ones here
+        scenes: dict[Any, list[Row]] = {}
+        for i, row in enumerate(members["train"]):
+            scenes.setdefault(row.image if row.window is not None else i, []).append(row)
+        units = list(scenes.values())
+        held, _ = (set(part) for part in _held_out(len(units), config))
+        size["val"] = sum(count(row) for i in held for row in units[i])
+        size["train"] -= size["val"]
+    if windows is not None and windows.samples_per_epoch:
+        size["train"] = windows.samples_per_epoch
     if config.train_setup.testing:
         size = {split: min(n, TESTING_SUBSET) for split, n in size.items()}
     return size
+
+
+def _held_out(n_rows: int, config: LandsegConfig) -> tuple[list[int], list[int]]:
+    """Which of ``n_rows`` training CSV rows the datamodule holds out (percentage_val)."""
+    from landseg.data.csvfiles import split_pairs
+
+    indices = [SamplePair(Path(str(i)), Path(str(i)), i) for i in range(n_rows)]
+    train, val = split_pairs(
+        indices, config.data_source.percentage_val, config.train_setup.random_seed
+    )
+    return [pair.row for pair in val], [pair.row for pair in train]
 
 
 # ---------------------------------------------------------------------------- the job file
