@@ -3,6 +3,8 @@ grid windows, and what a task's training may never see."""
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +291,43 @@ def test_validate_prints_the_plan_of_a_cv_job_on_scenes(
             f"  job folder {scenes / 'runs' / 'job'}: starts",
         ], lines
     assert not (scenes / "runs").exists()
+
+
+def job_results(job: Path) -> tuple[dict, dict[str, tuple[str, str, list[str]]]]:
+    """The summary, and each task's history, test history and checkpoint names."""
+    tasks = {}
+    for run in sorted((job / "tasks").iterdir()):
+        names = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+        texts = [(run / name).read_text() for name in ("history.json", "history_test.json")]
+        tasks[run.name] = (texts[0], texts[1], names)
+    return json.loads((job / "summary.json").read_text()), tasks
+
+
+@pytest.mark.slow
+def test_cv_on_scenes_killed_and_rerun_equals_an_uninterrupted_job(scenes: Path) -> None:
+    """Spatial blocks of the scenes' grid windows, random training windows: the job SIGKILLed
+    after its first task's first checkpoint and run again ends with the uninterrupted job's
+    summary and every task's histories, to the bit."""
+    from landseg.cli.main import main
+    from tests.helpers import sigkill_when, write_config
+
+    reference = write_config(scenes / "r.json", cv_scene_config(scenes, scenes / "r", **BLOCKS))
+    assert main(["cv", "-c", str(reference)]) == 0
+    expected = job_results(scenes / "r" / "job")
+    assert list(expected[1]) == ["test-fold1__val-fold2", "test-fold1__val-fold3"]
+    assert all(len(json.loads(history)) == 2 for history, _, _ in expected[1].values())
+
+    killed = write_config(scenes / "k.json", cv_scene_config(scenes, scenes / "k", **BLOCKS))
+    first = scenes / "k" / "job" / "tasks" / "test-fold1__val-fold2" / "checkpoints"
+    moment = lambda: any(first.glob("*epoch=000.ckpt"))  # noqa: E731
+    assert sigkill_when(["cv", "-c", str(killed)], moment, timeout=240) == -signal.SIGKILL
+    assert not (scenes / "k" / "job" / "summary.json").exists()
+    assert main(["cv", "-c", str(killed)]) == 0
+    assert job_results(scenes / "k" / "job") == expected
+    run = first.parent
+    assert len(json.loads((run / "run.json").read_text())["resumed"]) == 1  # killed mid-task
+    # the task tested its own grid windows only: the labelled pixels they own in the grid
+    test = dataset(run / "test.csv")
+    labelled = sum(int((test.reader.read(pair)[1] != IGNORE_INDEX).sum()) for pair in test.pairs)
+    matrix = json.loads((run / "history_test.json").read_text())["2"]["cm_macro"]
+    assert sum(map(sum, matrix)) == labelled == 6260
