@@ -1,6 +1,8 @@
 """The plan of a cross-validation job: groups, test subjects, tasks, and each task's own config.
 
-A *group* is a set of tiles (a zone). A *test subject* is one group, or several held out together
+A *group* is a set of tiles (a zone); scene rows (``data_source.windows``) are members of
+their group whole, except with spatial blocks, where each grid window of a scene is a row
+(:func:`window_block_rows`; docs/scenes.md, "Cross-validation"). A *test subject* is one group, or several held out together
 (subject pairs). A *task* is one (test subject, validation groups) pair: a full
 ``landseg train`` run whose CSV files are written into its own folder. Everything here is a pure
 function of the config and the rows, so every launch of a job (and every worker) derives the same
@@ -110,7 +112,8 @@ class CvTask:
 
     ``val`` empty means the validation set is data_source.percentage_val of the training rows.
     ``buffer`` (spatial blocks): the training and validation rows closer than this to a test
-    row are left out (:func:`task_rows`).
+    row are left out (:func:`task_rows`); on scenes, the rows are grid windows, and random
+    training windows keep out of the test windows and their buffer too (:func:`task_csvs`).
     """
 
     id: str
