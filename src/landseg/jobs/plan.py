@@ -3,10 +3,10 @@
 A *group* is a set of tiles (a zone); scene rows (``data_source.windows``) are members of
 their group whole, except with spatial blocks, where each grid window of a scene is a row
 (:func:`window_block_rows`; docs/scenes.md, "Cross-validation"). A *test subject* is one
-group, or several held out together (subject pairs). A *task* is one (test subject, validation groups) pair: a full
-``landseg train`` run whose CSV files are written into its own folder. Everything here is a pure
-function of the config and the rows, so every launch of a job (and every worker) derives the same
-task ids, CSV files and config hashes.
+group, or several held out together (subject pairs). A *task* is one (test subject, validation
+groups) pair: a full ``landseg train`` run whose CSV files are written into its own folder.
+Everything here is a pure function of the config and the rows, so every launch of a job (and
+every worker) derives the same task ids, CSV files and config hashes.
 """
 
 from __future__ import annotations
