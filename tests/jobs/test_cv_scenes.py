@@ -125,6 +125,13 @@ def test_group_column_and_pattern_keep_each_scene_row_whole_with_its_aoi(scenes:
         assert len(masks) == 16
         assert all((mask == IGNORE_INDEX).all() for mask in masks[3::4])  # cols 68..100
         assert not all((mask == IGNORE_INDEX).all() for mask in masks[0::4])
+    # without windows the rows are tiles: a third column is no AOI, the task CSVs keep two
+    cv = CrossValidation(group_column="zone", test_groups=["south"], validation=0)
+    rows = group_rows(pairs, cv, scenes / "zones.csv")
+    plan, used = build_plan(rows, cv, 0.5)
+    assert all(row.aoi is None for row in rows)
+    for text in task_csvs(plan.tasks[0], used).values():
+        assert all(len(line.split(",")) == 2 for line in text.splitlines()), text
 
 
 def block_job(scenes: Path, buffer: float, *tests: str, validation: int = 1) -> tuple[list, list]:  # type: ignore[type-arg]

@@ -172,7 +172,10 @@ def group_rows(
     """
     if windows is not None and cv.group_source == "spatial_blocks":
         return window_block_rows(list(pairs), cv, windows)
-    return GROUP_READERS.get(cv.group_source)(list(pairs), cv, csv_path)
+    rows = GROUP_READERS.get(cv.group_source)(list(pairs), cv, csv_path)
+    if windows is None:  # tile rows: a third column is no AOI, and the task CSVs stay as ever
+        rows = [dataclasses.replace(row, aoi=None) if row.aoi else row for row in rows]
+    return rows
 
 
 @GROUP_READERS.register("group_pattern")
