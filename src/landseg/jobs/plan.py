@@ -911,17 +911,21 @@ def prepare_job(
             _write_block_map(scratch_files.block_map, rows, used, cv)
             block_map = scratch_files.block_map.read_bytes()
     hashes, sizes, excluded = {}, {}, {}
+    unit = "grid windows" if any(row.window is not None for row in used) else "tiles"
+    counts = grid_counts(used, windows)  # scene headers, read once
     for task in plan.tasks:
         hashes[task.id] = task_hash(task_config(config, task, folder), task_csvs(task, used))
-        sizes[task.id] = split_sizes(task, used, config, grid_counts(used, windows))
+        sizes[task.id] = split_sizes(task, used, config, counts)
         excluded[task.id] = excluded_count(task, used)
         if task.buffer > 0:
             log.info(
-                "task %s: %d training and validation tiles within %g map units of its test "
-                "tiles left out",
+                "task %s: %d training and validation %s within %g map units of its test "
+                "%s left out",
                 task.id,
                 excluded[task.id],
+                unit,
                 task.buffer,
+                unit,
             )
     job = Job(folder, config, csv_file, plan, summary, hashes, sizes, excluded, block_map)
     return job, used
