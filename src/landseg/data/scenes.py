@@ -23,6 +23,10 @@ in a header, or else the third column.
   counts exactly once in the metrics and the confusion matrix. Grid windows are cached like
   tiles, keyed by scene and window.
 
+A row of a cross-validation task may carry a ``windows`` cell
+(:mod:`landseg.data.scene_limits`): its grid is then only the windows listed there, and no
+random window is drawn in the areas it keeps out (the task's test blocks and their buffer).
+
 Only windows are read, never a whole scene; a scene stored in strips (not internally tiled)
 gets a one-time warning, since each window then decodes whole rows of the scene.
 """
@@ -57,6 +61,7 @@ from landseg.data.labels import (
     read_label_window,
 )
 from landseg.data.raster import nodata_pixels, open_raster
+from landseg.data.scene_limits import MAX_KEEP_OUT_TRIES, WindowLimits, limits_of, window_bounds
 from landseg.data.summary import IGNORE_INDEX, DataSummary
 
 log = logging.getLogger("landseg.data")
@@ -106,6 +111,8 @@ class Scene:
     transform: Affine
     crs: CRS | None = field(compare=False)
     tiled: bool
+    #: the row's ``windows`` cell (cross-validation, :mod:`landseg.data.scene_limits`)
+    limits: WindowLimits | None = field(default=None, compare=False)
 
     def window(self, row: int, col: int, size: int, owned: tuple[int, int] = (0, 0)) -> WindowPair:
         pair = self.pair
@@ -140,6 +147,7 @@ def read_scene(pair: SamplePair) -> Scene:
             src.transform,
             src.crs,
             tiled,
+            limits_of(pair),
         )
     if not tiled and pair.image not in _warned:
         _warned.add(pair.image)
@@ -178,7 +186,9 @@ def grid_windows(scenes: Sequence[Scene], size: int, stride: int) -> list[Window
         row_owned, col_owned = _owned_from(rows, size), _owned_from(cols, size)
         for row, top in zip(rows, row_owned, strict=True):
             for col, left in zip(cols, col_owned, strict=True):
-                windows.append(scene.window(row, col, size, (top, left)))
+                limits = scene.limits  # a cv split reads its own windows only; each keeps
+                if limits is None or limits.grid is None or (row, col) in limits.grid:  # its pixels
+                    windows.append(scene.window(row, col, size, (top, left)))
     return windows
 
 
@@ -315,12 +325,25 @@ class RandomWindows:
         self.cumulative = np.cumsum([scene.positions(size) for scene in self.scenes])
 
     def propose(self, rng: np.random.Generator) -> tuple[Scene, WindowPair]:
-        """One window: a scene in proportion to its positions, then a position uniformly."""
-        pick = int(rng.integers(int(self.cumulative[-1])))
-        scene = self.scenes[int(np.searchsorted(self.cumulative, pick, side="right"))]
-        row = int(rng.integers(scene.height - self.size + 1))
-        col = int(rng.integers(scene.width - self.size + 1))
-        return scene, scene.window(row, col, self.size)
+        """One window: a scene in proportion to its positions, then a position uniformly.
+
+        A window in a scene's kept-out area (:mod:`landseg.data.scene_limits`) is drawn again.
+        """
+        for _ in range(MAX_KEEP_OUT_TRIES):
+            pick = int(rng.integers(int(self.cumulative[-1])))
+            scene = self.scenes[int(np.searchsorted(self.cumulative, pick, side="right"))]
+            row = int(rng.integers(scene.height - self.size + 1))
+            col = int(rng.integers(scene.width - self.size + 1))
+            limits = scene.limits
+            if limits is None or limits.allows(
+                window_bounds(scene.transform, row, col, self.size, self.size)
+            ):
+                return scene, scene.window(row, col, self.size)
+        raise DataError(
+            f"data_source.windows.size: {MAX_KEEP_OUT_TRIES} random windows of {self.size} px "
+            "all fell in the areas this task keeps out of training (its test blocks and "
+            "buffer); use smaller windows, a smaller buffer or larger blocks"
+        )
 
     def draw(self, sample_seed: int, reader: WindowReader) -> tuple[WindowPair, Decoded]:
         """The window of the sample with this seed and its pixels (a pure function of the seed)."""

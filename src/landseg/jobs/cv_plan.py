@@ -57,7 +57,8 @@ def job_line(job: Job) -> str:
     tasks = job.plan.tasks
     return (
         f"cross-validation: {len(job.plan.groups)} groups, {len(job.plan.subjects)} test "
-        f"subjects, {len(tasks)} tasks, {task_splits(job.split_sizes)}"
+        f"subjects, {len(tasks)} tasks, "
+        f"{task_splits(job.split_sizes, 'windows' if job.config.data_source.windows else 'tiles')}"
     )
 
 
@@ -72,12 +73,13 @@ def data_lines(job: Job) -> list[str]:
     ]
 
 
-def task_splits(sizes: dict[str, dict[str, int]]) -> str:
-    """``tiles per task: train 16, val 16, test 16`` (``min-max`` where the tasks differ)."""
+def task_splits(sizes: dict[str, dict[str, int]], unit: str = "tiles") -> str:
+    """``tiles per task: train 16, val 16, test 16`` (``min-max`` where the tasks differ);
+    ``windows per task`` on scene rows (random windows per epoch for training, when drawn)."""
     names = list(dict.fromkeys(split for task in sizes.values() for split in task))
     parts = []
     for split in names:
         values = [task.get(split, 0) for task in sizes.values()]
         low, high = min(values), max(values)
         parts.append(f"{split} {low}" if low == high else f"{split} {low}-{high}")
-    return "tiles per task: " + ", ".join(parts)
+    return f"{unit} per task: " + ", ".join(parts)

@@ -1,10 +1,12 @@
 """The plan of a cross-validation job: groups, test subjects, tasks, and each task's own config.
 
-A *group* is a set of tiles (a zone). A *test subject* is one group, or several held out together
-(subject pairs). A *task* is one (test subject, validation groups) pair: a full
-``landseg train`` run whose CSV files are written into its own folder. Everything here is a pure
-function of the config and the rows, so every launch of a job (and every worker) derives the same
-task ids, CSV files and config hashes.
+A *group* is a set of tiles (a zone); scene rows (``data_source.windows``) are members of
+their group whole, except with spatial blocks, where each grid window of a scene is a row
+(:func:`window_block_rows`; docs/scenes.md, "Cross-validation"). A *test subject* is one
+group, or several held out together (subject pairs). A *task* is one (test subject, validation
+groups) pair: a full ``landseg train`` run whose CSV files are written into its own folder.
+Everything here is a pure function of the config and the rows, so every launch of a job (and
+every worker) derives the same task ids, CSV files and config hashes.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from landseg.config.choices import GROUP_SOURCES
 from landseg.config.continuation import result_relevant
 from landseg.config.cross_validation import CrossValidation
-from landseg.config.schema import LandsegConfig
+from landseg.config.schema import LandsegConfig, Windows
 from landseg.core.errors import ConfigError, DataError, LandsegError
 from landseg.core.files import (
     atomic_write_bytes,
@@ -36,6 +40,8 @@ from landseg.core.files import (
 from landseg.core.registry import Registry, check_implements
 from landseg.data.cache import DEFAULT_FOLDER as CACHE_FOLDER
 from landseg.data.csvfiles import TESTING_SUBSET, SamplePair, val_size
+from landseg.data.scene_limits import COLUMN as WINDOWS_COLUMN
+from landseg.data.scene_limits import WindowLimits, touches, window_bounds
 from landseg.data.summary import DataSummary
 from landseg.jobs import spatial
 from landseg.jobs.folder import JobFolder
@@ -50,6 +56,8 @@ JOB_FORMAT = 1
 MAX_ID_LENGTH = 100
 #: More spatial blocks than this without cross_validation.folds: a warning (many tasks).
 MANY_BLOCKS = 12
+#: Rectangle pairs compared at once when windows are checked against test windows.
+CHUNK = 1 << 22
 log = logging.getLogger("landseg.cv")
 
 
@@ -75,13 +83,20 @@ def sanitize(raw: str) -> str:
 @dataclass(frozen=True)
 class Row:
     """One row of the job: its group; with folds, the group (zone, block) the fold joined
-    (``origin``); with spatial blocks, the image's footprint (left, bottom, right, top)."""
+    (``origin``); with spatial blocks, the image's footprint (left, bottom, right, top).
+
+    A scene row keeps its ``aoi``. With spatial blocks on scenes (``data_source.windows``),
+    a row is one grid window of a scene: ``window`` is its top-left (row, col) pixel and
+    ``bounds`` its footprint (:func:`window_block_rows`).
+    """
 
     image: Path
     mask: Path
     group: str
     origin: str = ""
     bounds: spatial.Bounds | None = None
+    aoi: Path | None = None
+    window: tuple[int, int] | None = None
 
     @property
     def block(self) -> str:
@@ -97,7 +112,8 @@ class CvTask:
 
     ``val`` empty means the validation set is data_source.percentage_val of the training rows.
     ``buffer`` (spatial blocks): the training and validation rows closer than this to a test
-    row are left out (:func:`task_rows`).
+    row are left out (:func:`task_rows`); on scenes, the rows are grid windows, and random
+    training windows keep out of the test windows and their buffer too (:func:`task_csvs`).
     """
 
     id: str
@@ -142,9 +158,24 @@ GroupReader = Callable[[list[SamplePair], CrossValidation, Path], list[Row]]
 GROUP_READERS: Registry[GroupReader] = Registry("group source")
 
 
-def group_rows(pairs: Iterable[SamplePair], cv: CrossValidation, csv_path: Path) -> list[Row]:
-    """Each row with its group, as the group source that is set says (:data:`GROUP_READERS`)."""
-    return GROUP_READERS.get(cv.group_source)(list(pairs), cv, csv_path)
+def group_rows(
+    pairs: Iterable[SamplePair],
+    cv: CrossValidation,
+    csv_path: Path,
+    windows: Windows | None = None,
+) -> list[Row]:
+    """Each row with its group, as the group source that is set says (:data:`GROUP_READERS`).
+
+    With ``windows`` (scene rows) and spatial blocks, the rows are the scenes' grid windows
+    (:func:`window_block_rows`); a group column or pattern puts each scene row in its group
+    whole, as a tile row.
+    """
+    if windows is not None and cv.group_source == "spatial_blocks":
+        return window_block_rows(list(pairs), cv, windows)
+    rows = GROUP_READERS.get(cv.group_source)(list(pairs), cv, csv_path)
+    if windows is None:  # tile rows: a third column is no AOI, and the task CSVs stay as ever
+        rows = [dataclasses.replace(row, aoi=None) if row.aoi else row for row in rows]
+    return rows
 
 
 @GROUP_READERS.register("group_pattern")
@@ -162,7 +193,7 @@ def pattern_rows(pairs: list[SamplePair], cv: CrossValidation, csv_path: Path) -
                 f"finds no group in {pair.image}"
             )
             continue
-        rows.append(Row(pair.image, pair.mask, group))
+        rows.append(Row(pair.image, pair.mask, group, aoi=pair.aoi))
     _raise_row_problems(problems)
     return rows
 
@@ -188,7 +219,7 @@ def column_rows(pairs: list[SamplePair], cv: CrossValidation, csv_path: Path) ->
         if not group:
             problems.append(f"{pair.where()}: empty {cv.group_column} cell")
             continue
-        rows.append(Row(pair.image, pair.mask, group))
+        rows.append(Row(pair.image, pair.mask, group, aoi=pair.aoi))
     _raise_row_problems(problems)
     return rows
 
@@ -227,6 +258,47 @@ def block_rows(pairs: list[SamplePair], cv: CrossValidation, csv_path: Path) -> 
 
 
 check_implements(GROUP_SOURCES, GROUP_READERS)
+
+
+def window_block_rows(pairs: list[SamplePair], cv: CrossValidation, windows: Windows) -> list[Row]:
+    """Spatial blocks on scene rows: one row per grid window, in the block of its centre.
+
+    A scene spans many blocks, so its validation/test grid (:func:`grid_windows`, the
+    windows of ``windows.size`` every ``windows.step`` pixels) is what is cut into blocks:
+    each window is a row of the job with its footprint, and every rule of tile rows (folds,
+    the buffer, the map) applies to the windows. :func:`task_csvs` gathers them back into
+    scene rows.
+    """
+    from landseg.data.scenes import grid_windows, read_scene
+
+    spec = cv.spatial_blocks
+    if spec is None:
+        raise ConfigError("cross_validation.spatial_blocks is not set")
+    _, crs = spatial.read_footprints(pairs)  # every scene georeferenced, in one CRS
+    found: list[tuple[SamplePair, int, int, spatial.Bounds]] = []
+    for pair in pairs:
+        scene = read_scene(pair)
+        if min(scene.height, scene.width) < windows.size:
+            raise DataError(
+                f"{pair.where()}: data_source.windows.size {windows.size} is larger than "
+                f"scene {pair.image} ({scene.width}x{scene.height})"
+            )
+        for window in grid_windows([scene], windows.size, windows.step):
+            row, col, height, width = window.window
+            found.append((pair, row, col, window_bounds(scene.transform, row, col, height, width)))
+    names, size = spatial.assign_blocks([bounds for *_, bounds in found], spec)
+    log.info(
+        "spatial blocks of %g map units (%s): %d grid windows of %d scenes in %d blocks",
+        size,
+        crs,
+        len(names),
+        len(pairs),
+        len(set(names)),
+    )
+    return [
+        Row(pair.image, pair.mask, name, bounds=bounds, aoi=pair.aoi, window=(row, col))
+        for (pair, row, col, bounds), name in zip(found, names, strict=True)
+    ]
 
 
 def fold_rows(rows: list[Row], folds: int) -> list[Row]:
@@ -356,8 +428,10 @@ def build_plan(
                         f"{'training' if split == 'train' else 'validation'} tile for task "
                         f"{task.id} (every one lies within the buffer of a test tile)"
                     )
-            if not val:
-                _check_share(len(members["train"]), percentage_val, subject)
+            if not val:  # the share is of the task's training CSV rows: scenes, for windows
+                windowed = [row.image for row in members["train"] if row.window is not None]
+                n_train = len(members["train"]) - len(windowed) + len(set(windowed))
+                _check_share(n_train, percentage_val, subject)
             tasks.append(task)
     ids = [task.id for task in tasks]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -385,7 +459,8 @@ def csv_text(rows: Iterable[Row], header: Sequence[str] | None = None) -> str:
     if header:
         writer.writerow(header)
     for row in rows:
-        writer.writerow([row.image, row.mask, *([row.group] if header else [])])
+        aoi = [row.aoi] if row.aoi is not None and not header else []  # scene rows: 3rd column
+        writer.writerow([row.image, row.mask, *aoi, *([row.group] if header else [])])
     return buffer.getvalue()
 
 
@@ -402,6 +477,9 @@ def rows_text(rows: Sequence[Row]) -> str:
         header += ["block", "x", "y"]
     elif folded:
         header += ["source_group"]
+    scenes = any(row.aoi is not None for row in rows)
+    windowed = any(row.window is not None for row in rows)
+    header += ["aoi"] * scenes + ["window_row", "window_col"] * windowed
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -412,6 +490,10 @@ def rows_text(rows: Sequence[Row]) -> str:
             cells += [row.block, _number((left + right) / 2), _number((bottom + top) / 2)]
         elif folded:
             cells.append(row.origin)
+        if scenes:
+            cells.append(row.aoi or "")
+        if windowed:
+            cells += list(row.window or ("", ""))
         writer.writerow(cells)
     return buffer.getvalue()
 
@@ -424,11 +506,23 @@ def task_rows(task: CvTask, rows: Sequence[Row]) -> dict[str, list[Row]]:
     """The task's train, val and test rows, in the job's order.
 
     With ``task.buffer`` > 0, the training and validation rows whose footprint lies closer
-    than the buffer to the footprint of a test row are left out.
+    than the buffer to the footprint of a test row are left out. Grid windows of scenes
+    (:func:`window_block_rows`) that overlap a test window are left out too, whatever the
+    buffer: windows of one grid overlap where a remainder is left or the stride is below
+    the size, and a test window's pixels must not be a training input; so are the training
+    windows that overlap a validation window.
     """
     members = {"train": task.train, "val": task.val, "test": task.test}
     split = {name: [r for r in rows if r.group in groups] for name, groups in members.items()}
-    if task.buffer > 0 and split["test"]:
+    if split["test"] and any(row.window is not None for row in rows):
+        keep_out = _keep_out(split["test"], task.buffer)
+        for name in ("train", "val"):
+            near = _touching(_footprints(split[name]), keep_out)
+            split[name] = [row for row, out in zip(split[name], near, strict=True) if not out]
+        if split["val"]:  # nor may a training window hold validation pixels
+            near = _touching(_footprints(split["train"]), _keep_out(split["val"], 0.0))
+            split["train"] = [row for row, out in zip(split["train"], near, strict=True) if not out]
+    elif task.buffer > 0 and split["test"]:
         test = split["test"]
         boxes = _footprints(test)
         units = [row.block for row in test]
@@ -448,6 +542,60 @@ def _footprints(rows: Sequence[Row]) -> Any:
     return spatial.as_array(box for box in boxes if box is not None)
 
 
+def _keep_out(rows: Sequence[Row], margin: float) -> Any:
+    """(n, 5) the rows' footprints, each with ``margin`` (:mod:`landseg.data.scene_limits`)."""
+    boxes = _footprints(rows)
+    return np.concatenate([boxes, np.full((len(boxes), 1), margin)], axis=1)
+
+
+def _touching(boxes: Any, keep_out: Any) -> Any:
+    """Which ``boxes`` overlap or come closer than its margin to a ``keep_out`` rectangle."""
+    near = np.zeros(len(boxes), dtype=bool)
+    step = max(1, CHUNK // max(1, len(keep_out)))
+    for start in range(0, len(boxes), step):
+        if len(keep_out):
+            near[start : start + step] = touches(boxes[start : start + step], keep_out)
+    return near
+
+
+def _scene_csvs(task: CvTask, split: dict[str, list[Row]], rows: Sequence[Row]) -> dict[str, str]:
+    """Scene rows (``image,mask,aoi,windows``) of a task on grid windows, split by split.
+
+    Each scene with windows in a split is one row there; its ``windows`` cell
+    (:mod:`landseg.data.scene_limits`) lists them, so validation and test read only the
+    split's own grid windows. In the training split it also keeps random windows out of the
+    test windows and their buffer, and off the validation windows.
+    """
+    test = _keep_out(split["test"], task.buffer)
+    keep_out = np.concatenate([test, _keep_out(split["val"], 0.0)]) if split["val"] else test
+    scenes: dict[Path, list[Row]] = {}
+    for row in rows:
+        scenes.setdefault(row.image, []).append(row)
+    texts: dict[str, str] = {}
+    for name, selected in split.items():
+        chosen: dict[Path, list[tuple[int, int]]] = {}
+        for row in selected:
+            chosen.setdefault(row.image, []).append(row.window or (0, 0))
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["image", "mask", "aoi", WINDOWS_COLUMN])
+        for image, grid in chosen.items():
+            first = scenes[image][0]
+            boxes = _footprints(scenes[image])
+            extent = np.array(
+                [[boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()]]
+            )
+            reach = keep_out[:0]  # only training draws random windows
+            if name == "train" and len(keep_out):
+                # the kept-out rectangles within reach of this scene (each keeps its margin)
+                margin = np.array([[keep_out[:, 4].max()]])
+                reach = keep_out[_touching(keep_out[:, :4], np.c_[extent, margin])]
+            limits = WindowLimits(frozenset(grid), reach)
+            writer.writerow([image, first.mask, first.aoi or "", limits.to_cell()])
+        texts[name] = buffer.getvalue()
+    return texts
+
+
 def excluded_count(task: CvTask, rows: Sequence[Row]) -> int:
     """How many training and validation rows the task's buffer leaves out."""
     if task.buffer <= 0:
@@ -460,11 +608,13 @@ def excluded_count(task: CvTask, rows: Sequence[Row]) -> int:
 def task_csvs(task: CvTask, rows: list[Row]) -> dict[str, str]:
     """The task's CSV texts (absolute paths, no header); no ``val`` when it is a share."""
     members = {"train": task.train, "val": task.val, "test": task.test}
-    return {
-        split: csv_text(selected)
-        for split, selected in task_rows(task, rows).items()
-        if members[split]
-    }
+    split = task_rows(task, rows)
+    texts = (
+        _scene_csvs(task, split, rows)
+        if any(row.window is not None for row in rows)
+        else {name: csv_text(selected) for name, selected in split.items()}
+    )
+    return {name: text for name, text in texts.items() if members[name]}
 
 
 #: The Optuna storage of a search (``landseg tune``): a folder holding it is no cv job's.
@@ -508,15 +658,49 @@ def task_hash(config: LandsegConfig, csvs: dict[str, str]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def split_sizes(task: CvTask, rows: list[Row], config: LandsegConfig) -> dict[str, int]:
-    """Rows per split of one task, as the datamodule will build them (for its data summary)."""
-    size = {split: len(selected) for split, selected in task_rows(task, rows).items()}
-    if not task.val:
+def split_sizes(
+    task: CvTask,
+    rows: list[Row],
+    config: LandsegConfig,
+    grid: Callable[[Row], int] | None = None,
+) -> dict[str, int]:
+    """Rows per split of one task, as the datamodule will build them (for its data summary).
+
+    Scene rows (``data_source.windows``) count windows: ``grid(row)`` per scene row (a grid
+    window row counts one), and ``samples_per_epoch`` for training when it is set.
+    """
+    windows = config.data_source.windows
+    count = grid if grid is not None and windows is not None else (lambda row: 1)
+    members = task_rows(task, rows)
+    size = {split: sum(count(row) for row in selected) for split, selected in members.items()}
+    if not task.val and windows is None:
         size["val"] = val_size(size["train"], config.data_source.percentage_val)
         size["train"] -= size["val"]
+    elif not task.val and windows is not None:
+        # the datamodule holds out whole scene rows of the training CSV: the same ones here
+        scenes: dict[Any, list[Row]] = {}
+        for i, row in enumerate(members["train"]):
+            scenes.setdefault(row.image if row.window is not None else i, []).append(row)
+        units = list(scenes.values())
+        held, _ = (set(part) for part in _held_out(len(units), config))
+        size["val"] = sum(count(row) for i in held for row in units[i])
+        size["train"] -= size["val"]
+    if windows is not None and windows.samples_per_epoch:
+        size["train"] = windows.samples_per_epoch
     if config.train_setup.testing:
         size = {split: min(n, TESTING_SUBSET) for split, n in size.items()}
     return size
+
+
+def _held_out(n_rows: int, config: LandsegConfig) -> tuple[list[int], list[int]]:
+    """Which of ``n_rows`` training CSV rows the datamodule holds out (percentage_val)."""
+    from landseg.data.csvfiles import split_pairs
+
+    indices = [SamplePair(Path(str(i)), Path(str(i)), i) for i in range(n_rows)]
+    train, val = split_pairs(
+        indices, config.data_source.percentage_val, config.train_setup.random_seed
+    )
+    return [pair.row for pair in val], [pair.row for pair in train]
 
 
 # ---------------------------------------------------------------------------- the job file
@@ -702,7 +886,8 @@ def prepare_job(
     cv = cv_section(config, config_path)
     csv_file = _job_csv(config, cv)
     _note_ignored_keys(config)
-    rows = group_rows(read_pairs(csv_file), cv, csv_file)
+    windows = config.data_source.windows
+    rows = group_rows(read_pairs(csv_file), cv, csv_file, windows)
     plan, used = build_plan(rows, cv, config.data_source.percentage_val)
     folder = job_folder(config)
     problem = folder_problem(folder)
@@ -718,27 +903,49 @@ def prepare_job(
         scratch_files = JobFolder(Path(scratch))  # the job folder's names, in a scratch folder
         rows_file = scratch_files.rows
         atomic_write_text(rows_file, rows_text(used))
-        checked = csv_file if len(used) == len(rows) else rows_file
+        # scene rows are checked through the job's CSV: rows.csv may list a scene per window
+        checked = csv_file if len(used) == len(rows) or windows is not None else rows_file
         whole = whole_data_config(config, checked)
         summary = prepare(whole, device_check=device_check, one_run=False).summary
         if cv.spatial_blocks is not None and not dry_run:
             _write_block_map(scratch_files.block_map, rows, used, cv)
             block_map = scratch_files.block_map.read_bytes()
     hashes, sizes, excluded = {}, {}, {}
+    unit = "grid windows" if any(row.window is not None for row in used) else "tiles"
+    counts = grid_counts(used, windows)  # scene headers, read once
     for task in plan.tasks:
         hashes[task.id] = task_hash(task_config(config, task, folder), task_csvs(task, used))
-        sizes[task.id] = split_sizes(task, used, config)
+        sizes[task.id] = split_sizes(task, used, config, counts)
         excluded[task.id] = excluded_count(task, used)
         if task.buffer > 0:
             log.info(
-                "task %s: %d training and validation tiles within %g map units of its test "
-                "tiles left out",
+                "task %s: %d training and validation %s within %g map units of its test "
+                "%s left out",
                 task.id,
                 excluded[task.id],
+                unit,
                 task.buffer,
+                unit,
             )
     job = Job(folder, config, csv_file, plan, summary, hashes, sizes, excluded, block_map)
     return job, used
+
+
+def grid_counts(rows: list[Row], windows: Windows | None) -> Callable[[Row], int]:
+    """Grid windows per job row: one for a window row, its scene's grid for a scene row."""
+    if windows is None:
+        return lambda row: 1
+    from landseg.data.csvfiles import SamplePair
+    from landseg.data.scenes import grid_offsets, read_scene
+
+    counts: dict[Path, int] = {}
+    for row in rows:
+        if row.window is None and row.image not in counts:
+            scene = read_scene(SamplePair(row.image, row.mask, 0))
+            counts[row.image] = len(grid_offsets(scene.height, windows.size, windows.step)) * len(
+                grid_offsets(scene.width, windows.size, windows.step)
+            )
+    return lambda row: 1 if row.window is not None else counts[row.image]
 
 
 def _write_block_map(path: Path, rows: list[Row], used: list[Row], cv: CrossValidation) -> None:

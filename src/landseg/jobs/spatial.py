@@ -10,6 +10,9 @@ A *buffer* leaves out of a task's training and validation sets every tile whose 
 closer than ``buffer`` to the footprint of one of the task's test tiles (the distance between
 two rectangles: 0 when they touch or overlap). Everything here is a pure function of the
 footprints, so every launch of a job derives the same groups and the same task files.
+
+On scene rows (``data_source.windows``) the footprints are those of the scenes' grid
+windows, so "tile" here reads "grid window" (:func:`landseg.jobs.plan.window_block_rows`).
 """
 
 from __future__ import annotations
