@@ -14,7 +14,7 @@ from rasterio.crs import CRS
 
 from landseg.cli.main import main
 from landseg.core.files import write_geotiff
-from tests.helpers import LABELS, run_cli, save_checkpoint, scene_pixels
+from tests.helpers import LABELS, read, run_cli, save_checkpoint, scene_pixels
 
 shapely = pytest.importorskip("shapely")
 pyogrio = pytest.importorskip("pyogrio")
@@ -150,3 +150,17 @@ def test_a_scene_smaller_than_a_window_is_named(scenes: dict, capsys) -> None:
     assert code == 2
     assert "scenes.csv, row 3" in output and "smaller than a window of 32 px" in output
     assert not (tmp / "x.json").exists()
+
+
+def test_predict_takes_scene_rows_and_maps_whole_images(scenes: dict, capsys) -> None:
+    """The CSV of scene rows (header, labels, AOI) gives each image's whole map; labels and
+    AOI are not read: the map is the image's own prediction."""
+    tmp = scenes["tmp"]
+    run = ["predict", "--run", str(scenes["scene_run"]), "--tile", "16", "--overlap", "4", *CPU]
+    assert main([*run, "--input", str(tmp / "scenes.csv"), "--output", str(tmp / "maps")]) == 0
+    assert main([*run, "--input", str(tmp / "s0.tif"), "--output", str(tmp / "one")]) == 0
+    assert sorted(p.name for p in (tmp / "maps").glob("*.tif")) == ["s0.tif", "s1.tif"]
+    maps = read(tmp / "maps" / "s0.tif")
+    assert maps.shape == (1, 40, 44) and (maps[0, 3:, 33:] != 255).all()  # beyond the AOI too
+    np.testing.assert_array_equal(maps, read(tmp / "one" / "s0.tif"))
+    assert read(tmp / "maps" / "s1.tif").shape == (1, 30, 38)
