@@ -410,7 +410,7 @@ CASES: dict[str, tuple[Mutation, str]] = {
     "garbage mask": (with_raster("mask garbage"), "bad.tif"),
     "mask in another crs": (with_raster("mask other crs"), "bad.tif is in EPSG:4326 but image "),
     "mask off its image's grid": (with_raster("mask shifted"), "bad.tif is not on the grid of "),
-    "mixed dtypes": (with_raster("mixed dtypes"), "images have different dtypes"),
+    "mixed dtypes": (with_raster("mixed dtypes"), "pixel_range is required for uint16 images"),
     "mixed patch sizes": (with_raster("small pair"), "patch sizes"),
     "index mask among one-hot": (
         both(with_raster("mask index"), delkey("data_source.mask_bands")),

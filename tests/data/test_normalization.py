@@ -47,3 +47,24 @@ def test_split_stats_fall_back_to_train() -> None:
     train = SplitStats(mean=[0.1], std=[0.2])
     weights = NormalizationWeights(train=train)
     assert weights.for_split("val") is train
+
+
+def test_pixel_range_per_dtype_names_real_dtypes_and_positive_values() -> None:
+    from pydantic import ValidationError
+
+    from landseg.config.schema import DataSource
+
+    base = {"train_file": "t.csv"}
+    assert DataSource(**base, pixel_range={"uint16": 4095}).pixel_range == {"uint16": 4095}
+    for bad, message in (
+        ({"uint9": 4095}, "'uint9' is not a raster dtype"),
+        ({"uint16": 0}, "greater than 0"),
+        (-1, "greater than 0"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            DataSource(**base, pixel_range=bad)
+    per_dtype = {"uint16": 4095.0}
+    assert resolve_pixel_range("uint16", per_dtype) == 4095.0
+    assert resolve_pixel_range("uint8", per_dtype) == 255.0  # not named: its default
+    image = np.full((1, 2, 2), 4095, np.uint16)
+    np.testing.assert_array_equal(scale(image, {"uint16": 4095.0, "uint8": 255.0}), 1.0)

@@ -127,6 +127,50 @@ def test_a_dtype_without_known_scaling_is_refused(tmp_path: Path) -> None:
         check_data(load_config(path))
 
 
+def test_scenes_of_two_dtypes_are_scaled_each_by_its_own_range(tmp_path: Path, capsys) -> None:
+    """A uint8 and a uint16 scene: accepted with a value per dtype, each sample scaled by its
+    own; one number for both, or a dtype without a value, refused naming the row (exit 2)."""
+    from landseg.config.load import load_config
+    from landseg.data.csvfiles import read_pairs
+    from landseg.data.scenes import label_settings, scene_dataset
+
+    labels = vector(tmp_path / "a.gpkg", ["forest"])
+    rows = [
+        f"{image(tmp_path / 'u8.tif')},{labels}",
+        f"{image(tmp_path / 'u16.tif', dtype='uint16')},{labels}",
+    ]
+    path = config(tmp_path, rows, pixel_range={"uint16": 4095})
+    loaded = load_config(path)
+    summary = check_data(loaded)
+    assert summary.pixel_range == {"uint8": 255.0, "uint16": 4095.0}
+    assert summary.image_dtype == "mixed"
+    grid = scene_dataset(
+        read_pairs(tmp_path / "train.csv"),
+        size=16,
+        stride=16,
+        samples_per_epoch=None,
+        max_nodata=0.5,
+        settings=label_settings(loaded, summary),
+        image_bands=None,
+        mask_bands=None,
+        n_classes=2,
+        pixel_range=summary.pixel_range,
+    )
+    assert len(grid) == 18  # 3x3 windows of each 40x40 scene, every pixel 1
+    assert float(grid[0]["image"].max()) == pytest.approx(1 / 255, rel=1e-6)
+    assert float(grid[9]["image"].max()) == pytest.approx(1 / 4095, rel=1e-6)
+
+    for pixel_range, culprit in (
+        (4095, "one value (4095) for images of several dtypes, uint8 (e.g."),
+        ({"uint8": 255}, "gives no value for uint16 images (e.g. "),
+    ):
+        path = config(tmp_path, rows, pixel_range=pixel_range)
+        code, output = run_cli(["validate", "-c", str(path)], capsys)
+        assert code == 2 and culprit in output, output
+        assert "train.csv, row 2" in output  # the uint16 scene's row
+    assert not (tmp_path / "out").exists()
+
+
 def test_predicting_scene_rows_while_training_is_refused(tmp_path: Path, capsys) -> None:
     rows = [f"{image(tmp_path / 'a.tif')},{vector(tmp_path / 'a.gpkg', [0])}"]
     path = config(tmp_path, rows)

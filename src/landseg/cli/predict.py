@@ -765,6 +765,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         options = _options(args, "classes")
         model = _load(args)
         source = model.config.data_source
+        if source.windows is not None:
+            return _evaluate_scene_rows(args, model)
         predictions = args.predictions or (model.run / "evaluation" / args.csv.stem)
         _check_evaluation_output(args.output or Path(predictions) / EVALUATION_FILE, args.csv)
         images = [pair.image for pair in read_pairs(args.csv)]
@@ -787,6 +789,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from landseg.core.files import atomic_write_json
 
     output = args.output or Path(predictions) / EVALUATION_FILE
+    atomic_write_json(output, entry)
+    _print_scores(entry)
+    print(f"written to {output}", file=sys.stderr)
+    return 0
+
+
+def _evaluate_scene_rows(args: argparse.Namespace, model: Any) -> int:
+    """``evaluate --run`` of a run with ``data_source.windows``: the CSV's rows are scenes,
+    scored on a grid of windows (landseg.inference.scene_eval); no prediction is written."""
+    from landseg.core.files import atomic_write_json
+    from landseg.inference.evaluate import EVALUATION_FILE
+    from landseg.inference.scene_eval import SceneGrid, evaluate_scene_rows
+
+    if args.predictions is not None:
+        raise LandsegError(
+            "evaluate --run on scene rows (the run sets data_source.windows) writes no "
+            "predictions: leave --predictions out (landseg predict writes the scenes' maps)"
+        )
+    output = args.output or Path(model.run or ".") / "evaluation" / args.csv.stem / EVALUATION_FILE
+    _check_evaluation_output(output, args.csv)
+    grid = SceneGrid.of(model.config, args.tile, args.overlap, args.batch_size)
+    entry = evaluate_scene_rows(model, args.csv, grid, args.pixel_range)
+    entry["checkpoint"] = str(model.checkpoint)
     atomic_write_json(output, entry)
     _print_scores(entry)
     print(f"written to {output}", file=sys.stderr)

@@ -209,12 +209,13 @@ class DataSource(StrictModel):
     data_augmentation: DataAugmentation | None = Field(
         default=None, description="Augmentations per split (train only)."
     )
-    pixel_range: float | None = Field(
+    pixel_range: float | dict[str, float] | None = Field(
         default=None,
-        gt=0,
         description="landseg: the pixel value that maps to 1.0 before mean/std normalisation. "
         "Default: 255 for uint8, 1.0 (used as is) for float rasters; required for other "
-        "integer types (uint16, int16, ...), which are never silently divided by 255.",
+        "integer types (uint16, int16, ...), which are never silently divided by 255. One "
+        'number for every image, or a value per dtype ({"uint16": 4095}; dtypes not named '
+        "keep their default), which images of several dtypes need.",
     )
     ignore_index: int | None = Field(
         default=None,
@@ -289,6 +290,26 @@ class DataSource(StrictModel):
             )
         problems += band_names_problems(self, len(self.image_bands or []) or None)
         return problems
+
+    @field_validator("pixel_range")
+    @classmethod
+    def _pixel_ranges(cls, value: float | dict[str, float] | None) -> Any:
+        """Values above 0; per dtype, numeric dtype names (uint8, uint16, int16, float32...)."""
+        import numpy as np
+
+        values = value.values() if isinstance(value, dict) else [] if value is None else [value]
+        if any(not v > 0 for v in values):
+            raise ValueError("every value must be greater than 0")
+        for name in value if isinstance(value, dict) else ():
+            try:
+                kind = np.dtype(name)
+            except TypeError:
+                kind = None
+            if kind is None or kind.name != name or kind.kind not in "uif":
+                raise ValueError(
+                    f"{name!r} is not a raster dtype (uint8, uint16, int16, float32..)"
+                )
+        return value
 
     @field_validator("class_labels", "mask_bands", "band_names")
     @classmethod

@@ -517,6 +517,12 @@ def build_caches(
     if source.cache != "none" and (fcntl is None or not hasattr(os, "pwrite")):
         log.warning("data cache: off, this platform has no fcntl.flock or os.pwrite")
         return {}
+    if source.cache == "memory" and summary.image_dtype == "mixed":
+        log.warning(
+            "data cache: off, the memory cache holds images of one dtype and these have "
+            "several; use cache: disk"
+        )
+        return {}
     if source.cache == "memory":
         return _memory_caches(config, summary, sizes, limit)
     if source.cache != "disk":

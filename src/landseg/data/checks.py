@@ -2,9 +2,10 @@
 
 :func:`check_data` reads the CSV files and the raster *headers* (no pixels), and checks them
 against each other and against the config: files exist and open, image and mask sizes match,
-band selections exist, all patches share one size, all images one band count and dtype, a
-pixel range is known, and the lengths of ``normalization_weights``, ``class_labels`` and
-``class_imbalance`` match the bands and classes. It returns the :class:`DataSummary` that the
+band selections exist, all patches share one size, all images one band count, the pixel range
+of every image dtype is known (several dtypes need a value per dtype), and the lengths of
+``normalization_weights``, ``class_labels`` and ``class_imbalance`` match the bands and
+classes. It returns the :class:`DataSummary` that the
 datamodule and the model factory are built from.
 
 Number of classes: ``len(mask_bands)`` (default: all bands) for one-hot masks. For
@@ -29,7 +30,7 @@ import rasterio
 from landseg.config.schema import LandsegConfig
 from landseg.core.errors import DataError
 from landseg.data.csvfiles import SamplePair, load_splits, testing_subset
-from landseg.data.normalization import resolve_pixel_range
+from landseg.data.normalization import dtype_ranges
 from landseg.data.raster import (
     RasterHeader,
     check_bands,
@@ -116,7 +117,6 @@ def check_data(config: LandsegConfig) -> DataSummary:
     _require_one(scan.sizes, "patch sizes (height, width) differ in train and val", problems)
     _require_one(scan.test_sizes, "patch sizes (height, width) differ in the test split", problems)
     _require_one(scan.image_bands, "images have different band counts", problems)
-    _require_one(scan.image_dtypes, "images have different dtypes", problems)
     _require_one(
         scan.mask_kinds, "masks mix single-band class-index and multi-band one-hot masks", problems
     )
@@ -128,13 +128,12 @@ def check_data(config: LandsegConfig) -> DataSummary:
         )
 
     n_image_bands = len(source.image_bands) if source.image_bands else scan.image_bands.single()
-    dtype = scan.image_dtypes.single()
-    pixel_range = None
-    if dtype is not None:
+    dtypes = {str(dtype): example for dtype, example in scan.image_dtypes.seen.items()}
+    dtype = "mixed" if len(dtypes) > 1 else next(iter(dtypes), None)
+    pixel_range: float | dict[str, float] | None = None
+    if dtypes:  # several dtypes: each needs its known scaling (data.normalization)
         try:
-            pixel_range = resolve_pixel_range(
-                str(dtype), source.pixel_range, scan.image_dtypes.seen[dtype]
-            )
+            pixel_range = dtype_ranges(dtypes, source.pixel_range)
         except DataError as err:
             for line in err.problems:
                 problems.add("pixel_range", line)

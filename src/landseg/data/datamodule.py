@@ -198,7 +198,9 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         """Compact batch of ``split``'s loader -> the plain batch its dataset would give."""
         if split not in self.scalers:
             dataset = self._split(split)
-            self.scalers[split] = BatchScaler(dataset.pixel_range, dataset.stats)
+            pixel_range = dataset.pixel_range
+            assert isinstance(pixel_range, float | int), "compact batches: uint8 images only"
+            self.scalers[split] = BatchScaler(pixel_range, dataset.stats)
         return self.scalers[split]
 
     def shutdown_workers(self) -> None:

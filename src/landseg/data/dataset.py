@@ -10,7 +10,7 @@ scaling, augmentation and standardisation still run on every read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         image_bands: Sequence[int] | None,
         mask_bands: Sequence[int] | None,
         n_classes: int,
-        pixel_range: float,
+        pixel_range: float | Mapping[str, float],
         stats: SplitStats | None = None,
         augmentations: Sequence[str] = (),
         seed: int = 0,

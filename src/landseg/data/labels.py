@@ -281,10 +281,12 @@ def read_label_window(
         same_crs = crs is None or src.crs is None or _same_crs(src.crs, crs)
         if same_crs and offset is not None:
             row, col = offset
-            values = src.read(
+            inside = row >= 0 and col >= 0 and row + height <= src.height
+            inside = inside and col + width <= src.width
+            values = src.read(  # boundless reads go through a VRT: only where needed
                 indexes,
                 window=Window(col, row, width, height),
-                boundless=True,
+                boundless=not inside,
                 fill_value=nodata if nodata is not None else 0,
             ).astype(np.float64)
             if (

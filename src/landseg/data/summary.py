@@ -20,7 +20,8 @@ class DataSummary:
     class_labels: tuple[str, ...]
     mask_kind: MaskKind  # one-hot multi-band (ODEON) or single-band class indices
     patch_size: tuple[int, int]  # (height, width), the same for every tile of every split
-    image_dtype: str
-    pixel_range: float  # value mapped to 1.0 before mean/std normalisation
+    image_dtype: str  # "mixed" for images of several dtypes
+    #: Value mapped to 1.0 before mean/std normalisation; per dtype for several dtypes.
+    pixel_range: float | dict[str, float]
     split_sizes: dict[str, int] = field(default_factory=dict)
     report: str = ""  # one line: how much was checked

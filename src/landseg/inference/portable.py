@@ -171,6 +171,11 @@ def describe(
     read = bands or list(range(1, loaded.in_channels + 1))
     data = data if data is not None else training_data(config, read)
     configured = options.pixel_range or source.pixel_range
+    if isinstance(configured, dict):  # an export records one value, its inputs' dtype unknown
+        raise LandsegError(
+            f"{run}: data_source.pixel_range is given per dtype ({json.dumps(configured)}); an "
+            "export records one value: pass --pixel-range for the rasters it will predict"
+        )
     training_range = configured
     if training_range is None and data.dtype is not None:
         from landseg.data.normalization import resolve_pixel_range

@@ -209,6 +209,13 @@ def normalization_from_weights(
         return None
     mean, std = stats.mean, stats.std
     if stats.pixel_units:  # torchgeo's statistics of raw pixels: to the 0-1 range
+        if isinstance(summary.pixel_range, dict):
+            raise ConfigError(
+                f"model_params.encoder_weights: {params['encoder_weights']} gives statistics "
+                "of raw pixels, which images of several dtypes "
+                f"({', '.join(summary.pixel_range)}) do not share; give "
+                "data_source.normalization_weights"
+            )
         mean = [v / summary.pixel_range for v in mean]
         std = [v / summary.pixel_range for v in std]
     image_names = getattr(config.data_source, "band_names", None)  # where the key exists
