@@ -25,19 +25,20 @@ CHROMIUM = next(
 TILING = ["--tile", "32", "--overlap", "8", "--no-progress", "--device", "cpu"]
 
 
-def train_demo(demo_dir: Path, tmp: Path, precision: str) -> Path:
-    """A 2-epoch demo run in ``precision`` (TensorBoard on, test split predicted as float32
-    probabilities); returns its run folder."""
+def train_demo(demo_dir: Path, tmp: Path, precision: str, epochs: int = 2, **output: bool) -> Path:
+    """An ``epochs``-epoch demo run in ``precision`` (TensorBoard on unless ``output`` says,
+    test split predicted as float32 probabilities); returns its run folder."""
     config = json.loads((demo_dir / "demo.json").read_text())
     for key in ("train_file", "val_file", "test_file"):
         config["data_source"][key] = str(demo_dir / config["data_source"][key])
-    config["train_setup"].update(epochs=2, batch_size=8)
+    config["train_setup"].update(epochs=epochs, batch_size=8)
     config["output_setup"].update(
         output_folder=str(tmp / "runs"),
         progress=0,
         name_exp_log="exp",
         version_name="v1",
         prediction_output_type="float32",
+        **output,
     )
     config["device_setup"]["precision"] = precision
     assert main(["train", "-c", str(write_config(tmp / "c.json", config))]) == 0
@@ -54,8 +55,12 @@ def trained(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained_bf16(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same run in bf16-mixed, the precision most modern machines train in (``auto``
-    picks it where the hardware computes bf16 natively; bf16 autocast runs on any CPU)."""
-    return train_demo(demo_dir, tmp_path_factory.mktemp("report-bf16"), "bf16-mixed")
+    picks it where the hardware computes bf16 natively; bf16 autocast runs on any CPU).
+
+    Its one test compares the test stage with evaluate and archives it: 1 epoch and no
+    TensorBoard suffice (the report falls back on the history for its curves)."""
+    folder = tmp_path_factory.mktemp("report-bf16")
+    return train_demo(demo_dir, folder, "bf16-mixed", epochs=1, use_tensorboard=False)
 
 
 def chromium(page: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
