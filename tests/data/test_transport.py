@@ -111,7 +111,11 @@ def test_training_with_compact_workers_equals_training_without_workers(
 
     monkeypatch.setattr(CsvSegmentationDataModule, "on_after_batch_transfer", recording)
     demo_config["train_setup"].update(epochs=2, batch_size=4, deterministic=True)
-    demo_config["output_setup"].update(name_exp_log="exp", use_tensorboard=False)
+    demo_config["output_setup"].update(
+        name_exp_log="exp",
+        use_tensorboard=False,
+        get_prediction=False,  # histories compared
+    )
     demo_config["data_source"]["data_augmentation"] = {"train": ["rotation90"]}
     histories = []
     for workers in (0, 2):

@@ -32,8 +32,13 @@ from tests.helpers import write_config
 def small(demo_config: dict) -> dict:
     demo_config["train_setup"].update(epochs=2, batch_size=8, lr=0.01)
     demo_config["output_setup"].update(
-        name_exp_log="exp", version_name="v1", save_top_k=1, get_prediction=False
+        name_exp_log="exp",
+        version_name="v1",
+        save_top_k=1,
+        get_prediction=False,
+        use_tensorboard=False,  # what these tests check is run.json, config.json, history.json
     )
+    demo_config["data_source"].pop("test_file")  # and no test stage after each training
     return demo_config
 
 

@@ -71,7 +71,10 @@ def test_two_nodes_train_one_run(launcher, demo_config: dict, tmp_path: Path) ->
     """No run name: under SLURM the job's folder; otherwise rank 0's launch time, which node
     1, whose clock says another day and time, would not have chosen itself."""
     demo_config["train_setup"].update(epochs=2, batch_size=4)
-    demo_config["output_setup"].update(save_top_k=1, use_tensorboard=False)
+    # no predictions of the test split: global rank 0 alone writes them after fit, whatever
+    # launched it (test_ddp.py checks them under DDP); a node's own run folder would show
+    # from its start
+    demo_config["output_setup"].update(save_top_k=1, use_tensorboard=False, get_prediction=False)
     demo_config["output_setup"].pop("name_exp_log", None)
     demo_config["device_setup"].update(accelerator="cpu", num_nodes=2, num_workers=0)
     path = write_config(tmp_path / "nodes.json", demo_config)

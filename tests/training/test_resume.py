@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from landseg.cli.main import main
-from tests.helpers import assert_same_end, sigkill_when, write_config
+from tests.helpers import assert_same_end, sigkill_when, stop_and_resume_config, write_config
 
 
 def kill_after_first_checkpoint(config_path: Path, run: Path) -> int:
@@ -85,11 +85,13 @@ def test_sigkill_at_an_epoch_end_then_continue_equals_uninterrupted(
 ) -> None:
     """Killed once the first epoch's `-last` exists (no step checkpoints): the run resumes at
     that epoch's end, where Lightning runs the epoch-end hooks again, then a new epoch. With
-    loader workers too, whose iterator Lightning creates before it sets the resumed epoch."""
-    demo_config["device_setup"].update(num_workers=loader_workers, precision="32-true")
-    demo_config["train_setup"].update(epochs=3, batch_size=4, deterministic=True)
-    demo_config["output_setup"].update(name_exp_log="exp", save_top_k=1, get_prediction=False)
-    demo_config["data_source"].pop("test_file")
+    loader workers too, whose iterator Lightning creates before it sets the resumed epoch.
+
+    The stop-and-continue tests' config (``stop_and_resume_config``): its uninterrupted
+    reference, with and without loader workers, is the one test_interrupt.py compares with,
+    trained once per session."""
+    stop_and_resume_config(demo_config, loader_workers)
+    demo_config["output_setup"]["name_exp_log"] = "exp"
     reference = reference_run(demo_config)
 
     demo_config["output_setup"]["version_name"] = "killed"

@@ -88,39 +88,29 @@ def test_train_writes_every_output(small: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_existing_version_is_never_overwritten(small: dict, tmp_path: Path, capsys) -> None:
-    small["train_setup"]["epochs"] = 1
-    small["output_setup"].update(use_tensorboard=False, get_prediction=False)
-    assert run_train(small, tmp_path) == 0
-    run = tmp_path / "runs" / "exp" / "v1"
-    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
-    small["cross_validation"] = {"group_column": "zone"}  # for landseg cv: train says so
-    assert run_train(small, tmp_path) == 2
-    err = capsys.readouterr().err
-    assert "output_setup.version_name" in err
-    assert "cross_validation and search are for landseg cv and landseg tune" in err
-    del small["cross_validation"]
-    # -c with --resume: refused (a resumed run keeps its own config), nothing touched
-    last = next((run / "checkpoints").glob("*-last.ckpt"))
-    with pytest.raises(SystemExit) as refused:
-        run_train(small, tmp_path, "--resume", str(last))
-    assert refused.value.code == 2
-    assert "not both" in capsys.readouterr().err
-    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
-    # continuing a finished run has nothing left to do, and says so
-    small["train_setup"]["continue_training"] = True
-    assert run_train(small, tmp_path) == 0
-    assert "nothing left to do" in capsys.readouterr().out
+def test_pth_outputs_wandb_files_and_a_finished_version_never_overwritten(
+    small: dict, tmp_path: Path, capsys
+) -> None:
+    """One 1-epoch run shows three things a user relies on (each its own training before, the
+    same 1 epoch each time): ODEON-light's .pth outputs, W&B's offline files in the run folder,
+    and that an existing version is never trained over."""
+    import wandb
 
-
-@pytest.mark.slow
-def test_pth_outputs(small: dict, tmp_path: Path) -> None:
     small["train_setup"]["epochs"] = 1
     small["output_setup"].update(
-        model_out_ext=".pth", model_filename="mymodel", use_tensorboard=False, get_prediction=False
+        model_out_ext=".pth",
+        model_filename="mymodel",
+        use_wandb=True,
+        use_tensorboard=False,
+        get_prediction=False,
     )
-    assert run_train(small, tmp_path) == 0
+    try:
+        assert run_train(small, tmp_path) == 0
+    finally:
+        wandb.finish()  # the run file is complete once the run is finished
     run = tmp_path / "runs" / "exp" / "v1"
+
+    # .pth outputs
     weights = torch.load(run / "mymodel.pth", weights_only=True)
     assert any("inc" in k for k in weights)
     assert "state" in torch.load(run / "optimizer_mymodel.pth", weights_only=True)
@@ -128,18 +118,7 @@ def test_pth_outputs(small: dict, tmp_path: Path) -> None:
     # ODEON-light: the .pth files are the kept models; `last` alone, to continue the run
     assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["mymodel-last.ckpt"]
 
-
-@pytest.mark.slow
-def test_wandb_writes_offline_files_in_the_run_folder(small: dict, tmp_path: Path) -> None:
-    import wandb
-
-    small["train_setup"]["epochs"] = 1
-    small["output_setup"].update(use_wandb=True, use_tensorboard=False, get_prediction=False)
-    try:
-        assert run_train(small, tmp_path) == 0
-    finally:
-        wandb.finish()  # the run file is complete once the run is finished
-    run = tmp_path / "runs" / "exp" / "v1"
+    # W&B's offline files
     (offline,) = (run / "wandb").glob("offline-run-*")
     (run_file,) = offline.glob("*.wandb")
     rows = [
@@ -156,6 +135,30 @@ def test_wandb_writes_offline_files_in_the_run_folder(small: dict, tmp_path: Pat
     for tag in ("val/confusion_val", "val/per_class_val", "val/samples/image_mask_prediction"):
         assert f"{tag}/width" in keys, sorted(keys)
 
+    # the existing version is never overwritten
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    small["cross_validation"] = {"group_column": "zone"}  # for landseg cv: train says so
+    assert run_train(small, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "output_setup.version_name" in err
+    assert "cross_validation and search are for landseg cv and landseg tune" in err
+    del small["cross_validation"]
+    # -c with --resume: refused (a resumed run keeps its own config), nothing touched
+    last = next((run / "checkpoints").glob("*-last.ckpt"))
+    with pytest.raises(SystemExit) as refused:
+        run_train(small, tmp_path, "--resume", str(last))
+    assert refused.value.code == 2
+    assert "not both" in capsys.readouterr().err
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    # continuing a finished run has nothing left to do, and says so
+    small["train_setup"]["continue_training"] = True
+    try:
+        assert run_train(small, tmp_path) == 0
+    finally:
+        wandb.finish()
+    assert "nothing left to do" in capsys.readouterr().out
+
 
 @pytest.mark.slow
 def test_training_options_reach_lightning(small: dict, tmp_path: Path) -> None:
@@ -168,6 +171,7 @@ def test_training_options_reach_lightning(small: dict, tmp_path: Path) -> None:
         early_stopping={"monitor": "val_miou", "patience": 5},
     )
     small["output_setup"].update(use_tensorboard=False, get_prediction=False)
+    small["data_source"].pop("test_file")  # the options act while training; no test stage
     assert run_train(small, tmp_path) == 0
     run = tmp_path / "runs" / "exp" / "v1"
     history = json.loads((run / "history.json").read_text())
@@ -260,7 +264,12 @@ class AutocastProbe(Callback):
 def test_bf16_autocast_and_channels_last(small: dict, tmp_path: Path) -> None:
     small["train_setup"]["epochs"] = 1
     small["output_setup"].update(use_tensorboard=False, get_prediction=False)
-    small["device_setup"] = {"device": 0, "precision": "bf16-mixed", "channels_last": True}
+    small["device_setup"] = {
+        "device": 0,
+        "precision": "bf16-mixed",
+        "channels_last": True,
+        "num_workers": 0,  # not what is tested: 4 loader worker processes per loader cost starts
+    }
     probe = AutocastProbe()
     prepared = prepare(write_config(tmp_path / "c.json", small), [])
     checked, summary = prepared.config, prepared.summary
