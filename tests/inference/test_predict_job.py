@@ -422,11 +422,15 @@ def test_a_finished_job_is_one_mosaic_with_the_areas_of_its_classes(
         write_scene(inputs / f"{name}.tif", scene_pixels(*size, seed=ord(name)), transform)
     out = tmp_path / "out"
     command = ["predict", "--run", str(run), "--input", str(inputs), "--output", str(out)]
+    command.append("--vectorize")
     assert main([*command, "--shard", "0/2", *COMMON]) == 0
     assert "mosaic: written when the 1 input(s) left are finished" in capsys.readouterr().out
     assert not (out / "mosaic.vrt").exists()
     assert main([*command, "--shard", "1/2", *COMMON]) == 0  # the last input: the mosaic
-    assert "mosaic of 3 raster(s): " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mosaic of 3 raster(s): " in printed
+    assert "polygons of 3 scene(s), merged across scene borders" in printed
+    assert (out / "mosaic.gpkg").is_file()
 
     with rasterio.open(out / "mosaic.vrt") as mosaic:
         assert (mosaic.width, mosaic.height) == (89, 74)
@@ -456,8 +460,10 @@ def test_a_finished_job_is_one_mosaic_with_the_areas_of_its_classes(
 
     (out / "mosaic.vrt").unlink()
     (out / "areas.csv").unlink()
+    (out / "mosaic.gpkg").unlink()
     assert main(["predict", "--mosaic", str(out)]) == 0
-    assert (out / "mosaic.vrt").is_file() and (out / "areas.csv").is_file()
+    assert all((out / f"mosaic.{ext}").is_file() for ext in ("vrt", "gpkg"))
+    assert (out / "areas.csv").is_file()
     capsys.readouterr()
     assert main(["predict", "--mosaic", str(tmp_path)]) == 2
     assert "no prediction job here" in capsys.readouterr().err

@@ -638,15 +638,30 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
 
 
 def _write_mosaic(folder: Path) -> None:
-    """``mosaic.vrt`` and ``areas.csv`` over the job's finished rasters."""
+    """``mosaic.vrt`` and ``areas.csv`` over the job's finished rasters, ``mosaic.gpkg`` over
+    their polygons (with --vectorize); scenes on another grid than most are left out of the
+    mosaics, in one line."""
     from landseg.inference.job import PredictJob
     from landseg.maps.mosaic import write_areas, write_mosaic
+    from landseg.maps.mosaic_vectors import grid_groups, write_mosaic_vectors
 
-    rasters = PredictJob(folder).finished_rasters()
-    print(f"mosaic of {len(rasters)} raster(s): {write_mosaic(folder, rasters)}")
+    job = PredictJob(folder)
+    rasters = job.finished_rasters()
+    groups = grid_groups(rasters)
+    if groups.line():
+        print(f"mosaic: {groups.line()}")
+    print(f"mosaic of {len(groups.main)} raster(s): {write_mosaic(folder, groups.main)}")
     areas = write_areas(folder, rasters)
     if areas is not None:
         print(f"areas per class: {areas}")
+    vectors = set(job.finished_vectors())
+    scenes = [(r, r.with_suffix(".gpkg")) for r in groups.main if r.with_suffix(".gpkg") in vectors]
+    merged = write_mosaic_vectors(folder, scenes)
+    if merged is not None:
+        print(
+            f"polygons of {len(scenes)} scene(s), merged across scene borders "
+            f"({merged.joined} piece(s) joined): {merged.polygons} polygons -> {merged.destination}"
+        )
 
 
 def _mark_requeue(error: BaseException) -> None:

@@ -39,10 +39,10 @@ def write_mosaic(folder: Path, rasters: Sequence[Path]) -> Path:
     """Write ``folder/mosaic.vrt`` over ``rasters`` (paths inside ``folder``); returns it."""
     if not rasters:
         raise LandsegError(f"{folder}: no finished prediction to make a mosaic of")
-    infos = [_info(path) for path in sorted(rasters)]
+    infos = [grid_info(path) for path in sorted(rasters)]
     first = infos[0]
     for info in infos[1:]:
-        problem = _mismatch(first, info)
+        problem = grid_mismatch(first, info)
         if problem:
             raise LandsegError(
                 f"{info['path'].name}: {problem} than {first['path'].name}; a mosaic needs one "
@@ -108,7 +108,7 @@ def _number(value: float) -> str:
     return "nan" if math.isnan(value) else repr(float(value)).removesuffix(".0")
 
 
-def _info(path: Path) -> dict[str, Any]:
+def grid_info(path: Path) -> dict[str, Any]:
     with rasterio.open(path) as src:
         try:
             colormap = src.colormap(1)
@@ -130,7 +130,8 @@ def _info(path: Path) -> dict[str, Any]:
         }
 
 
-def _mismatch(first: dict[str, Any], other: dict[str, Any]) -> str | None:
+def grid_mismatch(first: dict[str, Any], other: dict[str, Any], bands: bool = True) -> str | None:
+    """Why ``other`` is not on ``first``'s pixel grid (or, with ``bands``, has other bands)."""
     if first["crs"] != other["crs"]:
         return "another CRS"
     a, b = first["transform"], other["transform"]
@@ -139,7 +140,7 @@ def _mismatch(first: dict[str, Any], other: dict[str, Any]) -> str | None:
     x, y = (b.c - a.c) / a.a, (b.f - a.f) / a.e
     if abs(x - round(x)) > 1e-6 or abs(y - round(y)) > 1e-6:
         return "another pixel grid (not a whole number of pixels off)"
-    if (first["count"], first["dtype"]) != (other["count"], other["dtype"]):
+    if bands and (first["count"], first["dtype"]) != (other["count"], other["dtype"]):
         return "other bands"
     return None
 
