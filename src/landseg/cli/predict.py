@@ -485,6 +485,7 @@ class PredictPlan:
     overwrite: bool
     shard: tuple[int, int] | None  # --shard i/n: ``inputs`` are this shard's
     everything: list[Path]  # the inputs of the whole job (of every shard)
+    ranks: Any = None  # landseg.jobs.predict_ranks.Ranks under mpiexec: ``inputs`` are its rank's
 
     @property
     def skipped(self) -> int:
@@ -494,6 +495,8 @@ class PredictPlan:
         """The plan in a few lines (what is predicted, with what, where)."""
         tiling = self.options.tiling
         shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
+        if self.ranks is not None:
+            shard += f" (MPI rank {self.ranks.rank} of {self.ranks.size})"
         return [
             f"{len(self.inputs)} scene(s){shard} -> {self.output} ({self.options.output_type})",
             *([self.skip_line()] if self.skipped else []),
@@ -541,6 +544,11 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
             )
 
         inputs = shard_inputs(inputs, args.shard)
+    ranks = _ranks()
+    if ranks is not None:
+        from landseg.inference.job import shard_inputs
+
+        inputs = shard_inputs(inputs, ranks.shard)
     job, identity = _job(args, model, options, classes)
     todo = list(inputs) if args.overwrite else [p for p in inputs if not job.is_done(p)]
     return PredictPlan(
@@ -564,7 +572,19 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         overwrite=args.overwrite,
         shard=args.shard,
         everything=everything,
+        ranks=ranks,
     )
+
+
+def _ranks() -> Any:
+    """Under ``mpiexec -n N`` (N > 1): this process's rank (see landseg.jobs.predict_ranks)."""
+    from landseg.jobs.mpi import launched_by_mpi
+
+    if not launched_by_mpi():
+        return None
+    from landseg.jobs.predict_ranks import predict_ranks
+
+    return predict_ranks()
 
 
 def _job(
@@ -608,8 +628,20 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
     from landseg.core.signals import EARLY_STOP_SIGNALS, StopSignals
     from landseg.inference.scene import check_inputs
 
-    check_inputs(plan.model, plan.todo, plan.options, plan.hint, plan.output)
-    plan.job.start(plan.identity, plan.overwrite, alone=plan.shard is None)
+    ranks = plan.ranks
+    alone = plan.shard is None
+    if ranks is None:
+        check_inputs(plan.model, plan.todo, plan.options, plan.hint, plan.output)
+        plan.job.start(plan.identity, plan.overwrite, alone=alone)
+    else:  # every rank checks its inputs; rank 0 alone begins the job, the others read it
+        print(f"MPI rank {ranks.rank} of {ranks.size}: {len(plan.inputs)} of "
+              f"{len(plan.everything)} input(s)")  # fmt: skip
+        _together(ranks, lambda: check_inputs(
+            plan.model, plan.todo, plan.options, plan.hint, plan.output))  # fmt: skip
+        _together(ranks, lambda: ranks.rank == 0 and plan.job.start(
+            plan.identity, plan.overwrite, alone=alone))  # fmt: skip
+        if ranks.rank != 0:
+            plan.job.start(plan.identity, overwrite=False, alone=False)
     if plan.skipped:
         todo = set(plan.todo)
         plan.job.tidy([p for p in plan.inputs if p not in todo])
@@ -623,8 +655,14 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
                 written = _predict_in_turn(plan, stops)
         except BaseException as error:
             _mark_requeue(error)
+            if ranks is not None:
+                ranks.agree(error)  # the others are not left waiting for this rank
             raise
     print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
+    if ranks is not None:
+        ranks.agree(None)  # every rank done: rank 0 alone writes the mosaics
+        if ranks.rank != 0:
+            return written
     from landseg.maps.mosaic import MOSAIC_FILE
 
     left = len(plan.everything) - len(plan.job.finished(plan.everything))
@@ -635,6 +673,16 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
         print(f"mosaic: written when the {left} input(s) left are finished (or: landseg "
               f"predict --mosaic {plan.output})")  # fmt: skip
     return written
+
+
+def _together(ranks: Any, step: Callable[[], object]) -> None:
+    """``step`` on this rank, then wait for every rank: a failure on any rank fails all."""
+    try:
+        step()
+    except BaseException as error:
+        ranks.agree(error)
+        raise
+    ranks.agree(None)
 
 
 def _write_mosaic(folder: Path) -> None:
