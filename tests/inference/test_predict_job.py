@@ -506,8 +506,11 @@ def test_a_finished_job_is_one_mosaic_with_the_areas_of_its_classes(
     (out / "mosaic.vrt").unlink()
     (out / "areas.csv").unlink()
     (out / "mosaic.gpkg").unlink()
-    assert main(["predict", "--mosaic", str(out)]) == 0
+    assert main(["predict", "--mosaic", str(out), "--mosaic-cog"]) == 0
     assert all((out / f"mosaic.{ext}").is_file() for ext in ("vrt", "gpkg"))
+    with rasterio.open(out / "mosaic.tif") as cog:  # one COG, the mosaic's pixels
+        assert np.array_equal(cog.read(1), whole)
+        assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
     assert (out / "areas.csv").is_file()
     capsys.readouterr()
     assert main(["predict", "--mosaic", str(tmp_path)]) == 2

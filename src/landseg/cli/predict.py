@@ -94,6 +94,13 @@ def register(add: Callable[..., Any]) -> None:
         "of the job in DIR finished so far (a job writes them itself when its last input is "
         "finished)",
     )
+    predict.add_argument(
+        "--mosaic-cog",
+        action="store_true",
+        help="with the mosaic (at the end of a job, or with --mosaic DIR): also DIR/mosaic.tif, "
+        "one Cloud-Optimised GeoTIFF with overviews copied from DIR/mosaic.vrt, in bounded "
+        "memory",
+    )
     predict.add_argument("--input", type=Path, help="a raster, a CSV of images, or a folder")
     predict.add_argument("--output", type=Path, help="folder of the predictions")
     predict.add_argument(
@@ -486,6 +493,7 @@ class PredictPlan:
     shard: tuple[int, int] | None  # --shard i/n: ``inputs`` are this shard's
     everything: list[Path]  # the inputs of the whole job (of every shard)
     ranks: Any = None  # landseg.jobs.predict_ranks.Ranks under mpiexec: ``inputs`` are its rank's
+    mosaic_cog: bool = False  # --mosaic-cog: DIR/mosaic.tif with the mosaic
 
     @property
     def skipped(self) -> int:
@@ -573,6 +581,7 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         shard=args.shard,
         everything=everything,
         ranks=ranks,
+        mosaic_cog=args.mosaic_cog,
     )
 
 
@@ -667,8 +676,12 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
 
     left = len(plan.everything) - len(plan.job.finished(plan.everything))
     if left == 0:
-        if written or not (plan.output / MOSAIC_FILE).is_file():  # else: as it was
-            _write_mosaic(plan.output)
+        if (
+            written
+            or not (plan.output / MOSAIC_FILE).is_file()
+            or (plan.mosaic_cog and not (plan.output / "mosaic.tif").is_file())
+        ):  # else: as it was
+            _write_mosaic(plan.output, plan.mosaic_cog)
     else:
         print(f"mosaic: written when the {left} input(s) left are finished (or: landseg "
               f"predict --mosaic {plan.output})")  # fmt: skip
@@ -685,7 +698,7 @@ def _together(ranks: Any, step: Callable[[], object]) -> None:
     ranks.agree(None)
 
 
-def _write_mosaic(folder: Path) -> None:
+def _write_mosaic(folder: Path, cog: bool = False) -> None:
     """``mosaic.vrt`` and ``areas.csv`` over the job's finished rasters, ``mosaic.gpkg`` over
     their polygons (with --vectorize); scenes on another grid than most are left out of the
     mosaics, in one line."""
@@ -702,6 +715,10 @@ def _write_mosaic(folder: Path) -> None:
     areas = write_areas(folder, rasters)
     if areas is not None:
         print(f"areas per class: {areas}")
+    if cog:
+        from landseg.maps.mosaic import write_mosaic_cog
+
+        print(f"mosaic as one COG: {write_mosaic_cog(folder, groups.main[0])}")
     vectors = set(job.finished_vectors())
     scenes = [(r, r.with_suffix(".gpkg")) for r in groups.main if r.with_suffix(".gpkg") in vectors]
     merged = write_mosaic_vectors(folder, scenes)
@@ -810,7 +827,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         if not PredictJob(args.mosaic).job_file.is_file():
             raise LandsegError(f"--mosaic {args.mosaic}: no prediction job here (no predict.json)")
-        _write_mosaic(args.mosaic)
+        _write_mosaic(args.mosaic, args.mosaic_cog)
         return 0
     execute_predict(plan_predict(args))
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.windows
 
 from landseg.core.errors import LandsegError
 from landseg.core.files import atomic_write_text
@@ -199,3 +200,57 @@ def _square_metres(crs: Any) -> float | None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
+
+
+MOSAIC_COG = "mosaic.tif"
+
+
+def write_mosaic_cog(folder: Path, like: Path, destination: Path | None = None) -> Path:
+    """Copy ``folder/mosaic.vrt`` into one COG with overviews (default ``folder/mosaic.tif``),
+    in bounded memory: the mosaic is read a row of tiles at a time (GDAL resolves the scenes
+    and their nodata) and written through :func:`landseg.maps.cog.cog_writer`, whose block
+    cache is bounded too; memory grows with the mosaic's width, never its height. ``like``, one
+    raster of the mosaic, gives the tags, colour table and band descriptions (a VRT has none of
+    the tags) and whether the values are classes (overviews by nearest) or not (average)."""
+    from landseg.maps.cog import cog_layout, cog_writer
+
+    vrt = Path(folder) / MOSAIC_FILE
+    if not vrt.is_file():
+        raise LandsegError(f"{vrt}: no mosaic to copy (landseg predict --mosaic {folder} first)")
+    destination = Path(destination) if destination is not None else Path(folder) / MOSAIC_COG
+    with rasterio.open(like) as model:
+        tags = model.tags()
+        try:
+            colormap = model.colormap(1)
+        except ValueError:
+            colormap = None
+        descriptions = list(model.descriptions)
+        photometric = model.photometric
+    # probabilities (landseg's uint8 and float32 types) are averaged; classes and bits are not
+    categorical = tags.get("landseg_type") not in ("float32", "uint8")
+    with rasterio.open(vrt) as src:
+        profile = {
+            "width": src.width,
+            "height": src.height,
+            "count": src.count,
+            "dtype": src.dtypes[0],
+            "nodata": src.nodata,
+            "crs": src.crs,
+            "transform": src.transform,
+        }
+        if photometric is not None and src.count in (1, 3):
+            profile["photometric"] = photometric.name
+        layout = cog_layout(src.dtypes[0], categorical=categorical)
+        with cog_writer(destination, profile, layout) as writer:
+            writer.dataset.update_tags(**tags)
+            if colormap:
+                writer.dataset.write_colormap(1, colormap)
+            for band, text in enumerate(descriptions[: src.count], start=1):
+                if text:
+                    writer.dataset.set_band_description(band, text)
+            step = layout.block
+            for first in range(0, src.height, step):
+                rows = min(step, src.height - first)
+                window = rasterio.windows.Window(0, first, src.width, rows)
+                writer.write_rows(first, src.read(window=window))
+    return destination
