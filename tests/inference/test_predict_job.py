@@ -8,7 +8,10 @@ float32 probabilities, so that any difference in a single value shows in the byt
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -403,6 +406,48 @@ def test_shards_of_a_job_array_make_the_maps_of_one_process(
         assert f"I/N with 0 <= I < N (e.g. 0/4), got {wrong}" in capsys.readouterr().err
 
 
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
+def test_mpiexec_two_ranks_make_the_maps_of_one_process(run: Path, tmp_path: Path) -> None:
+    """Under ``mpiexec -n 2`` each rank predicts its share of the inputs and rank 0 alone
+    writes the mosaics at the end: every file is the single process's."""
+    pytest.importorskip("mpi4py")
+    import pyogrio.raw
+
+    inputs = tmp_path / "scenes"  # a and b share a border: their polygons are merged
+    for name, dx, size in (("a", 0, (40, 30)), ("b", 30, (40, 20)), ("c", 50, (24, 36))):
+        transform = TRANSFORM @ Affine.translation(dx, 0)
+        write_scene(inputs / f"{name}.tif", scene_pixels(*size, seed=ord(name)), transform)
+    common = ["predict", "--run", str(run), "--input", str(inputs), "--vectorize", *COMMON]
+    one, ranks = tmp_path / "one", tmp_path / "ranks"
+    assert main([*common, "--output", str(one)]) == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_"))}
+    command = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "landseg.cli.main", *common]
+    done = subprocess.run(
+        [*command, "--output", str(ranks)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MPI rank 0 of 2: 2 of 3 input(s)" in done.stdout  # each rank its share
+    assert "MPI rank 1 of 2: 1 of 3 input(s)" in done.stdout
+    assert done.stdout.count("\n  1 polygons -> ") == 3  # each scene vectorized once
+    assert done.stdout.count("mosaic of 3 raster(s)") == 1  # rank 0 alone
+    for name in ("a.tif", "b.tif", "c.tif", "mosaic.vrt", "areas.csv"):
+        assert (ranks / name).read_bytes() == (one / name).read_bytes(), name
+    recorded = [json.loads((d / "predict.json").read_text()) for d in (one, ranks)]
+    for record in recorded:
+        del record["created"]
+    assert recorded[0] == recorded[1]
+    for name in ("a.gpkg", "mosaic.gpkg"):
+        read = [pyogrio.raw.read(d / name) for d in (one, ranks)]
+        assert list(read[0][2]) == list(read[1][2]), name  # the same polygons
+        assert [list(f) for f in read[0][3]] == [list(f) for f in read[1][3]]
+    assert main([*common, "--output", str(ranks)]) == 0  # one job: nothing left for one process
+    assert all(PredictJob(ranks).is_done(p) for p in sorted(inputs.glob("*.tif")))
+
+
 # ---------------------------------------------------------------------------- one map
 
 
@@ -422,11 +467,15 @@ def test_a_finished_job_is_one_mosaic_with_the_areas_of_its_classes(
         write_scene(inputs / f"{name}.tif", scene_pixels(*size, seed=ord(name)), transform)
     out = tmp_path / "out"
     command = ["predict", "--run", str(run), "--input", str(inputs), "--output", str(out)]
+    command.append("--vectorize")
     assert main([*command, "--shard", "0/2", *COMMON]) == 0
     assert "mosaic: written when the 1 input(s) left are finished" in capsys.readouterr().out
     assert not (out / "mosaic.vrt").exists()
     assert main([*command, "--shard", "1/2", *COMMON]) == 0  # the last input: the mosaic
-    assert "mosaic of 3 raster(s): " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mosaic of 3 raster(s): " in printed
+    assert "polygons of 3 scene(s), merged across scene borders" in printed
+    assert (out / "mosaic.gpkg").is_file()
 
     with rasterio.open(out / "mosaic.vrt") as mosaic:
         assert (mosaic.width, mosaic.height) == (89, 74)
@@ -456,8 +505,13 @@ def test_a_finished_job_is_one_mosaic_with_the_areas_of_its_classes(
 
     (out / "mosaic.vrt").unlink()
     (out / "areas.csv").unlink()
-    assert main(["predict", "--mosaic", str(out)]) == 0
-    assert (out / "mosaic.vrt").is_file() and (out / "areas.csv").is_file()
+    (out / "mosaic.gpkg").unlink()
+    assert main(["predict", "--mosaic", str(out), "--mosaic-cog"]) == 0
+    assert all((out / f"mosaic.{ext}").is_file() for ext in ("vrt", "gpkg"))
+    with rasterio.open(out / "mosaic.tif") as cog:  # one COG, the mosaic's pixels
+        assert np.array_equal(cog.read(1), whole)
+        assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert (out / "areas.csv").is_file()
     capsys.readouterr()
     assert main(["predict", "--mosaic", str(tmp_path)]) == 2
     assert "no prediction job here" in capsys.readouterr().err

@@ -94,6 +94,13 @@ def register(add: Callable[..., Any]) -> None:
         "of the job in DIR finished so far (a job writes them itself when its last input is "
         "finished)",
     )
+    predict.add_argument(
+        "--mosaic-cog",
+        action="store_true",
+        help="with the mosaic (at the end of a job, or with --mosaic DIR): also DIR/mosaic.tif, "
+        "one Cloud-Optimised GeoTIFF with overviews copied from DIR/mosaic.vrt, in bounded "
+        "memory",
+    )
     predict.add_argument("--input", type=Path, help="a raster, a CSV of images, or a folder")
     predict.add_argument("--output", type=Path, help="folder of the predictions")
     predict.add_argument(
@@ -485,6 +492,8 @@ class PredictPlan:
     overwrite: bool
     shard: tuple[int, int] | None  # --shard i/n: ``inputs`` are this shard's
     everything: list[Path]  # the inputs of the whole job (of every shard)
+    ranks: Any = None  # landseg.jobs.predict_ranks.Ranks under mpiexec: ``inputs`` are its rank's
+    mosaic_cog: bool = False  # --mosaic-cog: DIR/mosaic.tif with the mosaic
 
     @property
     def skipped(self) -> int:
@@ -494,6 +503,8 @@ class PredictPlan:
         """The plan in a few lines (what is predicted, with what, where)."""
         tiling = self.options.tiling
         shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
+        if self.ranks is not None:
+            shard += f" (MPI rank {self.ranks.rank} of {self.ranks.size})"
         return [
             f"{len(self.inputs)} scene(s){shard} -> {self.output} ({self.options.output_type})",
             *([self.skip_line()] if self.skipped else []),
@@ -541,6 +552,11 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
             )
 
         inputs = shard_inputs(inputs, args.shard)
+    ranks = _ranks()
+    if ranks is not None:
+        from landseg.inference.job import shard_inputs
+
+        inputs = shard_inputs(inputs, ranks.shard)
     job, identity = _job(args, model, options, classes)
     todo = list(inputs) if args.overwrite else [p for p in inputs if not job.is_done(p)]
     return PredictPlan(
@@ -564,7 +580,20 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         overwrite=args.overwrite,
         shard=args.shard,
         everything=everything,
+        ranks=ranks,
+        mosaic_cog=args.mosaic_cog,
     )
+
+
+def _ranks() -> Any:
+    """Under ``mpiexec -n N`` (N > 1): this process's rank (see landseg.jobs.predict_ranks)."""
+    from landseg.jobs.mpi import launched_by_mpi
+
+    if not launched_by_mpi():
+        return None
+    from landseg.jobs.predict_ranks import predict_ranks
+
+    return predict_ranks()
 
 
 def _job(
@@ -608,8 +637,20 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
     from landseg.core.signals import EARLY_STOP_SIGNALS, StopSignals
     from landseg.inference.scene import check_inputs
 
-    check_inputs(plan.model, plan.todo, plan.options, plan.hint, plan.output)
-    plan.job.start(plan.identity, plan.overwrite, alone=plan.shard is None)
+    ranks = plan.ranks
+    alone = plan.shard is None
+    if ranks is None:
+        check_inputs(plan.model, plan.todo, plan.options, plan.hint, plan.output)
+        plan.job.start(plan.identity, plan.overwrite, alone=alone)
+    else:  # every rank checks its inputs; rank 0 alone begins the job, the others read it
+        print(f"MPI rank {ranks.rank} of {ranks.size}: {len(plan.inputs)} of "
+              f"{len(plan.everything)} input(s)")  # fmt: skip
+        _together(ranks, lambda: check_inputs(
+            plan.model, plan.todo, plan.options, plan.hint, plan.output))  # fmt: skip
+        _together(ranks, lambda: ranks.rank == 0 and plan.job.start(
+            plan.identity, plan.overwrite, alone=alone))  # fmt: skip
+        if ranks.rank != 0:
+            plan.job.start(plan.identity, overwrite=False, alone=False)
     if plan.skipped:
         todo = set(plan.todo)
         plan.job.tidy([p for p in plan.inputs if p not in todo])
@@ -623,30 +664,69 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
                 written = _predict_in_turn(plan, stops)
         except BaseException as error:
             _mark_requeue(error)
+            if ranks is not None:
+                ranks.agree(error)  # the others are not left waiting for this rank
             raise
     print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
+    if ranks is not None:
+        ranks.agree(None)  # every rank done: rank 0 alone writes the mosaics
+        if ranks.rank != 0:
+            return written
     from landseg.maps.mosaic import MOSAIC_FILE
 
     left = len(plan.everything) - len(plan.job.finished(plan.everything))
     if left == 0:
-        if written or not (plan.output / MOSAIC_FILE).is_file():  # else: as it was
-            _write_mosaic(plan.output)
+        if (
+            written
+            or not (plan.output / MOSAIC_FILE).is_file()
+            or (plan.mosaic_cog and not (plan.output / "mosaic.tif").is_file())
+        ):  # else: as it was
+            _write_mosaic(plan.output, plan.mosaic_cog)
     else:
         print(f"mosaic: written when the {left} input(s) left are finished (or: landseg "
               f"predict --mosaic {plan.output})")  # fmt: skip
     return written
 
 
-def _write_mosaic(folder: Path) -> None:
-    """``mosaic.vrt`` and ``areas.csv`` over the job's finished rasters."""
+def _together(ranks: Any, step: Callable[[], object]) -> None:
+    """``step`` on this rank, then wait for every rank: a failure on any rank fails all."""
+    try:
+        step()
+    except BaseException as error:
+        ranks.agree(error)
+        raise
+    ranks.agree(None)
+
+
+def _write_mosaic(folder: Path, cog: bool = False) -> None:
+    """``mosaic.vrt`` and ``areas.csv`` over the job's finished rasters, ``mosaic.gpkg`` over
+    their polygons (with --vectorize); scenes on another grid than most are left out of the
+    mosaics, in one line."""
     from landseg.inference.job import PredictJob
     from landseg.maps.mosaic import write_areas, write_mosaic
+    from landseg.maps.mosaic_vectors import grid_groups, write_mosaic_vectors
 
-    rasters = PredictJob(folder).finished_rasters()
-    print(f"mosaic of {len(rasters)} raster(s): {write_mosaic(folder, rasters)}")
+    job = PredictJob(folder)
+    rasters = job.finished_rasters()
+    groups = grid_groups(rasters)
+    if groups.line():
+        print(f"mosaic: {groups.line()}")
+    print(f"mosaic of {len(groups.main)} raster(s): {write_mosaic(folder, groups.main)}")
     areas = write_areas(folder, rasters)
     if areas is not None:
         print(f"areas per class: {areas}")
+    if cog:
+        from landseg.maps.mosaic import write_mosaic_cog
+
+        print(f"mosaic as one COG: {write_mosaic_cog(folder, groups.main[0])}")
+    vectors = set(job.finished_vectors())
+    scenes = [(r, r.with_suffix(".gpkg")) for r in groups.main if r.with_suffix(".gpkg") in vectors]
+    merged = write_mosaic_vectors(folder, scenes)
+    if merged is not None:
+        print(
+            f"polygons of {len(scenes)} scene(s), merged across scene borders "
+            f"({merged.joined} piece(s) joined): {merged.polygons} polygons -> {merged.destination}"
+        )
 
 
 def _mark_requeue(error: BaseException) -> None:
@@ -747,7 +827,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         if not PredictJob(args.mosaic).job_file.is_file():
             raise LandsegError(f"--mosaic {args.mosaic}: no prediction job here (no predict.json)")
-        _write_mosaic(args.mosaic)
+        _write_mosaic(args.mosaic, args.mosaic_cog)
         return 0
     execute_predict(plan_predict(args))
     return 0

@@ -284,14 +284,21 @@ class PredictJob:
 
     def finished_rasters(self) -> list[Path]:
         """The rasters of every input finished (by any launch or shard), sorted."""
+        return sorted(p for p in self._finished_outputs() if p.suffix == ".tif")
+
+    def _finished_outputs(self) -> list[Path]:
         found = []
         for record in sorted((self.state_dir / "done").glob("*.json")):
             try:
                 outputs = json.loads(record.read_text())["outputs"]
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            found += [self.folder / o["file"] for o in outputs if o["file"].endswith(".tif")]
-        return sorted(p for p in found if p.is_file())
+            found += [self.folder / o["file"] for o in outputs]
+        return [p for p in found if p.is_file()]
+
+    def finished_vectors(self) -> list[Path]:
+        """The GeoPackages (``--vectorize``) of every input finished, sorted."""
+        return sorted(p for p in self._finished_outputs() if p.suffix == ".gpkg")
 
     def done_record(self, source: Path) -> dict[str, Any]:
         """The record of a finished input (for a report or a test)."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.windows
 
 from landseg.core.errors import LandsegError
 from landseg.core.files import atomic_write_text
@@ -39,10 +40,10 @@ def write_mosaic(folder: Path, rasters: Sequence[Path]) -> Path:
     """Write ``folder/mosaic.vrt`` over ``rasters`` (paths inside ``folder``); returns it."""
     if not rasters:
         raise LandsegError(f"{folder}: no finished prediction to make a mosaic of")
-    infos = [_info(path) for path in sorted(rasters)]
+    infos = [grid_info(path) for path in sorted(rasters)]
     first = infos[0]
     for info in infos[1:]:
-        problem = _mismatch(first, info)
+        problem = grid_mismatch(first, info)
         if problem:
             raise LandsegError(
                 f"{info['path'].name}: {problem} than {first['path'].name}; a mosaic needs one "
@@ -108,7 +109,7 @@ def _number(value: float) -> str:
     return "nan" if math.isnan(value) else repr(float(value)).removesuffix(".0")
 
 
-def _info(path: Path) -> dict[str, Any]:
+def grid_info(path: Path) -> dict[str, Any]:
     with rasterio.open(path) as src:
         try:
             colormap = src.colormap(1)
@@ -130,7 +131,8 @@ def _info(path: Path) -> dict[str, Any]:
         }
 
 
-def _mismatch(first: dict[str, Any], other: dict[str, Any]) -> str | None:
+def grid_mismatch(first: dict[str, Any], other: dict[str, Any], bands: bool = True) -> str | None:
+    """Why ``other`` is not on ``first``'s pixel grid (or, with ``bands``, has other bands)."""
     if first["crs"] != other["crs"]:
         return "another CRS"
     a, b = first["transform"], other["transform"]
@@ -139,7 +141,7 @@ def _mismatch(first: dict[str, Any], other: dict[str, Any]) -> str | None:
     x, y = (b.c - a.c) / a.a, (b.f - a.f) / a.e
     if abs(x - round(x)) > 1e-6 or abs(y - round(y)) > 1e-6:
         return "another pixel grid (not a whole number of pixels off)"
-    if (first["count"], first["dtype"]) != (other["count"], other["dtype"]):
+    if bands and (first["count"], first["dtype"]) != (other["count"], other["dtype"]):
         return "other bands"
     return None
 
@@ -198,3 +200,57 @@ def _square_metres(crs: Any) -> float | None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
+
+
+MOSAIC_COG = "mosaic.tif"
+
+
+def write_mosaic_cog(folder: Path, like: Path, destination: Path | None = None) -> Path:
+    """Copy ``folder/mosaic.vrt`` into one COG with overviews (default ``folder/mosaic.tif``),
+    in bounded memory: the mosaic is read a row of tiles at a time (GDAL resolves the scenes
+    and their nodata) and written through :func:`landseg.maps.cog.cog_writer`, whose block
+    cache is bounded too; memory grows with the mosaic's width, never its height. ``like``, one
+    raster of the mosaic, gives the tags, colour table and band descriptions (a VRT has none of
+    the tags) and whether the values are classes (overviews by nearest) or not (average)."""
+    from landseg.maps.cog import cog_layout, cog_writer
+
+    vrt = Path(folder) / MOSAIC_FILE
+    if not vrt.is_file():
+        raise LandsegError(f"{vrt}: no mosaic to copy (landseg predict --mosaic {folder} first)")
+    destination = Path(destination) if destination is not None else Path(folder) / MOSAIC_COG
+    with rasterio.open(like) as model:
+        tags = model.tags()
+        try:
+            colormap = model.colormap(1)
+        except ValueError:
+            colormap = None
+        descriptions = list(model.descriptions)
+        photometric = model.photometric
+    # probabilities (landseg's uint8 and float32 types) are averaged; classes and bits are not
+    categorical = tags.get("landseg_type") not in ("float32", "uint8")
+    with rasterio.open(vrt) as src:
+        profile = {
+            "width": src.width,
+            "height": src.height,
+            "count": src.count,
+            "dtype": src.dtypes[0],
+            "nodata": src.nodata,
+            "crs": src.crs,
+            "transform": src.transform,
+        }
+        if photometric is not None and src.count in (1, 3):
+            profile["photometric"] = photometric.name
+        layout = cog_layout(src.dtypes[0], categorical=categorical)
+        with cog_writer(destination, profile, layout) as writer:
+            writer.dataset.update_tags(**tags)
+            if colormap:
+                writer.dataset.write_colormap(1, colormap)
+            for band, text in enumerate(descriptions[: src.count], start=1):
+                if text:
+                    writer.dataset.set_band_description(band, text)
+            step = layout.block
+            for first in range(0, src.height, step):
+                rows = min(step, src.height - first)
+                window = rasterio.windows.Window(0, first, src.width, rows)
+                writer.write_rows(first, src.read(window=window))
+    return destination
