@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,13 @@ def test_offline_run_file_holds_the_logged_values(
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
     files = list(runs[0].glob("*.wandb"))
     assert [f.name for f in files] == ["run-exp-1-v-0.wandb"]
+    # wandb's service process writes the file: finish() has been seen to return before all of
+    # it is on disk (once in a whole-suite run), so read until its last record, the exit, is there
+    deadline = time.monotonic() + 15
     records = read_wandb_records(files[0])
+    while not any(r.HasField("exit") for r in records) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        records = read_wandb_records(files[0])
     kinds = [record.WhichOneof("record_type") for record in records]
 
     (run,) = [record.run for record in records if record.HasField("run")]
