@@ -603,3 +603,21 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "pickle": (evil, "could run code"),
         "no tensors": (empty, "holds no tensors"),
     }
+
+
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every connection or retry's wait attempted from now on (each also fails): a
+    lookup that must stay offline shows any attempt."""
+    attempts: list[str] = []
+
+    def refuse(what: str):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            attempts.append(what)
+            raise OSError(f"{what} attempted")
+
+        return call
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(time, "sleep", refuse("sleep"))
+    return attempts

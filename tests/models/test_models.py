@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -18,7 +17,7 @@ from landseg.models.registry import (
     model_size_multiple,
     register_smp_models,
 )
-from tests.helpers import write_config
+from tests.helpers import no_network, write_config
 
 BANDS, CLASSES = 4, 5
 
@@ -165,25 +164,13 @@ def test_unavailable_pretrained_weights_fail_fast(monkeypatch, tmp_path) -> None
     nothing waits to retry (counted, not timed: a loaded machine makes any time bound lie).
     The network itself is built with random weights: the weights are looked up for a new
     run (weights_source), never when a network is rebuilt from a checkpoint."""
-    import socket
 
     from landseg.config.schema import TrainSetup
     from landseg.planning.pretrained import weights_source
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    attempts: list[str] = []
-
-    def refuse(what: str):  # type: ignore[no-untyped-def]
-        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
-            attempts.append(what)
-            raise OSError(f"{what} attempted")
-
-        return call
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
-    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
-    monkeypatch.setattr(time, "sleep", refuse("sleep"))  # a retry's back-off
+    attempts = no_network(monkeypatch)  # a retry's back-off sleeps: refused too
     params = {"encoder_weights": "imagenet"}
     build_model("resnet18", BANDS, CLASSES, params)
     with pytest.raises(ConfigError, match=r"train_setup\.model_params\.encoder_weights") as err:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from landseg.planning.pretrained import (
     load_encoder_weights,
     weights_source,
 )
-from tests.helpers import RGB, S2, SMALL_RESNET18, bad_files, timm_resnet18
+from tests.helpers import RGB, S2, SMALL_RESNET18, bad_files, no_network, timm_resnet18
 
 
 def config(
@@ -237,23 +235,6 @@ def test_wrong_files_are_one_line_each(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- weights names
-
-
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every connection or retry's wait attempted from now on (each also fails)."""
-    attempts: list[str] = []
-
-    def refuse(what: str):  # type: ignore[no-untyped-def]
-        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
-            attempts.append(what)
-            raise OSError(f"{what} attempted")
-
-        return call
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
-    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
-    monkeypatch.setattr(time, "sleep", refuse("sleep"))
-    return attempts
 
 
 def test_weights_name_from_the_hugging_face_cache(tmp_path: Path, monkeypatch) -> None:

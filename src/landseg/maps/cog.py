@@ -100,6 +100,18 @@ def has_codec(name: str) -> bool:
         return False
 
 
+def _content_keys(profile: dict[str, Any]) -> dict[str, Any]:
+    """``profile`` without its storage keys (driver, tiling, compression): those are this
+    module's to choose."""
+    return {
+        key: value
+        for key, value in profile.items()
+        if key.lower()
+        not in {"driver", "tiled", "blockxsize", "blockysize", "compress", "bigtiff", "predictor"}
+        and not key.lower().startswith(("zlevel", "zstd_level"))
+    }
+
+
 def _staging_options(block: int) -> dict[str, Any]:
     """Tiled, quickly compressed: the staging file is read once, by GDAL."""
     fast: dict[str, Any] = (
@@ -197,13 +209,7 @@ def cog_writer(
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     layout = layout or CogLayout()
-    content = {
-        key: value
-        for key, value in profile.items()
-        if key.lower()
-        not in {"driver", "tiled", "blockxsize", "blockysize", "compress", "bigtiff", "predictor"}
-        and not key.lower().startswith(("zlevel", "zstd_level"))
-    }
+    content = _content_keys(profile)
     with rasterio.Env(GDAL_CACHEMAX=cache_mb), _staging(destination) as staging:
         with rasterio.open(staging, "w", **content, **_staging_options(layout.block)) as dataset:
             writer = CogWriter(dataset, layout.block)
@@ -281,13 +287,7 @@ def resumable_cog_writer(
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
     layout = layout or CogLayout()
-    content = {
-        key: value
-        for key, value in profile.items()
-        if key.lower()
-        not in {"driver", "tiled", "blockxsize", "blockysize", "compress", "bigtiff", "predictor"}
-        and not key.lower().startswith(("zlevel", "zstd_level"))
-    }
+    content = _content_keys(profile)
     options = {**_staging_options(layout.block), "blockysize": RESUME_BLOCK_ROWS}
 
     def open_dataset(mode: str) -> Any:
