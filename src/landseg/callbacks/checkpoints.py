@@ -124,7 +124,7 @@ class EpochCheckpoint(MovableCheckpoint):
         last = trainer.should_stop or epoch + 1 >= (trainer.max_epochs or 0)
         if last and (epoch + 1) % self.period:  # not saved by the period above
             metrics: dict[str, Any] = {"epoch": epoch}
-            trainer.save_checkpoint(self.format_checkpoint_name(metrics))
+            trainer.save_checkpoint(self.format_checkpoint_name(metrics), weights_only=False)
 
 
 def top_k_checkpoints(dirpath: Path, base: str, k: int) -> list[ModelCheckpoint]:

@@ -128,7 +128,8 @@ class GracefulStop(Checkpoint):
         if signum is None:
             return
         path = CheckpointFolder(self.dirpath).file(self.base, "step", step=trainer.global_step)
-        trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes
+        # a whole checkpoint, said so: Lightning otherwise logs that it defaulted to one
+        trainer.save_checkpoint(path, weights_only=False)  # every rank calls it; rank 0 writes
         raise StopRequested(signum, trainer.global_step, path)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
