@@ -46,6 +46,28 @@ def train_once(
     return mious, seconds, json.loads((run / "run.json").read_text())
 
 
+#: Two-sided 97.5 % quantiles of Student's t by degrees of freedom (no scipy needed).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+
+
+def paired_interval(differences: list[float]) -> tuple[float, float]:
+    """The 95 % t interval of the mean of paired differences (same seed, two precisions).
+
+    Pairing by seed removes what the seeds share (initial weights, tile order); what is left is
+    how far two trainings that differ only in their rounding drift apart. With one seed the
+    interval is unbounded.
+    """
+    n = len(differences)
+    mean = sum(differences) / n
+    if n < 2:
+        return (float("-inf"), float("inf"))
+    sd = (sum((d - mean) ** 2 for d in differences) / (n - 1)) ** 0.5
+    t = T_975[max(k for k in T_975 if k <= n - 1)]
+    half = t * sd / n**0.5
+    return (round(mean - half, 3), round(mean + half, 3))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=96, help="Dubai train tiles")
@@ -55,6 +77,12 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precisions", nargs=2, default=["auto", "32-true"])
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="train_setup.scheduler_config.scheduler (default: landseg's); cosineannealinglr "
+        "anneals to the last epoch, so the final mIoU is not a point on a noisy curve",
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     add_threads_argument(parser)
     args = parser.parse_args()
@@ -77,6 +105,8 @@ def main() -> None:
                 )
                 config["output_setup"]["save_history"] = True
                 config["train_setup"]["random_seed"] = seed
+                if args.scheduler:
+                    config["train_setup"]["scheduler_config"] = {"scheduler": args.scheduler}
                 config["device_setup"]["precision"] = precision
                 mious, seconds, state = train_once(folder, config, f"{precision}-{seed}")
                 row = {
@@ -111,6 +141,12 @@ def main() -> None:
     mean_last = sum(last_diffs) / len(last_diffs)
     mean_best = sum(best_diffs) / len(best_diffs)
     lines.append(f"| mean | | | **{mean_last:+.2f}, {mean_best:+.2f}** | |")
+    interval_last, interval_best = paired_interval(last_diffs), paired_interval(best_diffs)
+    lines.append(
+        f"95 % interval of the mean difference (t, {len(last_diffs)} paired seeds): last "
+        f"[{interval_last[0]:+.2f}, {interval_last[1]:+.2f}], best "
+        f"[{interval_best[0]:+.2f}, {interval_best[1]:+.2f}] points"
+    )
     summary = {
         "machine": machine(),
         "load_before": load_before,
@@ -118,6 +154,7 @@ def main() -> None:
         "first_resolved": results[0]["resolved"],
         "reason": results[0]["reason"],
         "mean_difference_points": {"last": mean_last, "best": mean_best},
+        "interval_95_points": {"last": interval_last, "best": interval_best},
         "runs": results,
     }
     print("\n".join(lines))
