@@ -211,7 +211,13 @@ class PhaseTensorBoardLogger(Logger):
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # tracer warnings about data-dependent control flow
-                self.writer("train")._get_file_writer().add_graph(graph_summary(model, input_array))
+                writer = self.writer("train")
+                try:
+                    summary = graph_summary(model, input_array)
+                except ImportError:  # torch moved its graph builder: add_graph, check and all
+                    writer.add_graph(model, input_array)
+                else:
+                    writer._get_file_writer().add_graph(summary)
         except Exception as error:  # a model that cannot be traced must not stop training
             log.warning("model graph not written to TensorBoard: %s", error)
         finally:
