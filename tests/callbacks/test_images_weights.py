@@ -125,11 +125,14 @@ def test_model_graph_once_in_eval_mode(tmp_path: Path) -> None:
     module, trainer, tb = setup(tmp_path)
     module.model.train()
     running_mean = module.model[1].running_mean.clone()
+    calls: list[int] = []
+    module.model.register_forward_hook(lambda *_: calls.append(1))
     callback = ModelGraph(patch_size=SIZE)
     callback.on_fit_start(trainer, module)
     callback.on_fit_start(trainer, module)
     tb.finalize("success")
     assert read(tmp_path / "tb" / "train").Tags()["graph"]
+    assert len(calls) == 1  # traced once: no check trace (two more runs, at every run's start)
     assert len(list((tmp_path / "tb" / "train").glob("events.*"))) == 1
     assert module.model.training
     torch.testing.assert_close(module.model[1].running_mean, running_mean)  # no stats update

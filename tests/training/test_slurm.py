@@ -163,6 +163,28 @@ def test_mpi_launches_are_known_by_pmi_and_pmix(name: str, launched: bool, monke
     assert launched_by_mpi() is launched
 
 
+@pytest.mark.parametrize("launcher", [None, "OMPI_COMM_WORLD_SIZE", "SLURM_JOB_ID"])
+def test_a_process_no_launcher_started_is_alone_without_an_mpi_probe(
+    launcher: str | None, monkeypatch
+) -> None:
+    """Lightning's own choice would import mpi4py and initialise MPI to learn that a plain
+    ``landseg train`` is alone; landseg gives it that answer, and leaves launched runs alone."""
+    from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from landseg.launch.cluster import MPI_ENV_VARS
+    from landseg.training.trainer import trainer_plugins
+
+    for name in (*MPI_ENV_VARS, "SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    if launcher:
+        monkeypatch.setenv(launcher, "7")
+    if launcher == "SLURM_JOB_ID":
+        monkeypatch.setenv("SLURM_NTASKS", "1")
+    kinds = [type(p) for p in trainer_plugins()[1:]]
+    expected = {None: [LightningEnvironment], "OMPI_COMM_WORLD_SIZE": []}
+    assert kinds == expected.get(launcher, [SLURMEnvironment])
+
+
 def test_a_second_run_with_other_settings_in_one_slurm_job_is_told_how_to_name_it(
     demo_config: dict, tmp_path: Path, capsys, monkeypatch
 ) -> None:

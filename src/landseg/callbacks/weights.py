@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -39,9 +40,14 @@ class WeightHistograms(DrawsOnCadence):
             return
         writer = tb.writer("train")
         for name, parameter in segmentation_module(pl_module).model.named_parameters():
-            values = parameter.detach().float().flatten()
-            values = values[torch.isfinite(values)].cpu()
-            if values.numel():
+            # numpy, where the writer computes the histogram anyway: torch's isfinite and a
+            # boolean mask over every weight took seconds a drawing (14 M for a resnet18
+            # U-Net), numpy's isfinite a tenth; masking only when some value is not finite
+            values = parameter.detach().float().flatten().cpu().numpy()
+            finite = np.isfinite(values)
+            if not finite.all():
+                values = values[finite]
+            if values.size:
                 writer.add_histogram(name.replace(".", "/"), values, logger_step(trainer))
 
 

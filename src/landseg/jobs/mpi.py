@@ -47,20 +47,14 @@ from landseg.jobs.runner import (
     run_job,
     start_job,
 )
+from landseg.launch.cluster import MPI_ENV_VARS, launched_by_mpi  # noqa: F401 (re-exported)
 from landseg.launch.devices import pin_gpu, visible_gpus
 
 log = logging.getLogger("landseg.cv")
 
-#: Set in every rank by mpiexec/mpirun of MPICH, Intel MPI and Open MPI (PMI), and by PMIx
-#: launchers (``srun --mpi=pmix``, Open MPI 5's prterun).
-MPI_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALRANKID", "PMIX_RANK")
 REQUEST, REPLY, SETUP = 1, 2, 3
 #: Seconds between two looks for a message (latency is irrelevant next to a training task).
 RECV_POLL_S = 0.05
-
-
-def launched_by_mpi() -> bool:
-    return any(name in os.environ for name in MPI_ENV_VARS)
 
 
 def _send(comm: Any, message: dict[str, Any], dest: int, tag: int) -> None:

@@ -99,6 +99,17 @@ def requeue_slurm_job(
     return True, f"SLURM job {job} requeued: it continues this run when it starts again"
 
 
+#: Set in every rank by mpiexec/mpirun of MPICH, Intel MPI and Open MPI (PMI), and by PMIx
+#: launchers (``srun --mpi=pmix``, Open MPI 5's prterun).
+MPI_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALRANKID", "PMIX_RANK")
+
+
+def launched_by_mpi(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether an MPI launcher started this process (without importing mpi4py or MPI)."""
+    env = _env(environ)
+    return any(name in env for name in MPI_ENV_VARS)
+
+
 def global_rank_zero(environ: Mapping[str, str] | None = None) -> bool:
     """Whether this process is global rank 0 of its launch (or runs alone), by its environment.
 

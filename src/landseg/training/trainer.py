@@ -26,6 +26,7 @@ from landseg.callbacks.run_state import RunStateUpdater
 from landseg.config.schema import LandsegConfig
 from landseg.core.signals import StopSignals, keep_lightning_off_signals
 from landseg.data.resumable import ResumeTracker
+from landseg.launch.cluster import launched_by_mpi
 from landseg.loggers.registry import build_loggers
 from landseg.loggers.tensorboard import PhaseTensorBoardLogger
 from landseg.runs.checkpoints import base_name
@@ -98,15 +99,27 @@ def trainer_plugins(standalone: bool = False) -> list[Any]:
     itself: see callbacks/graceful_stop.py; the requeue is :mod:`landseg.launch.cluster`'s).
     ``standalone`` (a cross-validation task) trains in this process alone: Lightning's default
     environment, not the SLURM one, which would make the task join all of the job's SLURM
-    tasks (``srun -n 8 landseg cv``: eight cv workers, not one DDP run of eight).
+    tasks (``srun -n 8 landseg cv``: eight cv workers, not one DDP run of eight). A process
+    that no launcher started (SLURM, torchrun, LSF, MPI) gets that default environment here,
+    as Lightning would give it, so that Lightning does not initialise MPI to find out.
     """
-    from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
+    from lightning.pytorch.plugins.environments import (
+        LightningEnvironment,
+        LSFEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
 
     plugins: list[Any] = [AtomicCheckpointIO()]
     if standalone:
         plugins.append(LightningEnvironment())
     elif SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    elif not (launched_by_mpi() or TorchElasticEnvironment.detect() or LSFEnvironment.detect()):
+        # what Lightning would choose, without its last probe: MPIEnvironment.detect imports
+        # mpi4py and initialises MPI (0.1 s here, seconds on some clusters' login nodes) to
+        # learn that a process no MPI launcher started is alone
+        plugins.append(LightningEnvironment())
     return plugins
 
 
