@@ -55,6 +55,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.host import host, load_average
 from benchmarks.plain import (
     DUBAI_CLASSES,
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configs = list(dict.fromkeys(args.configs))
     command = [sys.executable, "-m", "benchmarks.bench_process", *sys.argv[1:]]
-    machine = host()
+    machine = {**host(), "torch": torch.__version__}
     train_rows, val_rows = dubai_rows("train", args.train), dubai_rows("val", args.val)
     landseg: dict[str, list[dict]] = {name: [] for name in configs}
     hand: dict[str, list[dict]] = {CONFIGS[name][1]: [] for name in configs}

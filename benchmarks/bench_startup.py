@@ -37,6 +37,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.bench_process import CONFIGS, base_config, hand_spec, landseg_config
 from benchmarks.host import host, load_average
 from benchmarks.plain import REPO, bytecode_env, dubai_rows, median
@@ -233,7 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configs = list(dict.fromkeys(args.configs))
-    machine = host()
+    machine = {**host(), "torch": torch.__version__}
     train_rows, val_rows = dubai_rows("train", args.train), dubai_rows("val", args.val)
     result: dict[str, Any] = {
         "benchmark": "startup",
