@@ -106,10 +106,12 @@ def landseg_phases(launched: float, exited: float, stamps: dict[str, Any]) -> di
     records = stamps["records"]
     checks, fit = _one(records, "config checks (prepare_train)"), _one(records, "fit")
     step = _one(records, "training step")
-    logged = _spans(records, "validation logged")
-    if checks is None or fit is None or step is None or not logged:
+    # the end of a validation: its metrics computed (the module's epoch-end hook), before the
+    # callbacks log, draw and checkpoint it, as the hand loop's validation ends with its mIoU
+    done = _spans(records, "validation done")
+    if checks is None or fit is None or step is None or not done:
         raise SystemExit(f"the probe saw no complete run; not seen: {stamps.get('not_seen')}")
-    last_val = logged[-1]["end"]
+    last_val = done[-1]["end"]
     marks = [
         ("interpreter start", launched, stamps["started"]),
         ("import landseg.cli.main", stamps["started"], stamps["imported_cli"]),
@@ -117,8 +119,8 @@ def landseg_phases(launched: float, exited: float, stamps: dict[str, Any]) -> di
         ("config checks (prepare_train)", checks["start"], checks["end"]),
         ("planning, task, run files, trainer (to fit)", checks["end"], fit["start"]),
         ("fit start to the first training step", fit["start"], step["start"]),
-        ("epochs: first step to the last validation logged", step["start"], last_val),
-        ("end of fit: last validation logged to fit's return", last_val, fit["end"]),
+        ("epochs: first step to the last validation's metrics", step["start"], last_val),
+        ("end of fit: last validation's metrics to fit's return", last_val, fit["end"]),
         ("after fit, to the command's return", fit["end"], stamps["main_returned"]),
         ("exit: workers' shutdown, interpreter teardown", stamps["main_returned"], exited),
     ]
@@ -146,7 +148,7 @@ def landseg_phases(launched: float, exited: float, stamps: dict[str, Any]) -> di
         "after fit (test, predict, export)": total("after fit (test, predict, export)"),
     }
     whole = exited - launched
-    epochs = phases["epochs: first step to the last validation logged"]
+    epochs = phases["epochs: first step to the last validation's metrics"]
     return {
         "whole_s": round(whole, 2),
         "fixed_s": round(whole - epochs, 2),

@@ -42,6 +42,12 @@ TARGETS: list[tuple[str, str, str, str]] = [
     ("lightning.pytorch.trainer.trainer", "Trainer.fit", "fit", "span"),
     ("landseg.callbacks.weights", "ModelGraph.on_fit_start", "model graph (TensorBoard)", "span"),
     ("landseg.tasks.segmentation", "SegmentationTask.training_step", "training step", "first"),
+    (
+        "landseg.tasks.segmentation",
+        "SegmentationTask.on_validation_epoch_end",
+        "validation done",
+        "span",
+    ),
     ("landseg.callbacks.run_logger", "RunLogger.on_validation_end", "validation logged", "span"),
     ("landseg.callbacks.cadence", "VisualCadence.timed", "drawing (any epoch)", "cm"),
     ("landseg.callbacks.cadence", "DrawsOnCadence.on_fit_end", "on_fit_end drawings", "span"),
