@@ -230,7 +230,9 @@ def run_hand(folder: Path, spec: dict[str, Any], name: str, env: dict[str, str])
     command = [sys.executable, "-m", "benchmarks.hand_loop", "--spec", str(path)]
     start, end, out = _run(command, env, f"hand loop {name}")
     stamps = json.loads(out.strip().splitlines()[-1])
-    return {"start": start, "end": end, **stamps}
+    # the process's launch and exit, as the parent saw them: not the loop's own first and
+    # last stamps, which leave out the interpreter's start and exit
+    return {**stamps, "start": start, "end": end}
 
 
 def _round(value: float) -> float | None:

@@ -155,6 +155,8 @@ def landseg_phases(launched: float, exited: float, stamps: dict[str, Any]) -> di
         "phases_s": phases,
         "details_s": details,
         "not_seen": stamps.get("not_seen", []),
+        "note": "a phase includes the imports made in it (landseg imports smp, Lightning's "
+        "loggers and matplotlib lazily): see imports for their cost by package",
     }
 
 

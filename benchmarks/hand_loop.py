@@ -23,8 +23,9 @@ more, so that a ratio of whole processes measures what landseg adds:
 * a validation pass (loss and confusion matrix -> mIoU) once an epoch, or ``val_per_epoch``
   times at even points of it (landseg's ``val_check_interval: 0.5`` is 2).
 
-Float32 throughout. It prints one JSON line: ``time.time()`` stamps of its start, imports
-done, network built, first training step, each validation's end and each epoch's end.
+Float32 throughout. It prints one JSON line of ``time.time()`` stamps: ``started`` (this
+module's first line, after the interpreter's start), imports done, network built, first
+training step, each validation's end, each epoch's end, and ``finished`` (before the exit).
 
     python -m benchmarks.hand_loop --spec SPEC.json
 
@@ -195,14 +196,14 @@ def fit(spec: dict[str, Any]) -> dict[str, Any]:
                 val_ends.append(time.time())
         epoch_ends.append(time.time())
     return {
-        "start": STARTED,
+        "started": STARTED,
         "imported": IMPORTED,
         "built": built,
         "first_step": first_step,
         "val_ends": val_ends,
         "epoch_ends": epoch_ends,
         "val_miou": [round(s, 4) for s in scores],
-        "end": time.time(),
+        "finished": time.time(),
     }
 
 
