@@ -20,8 +20,8 @@ more, so that a ratio of whole processes measures what landseg adds:
 * optionally the train augmentations landseg names ``rotation90`` and ``radiometry``, the same
   operations on the same arrays (numpy rot90; gamma, torchvision's ``adjust_hue`` and Gaussian
   noise, each with probability 0.5, clipped), so they cost what landseg's cost per sample;
-* a validation pass (loss and confusion matrix -> mIoU) once an epoch, or ``val_per_epoch``
-  times at even points of it (landseg's ``val_check_interval: 0.5`` is 2).
+* a validation pass (loss and confusion matrix -> mIoU) once an epoch, or every
+  ``batches // val_per_epoch`` batches (landseg's ``val_check_interval: 0.5`` is 2).
 
 Float32 throughout. It prints one JSON line of ``time.time()`` stamps: ``started`` (this
 module's first line, after the interpreter's start), imports done, network built, first
@@ -176,8 +176,9 @@ def fit(spec: dict[str, Any]) -> dict[str, Any]:
     built = time.time()
     n_batches = len(train)
     per_epoch = max(1, int(spec.get("val_per_epoch", 1)))
-    # validate after these batches (1-based): evenly through the epoch, the last one at its end
-    checks = {max(1, round(n_batches * (j + 1) / per_epoch)) for j in range(per_epoch)}
+    # validate every ``every`` batches of the epoch: Lightning's rule for val_check_interval
+    # 1 / per_epoch (max(1, int(batches * interval)); 13 batches at 0.5 validate after 6 and 12)
+    every = max(1, int(n_batches / per_epoch))
     first_step: float | None = None
     val_ends: list[float] = []
     epoch_ends: list[float] = []
@@ -191,7 +192,7 @@ def fit(spec: dict[str, Any]) -> dict[str, Any]:
             loss = criterion(model(image), mask)
             loss.backward()
             optimizer.step()
-            if batch in checks:
+            if batch % every == 0:
                 scores.append(validate(model, val, criterion, classes))
                 val_ends.append(time.time())
         epoch_ends.append(time.time())
