@@ -188,7 +188,8 @@ def hand_phases(folder: Path, spec: dict[str, Any], name: str, env: dict[str, st
         "network and loaders": round(s["built"] - s["imported"], 3),
         "to the first training step (workers start)": round(s["first_step"] - s["built"], 3),
         "epochs: first step to the last validation": round(last_val - s["first_step"], 3),
-        "exit: workers' shutdown, interpreter teardown": round(end - last_val, 3),
+        "workers' shutdown": round(s["workers_ended"] - last_val, 3),
+        "exit: interpreter teardown": round(end - s["workers_ended"], 3),
     }
     whole = end - start
     return {

@@ -196,6 +196,13 @@ def fit(spec: dict[str, Any]) -> dict[str, Any]:
                 scores.append(validate(model, val, criterion, classes))
                 val_ends.append(time.time())
         epoch_ends.append(time.time())
+    # end the persistent workers now, as landseg does after its fit (shutdown_workers, the
+    # same torch call), not in the interpreter's teardown
+    for done in (train, val):
+        iterator = getattr(done, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown_workers()
+    workers_ended = time.time()
     return {
         "started": STARTED,
         "imported": IMPORTED,
@@ -203,6 +210,7 @@ def fit(spec: dict[str, Any]) -> dict[str, Any]:
         "first_step": first_step,
         "val_ends": val_ends,
         "epoch_ends": epoch_ends,
+        "workers_ended": workers_ended,
         "val_miou": [round(s, 4) for s in scores],
         "finished": time.time(),
     }
