@@ -158,9 +158,7 @@ def write_areas(folder: Path, rasters: Sequence[Path]) -> Path | None:
             if src.tags().get("landseg_type") != "classes":
                 continue
             labels = json.loads(src.tags().get("landseg_class_labels", "[]")) or labels
-            counts = np.zeros(256, dtype=np.int64)
-            for _, window in src.block_windows(1):
-                counts += np.bincount(src.read(1, window=window).ravel(), minlength=256)
+            counts = _class_counts(src)
             pixel = abs(src.transform.a * src.transform.e - src.transform.b * src.transform.d)
             to_m2 = _square_metres(src.crs)
             hectares = hectares and to_m2 is not None
@@ -185,6 +183,22 @@ def write_areas(folder: Path, rasters: Sequence[Path]) -> Path | None:
     destination = Path(folder) / AREAS_FILE
     atomic_write_text(destination, text.getvalue())
     return destination
+
+
+def _class_counts(src: Any) -> np.ndarray:
+    """Pixels of each value 0-255 of band 1, read a row of blocks at a time; a row of one
+    value (nodata margins, an all-nodata scene) is counted without a histogram."""
+    counts = np.zeros(256, dtype=np.int64)
+    step = src.block_shapes[0][0]
+    for first in range(0, src.height, step):
+        window = rasterio.windows.Window(0, first, src.width, min(step, src.height - first))
+        values = src.read(1, window=window)
+        low = int(values.min())
+        if low == values.max():
+            counts[low] += values.size
+        else:
+            counts += np.bincount(values.ravel(), minlength=256)
+    return counts
 
 
 def _square_metres(crs: Any) -> float | None:
