@@ -324,11 +324,10 @@ def blended_strips(
         if advance and len(wanted) < len(xs):
             advance(len(xs) - len(wanted))
         if wanted:
-            strip = np.pad(
-                image,
-                ((0, 0), (r0 - y0, y0 + t - r1), (-xs[0], xs[-1] + t - width)),
-                mode="reflect",
-            )
+            margins = ((0, 0), (r0 - y0, y0 + t - r1), (-xs[0], xs[-1] + t - width))
+            # np.pad copies even with nothing to add: a strip of the full width, not kept
+            padded = any(m for pair in margins for m in pair)
+            strip = np.pad(image, margins, mode="reflect") if padded else image
             added = y0 + t
         for first in range(0, len(wanted), tiling.batch_size):
             batch = wanted[first : first + tiling.batch_size]
