@@ -27,7 +27,8 @@ Figures (the issue's targets in brackets):
 Where the 20 000 x 20 000 job takes too long (hours on a shared 2-core machine), ``--height H``
 makes the large scene the full width but ``H`` rows (every buffer of a prediction is a strip of
 the full width, so the peak is reached in the first strips), and ``--rss-only`` runs the two
-fresh jobs of the ``rss`` figure alone.
+fresh jobs of the ``rss`` figure alone, ``--nodata-only`` the two in-process jobs of the
+``nodata`` figure alone.
 """
 
 from __future__ import annotations
@@ -169,8 +170,12 @@ def main() -> None:
         help="the large scene's height (default --size): a scene of the full "
         "width but fewer rows, for the peak RSS when the full one takes too long",
     )
-    parser.add_argument("--rss-only", action="store_true",
-                        help="only the peak RSS figure (two fresh jobs)")  # fmt: skip
+    parser.add_argument(
+        "--rss-only", action="store_true", help="only the peak RSS figure (two fresh jobs)"
+    )
+    parser.add_argument("--nodata-only", action="store_true",
+                        help="only the nodata figure (the scene's and the all-nodata scene's "
+                        "jobs in this process)")  # fmt: skip
     parser.add_argument("--folder", type=Path, default=None, help="work folder (default: tmp)")
     add_threads_argument(parser)
     args = parser.parse_args()
@@ -200,6 +205,20 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     written = round(time.perf_counter() - start, 1)
     megapixels = args.size * (args.height or args.size) / 1e6
 
+    common = {"size": args.size, "height": args.height or args.size, "small": args.small,
+              "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size,
+              "scenes_written_s": written}  # fmt: skip
+    empty = inputs["empty"] / "empty.tif"
+    if not args.rss_only:
+        scene(empty, args.size, nodata_only=True, height=args.height)
+    if args.nodata_only:  # the two in-process jobs of the speed and nodata figures
+        job_seconds = in_process_job(command(checkpoint, large, folder / "speed", args))
+        empty_seconds = in_process_job(command(checkpoint, empty, folder / "empty", args))
+        return {**common, "nodata": {"job_s": round(job_seconds, 2),
+                                     "empty_s": round(empty_seconds, 3),
+                                     "ratio": round(empty_seconds / job_seconds, 4),
+                                     "target": "< 0.01"}}  # fmt: skip
+
     # peak RSS of fresh processes (and the uninterrupted job's wall time, for the resume)
     small_child = child_job(command(checkpoint, small, folder / "rss-small", args), folder)
     large_child = child_job(command(checkpoint, large, folder / "rss-large", args), folder)
@@ -210,12 +229,8 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
         "large_mpx_s": round(megapixels / large_child["seconds"], 3),
         "target": "<= 1.2",
     }
-    common = {"size": args.size, "height": args.height or args.size, "small": args.small,
-              "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size,
-              "scenes_written_s": written}  # fmt: skip
     if args.rss_only:
         return {**common, "rss": rss}
-    empty = scene(inputs["empty"] / "empty.tif", args.size, nodata_only=True, height=args.height)
 
     # throughput in this process: the job against the hand window, same tiles
     job_seconds = in_process_job(command(checkpoint, large, folder / "speed", args))
