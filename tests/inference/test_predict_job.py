@@ -331,6 +331,67 @@ def test_tiles_wholly_nodata_cost_no_model_call(task, tmp_path: Path) -> None:
         np.testing.assert_allclose(out.read(), expected, rtol=0, atol=1e-6)
 
 
+def written_blocks(path: Path) -> int:
+    """The blocks of a tiled GeoTIFF that are on disk (GDAL's sparse files leave out blocks
+    that are nodata everywhere)."""
+    import rasterio
+    from rasterio.errors import RasterBlockError
+
+    count = 0
+    with rasterio.open(path) as src:
+        for (row, col), _ in src.block_windows(1):
+            try:
+                src.block_size(1, row, col)
+                count += 1
+            except RasterBlockError:
+                pass
+    return count
+
+
+def test_rows_all_nodata_are_neither_normalised_nor_stored_nor_recorded(
+    task, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an all-nodata scene (or margin) still cost besides the model: its pixels scaled
+    and blended, its nodata blocks compressed into the staging raster, and a synced record
+    after every strip. None of it is left; the raster is the same."""
+    import numpy as np
+    import rasterio
+
+    from landseg.inference.scene import Normalization
+
+    model = LoadedModel.from_task(task)
+    calls = counting(model)
+    scaled: list[int] = []  # rows normalised
+    normalize = Normalization.__call__
+
+    def counted(self: Normalization, raw: np.ndarray) -> np.ndarray:
+        scaled.append(raw.shape[1])
+        return normalize(self, raw)
+
+    monkeypatch.setattr(Normalization, "__call__", counted)
+    pixels = scene_pixels(200, 64, seed=6)
+    pixels[:, 40:] = 255  # data in the top 40 rows only
+    top = write_scene(tmp_path / "top.tif", pixels)
+    empty = write_scene(tmp_path / "empty.tif", np.full((4, 200, 64), 255, np.uint8))
+    options = PredictOptions(Tiling(32, 8, 8), "float32")
+    job = PredictJob(tmp_path / "job")
+    records: dict[str, list[int]] = {}
+    for source in (empty, top):
+        part = job.part(source, 200, 64)
+        part.record = records.setdefault(source.stem, []).append  # type: ignore[method-assign]
+        predict_scene(model, source, job.folder / source.name, options, part=part)
+    with rasterio.open(job.folder / "empty.tif") as out:
+        assert np.isnan(out.read()).all()
+    assert records["empty"] == [] and written_blocks(job.part(empty, 200, 64).staging) == 0
+    # the top scene: its data rows and the tile rows reaching into them, no more
+    assert 40 <= sum(scaled) <= 40 + 2 * 32 and sum(calls) > 0
+    assert records["top"] and max(records["top"]) <= 80
+    staging = job.part(top, 200, 64).staging
+    assert written_blocks(staging) == 3  # blocks 16 rows high: the rows 0-47 holding data
+    whole = predict_scene(model, top, tmp_path / "whole" / "top.tif", options)
+    assert (job.folder / "top.tif").read_bytes() == whole.read_bytes()
+
+
 def test_an_area_of_interest_limits_the_prediction(
     run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

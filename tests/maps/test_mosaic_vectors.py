@@ -66,3 +66,35 @@ def test_a_region_cut_by_a_scene_border_is_one_polygon_in_the_mosaic(tmp_path: P
     total = sum(float(shapely.area(g)) for g in geometries) / PIXEL_AREA
     assert total == 2 * 10 * 8
     assert result.polygons == 5 and result.joined == 2  # field and background: 2 halves each
+
+
+def test_with_simplify_a_region_cut_by_a_border_is_merged_then_simplified(tmp_path: Path) -> None:
+    """Each scene's file is simplified on its own: there the 1-pixel neck that joins two
+    fields across the border is gone on both sides, and the halves no longer touch. The
+    mosaic merges the regions traced again, then simplifies: one polygon, the one the whole
+    area makes in a single scene."""
+    whole = np.zeros((12, 24), dtype=np.uint8)
+    whole[2:10, 2:9] = whole[2:10, 15:22] = 1  # two fields ...
+    whole[5, 9:15] = 1  # ... joined by a neck 1 pixel high, across the border at column 12
+    names = NAMES[:2]
+    scenes = []
+    for name, dx in (("a", 0), ("b", 12)):
+        raster = write_scene(
+            tmp_path / f"{name}.tif",
+            whole[None, :, dx : dx + 12],
+            TRANSFORM @ Affine.translation(dx, 0),
+        )
+        vectorize(raster, raster.with_suffix(".gpkg"), names, simplify=0.6)
+        scenes.append((raster, raster.with_suffix(".gpkg")))
+    halves = [polygons(gpkg) for _, gpkg in scenes]
+    assert not shapely.intersects(*(h[0][h[1] == 1][0] for h in halves))  # apart, simplified
+
+    result = write_mosaic_vectors(tmp_path, scenes, simplify=0.6)
+    assert result is not None and result.joined == 2  # the field's halves and the background's
+    geometries, ids, _ = polygons(tmp_path / "mosaic.gpkg")
+    one = write_scene(tmp_path / "whole" / "one.tif", whole[None])
+    vectorize(one, one.with_suffix(".gpkg"), names, simplify=0.6)
+    alone, alone_ids, _ = polygons(one.with_suffix(".gpkg"))
+    assert (ids == 1).sum() == 1
+    assert shapely.equals(geometries[ids == 1][0], alone[alone_ids == 1][0])
+    assert shapely.area(geometries[ids == 1][0]) / PIXEL_AREA == 118.0

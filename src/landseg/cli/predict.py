@@ -721,7 +721,14 @@ def _write_mosaic(folder: Path, cog: bool = False) -> None:
         print(f"mosaic as one COG: {write_mosaic_cog(folder, groups.main[0])}")
     vectors = set(job.finished_vectors())
     scenes = [(r, r.with_suffix(".gpkg")) for r in groups.main if r.with_suffix(".gpkg") in vectors]
-    merged = write_mosaic_vectors(folder, scenes)
+    settings = (job.recorded() or {}).get("settings", {})  # merged before --simplify
+    merged = write_mosaic_vectors(
+        folder,
+        scenes,
+        simplify=settings.get("simplify"),
+        classes=settings.get("classes"),
+        min_area=settings.get("min_area"),
+    )
     if merged is not None:
         print(
             f"polygons of {len(scenes)} scene(s), merged across scene borders "

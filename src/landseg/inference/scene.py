@@ -312,19 +312,23 @@ def blended_strips(
     weights = blend_weights(t)
     acc = np.zeros((model.n_classes, t, width), dtype=np.float32)
     total = np.zeros((t, width), dtype=np.float32)
+    # ``acc`` and ``total`` hold rows [y0, y0 + t); the rows at or past ``added`` are zeros
+    # (no tile added to them yet): a run of nodata strips then costs no blending at all
+    added = 0
     for index, (y0, y_next) in enumerate(zip(ys, [*ys[1:], height], strict=True)):
         if index < first_predicted:
             continue
         r0, r1 = y0, min(y0 + t, height)
         image, valid = read_rows(r0, r1)
-        strip = np.pad(
-            image,
-            ((0, 0), (r0 - y0, y0 + t - r1), (-xs[0], xs[-1] + t - width)),
-            mode="reflect",
-        )
         wanted = [x for x in xs if valid is None or valid[:, max(x, 0) : x + t].any()]
         if advance and len(wanted) < len(xs):
             advance(len(xs) - len(wanted))
+        if wanted:
+            margins = ((0, 0), (r0 - y0, y0 + t - r1), (-xs[0], xs[-1] + t - width))
+            # np.pad copies even with nothing to add: a strip of the full width, not kept
+            padded = any(m for pair in margins for m in pair)
+            strip = np.pad(image, margins, mode="reflect") if padded else image
+            added = y0 + t
         for first in range(0, len(wanted), tiling.batch_size):
             batch = wanted[first : first + tiling.batch_size]
             tiles = np.stack([strip[:, :, x - xs[0] : x - xs[0] + t] for x in batch])
@@ -341,12 +345,20 @@ def blended_strips(
         if f1 > f0 and index >= first_yielded:
             rows = slice(f0 - y0, f1 - y0)
             done = valid[f0 - r0 : f1 - r0] if valid is not None else None
-            blended = np.zeros_like(acc[:, rows])  # 0 where only skipped tiles lie (nodata)
-            np.divide(acc[:, rows], total[rows], out=blended, where=total[rows] > 0)
+            if added <= f0 or (done is not None and not done.any()):
+                # no tile over these rows, or every pixel nodata: zeros, never read (a view)
+                blended = np.broadcast_to(np.float32(0), (model.n_classes, f1 - f0, width))
+            else:
+                blended = np.zeros_like(acc[:, rows])  # 0 where only skipped tiles lie (nodata)
+                np.divide(acc[:, rows], total[rows], out=blended, where=total[rows] > 0)
             yield f0, blended, done
         step = y_next - y0  # at most a stride: the next tile's rows start here
-        acc = np.concatenate([acc[:, step:], np.zeros_like(acc[:, :step])], axis=1)
-        total = np.concatenate([total[step:], np.zeros_like(total[:step])], axis=0)
+        if added > y_next:  # rows of the next window already hold tiles: keep them
+            acc = np.concatenate([acc[:, step:], np.zeros_like(acc[:, :step])], axis=1)
+            total = np.concatenate([total[step:], np.zeros_like(total[:step])], axis=0)
+        elif added > y0:  # what was added lies in the rows left behind
+            acc.fill(0)
+            total.fill(0)
 
 
 def tile_count(height: int, width: int, tiling: Tiling, anchor: tuple[int, int]) -> int:
@@ -404,7 +416,10 @@ class Normalization:
 
 
 def nodata_free(raw: np.ndarray, nodata: float | None) -> np.ndarray | None:
-    """Pixels that are not nodata in every band (None: the raster has no nodata)."""
+    """Pixels that are not nodata in every band (None: the raster has no nodata). Rows all at
+    nodata (an empty margin or scene) are told by two reductions, without a mask per band."""
+    if nodata is not None and raw.size and raw.min() == raw.max() == nodata:
+        return np.zeros(raw.shape[1:], dtype=bool)
     missing = nodata_pixels(raw, nodata)
     return None if missing is None else ~missing
 
@@ -499,6 +514,9 @@ def output_layout(output_type: str) -> CogLayout:
 def encode_strip(probs: np.ndarray, valid: np.ndarray | None, output_type: str) -> np.ndarray:
     """The ``(bands, rows, W)`` values written for ``output_type``; nodata where not valid."""
     kind = OUTPUT_WRITERS.get(output_type)
+    if valid is not None and not valid.any():  # rows of nodata: the probabilities are not read
+        bands = probs.shape[0] if kind.per_class else 1
+        return np.full((bands, *valid.shape), kind.nodata, dtype=kind.dtype)
     data = kind.encode(probs)
     if valid is not None:
         data[:, ~valid] = kind.nodata
@@ -642,8 +660,12 @@ def _write_resumable(
             if cut < probs.shape[1]:
                 rows = valid[cut:] if valid is not None else None
                 out.write_rows(first + cut, encode_strip(probs[:, cut:], rows, output_type))
-            out.checkpoint()
             signum = stop() if stop is not None else None
+            if signum is not None or valid is None or valid.any():
+                # a strip all nodata is not recorded on its own (closing and syncing the
+                # file costs more than computing it again after a kill): a run of them is
+                # recorded with the next strip that holds data, at a stop, or at the end
+                out.checkpoint()
             if signum is not None and first + probs.shape[1] < grid.height:
                 where = f"after {out.durable} of {grid.height} rows of {destination.stem}"
                 raise PredictionStopped(signum, where)
@@ -705,12 +727,14 @@ def predict_scene(
             if area is not None:
                 inside = area.inside(first, stop)
                 valid = inside if valid is None else valid & inside
+            if valid is not None and not valid.any():  # no tile of these rows is predicted
+                return np.broadcast_to(np.float32(0), raw.shape), valid
             return normalize(raw), valid
 
         def nothing(first: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
             """A scene outside the area of interest: not read, all nodata."""
             shape = (stop - first, src.width)
-            return np.zeros((len(bands), *shape), np.float32), np.zeros(shape, bool)
+            return np.broadcast_to(np.float32(0), (len(bands), *shape)), np.zeros(shape, bool)
 
         anchor = grid_anchor(src.transform)
         task = None

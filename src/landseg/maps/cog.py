@@ -113,7 +113,11 @@ def _content_keys(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 def _staging_options(block: int) -> dict[str, Any]:
-    """Tiled, quickly compressed: the staging file is read once, by GDAL."""
+    """Tiled, quickly compressed: the staging file is read once, by GDAL. Sparse: a block
+    that is nodata everywhere (a scene's empty margins, an all-nodata scene) is not written
+    and reads back as nodata, so it costs no compression and no bytes; nor does GDAL fill
+    the blocks not yet written when a resumable staging file is closed at a checkpoint. The
+    COG copied from it is the same, byte for byte (the COG driver writes every block)."""
     fast: dict[str, Any] = (
         {"compress": "zstd", "zstd_level": 1}
         if has_codec("zstd")
@@ -125,6 +129,7 @@ def _staging_options(block: int) -> dict[str, Any]:
         "blockxsize": block,
         "blockysize": block,
         "BIGTIFF": "IF_SAFER",
+        "SPARSE_OK": "TRUE",
         **fast,
     }
 
@@ -293,7 +298,7 @@ def resumable_cog_writer(
     def open_dataset(mode: str) -> Any:
         if mode == "w":
             return rasterio.open(staging, "w", **content, **options)
-        return rasterio.open(staging, "r+")
+        return rasterio.open(staging, "r+", SPARSE_OK=True)  # (GDAL's update mode is not)
 
     with rasterio.Env(GDAL_CACHEMAX=cache_mb):
         writer = ResumableWriter(

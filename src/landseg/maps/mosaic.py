@@ -9,7 +9,8 @@ and colour table kept, so that a scene's nodata never hides its neighbour's pixe
 
 ``areas.csv`` counts each class of each class raster (read a block at a time): pixels, area
 in map units squared, and hectares where the CRS is projected in metres (or feet, converted);
-the last rows (scene ``total``) sum every scene.
+the last rows (scene ``total``) sum every scene, per CRS where the scenes lie on several
+(:func:`write_areas`).
 """
 
 from __future__ import annotations
@@ -148,36 +149,48 @@ def grid_mismatch(first: dict[str, Any], other: dict[str, Any], bands: bool = Tr
 
 def write_areas(folder: Path, rasters: Sequence[Path]) -> Path | None:
     """Write ``folder/areas.csv`` for the class rasters among ``rasters``; None when there is
-    none (probability rasters have no classes to count)."""
+    none (probability rasters have no classes to count).
+
+    The total rows sum areas in one unit only: scenes on one CRS give rows ``total``; scenes
+    on several CRSs (metres of two UTM zones, feet and metres...) give rows ``total <CRS>``
+    for each, then rows ``total`` whose map-unit area is left empty (those units differ) and
+    whose hectares sum every scene when every CRS is projected (hectares are one unit)."""
     rows: list[list[Any]] = []
-    totals: dict[int, list[float]] = {}
+    totals: dict[str, dict[int, list[float]]] = {}  # CRS -> class -> pixels, area, ha
     labels: list[str] = []
-    hectares = True
+    hectares: dict[str, bool] = {}  # CRS -> every scene on it has hectares
     for path in sorted(rasters):
         with rasterio.open(path) as src:
             if src.tags().get("landseg_type") != "classes":
                 continue
             labels = json.loads(src.tags().get("landseg_class_labels", "[]")) or labels
-            counts = np.zeros(256, dtype=np.int64)
-            for _, window in src.block_windows(1):
-                counts += np.bincount(src.read(1, window=window).ravel(), minlength=256)
+            counts = _class_counts(src)
             pixel = abs(src.transform.a * src.transform.e - src.transform.b * src.transform.d)
             to_m2 = _square_metres(src.crs)
-            hectares = hectares and to_m2 is not None
-            for class_id in range(len(labels)):
-                area = counts[class_id] * pixel
-                ha = area * to_m2 / 10_000 if to_m2 is not None else None
-                rows.append([path.stem, class_id, labels[class_id], int(counts[class_id]),
-                             _round(area), _round(ha)])  # fmt: skip
-                total = totals.setdefault(class_id, [0, 0.0, 0.0])
-                total[0] += int(counts[class_id])
-                total[1] += area
-                total[2] += ha or 0.0
+            crs = _crs_name(src.crs)
+        hectares[crs] = hectares.get(crs, True) and to_m2 is not None
+        for class_id in range(len(labels)):
+            area = counts[class_id] * pixel
+            ha = area * to_m2 / 10_000 if to_m2 is not None else None
+            rows.append([path.stem, class_id, labels[class_id], int(counts[class_id]),
+                         _round(area), _round(ha)])  # fmt: skip
+            total = totals.setdefault(crs, {}).setdefault(class_id, [0, 0.0, 0.0])
+            total[0] += int(counts[class_id])
+            total[1] += area
+            total[2] += ha or 0.0
     if not rows:
         return None
-    for class_id, (pixels, area, ha) in sorted(totals.items()):
-        rows.append(["total", class_id, labels[class_id], pixels, _round(area),
-                     _round(ha) if hectares else None])  # fmt: skip
+    if len(totals) > 1:
+        for crs, classes in sorted(totals.items()):
+            for class_id, (pixels, area, ha) in sorted(classes.items()):
+                rows.append([f"total {crs}", class_id, labels[class_id], pixels, _round(area),
+                             _round(ha) if hectares[crs] else None])  # fmt: skip
+    every_ha = all(hectares.values())
+    for class_id in range(len(labels)):
+        sums = [classes.get(class_id, [0, 0.0, 0.0]) for classes in totals.values()]
+        area = _round(sum(s[1] for s in sums)) if len(totals) == 1 else None
+        rows.append(["total", class_id, labels[class_id], sum(int(s[0]) for s in sums), area,
+                     _round(sum(s[2] for s in sums)) if every_ha else None])  # fmt: skip
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["scene", "class_id", "class_name", "pixels", "area_map_units2", "area_ha"])
@@ -185,6 +198,30 @@ def write_areas(folder: Path, rasters: Sequence[Path]) -> Path | None:
     destination = Path(folder) / AREAS_FILE
     atomic_write_text(destination, text.getvalue())
     return destination
+
+
+def _crs_name(crs: Any) -> str:
+    """A CRS in a few characters: ``EPSG:2154``, else its PROJ or WKT text; ``no CRS``."""
+    if crs is None:
+        return "no CRS"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg is not None else str(crs.to_string())
+
+
+def _class_counts(src: Any) -> np.ndarray:
+    """Pixels of each value 0-255 of band 1, read a row of blocks at a time; a row of one
+    value (nodata margins, an all-nodata scene) is counted without a histogram."""
+    counts = np.zeros(256, dtype=np.int64)
+    step = src.block_shapes[0][0]
+    for first in range(0, src.height, step):
+        window = rasterio.windows.Window(0, first, src.width, min(step, src.height - first))
+        values = src.read(1, window=window)
+        low = int(values.min())
+        if low == values.max():
+            counts[low] += values.size
+        else:
+            counts += np.bincount(values.ravel(), minlength=256)
+    return counts
 
 
 def _square_metres(crs: Any) -> float | None:

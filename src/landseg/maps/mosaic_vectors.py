@@ -15,13 +15,15 @@ Scenes on another grid or CRS than the largest group of scenes (the first in pat
 tie) are left out of ``mosaic.gpkg`` (their own ``<stem>.gpkg`` keeps their polygons): merging
 needs one grid, and one layer has one CRS. :func:`grid_groups` tells the caller which, to say so.
 
-Polygons simplified per scene (``--simplify``) no longer lie on the pixel grid; their shared
-edges may not match, and then they are not merged. Memory: one scene's polygons and the
-polygons touching scene edges.
+Polygons simplified per scene (``--simplify``) no longer lie on the pixel grid, and their
+shared edges may not match: with a tolerance, the regions are traced again from the class
+rasters, merged, and only then simplified (:func:`write_mosaic_vectors`). Memory: one scene's
+polygons and the polygons touching scene edges.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from rasterio.transform import Affine
 
 from landseg.core.files import atomic_path
 from landseg.maps.mosaic import grid_info, grid_mismatch
-from landseg.maps.vectorize import _touching_groups, _Writer
+from landseg.maps.vectorize import _touching_groups, _Writer, regions
 
 MOSAIC_VECTORS = "mosaic.gpkg"
 
@@ -89,9 +91,22 @@ class MosaicVectors:
     joined: int  # pieces of polygons cut by scene borders joined to their other parts
 
 
-def write_mosaic_vectors(folder: Path, scenes: Sequence[tuple[Path, Path]]) -> MosaicVectors | None:
+def write_mosaic_vectors(
+    folder: Path,
+    scenes: Sequence[tuple[Path, Path]],
+    *,
+    simplify: float | None = None,
+    classes: Sequence[int] | None = None,
+    min_area: float | None = None,
+) -> MosaicVectors | None:
     """Write ``folder/mosaic.gpkg`` from ``scenes``, (class raster, its GeoPackage) pairs on
-    one pixel grid (see :func:`grid_groups`); None when there is none."""
+    one pixel grid (see :func:`grid_groups`); None when there is none.
+
+    With ``simplify`` (the tolerance the scenes' files were simplified with), the scenes'
+    simplified polygons no longer share their edges, so they are not read: each scene's
+    regions are traced again from its class raster (with the same ``classes`` and
+    ``min_area``, :func:`landseg.maps.vectorize.regions`), merged across borders exactly, and
+    only then simplified, every polygon of the mosaic alike."""
     if not scenes:
         return None
     scenes = sorted(scenes)
@@ -111,10 +126,15 @@ def write_mosaic_vectors(folder: Path, scenes: Sequence[tuple[Path, Path]]) -> M
         nearest = np.round(pixels)
         return np.where(np.abs(pixels - nearest) < 1e-6, nearest, pixels)
 
-    read = [_read(gpkg) for _, gpkg in scenes]
+    raw = bool(simplify)
+    labels = [_labels(i, gpkg) if raw else None for i, (_, gpkg) in zip(infos, scenes, strict=True)]
+    read = [None if raw else _read(gpkg) for _, gpkg in scenes]
     names: dict[int, str] = {}
-    for _, ids, labels in read:
-        names.update(zip(ids.tolist(), labels.tolist(), strict=True))
+    for scene_labels, found in zip(labels, read, strict=True):
+        if scene_labels is not None:
+            names.update(enumerate(scene_labels))
+        elif found is not None:
+            names.update(zip(found[1].tolist(), found[2].tolist(), strict=True))
     table = tuple(names.get(k, "") for k in range(max(names, default=-1) + 1))
     crs = infos[0]["crs"].to_wkt() if infos[0]["crs"] is not None else None
     destination = Path(folder) / MOSAIC_VECTORS
@@ -122,12 +142,21 @@ def write_mosaic_vectors(folder: Path, scenes: Sequence[tuple[Path, Path]]) -> M
     joined = 0
     with atomic_path(destination) as tmp:
         tmp.unlink()  # pyogrio creates the GeoPackage itself
-        writer = _Writer(tmp, destination.stem, crs, grid, table, None)
-        for info, (geometries, ids, _) in zip(infos, read, strict=True):
-            polygons = shapely.transform(geometries, to_pixels)
+        writer = _Writer(tmp, destination.stem, crs, grid, table, simplify)
+        for index, ((raster, _), info) in enumerate(zip(scenes, infos, strict=True)):
             t = info["transform"]
             x0, y0 = round((t.c - left) / res_x), round((t.f - top) / res_y)
             x1, y1 = x0 + info["width"], y0 + info["height"]
+            found = read[index]
+            if found is None:  # traced again, in the scene's pixels: shifted onto the grid's
+                traced, ids = regions(
+                    raster, labels[index] or table, classes=classes, min_area=min_area
+                )
+                shift = np.array([x0, y0], dtype=np.float64)
+                polygons = shapely.transform(traced, lambda c, by=shift: c + by)
+            else:
+                polygons, ids = shapely.transform(found[0], to_pixels), found[1]
+                read[index] = None  # one scene's polygons in memory at a time
             xmin, ymin, xmax, ymax = shapely.bounds(polygons).T
             edge = (xmin <= x0) | (ymin <= y0) | (xmax >= x1) | (ymax >= y1)
             writer.add(polygons[~edge], ids[~edge])
@@ -144,6 +173,15 @@ def write_mosaic_vectors(folder: Path, scenes: Sequence[tuple[Path, Path]]) -> M
                 writer.add(np.asarray(parts, dtype=object), np.full(len(parts), class_id))
         writer.close()
     return MosaicVectors(destination, sum(writer.polygons.values()), joined)
+
+
+def _labels(info: dict[str, Any], gpkg: Path) -> list[str]:
+    """A class raster's class names (its ``landseg_class_labels`` tag, else its polygons')."""
+    if info["labels"]:
+        return [str(label) for label in json.loads(info["labels"])]
+    _, ids, names = _read(gpkg)
+    table = dict(zip(ids.tolist(), names.tolist(), strict=True))
+    return [str(table.get(k, "")) for k in range(max(table, default=-1) + 1)]
 
 
 def _read(gpkg: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

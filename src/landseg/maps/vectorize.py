@@ -37,6 +37,7 @@ produce no polygon. A raster without a CRS is written in the coordinates of its 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -119,8 +120,73 @@ def vectorize(
     raster, destination = Path(raster), Path(destination)
     names = tuple(str(name) for name in class_names)
     _check_options(names, classes, min_area, simplify, block_size)
-    kept = sorted(set(classes)) if classes is not None else list(range(len(names)))
+    with (
+        _traced(raster, names, classes, min_area, block_size) as traced,
+        atomic_path(destination) as tmp,
+    ):
+        tmp.unlink()  # pyogrio creates the GeoPackage itself
+        writer = _Writer(tmp, destination.stem, traced.crs, traced.transform, names, simplify)
+        for polygons, ids in traced.batches:
+            writer.add(polygons, ids)
+        writer.close()
+    tracer = traced.tracer
+    return VectorSummary(
+        destination=destination,
+        crs=traced.crs,
+        pixel_area=abs(traced.transform.determinant),
+        class_names=names,
+        pixels={k: int(tracer.pixels[k]) for k in traced.kept if tracer.pixels[k]},
+        polygons=writer.polygons,
+        area=writer.area,
+        sieved_pixels=traced.sieved_pixels,
+    )
 
+
+def regions(
+    raster: Path,
+    class_names: Sequence[str],
+    *,
+    classes: Sequence[int] | None = None,
+    min_area: float | None = None,
+    block_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The regions :func:`vectorize` writes, before ``simplify``, in the **pixel coordinates**
+    of ``raster`` (integer vertices) and canonical form, with their class ids: what
+    :mod:`landseg.maps.mosaic_vectors` merges across scene borders before simplifying."""
+    names = tuple(str(name) for name in class_names)
+    _check_options(names, classes, min_area, None, block_size)
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    with _traced(Path(raster), names, classes, min_area, block_size) as traced:
+        found = [(p, i) for p, i in traced.batches if len(p)]
+    if not found:
+        return _no_polygons()
+    polygons = np.concatenate([p for p, _ in found])
+    return _canonical(polygons), np.concatenate([i for _, i in found])
+
+
+@dataclass
+class _Traced:
+    """A class raster being traced: its CRS (WKT), transform, the classes kept, the tracer,
+    and ``batches``, the (pixel-coordinate polygons, class ids) of its windows, then of the
+    pieces merged across windows."""
+
+    crs: str | None
+    transform: Affine
+    kept: list[int]
+    tracer: _Tracer
+    sieved_pixels: int
+    batches: Iterator[tuple[np.ndarray, np.ndarray]]
+
+
+@contextlib.contextmanager
+def _traced(
+    raster: Path,
+    names: tuple[str, ...],
+    classes: Sequence[int] | None,
+    min_area: float | None,
+    block_size: int,
+) -> Iterator[_Traced]:
+    kept = sorted(set(classes)) if classes is not None else list(range(len(names)))
     with open_raster(raster) as src:
         if src.count != 1:
             raise DataError(f"{raster}: a class raster has one band; this one has {src.count}")
@@ -147,24 +213,13 @@ def vectorize(
             read, sieved_pixels = _sieved_reader(src.read(1), nodata, min_area / pixel_area)
 
         tracer = _Tracer(raster, names, kept, height, width)
-        with atomic_path(destination) as tmp:
-            tmp.unlink()  # pyogrio creates the GeoPackage itself
-            writer = _Writer(tmp, destination.stem, crs, transform, names, simplify)
-            for window in _windows(height, width, block_size):
-                writer.add(*tracer.trace(window, *read(window)))
-            writer.add(*tracer.merge_border_pieces())
-            writer.close()
 
-    return VectorSummary(
-        destination=destination,
-        crs=crs,
-        pixel_area=pixel_area,
-        class_names=names,
-        pixels={k: int(tracer.pixels[k]) for k in kept if tracer.pixels[k]},
-        polygons=writer.polygons,
-        area=writer.area,
-        sieved_pixels=sieved_pixels,
-    )
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for window in _windows(height, width, block_size):
+                yield tracer.trace(window, *read(window))
+            yield tracer.merge_border_pieces()
+
+        yield _Traced(crs, transform, kept, tracer, sieved_pixels, batches())
 
 
 def _check_options(
