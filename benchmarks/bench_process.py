@@ -47,6 +47,7 @@ import argparse
 import itertools
 import json
 import math
+import resource
 import subprocess
 import sys
 import tempfile
@@ -186,15 +187,24 @@ def hand_spec(train: list[Row], val: list[Row], args: argparse.Namespace, varian
 # ---------------------------------------------------------------------------- the processes
 
 
-def _run(command: list[str], env: dict[str, str], what: str) -> tuple[float, float, str]:
-    """Launch ``command``; its launch and exit times (time.time()) and its stdout."""
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children and their reaped
+    descendants (the loader workers): less moved by a busy machine than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(command: list[str], env: dict[str, str], what: str) -> tuple[float, float, float, str]:
+    """Launch ``command``; its launch and exit times (time.time()), CPU seconds and stdout."""
+    cpu_before = _children_cpu()
     start = time.time()
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
     end = time.time()
+    cpu = _children_cpu() - cpu_before
     if done.returncode:
         tail = "\n".join((done.stderr or done.stdout).splitlines()[-30:])
         raise SystemExit(f"{what} failed (exit {done.returncode}):\n{tail}")
-    return start, end, done.stdout
+    return start, end, cpu, done.stdout
 
 
 def run_landseg(folder: Path, config: dict[str, Any], name: str, env: dict[str, str]) -> dict:
@@ -205,7 +215,7 @@ def run_landseg(folder: Path, config: dict[str, Any], name: str, env: dict[str, 
     path = here / "config.json"
     path.write_text(json.dumps(config))
     command = [sys.executable, "-m", "landseg.cli.main", "train", "-c", str(path)]
-    start, end, _ = _run(command, env, f"landseg {name}")
+    start, end, cpu, _ = _run(command, env, f"landseg {name}")
     scalars = next((here / "runs").rglob("logs/scalars.jsonl"))
     rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
     val = [row for row in rows if row.get("phase") == "val"]
@@ -217,6 +227,7 @@ def run_landseg(folder: Path, config: dict[str, Any], name: str, env: dict[str, 
     return {
         "start": start,
         "end": end,
+        "cpu_s": cpu,
         "val_ends": [row["time"] for row in val],
         "epoch_ends": [by_epoch[e] for e in sorted(by_epoch)],
         "precision": state.get("precision"),
@@ -228,11 +239,11 @@ def run_hand(folder: Path, spec: dict[str, Any], name: str, env: dict[str, str])
     path = folder / f"{name}.json"
     path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "benchmarks.hand_loop", "--spec", str(path)]
-    start, end, out = _run(command, env, f"hand loop {name}")
+    start, end, cpu, out = _run(command, env, f"hand loop {name}")
     stamps = json.loads(out.strip().splitlines()[-1])
     # the process's launch and exit, as the parent saw them: not the loop's own first and
     # last stamps, which leave out the interpreter's start and exit
-    return {**stamps, "start": start, "end": end}
+    return {**stamps, "start": start, "end": end, "cpu_s": cpu}
 
 
 def _round(value: float) -> float | None:
@@ -248,6 +259,7 @@ def split_times(record: dict[str, Any]) -> dict[str, Any]:
     whole = record["end"] - record["start"]
     times: dict[str, Any] = {
         "whole_s": round(whole, 2),
+        "cpu_s": round(record["cpu_s"], 2),
         "steady_epoch_s": _round(steady),
         "fixed_s": _round(whole - steady * len(ends)),
         "first_epoch_end_s": round(ends[0] - record["start"], 2) if ends else None,
@@ -282,6 +294,11 @@ def summarise(
             "whole_process_s": {"landseg": median(whole_l), "hand": median(whole_h)},
             "ratio": ratio,
             "difference_s": round(median(whole_l) - median(whole_h), 2),
+            "process_cpu": {
+                "landseg_s": median([r["cpu_s"] for r in mine]),
+                "hand_s": median([r["cpu_s"] for r in theirs]),
+                "ratio": _ratio([r["cpu_s"] for r in mine], [r["cpu_s"] for r in theirs]),
+            },
             "per_epoch_in_process": {
                 "steady_epoch_s": {
                     "landseg": _round(median([r["steady_epoch_s"] or math.nan for r in mine])),
