@@ -12,10 +12,11 @@ import torch
 
 from landseg.cli.main import main
 from landseg.config.schema import SplitStats
+from landseg.data import transport
 from landseg.data.checks import check_data
 from landseg.data.datamodule import CsvSegmentationDataModule
 from landseg.data.normalization import scale, standardize
-from landseg.data.transport import BatchScaler
+from landseg.data.transport import BatchScaler, compact_for
 from tests.helpers import write_config
 
 STATS = {"mean": [0.45, 0.5, 0.55], "std": [0.21, 0.2, 0.19]}
@@ -80,6 +81,12 @@ def test_scaling_in_the_training_process_is_the_datasets_bit_for_bit(
     assert torch.equal(batch["image"], torch.from_numpy(expected))
     assert batch["mask"].dtype == torch.int64
     assert torch.equal(batch["mask"], mask.to(torch.int64))
+
+
+def test_runs_on_the_cpu_and_on_a_gpu_send_compact_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert compact_for(on_gpu=False) and compact_for(on_gpu=True)
+    monkeypatch.setattr(transport, "COMPACT_ON_CPU", False)  # the switch: a GPU keeps them
+    assert not compact_for(on_gpu=False) and compact_for(on_gpu=True)
 
 
 @pytest.mark.parametrize(
