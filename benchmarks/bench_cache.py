@@ -18,7 +18,15 @@ Last, the per-tile cost of a decode and of a cache hit, in this process.
 Also the ceiling: the same loader over one ready-made sample handed out again, which is what
 the sampler, the collation, the transfer from the workers and their start every epoch allow.
 
+With workers, the compact loaders too (uint8 images and int8 classes from the workers,
+landseg.data.transport): as a GPU receives them, and scaled in this process, as a CPU run
+scales them (numpy, what landseg does on the CPU; and torch, what it does on a GPU). A line
+on stdout gives the ratio that matters for a CPU run: its cached loader (compact when
+``COMPACT_ON_CPU``) against the uncached one. ``--train-tiles N`` also times epochs of
+``landseg train`` on the CPU with compact batches on and off, runs alternated.
+
     python -m benchmarks.bench_cache --tiles 864 --epochs 4 --workers 0 2 --factors 1 10
+    python -m benchmarks.bench_cache --only-train --train-tiles 96 --train-rounds 2 --threads 1
 """
 
 from __future__ import annotations
