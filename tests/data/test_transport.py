@@ -34,7 +34,7 @@ def _module(make_dataset, make_config, tmp_path: Path, **data_source) -> CsvSegm
     )
     config.output_setup.output_folder.mkdir(exist_ok=True)
     module = CsvSegmentationDataModule(config, check_data(config))
-    module.compact_transport = True  # what a run on a GPU sets
+    module.compact_transport = True  # what a run sets (compact_for)
     module.setup("fit")
     return module
 
