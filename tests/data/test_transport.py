@@ -13,6 +13,7 @@ import torch
 from landseg.cli.main import main
 from landseg.config.schema import SplitStats
 from landseg.data import transport
+from landseg.data.cache import mask_dtype
 from landseg.data.checks import check_data
 from landseg.data.datamodule import CsvSegmentationDataModule
 from landseg.data.normalization import scale, standardize
@@ -81,6 +82,14 @@ def test_scaling_in_the_training_process_is_the_datasets_bit_for_bit(
     assert torch.equal(batch["image"], torch.from_numpy(expected))
     assert batch["mask"].dtype == torch.int64
     assert torch.equal(batch["mask"], mask.to(torch.int64))
+
+
+@pytest.mark.parametrize(("classes", "kind"), [(6, np.int8), (127, np.int8), (128, np.int16)])
+def test_compact_classes_take_the_smallest_type_that_holds_them_and_the_ignored(
+    classes: int, kind: type
+) -> None:
+    """int8 holds -1 and classes 0-126; 128 classes need int16."""
+    assert mask_dtype(classes) == kind
 
 
 def test_runs_on_the_cpu_and_on_a_gpu_send_compact_batches(monkeypatch: pytest.MonkeyPatch) -> None:
