@@ -41,6 +41,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import (
@@ -125,7 +126,11 @@ def run_epoch(module: Any, epoch: int, probe_every: int = 0) -> tuple[float, dic
     scale = module.scaler("train") if here else (lambda batch: batch)
     if here == "torch":  # the scaling a GPU runs, here on the CPU (what 9c measured)
         scaler = module.scaler("train")
-        scale = lambda batch: {**batch, "image": scaler._scale(batch["image"])}  # noqa: E731
+        scale = lambda batch: {  # noqa: E731
+            **batch,
+            "image": scaler._scale(batch["image"]),
+            "mask": batch["mask"].to(torch.int64),  # as BatchScaler does, whatever the device
+        }
     for index, batch in enumerate(iterator):
         scale(batch)  # a compact batch (uint8 from the workers) is scaled here, as in training
         if probe_every and index % probe_every == 0:
