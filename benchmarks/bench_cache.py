@@ -18,7 +18,15 @@ Last, the per-tile cost of a decode and of a cache hit, in this process.
 Also the ceiling: the same loader over one ready-made sample handed out again, which is what
 the sampler, the collation, the transfer from the workers and their start every epoch allow.
 
+With workers, the compact loaders too (uint8 images and int8 classes from the workers,
+landseg.data.transport): as a GPU receives them, and scaled in this process, as a CPU run
+scales them (numpy, what landseg does on the CPU; and torch, what it does on a GPU). A line
+on stdout gives the ratio that matters for a CPU run: its cached loader (compact when
+``COMPACT_ON_CPU``) against the uncached one. ``--train-tiles N`` also times epochs of
+``landseg train`` on the CPU with compact batches on and off, runs alternated.
+
     python -m benchmarks.bench_cache --tiles 864 --epochs 4 --workers 0 2 --factors 1 10
+    python -m benchmarks.bench_cache --only-train --train-tiles 96 --train-rounds 2 --threads 1
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.common import (
@@ -59,13 +68,13 @@ def build_module(
     batch_size: int,
     augment: Sequence[str] = (),
     compact: bool = False,
-    scale_here: bool = True,
+    scale_here: bool | str = True,
 ) -> Any:
     """The datamodule ``landseg train`` builds, its train loader ready (caches set up).
 
     ``compact``: the loader sends uint8 batches, as on a GPU (landseg.data.transport);
     ``scale_here``: such batches are scaled in this process (the CPU device), else left as
-    they arrive (a GPU scales them)."""
+    they arrive (a GPU scales them); "torch": scaled here as a GPU does (torch ops)."""
     from landseg.data.datamodule import CsvSegmentationDataModule
     from landseg.planning.prepare import prepare
 
@@ -115,6 +124,13 @@ def run_epoch(module: Any, epoch: int, probe_every: int = 0) -> tuple[float, dic
     workers = [w.pid for w in getattr(iterator, "_workers", [])]
     here = getattr(module, "scale_here", False)
     scale = module.scaler("train") if here else (lambda batch: batch)
+    if here == "torch":  # the scaling a GPU runs, here on the CPU (what 9c measured)
+        scaler = module.scaler("train")
+        scale = lambda batch: {  # noqa: E731
+            **batch,
+            "image": scaler._scale(batch["image"]),
+            "mask": batch["mask"].to(torch.int64),  # as BatchScaler does, whatever the device
+        }
     for index, batch in enumerate(iterator):
         scale(batch)  # a compact batch (uint8 from the workers) is scaled here, as in training
         if probe_every and index % probe_every == 0:
@@ -168,7 +184,7 @@ def throughput(
     The configurations take turns epoch by epoch, so a change of the machine's load hits
     them alike.
     """
-    setups: list[tuple[str, str, Sequence[str], bool, bool]] = [
+    setups: list[tuple[str, str, Sequence[str], bool, bool | str]] = [
         ("none", "none", (), False, True),
         ("disk", "disk", (), False, True),
         ("memory", "memory", (), False, True),
@@ -179,6 +195,7 @@ def throughput(
         setups += [
             ("disk+compact (GPU)", "disk", (), True, False),
             ("disk+compact, scaled on the CPU", "disk", (), True, True),
+            ("disk+compact, scaled on the CPU by torch", "disk", (), True, "torch"),
         ]
     modules = {
         name: build_module(
@@ -207,7 +224,19 @@ def throughput(
         for name in modules
     }
     rate = {name: value["later_epochs"] for name, value in rates.items()}
+    # the cached loader a CPU training run uses (landseg.data.transport), against no cache
+    from landseg.data.transport import compact_for
+
+    cpu_loader = "disk+compact, scaled on the CPU" if workers and compact_for(False) else "disk"
+    cpu_ratio = round(rate[cpu_loader] / rate["none"], 2)
+    print(
+        f"workers={workers}: a CPU run's cached loader ({cpu_loader}) / uncached loader, "
+        f"epochs 2-{epochs}: {cpu_ratio}x",
+        flush=True,
+    )
     return {
+        "cpu_run_loader": cpu_loader,
+        "cpu_run_loader_vs_none": cpu_ratio,
         "tiles_per_s": rates,
         "disk_vs_none": round(rate["disk"] / rate["none"], 2),
         "memory_vs_none": round(rate["memory"] / rate["none"], 2),
@@ -294,6 +323,55 @@ def per_tile_ms(folder: Path, rows: list[Row], repeats: int = 3) -> dict[str, fl
     return {name: round(median(values), 3) for name, values in timings.items()}
 
 
+def training_epochs(folder: Path, rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds an epoch of ``landseg train`` on the CPU (the bench's lightunet, batch
+    ``--batch-size``, 2 workers, disk cache, logging off) with compact batches on and off
+    (``COMPACT_ON_CPU``), runs alternated; the median of every epoch after the first (which
+    fills the cache) of every run of each side, in-process clock."""
+    from unittest import mock
+
+    from benchmarks.common import EpochClock
+    from landseg.planning.prepare import prepare
+    from landseg.training.run import train
+
+    val = rows[: max(1, len(rows) // 2)]
+    epochs: dict[str, list[float]] = {"compact": [], "plain": []}
+    for round_ in range(args.train_rounds):
+        for side in ("compact", "plain") if round_ % 2 == 0 else ("plain", "compact"):
+            where = folder / f"train-{side}-{round_}"
+            where.mkdir(parents=True)
+            config = dubai_config(
+                where,
+                rows,
+                val,
+                epochs=args.train_epochs,
+                batch_size=args.batch_size,
+                workers=2,
+                logging=False,
+            )
+            config["data_source"]["cache"] = "disk"
+            path = where / "config.json"
+            path.write_text(json.dumps(config))
+            prepared = prepare(path, [])
+            clock = EpochClock()
+            with mock.patch("landseg.data.transport.COMPACT_ON_CPU", side == "compact"):
+                train(prepared.config, prepared.summary, extra_callbacks=[clock])
+            epochs[side] += [wall for wall, _ in clock.clock.intervals(skip=1)]
+    seconds = {side: round(median(values), 3) for side, values in epochs.items()}
+    print(
+        f"landseg train on the CPU, s/epoch after the first: compact {seconds['compact']}, "
+        f"plain {seconds['plain']}, plain / compact {seconds['plain'] / seconds['compact']:.3f}",
+        flush=True,
+    )
+    return {
+        "train_tiles": len(rows),
+        "val_tiles": len(val),
+        "epochs": epochs,
+        "median_s_per_epoch": seconds,
+        "plain_over_compact": round(seconds["plain"] / seconds["compact"], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=256, help="Dubai train tiles")
@@ -308,6 +386,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--memory-workers", type=int, default=2, help="workers of the memory measurement"
+    )
+    parser.add_argument(
+        "--train-tiles",
+        type=int,
+        default=0,
+        help="also time landseg train on this many tiles, compact batches on and off (0: no)",
+    )
+    parser.add_argument("--train-epochs", type=int, default=3)
+    parser.add_argument("--train-rounds", type=int, default=2, help="runs of each side")
+    parser.add_argument(
+        "--only-train", action="store_true", help="only the landseg train comparison"
     )
     add_threads_argument(parser)
     args = parser.parse_args()
@@ -324,22 +413,26 @@ def main() -> None:
                 "epochs": args.epochs,
                 "batch_size": args.batch_size,
                 "augmentations": AUGMENTATIONS,
-            },
-            "per_tile_ms": per_tile_ms(folder, rows),
-            "throughput": {
+            }
+        }
+        if not args.only_train:
+            result["per_tile_ms"] = per_tile_ms(folder, rows)
+            result["throughput"] = {
                 f"workers={workers}": throughput(
                     folder, rows, workers, args.epochs, args.batch_size
                 )
                 for workers in args.workers
-            },
-            f"disk_cache_memory_mib_workers={args.memory_workers}": anonymous_memory(
+            }
+            result[f"disk_cache_memory_mib_workers={args.memory_workers}"] = anonymous_memory(
                 folder,
                 dubai_rows("train", args.memory_tiles),
                 args.factors,
                 args.memory_workers,
                 args.batch_size,
-            ),
-        }
+            )
+        if args.train_tiles:
+            train_rows = dubai_rows("train", args.train_tiles)
+            result["training_compact_vs_plain"] = training_epochs(folder, train_rows, args)
     report("cache", result, load_before)
 
 

@@ -6,12 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from landseg.cli.main import main
+from landseg.config.schema import SplitStats
+from landseg.data import transport
+from landseg.data.cache import mask_dtype
 from landseg.data.checks import check_data
 from landseg.data.datamodule import CsvSegmentationDataModule
+from landseg.data.normalization import scale, standardize
+from landseg.data.transport import BatchScaler, compact_for
 from tests.helpers import write_config
 
 STATS = {"mean": [0.45, 0.5, 0.55], "std": [0.21, 0.2, 0.19]}
@@ -29,7 +35,7 @@ def _module(make_dataset, make_config, tmp_path: Path, **data_source) -> CsvSegm
     )
     config.output_setup.output_folder.mkdir(exist_ok=True)
     module = CsvSegmentationDataModule(config, check_data(config))
-    module.compact_transport = True  # what a run on a GPU sets
+    module.compact_transport = True  # what a run sets (compact_for)
     module.setup("fit")
     return module
 
@@ -46,7 +52,7 @@ def test_compact_batches_scale_to_the_plain_batches_bit_for_bit(
         sampler.set_epoch(1)
         batches = list(loader)
         assert batches and all(b["image"].dtype == torch.uint8 for b in batches)
-        assert all(b["mask"].dtype == torch.int16 for b in batches)
+        assert all(b["mask"].dtype == torch.int8 for b in batches)  # 6 classes
         scaled = [module.scaler(split)(b) for b in batches]
         reference = [plain[key] for key in sampler]
         images = torch.cat([b["image"] for b in scaled])
@@ -57,6 +63,39 @@ def test_compact_batches_scale_to_the_plain_batches_bit_for_bit(
         assert (masks == -1).any()  # the nodata row stays ignored through int16
         assert not plain.compact  # the shared dataset (report tiles) stays plain
     module.shutdown_workers()
+
+
+@pytest.mark.parametrize("stats", [None, SplitStats(**STATS)])
+@pytest.mark.parametrize("pixel_range", [255.0, 200.0, 1.0])
+def test_scaling_in_the_training_process_is_the_datasets_bit_for_bit(
+    stats: SplitStats | None, pixel_range: float
+) -> None:
+    """On the CPU (where a CPU run scales its compact batches), every uint8 value of every band
+    scales and standardises to the very float32 the dataset makes, and int8 classes (with the
+    ignored -1) become the int64 mask the loss takes."""
+    values = torch.arange(256, dtype=torch.uint8).reshape(2, 1, 8, 16)
+    raw = torch.cat([values, values.flip(-1), values.roll(5, -1)], dim=1)  # (2, 3, 8, 16)
+    mask = torch.arange(-1, 127, dtype=torch.int8).reshape(1, 8, 16).expand(2, 8, 16)
+    batch = BatchScaler(pixel_range, stats)({"image": raw, "mask": mask, "index": [0, 1]})
+    expected = np.stack([standardize(scale(tile.numpy(), pixel_range), stats) for tile in raw])
+    assert batch["image"].dtype == torch.float32
+    assert torch.equal(batch["image"], torch.from_numpy(expected))
+    assert batch["mask"].dtype == torch.int64
+    assert torch.equal(batch["mask"], mask.to(torch.int64))
+
+
+@pytest.mark.parametrize(("classes", "kind"), [(6, np.int8), (127, np.int8), (128, np.int16)])
+def test_compact_classes_take_the_smallest_type_that_holds_them_and_the_ignored(
+    classes: int, kind: type
+) -> None:
+    """int8 holds -1 and classes 0-126; 128 classes need int16."""
+    assert mask_dtype(classes) == kind
+
+
+def test_runs_on_the_cpu_and_on_a_gpu_send_compact_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert compact_for(on_gpu=False) and compact_for(on_gpu=True)
+    monkeypatch.setattr(transport, "COMPACT_ON_CPU", False)  # the switch: a GPU keeps them
+    assert not compact_for(on_gpu=False) and compact_for(on_gpu=True)
 
 
 @pytest.mark.parametrize(
@@ -96,12 +135,10 @@ def test_other_dtypes_stay_plain(make_dataset, make_config, tmp_path: Path) -> N
 def test_training_with_compact_workers_equals_training_without_workers(
     demo_config: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """End to end: 2 loader workers sending compact batches (rotation90 on the train split;
-    forced here, where a run on a GPU turns them on) train and validate exactly as the plain
-    batches of a run without workers, scaled by Lightning's on_after_batch_transfer."""
-    from lightning.pytorch.accelerators import CPUAccelerator
-
-    monkeypatch.setattr("landseg.training.run.CUDAAccelerator", CPUAccelerator)  # "a GPU"
+    """End to end on the CPU: 2 loader workers sending compact batches (rotation90 on the train
+    split; a CPU run turns them on, COMPACT_ON_CPU) train and validate exactly as the plain
+    batches of a run without workers, scaled by Lightning's on_after_batch_transfer in the
+    training process."""
     seen: list[torch.dtype] = []
     original = CsvSegmentationDataModule.on_after_batch_transfer
 

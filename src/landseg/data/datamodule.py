@@ -58,8 +58,8 @@ class CsvSegmentationDataModule(L.LightningDataModule):
         self.loaders: list[SignalSafeDataLoader] = []
         self.scalers: dict[str, BatchScaler] = {}
         #: Send uint8 batches from the workers, scaled after the transfer: set by the run
-        #: when its batches go to a GPU, which scales them for free; on the CPU the scaling
-        #: would move from the workers into the training process (landseg.data.transport).
+        #: (landseg.data.transport.compact_for: on a GPU, and on the CPU while
+        #: COMPACT_ON_CPU); off for loaders built outside a run.
         self.compact_transport = False
 
     # ------------------------------------------------------------------ building

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from landseg.config.schema import SplitStats
 from landseg.core.errors import ConfigError, DataError
 from landseg.data.augmentations import build_augmentations
-from landseg.data.cache import Decoded, TileCache
+from landseg.data.cache import Decoded, TileCache, mask_dtype
 from landseg.data.csvfiles import SamplePair
 from landseg.data.normalization import scale, standardize
 from landseg.data.raster import read_image_and_nodata, read_mask
@@ -65,8 +65,9 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         self.ignore_index = ignore_index
         #: Where decoded tiles are kept between epochs (None: decode every read).
         self.cache: TileCache | None = cache
-        #: Samples as raw uint8 pixels and int16 classes, scaled after the transfer from a
-        #: worker (:mod:`landseg.data.transport`; set on a loader's own copy of the dataset).
+        #: Samples as raw uint8 pixels and classes in the smallest integer type that holds
+        #: them, scaled after the transfer from a worker (:mod:`landseg.data.transport`; set
+        #: on a loader's own copy of the dataset).
         self.compact = False
 
     def __len__(self) -> int:
@@ -80,9 +81,11 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         raw, mask = self.sample_decoded(index, sample_seed)
         if self.compact:  # pixel permutations only: they commute with the scaling
             raw, mask = self._augment(raw, mask, sample_seed)
+            # classes as int8 up to 127 of them (with the ignored -1): an eighth of int64
+            classes = mask_dtype(self.n_classes)
             return {
                 "image": torch.from_numpy(np.ascontiguousarray(raw, dtype=np.uint8)),
-                "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int16)),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=classes)),
                 "index": index,
             }
         image, mask = self._augment(scale(raw, self.pixel_range), mask, sample_seed)

@@ -33,6 +33,7 @@ from landseg.core.files import atomic_write_json, atomic_write_text, remove_stal
 from landseg.core.signals import StopSignals
 from landseg.data.datamodule import DATAMODULES
 from landseg.data.summary import DataSummary
+from landseg.data.transport import compact_for
 from landseg.inference.split import predict_split
 from landseg.launch.cluster import external_launch, requeue_wanted
 from landseg.launch.handshake import DecisionBoard, RunDecision, receive_decision
@@ -314,10 +315,10 @@ def _train_in(process: _ProcessRun, stop_signals: StopSignals) -> Path:
         trainer = build_trainer(
             trained, run, process.extra_callbacks, stop_signals, process.standalone
         )
-        # uint8 batches from the loader workers, scaled on the GPU (landseg.data.transport)
+        # uint8 batches from the loader workers, scaled on the device (landseg.data.transport)
         if hasattr(datamodule, "compact_transport"):
             on_gpu = isinstance(trainer.accelerator, CUDAAccelerator)
-            cast(Any, datamodule).compact_transport = on_gpu
+            cast(Any, datamodule).compact_transport = compact_for(on_gpu)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
