@@ -621,3 +621,20 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
     monkeypatch.setattr(time, "sleep", refuse("sleep"))
     return attempts
+
+
+# ---------------------------------------------------------------------------- source modules
+
+
+def landseg_source_modules() -> dict[str, Path]:
+    """Every module of ``src/landseg`` by its dotted name, for the tests that read the source
+    (the layer rule, the start-up imports) rather than import it."""
+    import landseg
+
+    src = Path(landseg.__file__).parent
+
+    def name(path: Path) -> str:
+        parts = path.relative_to(src.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    return {name(path): path for path in sorted(src.rglob("*.py"))}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import landseg
+from tests.helpers import landseg_source_modules
 
 SRC = Path(landseg.__file__).parent
 
@@ -41,13 +42,8 @@ LAYERS: dict[str, int] = {
 }
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def modules() -> dict[str, Path]:
-    return {module_name(path): path for path in sorted(SRC.rglob("*.py"))}
+    return landseg_source_modules()
 
 
 def folder(module: str) -> str:

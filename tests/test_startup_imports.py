@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 import sys
 
-from tests.test_architecture import modules
+from tests.helpers import landseg_source_modules
 
 #: Extras that ``landseg train`` does not use: the W&B and MLflow loggers (when not chosen),
 #: portable exports (``landseg export``), searches (``landseg tune``), MPI jobs, vector maps.
@@ -81,7 +81,7 @@ def import_time_names(source: str, package: str) -> set[str]:
 
 def imported_when_importing(entries: tuple[str, ...]) -> set[str]:
     """Every module, landseg's and others', that importing ``entries`` imports."""
-    sources = modules()
+    sources = landseg_source_modules()
     seen: set[str] = set()
     pending = list(entries)
     while pending:
