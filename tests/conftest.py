@@ -37,7 +37,7 @@ TEST_ACCELERATOR_ENV = "LANDSEG_TEST_ACCELERATOR"
 @pytest.fixture(scope="session", autouse=True)
 def _landseg_bytecode() -> None:
     """landseg's own modules compiled once, next to their sources, for the ``landseg``
-    processes the tests start (a hundred or so).
+    processes the tests start (several dozen).
 
     Where ``PYTHONDONTWRITEBYTECODE`` is set (CI, these machines), Python reads bytecode but
     never writes it, and an editable install's sources have none: every child compiled the
