@@ -3,7 +3,7 @@ how many CPU threads each task gets.
 
 One job (zone 1 held out; zones 2 and 3 take turns as validation set: 2 tasks of 2 epochs,
 ``deterministic: true``) is run once without interruption; every other way of running it
-(``--workers 2``, ``mpiexec -n 2``, killed under one launch and resumed under another) must
+(``--workers 2``, ``mpiexec -n 3``, killed under one launch and resumed under another) must
 write the same summary, to the last bit.
 The tests that use it, or train, are ``slow``; the others are not.
 """
@@ -218,16 +218,12 @@ MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
-def test_mpiexec_two_ranks(reference: Path, make_cv_config, tmp_path: Path) -> None:
-    """Rank 0 hands out, rank 1 trains both tasks. Two ranks, not three: a third rank costs an
-    interpreter's start and proves nothing more here, as several worker ranks sharing one job,
-    then waiting for the next, are tests/tuning/test_tune.py's (``mpiexec -n 3``, through the
-    same coordinator)."""
+def test_mpiexec_three_ranks(reference: Path, make_cv_config, tmp_path: Path) -> None:
     pytest.importorskip("mpi4py")
     config = write_config(tmp_path / "cv.json", make_cv_config())
     job = tmp_path / "runs" / "job"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_"))}
-    command = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "landseg.cli.main", "cv", "-c"]
+    command = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "landseg.cli.main", "cv", "-c"]
     done = subprocess.run(
         [*command, str(config)], env=env, capture_output=True, text=True, timeout=500
     )
@@ -239,7 +235,8 @@ def test_mpiexec_two_ranks(reference: Path, make_cv_config, tmp_path: Path) -> N
     assert threads_seen(done.stderr) == [available_cpus()] * 2
     assert summary(job) == summary(reference)
     workers = {w for (w,) in log_rows(job, "SELECT worker FROM tasks")}
-    assert workers == {"rank-1"}  # rank 0 only hands out
+    # a dynamic queue: which worker rank gets which task depends on timing; rank 0 only hands out
+    assert workers and workers <= {"rank-1", "rank-2"}
     assert log_rows(job, "SELECT SUM(attempts) FROM tasks") == [(2,)]
 
 
