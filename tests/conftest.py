@@ -34,6 +34,27 @@ def _signal_handlers_restored() -> Iterator[None]:
 TEST_ACCELERATOR_ENV = "LANDSEG_TEST_ACCELERATOR"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _landseg_bytecode() -> None:
+    """landseg's own modules compiled once, next to their sources, for the ``landseg``
+    processes the tests start (several dozen).
+
+    Where ``PYTHONDONTWRITEBYTECODE`` is set (CI, these machines), Python reads bytecode but
+    never writes it, and an editable install's sources have none: every child compiled the
+    landseg modules it imports again (about 0.1 s of CPU each). The installed packages have
+    theirs (``make`` installs with ``--compile-bytecode``). Files already up to date are left
+    alone; ``__pycache__`` is ignored by git."""
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return  # the children write and reuse it themselves
+    import compileall
+
+    import landseg
+
+    source = Path(landseg.__file__).parent
+    if os.access(source, os.W_OK):
+        compileall.compile_dir(source, quiet=2, workers=1)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated dataset (4 bands, 4 classes, 32x32 tiles) and its demo.json."""
