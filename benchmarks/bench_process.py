@@ -53,11 +53,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.common import dubai_config
 from benchmarks.host import host, load_average
 from benchmarks.plain import (
     DUBAI_CLASSES,
@@ -66,7 +68,6 @@ from benchmarks.plain import (
     bytecode_env,
     dubai_rows,
     median,
-    write_csv,
 )
 
 AUGMENT = ["rotation90", "radiometry"]
@@ -121,42 +122,21 @@ CONFIGS: dict[str, tuple[Callable[[dict[str, Any]], None] | None, str]] = {
 def base_config(
     folder: Path, train: list[Row], val: list[Row], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """landseg's side of ``base``: float32, no cache, the hand loop's sizes and workers."""
-    return {
-        "data_source": {
-            "train_file": str(write_csv(train, folder / "train.csv")),
-            "val_file": str(write_csv(val, folder / "val.csv")),
-            "image_bands": [1, 2, 3],
-            "mask_bands": [1, 2, 3, 4, 5, 6],
-            "class_labels": DUBAI_CLASSES,
-            "cache": "none",
-        },
-        "train_setup": {
-            "model_name": args.model,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": 0.001,
-            "loss": "ce",
-            "optimizer_config": {"optimizer": "adam"},
-            "random_seed": 0,
-        },
-        "output_setup": {
-            "output_folder": str(folder / "runs"),
-            "name_exp_log": "bench",
-            "use_tensorboard": False,
-            "save_history": False,
-            "log_learning_rate": False,
-            "save_top_k": 0,
-            "get_prediction": False,
-            "progress": 0,
-        },
-        "device_setup": {
-            "accelerator": "cpu",
-            "num_workers": args.workers,
-            "precision": "32-true",
-            "channels_last": False,
-        },
-    }
+    """landseg's side of ``base``: the benchmarks' Dubai config without its logging, float32,
+    no cache, the hand loop's sizes and workers."""
+    config = dubai_config(
+        folder,
+        train,
+        val,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        logging=False,
+    )
+    config["data_source"]["cache"] = "none"
+    config["device_setup"].update(precision="32-true", channels_last=False)
+    return config
 
 
 def landseg_config(base: dict[str, Any], name: str) -> dict[str, Any]:
@@ -194,8 +174,19 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(command: list[str], env: dict[str, str], what: str) -> tuple[float, float, float, str]:
-    """Launch ``command``; its launch and exit times (time.time()), CPU seconds and stdout."""
+@dataclass(frozen=True)
+class Finished:
+    """A child process that exited 0: its launch and exit (time.time()), CPU and output."""
+
+    start: float
+    end: float
+    cpu_s: float
+    stdout: str
+    stderr: str
+
+
+def run_process(command: list[str], env: dict[str, str], what: str) -> Finished:
+    """Launch ``command`` from the repository root and wait; exit naming ``what`` if it fails."""
     cpu_before = _children_cpu()
     start = time.time()
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
@@ -204,18 +195,25 @@ def _run(command: list[str], env: dict[str, str], what: str) -> tuple[float, flo
     if done.returncode:
         tail = "\n".join((done.stderr or done.stdout).splitlines()[-30:])
         raise SystemExit(f"{what} failed (exit {done.returncode}):\n{tail}")
-    return start, end, cpu, done.stdout
+    return Finished(start, end, cpu, done.stdout, done.stderr)
 
 
-def run_landseg(folder: Path, config: dict[str, Any], name: str, env: dict[str, str]) -> dict:
+def write_run_config(folder: Path, config: dict[str, Any], name: str) -> Path:
+    """``config`` written to ``folder/name/config.json``, its runs under ``folder/name/runs``."""
     here = folder / name
     here.mkdir(parents=True)
     config = json.loads(json.dumps(config))
     config["output_setup"]["output_folder"] = str(here / "runs")
     path = here / "config.json"
     path.write_text(json.dumps(config))
+    return path
+
+
+def run_landseg(folder: Path, config: dict[str, Any], name: str, env: dict[str, str]) -> dict:
+    path = write_run_config(folder, config, name)
+    here = path.parent
     command = [sys.executable, "-m", "landseg.cli.main", "train", "-c", str(path)]
-    start, end, cpu, _ = _run(command, env, f"landseg {name}")
+    done = run_process(command, env, f"landseg {name}")
     scalars = next((here / "runs").rglob("logs/scalars.jsonl"))
     rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
     val = [row for row in rows if row.get("phase") == "val"]
@@ -225,9 +223,9 @@ def run_landseg(folder: Path, config: dict[str, Any], name: str, env: dict[str, 
     run_json = next((here / "runs").rglob("run.json"))
     state = json.loads(run_json.read_text())
     return {
-        "start": start,
-        "end": end,
-        "cpu_s": cpu,
+        "start": done.start,
+        "end": done.end,
+        "cpu_s": done.cpu_s,
         "val_ends": [row["time"] for row in val],
         "epoch_ends": [by_epoch[e] for e in sorted(by_epoch)],
         "precision": state.get("precision"),
@@ -239,11 +237,11 @@ def run_hand(folder: Path, spec: dict[str, Any], name: str, env: dict[str, str])
     path = folder / f"{name}.json"
     path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "benchmarks.hand_loop", "--spec", str(path)]
-    start, end, cpu, out = _run(command, env, f"hand loop {name}")
-    stamps = json.loads(out.strip().splitlines()[-1])
+    done = run_process(command, env, f"hand loop {name}")
+    stamps = json.loads(done.stdout.strip().splitlines()[-1])
     # the process's launch and exit, as the parent saw them: not the loop's own first and
     # last stamps, which leave out the interpreter's start and exit
-    return {**stamps, "start": start, "end": end, "cpu_s": cpu}
+    return {**stamps, "start": done.start, "end": done.end, "cpu_s": done.cpu_s}
 
 
 def _round(value: float) -> float | None:

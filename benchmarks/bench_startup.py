@@ -29,38 +29,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.bench_process import CONFIGS, base_config, hand_spec, landseg_config
+from benchmarks.bench_process import (
+    CONFIGS,
+    base_config,
+    hand_spec,
+    landseg_config,
+    run_process,
+    write_run_config,
+)
 from benchmarks.host import host, load_average
-from benchmarks.plain import REPO, bytecode_env, dubai_rows, median
+from benchmarks.plain import bytecode_env, dubai_rows, median
 
 PROBE_OUT = "LANDSEG_PROBE_OUT"
-
-
-def launch(command: list[str], env: dict[str, str], what: str) -> tuple[float, float, str, str]:
-    start = time.time()
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
-    end = time.time()
-    if done.returncode:
-        tail = "\n".join((done.stderr or done.stdout).splitlines()[-30:])
-        raise SystemExit(f"{what} failed (exit {done.returncode}):\n{tail}")
-    return start, end, done.stdout, done.stderr
 
 
 def interpreter_s(env: dict[str, str], n: int = 3) -> float:
     times = []
     for _ in range(n):
-        start, end, _, _ = launch([sys.executable, "-c", "pass"], env, "python -c pass")
-        times.append(end - start)
+        done = run_process([sys.executable, "-c", "pass"], env, "python -c pass")
+        times.append(done.end - done.start)
     return round(median(times), 3)
 
 
@@ -85,7 +80,7 @@ def parse_importtime(text: str, top: int = 15) -> dict[str, Any]:
 
 
 def importtime(command: list[str], env: dict[str, str], what: str) -> dict[str, Any]:
-    _, _, _, stderr = launch([sys.executable, "-X", "importtime", *command], env, what)
+    stderr = run_process([sys.executable, "-X", "importtime", *command], env, what).stderr
     return parse_importtime(stderr)
 
 
@@ -161,16 +156,11 @@ def landseg_phases(launched: float, exited: float, stamps: dict[str, Any]) -> di
 
 
 def probe_landseg(folder: Path, config: dict[str, Any], name: str, env: dict[str, str]) -> dict:
-    here = folder / name
-    here.mkdir(parents=True)
-    config = json.loads(json.dumps(config))
-    config["output_setup"]["output_folder"] = str(here / "runs")
-    path = here / "config.json"
-    path.write_text(json.dumps(config))
-    out = here / "stamps.json"
+    path = write_run_config(folder, config, name)
+    out = path.parent / "stamps.json"
     command = [sys.executable, "-m", "benchmarks.startup_probe", "train", "-c", str(path)]
-    start, end, _, _ = launch(command, {**env, PROBE_OUT: str(out)}, f"landseg {name}")
-    return landseg_phases(start, end, json.loads(out.read_text()))
+    done = run_process(command, {**env, PROBE_OUT: str(out)}, f"landseg {name}")
+    return landseg_phases(done.start, done.end, json.loads(out.read_text()))
 
 
 # ---------------------------------------------------------------------------- the hand loop
@@ -180,8 +170,9 @@ def hand_phases(folder: Path, spec: dict[str, Any], name: str, env: dict[str, st
     path = folder / f"{name}.json"
     path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "benchmarks.hand_loop", "--spec", str(path)]
-    start, end, out, _ = launch(command, env, f"hand loop {name}")
-    s = json.loads(out.strip().splitlines()[-1])
+    done = run_process(command, env, f"hand loop {name}")
+    start, end = done.start, done.end
+    s = json.loads(done.stdout.strip().splitlines()[-1])
     last_val = s["val_ends"][-1]
     phases = {
         "interpreter start and imports": round(s["imported"] - start, 3),
