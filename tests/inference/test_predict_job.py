@@ -20,7 +20,7 @@ import torch
 from rasterio.transform import Affine
 
 from landseg.cli.main import main
-from landseg.inference.job import PredictJob
+from landseg.inference.job import PredictJob, cut_rows, share_pieces
 from landseg.inference.scene import (
     LoadedModel,
     PredictionStopped,
@@ -30,6 +30,7 @@ from landseg.inference.scene import (
     predict_scene,
     tile_count,
 )
+from landseg.maps.mosaic import write_mosaic
 from tests.helpers import (
     TRANSFORM,
     demo_task,
@@ -439,6 +440,66 @@ def test_an_area_of_interest_limits_the_prediction(
     assert np.count_nonzero(inside) == 60 * 40
 
 
+# ---------------------------------------------------------------------------- pieces
+
+
+def test_a_tall_scene_is_cut_in_pieces_of_whole_tile_rows_and_shared_as_units() -> None:
+    stride = Tiling(32, 8).stride  # 24: a piece holds at least 16 strides, in 256-row steps
+    assert cut_rows(1024, 2, stride) == [(0, 512), (512, 1024)]
+    assert cut_rows(1100, 3, stride) == [(0, 768), (768, 1100)]  # not 3 pieces under 512
+    assert cut_rows(1000, 2, stride) == [(0, 1000)]  # too small to cut
+    assert cut_rows(20_000, 16, 224) == [(0, 4096), (4096, 8192), (8192, 12288),
+                                         (12288, 16384), (16384, 20000)]  # fmt: skip
+    a, b, v = Path("a.tif"), Path("b.tif"), Path("v.vrt")
+    cut = {v: [(0, 512), (512, 1024), (1024, 1100)]}
+    # units sorted by path and first row: a, b, v[0], v[512], v[1024]; unit k to rank k mod 2
+    assert share_pieces([v, b, a], cut, (0, 2)) == ([a, v], {v: [(0, 512), (1024, 1100)]})
+    assert share_pieces([v, b, a], cut, (1, 2)) == ([b, v], {v: [(512, 1024)]})
+
+
+def test_a_scene_cut_in_pieces_is_assembled_into_the_scene_predicted_whole(
+    task, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What ``mpiexec`` does to a tall scene, in one process: cut in pieces of rows (as rank 0
+    records it), one piece finished, the other stopped half way; the same command without MPI
+    continues the piece left and assembles them: the raster is the scene's predicted whole,
+    byte for byte, the rows already on disk are not predicted again, nothing is left over."""
+    inputs = scenes(tmp_path / "scenes", [(1024, 40), (40, 40)])
+    tall = inputs / "s00.tif"
+    common = ["predict", "--run", str(run), "--input", str(inputs), "--type", "float32", *COMMON]
+    one, out = tmp_path / "one", tmp_path / "out"
+    assert main([*common, "--output", str(one)]) == 0
+    options = PredictOptions(Tiling(32, 8), "float32")
+    job = PredictJob(out)
+    pieces = cut_rows(1024, 2, options.tiling.stride)
+    job.cut(tall, pieces)
+    job.cut(tall, [(0, 1024)])  # an earlier cut stands: its pieces' progress is in its terms
+    assert job.pieces(tall) == pieces == [(0, 512), (512, 1024)]
+    model = LoadedModel.from_task(task)
+    first = job.part(tall, 1024, 40, pieces[0])
+    assert predict_scene(model, tall, out / "s00.tif", options, part=first) == first.staging
+    assert first.done and not (out / "s00.tif").exists()  # a piece is no COG of its own
+    second = job.part(tall, 1024, 40, pieces[1])
+    asked = iter([None, None, signal.SIGTERM])
+    with pytest.raises(PredictionStopped, match=r"after 560 of 1024 rows of s00"):
+        predict_scene(model, tall, out / "s00.tif", options, part=second,
+                      stop=lambda: next(asked))  # fmt: skip
+    tiles_then = first.tiles + job.part(tall, 1024, 40, pieces[1]).tiles
+
+    capsys.readouterr()
+    assert main([*common, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "s00.tif: rows 512-1024 of 1024, continued from row 560" in printed
+    assert "s00.tif: 2 pieces assembled into s00.tif" in printed
+    assert rasters(out) == rasters(one)
+    row_of_tiles = len(options.tiling.starts(40, grid_anchor(TRANSFORM)[1]))
+    whole = PredictJob(one).done_record(tall)["tiles"]
+    tiles = job.done_record(tall)["tiles"]
+    # the tile rows above each cut, and above the row it continued from, predicted again
+    assert tiles_then < tiles <= whole + 4 * row_of_tiles
+    assert not list((out / ".predict" / "partial").iterdir())
+
+
 # ---------------------------------------------------------------------------- shards
 
 
@@ -473,8 +534,9 @@ MPIEXEC = Path(sys.executable).parent / "mpiexec"
 @pytest.mark.slow
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to the interpreter")
 def test_mpiexec_two_ranks_make_the_maps_of_one_process(run: Path, tmp_path: Path) -> None:
-    """Under ``mpiexec -n 2`` each rank predicts its share of the inputs and rank 0 alone
-    writes the mosaics at the end: every file is the single process's."""
+    """Under ``mpiexec -n 2`` each rank predicts its share of the inputs, and its share of
+    the pieces of a tall VRT mosaic cut among the ranks; rank 0 alone assembles the VRT's
+    pieces and writes the mosaics at the end: every file is the single process's."""
     pytest.importorskip("mpi4py")
     import pyogrio.raw
 
@@ -482,7 +544,9 @@ def test_mpiexec_two_ranks_make_the_maps_of_one_process(run: Path, tmp_path: Pat
     for name, dx, size in (("a", 0, (40, 30)), ("b", 30, (40, 20)), ("c", 50, (24, 36))):
         transform = TRANSFORM @ Affine.translation(dx, 0)
         write_scene(inputs / f"{name}.tif", scene_pixels(*size, seed=ord(name)), transform)
-    common = ["predict", "--run", str(run), "--input", str(inputs), "--vectorize", *COMMON]
+    stacked_vrt(inputs, "d", heights=(600, 424), width=32, dx=100)  # 1024 rows: 2 pieces
+    common = ["predict", "--run", str(run), "--input", str(inputs), "--glob", "*",
+              "--vectorize", *COMMON]  # fmt: skip
     one, ranks = tmp_path / "one", tmp_path / "ranks"
     assert main([*common, "--output", str(one)]) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_"))}
@@ -491,11 +555,13 @@ def test_mpiexec_two_ranks_make_the_maps_of_one_process(run: Path, tmp_path: Pat
         [*command, "--output", str(ranks)], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "MPI rank 0 of 2: 2 of 3 input(s)" in done.stdout  # each rank its share
-    assert "MPI rank 1 of 2: 1 of 3 input(s)" in done.stdout
-    assert done.stdout.count("\n  1 polygons -> ") == 3  # each scene vectorized once
-    assert done.stdout.count("mosaic of 3 raster(s)") == 1  # rank 0 alone
-    for name in ("a.tif", "b.tif", "c.tif", "mosaic.vrt", "areas.csv"):
+    # units a, b, c, d rows 0-512, d rows 512-1024: unit k to rank k mod 2
+    assert "MPI rank 0 of 2: 3 of 4 input(s), d.vrt rows 512-1024" in done.stdout
+    assert "MPI rank 1 of 2: 2 of 4 input(s), d.vrt rows 0-512" in done.stdout
+    assert done.stdout.count("d.vrt: 2 pieces assembled into d.tif") == 1  # by rank 0
+    assert done.stdout.count("\n  1 polygons -> ") == 4  # each scene vectorized once
+    assert done.stdout.count("mosaic of 4 raster(s)") == 1  # rank 0 alone
+    for name in ("a.tif", "b.tif", "c.tif", "d.tif", "mosaic.vrt", "areas.csv"):
         assert (ranks / name).read_bytes() == (one / name).read_bytes(), name
     recorded = [json.loads((d / "predict.json").read_text()) for d in (one, ranks)]
     for record in recorded:
@@ -506,7 +572,24 @@ def test_mpiexec_two_ranks_make_the_maps_of_one_process(run: Path, tmp_path: Pat
         assert list(read[0][2]) == list(read[1][2]), name  # the same polygons
         assert [list(f) for f in read[0][3]] == [list(f) for f in read[1][3]]
     assert main([*common, "--output", str(ranks)]) == 0  # one job: nothing left for one process
-    assert all(PredictJob(ranks).is_done(p) for p in sorted(inputs.glob("*.tif")))
+    assert all(PredictJob(ranks).is_done(p) for p in sorted(inputs.glob("*.*")))
+    assert not list((ranks / ".predict" / "partial").iterdir())
+
+
+def stacked_vrt(folder: Path, name: str, heights: tuple[int, ...], width: int, dx: int) -> Path:
+    """``folder/<name>.vrt``: a VRT mosaic of scenes ``heights`` rows high, one below the
+    other on the grid of the others, ``dx`` pixels east (its scenes in ``folder/<name>/``)."""
+    top = 0
+    for index, height in enumerate(heights):
+        transform = TRANSFORM @ Affine.translation(dx, top)
+        pixels = scene_pixels(height, width, seed=100 + index)
+        write_scene(folder / name / f"{index}.tif", pixels, transform)
+        top += height
+    built = write_mosaic(folder / name, sorted((folder / name).glob("*.tif")))
+    vrt = folder / f"{name}.vrt"
+    vrt.write_text(built.read_text().replace('relativeToVRT="1">', f'relativeToVRT="1">{name}/'))
+    built.unlink()
+    return vrt
 
 
 # ---------------------------------------------------------------------------- one map

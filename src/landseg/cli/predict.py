@@ -12,7 +12,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -494,6 +494,10 @@ class PredictPlan:
     everything: list[Path]  # the inputs of the whole job (of every shard)
     ranks: Any = None  # landseg.jobs.predict_ranks.Ranks under mpiexec: ``inputs`` are its rank's
     mosaic_cog: bool = False  # --mosaic-cog: DIR/mosaic.tif with the mosaic
+    # scenes cut in pieces of rows among MPI ranks (PredictJob.pieces): every one of the job
+    cut: dict[Path, list[tuple[int, int]]] = field(default_factory=dict)
+    # under mpiexec, the pieces of cut scenes this rank predicts (else: all of them)
+    rows: dict[Path, list[tuple[int, int]]] = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
@@ -505,14 +509,21 @@ class PredictPlan:
         shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
         if self.ranks is not None:
             shard += f" (MPI rank {self.ranks.rank} of {self.ranks.size})"
-        return [
-            f"{len(self.inputs)} scene(s){shard} -> {self.output} ({self.options.output_type})",
-            *([self.skip_line()] if self.skipped else []),
-            f"model {self.model.checkpoint}"
-            + (f", test-time augmentation {self.tta}" if self.tta else ""),
-            f"tiles {tiling.tile} px, overlap {tiling.overlap} px, batches of "
-            f"{tiling.batch_size}, {self.workers} worker(s)",
-        ] + (["polygons: <scene>.gpkg beside each class map"] if self.vectors else [])
+        return (
+            [
+                f"{len(self.inputs)} scene(s){shard} -> {self.output} ({self.options.output_type})",
+                *([self.skip_line()] if self.skipped else []),
+                f"model {self.model.checkpoint}"
+                + (f", test-time augmentation {self.tta}" if self.tta else ""),
+                f"tiles {tiling.tile} px, overlap {tiling.overlap} px, batches of "
+                f"{tiling.batch_size}, {self.workers} worker(s)",
+            ]
+            + (["polygons: <scene>.gpkg beside each class map"] if self.vectors else [])
+            + [
+                f"{source.name}: in {len(pieces)} pieces of rows, assembled once all are in"
+                for source, pieces in self.cut.items()
+            ]
+        )
 
     def skip_line(self) -> str:
         return f"{self.skipped} of {len(self.inputs)} inputs finished in an earlier launch: skipped"
@@ -553,11 +564,13 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
 
         inputs = shard_inputs(inputs, args.shard)
     ranks = _ranks()
-    if ranks is not None:
-        from landseg.inference.job import shard_inputs
-
-        inputs = shard_inputs(inputs, ranks.shard)
     job, identity = _job(args, model, options, classes)
+    cut = _cuts(job, inputs, args, ranks, options.tiling.stride)
+    rows: dict[Path, list[tuple[int, int]]] = {}
+    if ranks is not None:
+        from landseg.inference.job import share_pieces
+
+        inputs, rows = share_pieces(inputs, cut, ranks.shard)
     todo = list(inputs) if args.overwrite else [p for p in inputs if not job.is_done(p)]
     return PredictPlan(
         model=model,
@@ -582,7 +595,32 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
         everything=everything,
         ranks=ranks,
         mosaic_cog=args.mosaic_cog,
+        cut=cut,
+        rows=rows,
     )
+
+
+def _cuts(
+    job: Any, inputs: list[Path], args: argparse.Namespace, ranks: Any, stride: int
+) -> dict[Path, list[tuple[int, int]]]:
+    """The scenes predicted in pieces of rows: under ``mpiexec -n N`` (one process a rank),
+    each unfinished input tall enough (:func:`landseg.inference.job.cut_rows`); in any launch
+    predicting in turn, the scenes an earlier launch cut (their pieces' progress is kept in
+    those terms). With ``--workers``, none: a scene is one worker's, whole."""
+    from landseg.data.raster import open_raster
+    from landseg.inference.job import cut_rows
+
+    if args.workers > 1:
+        return {}
+    cut = {}
+    for source in inputs:
+        pieces = None if args.overwrite else job.pieces(source)
+        if pieces is None and ranks is not None and (args.overwrite or not job.is_done(source)):
+            with open_raster(source) as src:
+                pieces = cut_rows(src.height, ranks.size, stride)
+        if pieces is not None and len(pieces) > 1:
+            cut[source] = pieces
+    return cut
 
 
 def _ranks() -> Any:
@@ -643,12 +681,16 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
         check_inputs(plan.model, plan.todo, plan.options, plan.hint, plan.output)
         plan.job.start(plan.identity, plan.overwrite, alone=alone)
     else:  # every rank checks its inputs; rank 0 alone begins the job, the others read it
+        pieces = "".join(
+            f", {source.name} rows {first}-{stop}"
+            for source, rows in plan.rows.items()
+            for first, stop in rows
+        )
         print(f"MPI rank {ranks.rank} of {ranks.size}: {len(plan.inputs)} of "
-              f"{len(plan.everything)} input(s)")  # fmt: skip
+              f"{len(plan.everything)} input(s){pieces}")  # fmt: skip
         _together(ranks, lambda: check_inputs(
             plan.model, plan.todo, plan.options, plan.hint, plan.output))  # fmt: skip
-        _together(ranks, lambda: ranks.rank == 0 and plan.job.start(
-            plan.identity, plan.overwrite, alone=alone))  # fmt: skip
+        _together(ranks, lambda: _begin(plan, alone) if ranks.rank == 0 else None)
         if ranks.rank != 0:
             plan.job.start(plan.identity, overwrite=False, alone=False)
     if plan.skipped:
@@ -667,11 +709,13 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
             if ranks is not None:
                 ranks.agree(error)  # the others are not left waiting for this rank
             raise
-    print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
     if ranks is not None:
-        ranks.agree(None)  # every rank done: rank 0 alone writes the mosaics
-        if ranks.rank != 0:
-            return written
+        ranks.agree(None)  # every rank done: rank 0 alone assembles cut scenes, writes mosaics
+        if ranks.rank == 0:
+            written += _assemble_cut_scenes(plan)
+    print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
+    if ranks is not None and ranks.rank != 0:
+        return written
     from landseg.maps.mosaic import MOSAIC_FILE
 
     left = len(plan.everything) - len(plan.job.finished(plan.everything))
@@ -686,6 +730,45 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
         print(f"mosaic: written when the {left} input(s) left are finished (or: landseg "
               f"predict --mosaic {plan.output})")  # fmt: skip
     return written
+
+
+def _begin(plan: PredictPlan, alone: bool) -> None:
+    """Rank 0 begins the job and records the scenes it cuts, before any rank predicts."""
+    plan.job.start(plan.identity, plan.overwrite, alone=alone)
+    for source, pieces in plan.cut.items():
+        if not plan.job.is_done(source):
+            plan.job.cut(source, pieces)
+
+
+def _assemble_cut_scenes(plan: PredictPlan) -> list[Path]:
+    """Rank 0, once every rank is done: the COG of each cut scene whose pieces are all in."""
+    written = []
+    for source in plan.cut:
+        if not plan.job.is_done(source):
+            parts = _pieces(plan, source)
+            if all(part.done for part in parts):
+                written.append(_assemble(plan, source, parts))
+    return written
+
+
+def _pieces(plan: PredictPlan, source: Path) -> list[Any]:
+    """The progress of each piece of a cut scene (see PredictJob.piece_parts)."""
+    from landseg.data.raster import open_raster
+
+    with open_raster(source) as src:
+        return [plan.job.part(source, src.height, src.width, rows) for rows in plan.cut[source]]
+
+
+def _assemble(plan: PredictPlan, source: Path, parts: list[Any]) -> Path:
+    """A cut scene's pieces copied into its COG, then finished as a scene predicted whole."""
+    from landseg.inference.scene import assemble_scene, prediction_path
+
+    raster = assemble_scene(
+        plan.model, source, prediction_path(plan.output, source), plan.options, parts
+    )
+    print(f"{source.name}: {len(parts)} pieces assembled into {raster.name}")
+    _finish(plan, source, raster, sum(part.tiles for part in parts))
+    return raster
 
 
 def _together(ranks: Any, step: Callable[[], object]) -> None:
@@ -764,6 +847,15 @@ def _predict_in_turn(plan: PredictPlan, stops: Any) -> list[Path]:
     written = []
     with make_progress(plan.progress) as progress:
         for number, source in enumerate(plan.todo, start=1):
+            if source in plan.cut:
+                assembled = _predict_pieces(plan, source, progress, stops)
+                if assembled is not None:
+                    written.append(assembled)
+                if stops.requested is not None and number < len(plan.todo):
+                    raise PredictionStopped(
+                        stops.requested, f"after {number} of {len(plan.todo)} inputs"
+                    )
+                continue
             part = _part(plan, source)
             if part.rows_done:
                 print(f"{source.name}: continued from row {part.rows_done} of {part.height}")
@@ -783,6 +875,34 @@ def _predict_in_turn(plan: PredictPlan, stops: Any) -> list[Path]:
                     stops.requested, f"after {number} of {len(plan.todo)} inputs"
                 )
     return written
+
+
+def _predict_pieces(plan: PredictPlan, source: Path, progress: Any, stops: Any) -> Path | None:
+    """The pieces of a cut scene this launch predicts (under mpiexec, its rank's; else all,
+    then assembled into the scene's COG, which is returned)."""
+    from landseg.inference.scene import PredictionStopped, predict_scene, prediction_path
+
+    parts = _pieces(plan, source)
+    mine = plan.rows.get(source, plan.cut[source])  # under mpiexec, this rank's
+    todo = [part for part in parts if (part.first_row, part.stop_row) in mine and not part.done]
+    for number, part in enumerate(todo, start=1):
+        rows = f"rows {part.first_row}-{part.stop_row} of {part.height}"
+        if part.rows_done > part.first_row:
+            print(f"{source.name}: {rows}, continued from row {part.rows_done}")
+        predict_scene(
+            plan.model,
+            source,
+            prediction_path(plan.output, source),
+            plan.options,
+            progress,
+            part,
+            lambda: stops.requested,
+        )
+        if stops.requested is not None and number < len(todo):
+            raise PredictionStopped(stops.requested, f"after {rows} of {source.stem}")
+    if plan.ranks is not None:
+        return None  # rank 0 assembles it once every rank is done
+    return _assemble(plan, source, parts)
 
 
 def _predict_parallel(plan: PredictPlan, stops: Any) -> list[Path]:

@@ -7,6 +7,10 @@ The one owner of a job's state; nothing else reads or writes these files::
     DIR/.predict/done/<stem>.json     an input finished: its output files and their sizes
     DIR/.predict/partial/<stem>.tif   a scene being predicted: its staging raster, tiled
     DIR/.predict/partial/<stem>.json  ... and the rows of it on disk
+    DIR/.predict/partial/<stem>.pieces.json
+                                      a scene cut among MPI ranks: its pieces' rows
+    DIR/.predict/partial/<stem>.rows-<first>-<stop>.tif / .json
+                                      ... each piece's staging raster and rows on disk
 
 Why files and not one predict.json (or SQLite as cv's job log): the processes of a job
 (``--shard i/n`` of a SLURM job array, often on several nodes, over a shared file system) each
@@ -22,6 +26,15 @@ time (:func:`landseg.maps.cog.resumable_cog_writer`), and the rows on disk are r
 the file is closed and synced, so a killed scene continues where its record says, and the
 finished raster is the same, byte for byte, as a scene predicted in one go
 (:func:`landseg.inference.scene.blended_strips` recomputes its strips exactly).
+
+A large scene (a VRT mosaic of a region, say) is cut among the ranks of an MPI launch, in
+pieces of whole rows (:func:`cut_rows`), so that every rank has work when the inputs are
+fewer than the ranks. The cut is recorded once (``<stem>.pieces.json``, by rank 0 before any
+piece is predicted) and kept by every later launch, whatever its number of ranks, so each
+piece's progress stays valid; a launch that is not under MPI continues the pieces left. Each
+piece is a staging raster of its own (sparse outside its rows), recorded as a scene's is;
+once every piece is in, one process copies them, top to bottom, into the scene's COG
+(:func:`landseg.inference.scene.assemble_scene`): the same file as the scene predicted whole.
 """
 
 from __future__ import annotations
@@ -75,6 +88,51 @@ def shard_inputs(inputs: Sequence[Path], shard: tuple[int, int] | None) -> list[
     return [source for k, source in enumerate(ordered) if k % count == index]
 
 
+def share_pieces(
+    inputs: Sequence[Path], cut: dict[Path, list[tuple[int, int]]], shard: tuple[int, int]
+) -> tuple[list[Path], dict[Path, list[tuple[int, int]]]]:
+    """The work of shard ``(i, n)`` when some inputs are cut in pieces (``cut``: their rows):
+    as :func:`shard_inputs`, over the units of work (an input not cut, or a piece of one)
+    sorted by path and first row. Returns the inputs this shard works on, in that order, and
+    the pieces it predicts of each cut one."""
+    units = sorted(
+        [(str(p), 0, p, None) for p in inputs if p not in cut]
+        + [(str(p), rows[0], p, rows) for p in inputs if p in cut for rows in cut[p]],
+        key=lambda unit: unit[:2],
+    )
+    index, count = shard
+    mine: list[Path] = []
+    rows: dict[Path, list[tuple[int, int]]] = {}
+    for k, (_, _, source, piece) in enumerate(units):
+        if k % count != index:
+            continue
+        if source not in mine:
+            mine.append(source)
+        if piece is not None:
+            rows.setdefault(source, []).append(piece)
+    return mine, rows
+
+
+#: A piece of a scene cut among ranks holds at least this many strides of tiles: the tile
+#: rows recomputed above each cut (those reaching into it, about one) then cost at most ~6 %.
+PIECE_STRIDES = 16
+#: Pieces start on multiples of this many rows: whole tile rows of the COG.
+PIECE_ROWS = 256
+
+
+def cut_rows(height: int, ranks: int, stride: int) -> list[tuple[int, int]]:
+    """The rows ``(first, stop)`` of the pieces a scene ``height`` rows high is cut into for
+    ``ranks`` processes: as many pieces as ranks, fewer when a piece would be shorter than
+    :data:`PIECE_STRIDES` strides, each starting on a multiple of :data:`PIECE_ROWS`; one
+    piece (``[(0, height)]``) for a scene too small to cut."""
+    least = -(-max(PIECE_STRIDES * stride, PIECE_ROWS) // PIECE_ROWS) * PIECE_ROWS
+    count = max(1, min(ranks, height // least))
+    size = -(-height // count)
+    size = -(-size // PIECE_ROWS) * PIECE_ROWS
+    starts = list(range(0, height, size))
+    return [(first, min(first + size, height)) for first in starts]
+
+
 @dataclass(frozen=True)
 class JobIdentity:
     """What makes two launches one job: the model's bytes and the settings that change the
@@ -122,6 +180,13 @@ class ScenePart:
     width: int
     rows_done: int = 0
     tiles: int = 0
+    first_row: int = 0  # a piece of a scene cut among ranks: its rows
+    stop_row: int | None = None  # None: the whole scene
+
+    @property
+    def done(self) -> bool:
+        """Every row of the piece on disk (a whole scene is done when its record is)."""
+        return self.stop_row is not None and self.rows_done >= self.stop_row
 
     def record(self, rows: int) -> None:
         """``rows`` rows of the staging raster are on disk (closed and synced)."""
@@ -134,6 +199,11 @@ class ScenePart:
                 "width": self.width,
                 "rows_done": rows,
                 "tiles": self.tiles,
+                **(
+                    {"first_row": self.first_row, "stop_row": self.stop_row}
+                    if self.stop_row is not None
+                    else {}
+                ),
             },
         )
 
@@ -156,12 +226,23 @@ class PredictJob:
     def _done_file(self, source: Path) -> Path:
         return self.state_dir / "done" / f"{Path(source).stem}.json"
 
-    def _partial(self, source: Path) -> tuple[Path, Path]:
-        stem = Path(source).stem
+    def _partial(self, source: Path, rows: tuple[int, int] | None = None) -> tuple[Path, Path]:
+        """The record and staging raster of ``source`` (of its piece ``rows``)."""
+        stem = Path(source).stem + ("" if rows is None else f".rows-{rows[0]}-{rows[1]}")
         return (
             self.state_dir / "partial" / f"{stem}.json",
             self.state_dir / "partial" / f"{stem}.tif",
         )
+
+    def _pieces_file(self, source: Path) -> Path:
+        return self.state_dir / "partial" / f"{Path(source).stem}.pieces.json"
+
+    def _state_files(self, source: Path) -> list[Path]:
+        """Every file of ``source``'s unfinished prediction: whole, and its pieces'."""
+        files = list(self._partial(source))
+        for rows in self.pieces(source) or []:
+            files += self._partial(source, rows)
+        return [*files, self._pieces_file(source)]  # last: it names the pieces' files
 
     # ------------------------------------------------------------------ the job
 
@@ -233,11 +314,15 @@ class PredictJob:
     def finished(self, inputs: Sequence[Path]) -> list[Path]:
         return [source for source in inputs if self.is_done(source)]
 
-    def part(self, source: Path, height: int, width: int) -> ScenePart:
-        """Where ``source``'s prediction keeps its progress: continued from its record when
-        the staging raster is there and the same size, else from its first row."""
-        record_file, staging = self._partial(source)
-        part = ScenePart(record_file, staging, str(source), height, width)
+    def part(
+        self, source: Path, height: int, width: int, rows: tuple[int, int] | None = None
+    ) -> ScenePart:
+        """Where ``source``'s prediction (its piece ``rows``) keeps its progress: continued
+        from its record when the staging raster is there and the same size, else from its
+        first row."""
+        record_file, staging = self._partial(source, rows)
+        first, stop = rows if rows is not None else (0, None)
+        part = ScenePart(record_file, staging, str(source), height, width, first, 0, first, stop)
         try:
             data = json.loads(record_file.read_text())
         except (OSError, ValueError):
@@ -248,11 +333,34 @@ class PredictJob:
             and data.get("height") == height
             and data.get("width") == width
             and isinstance(data.get("rows_done"), int)
-            and 0 <= data["rows_done"] <= height
+            and first <= data["rows_done"] <= (height if stop is None else stop)
         ):
             part.rows_done = data["rows_done"]
             part.tiles = int(data.get("tiles", 0))
         return part
+
+    # ------------------------------------------------------------------ pieces
+
+    def pieces(self, source: Path) -> list[tuple[int, int]] | None:
+        """The rows of the pieces ``source`` was cut into among ranks (None: not cut)."""
+        try:
+            data = json.loads(self._pieces_file(source).read_text())
+            return [(int(first), int(stop)) for first, stop in data["pieces"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def cut(self, source: Path, pieces: Sequence[tuple[int, int]]) -> None:
+        """Record that ``source`` is predicted in ``pieces`` (rows), unless it already is: an
+        earlier cut stands, since its pieces' progress is kept in its terms."""
+        if self.pieces(source) is None:
+            atomic_write_json(
+                self._pieces_file(source),
+                {"input": str(source), "pieces": [list(rows) for rows in pieces]},
+            )
+
+    def piece_parts(self, source: Path, height: int, width: int) -> list[ScenePart]:
+        """The progress of each piece of a scene cut among ranks, top to bottom."""
+        return [self.part(source, height, width, rows) for rows in self.pieces(source) or []]
 
     def rows_done(self, source: Path) -> int:
         """The rows of ``source`` on disk from an unfinished launch (0: none)."""
@@ -272,14 +380,14 @@ class PredictJob:
             self._done_file(source),
             {"input": str(source), "outputs": entries, "tiles": tiles, "finished": now_iso()},
         )
-        for path in self._partial(source):
+        for path in self._state_files(source):
             path.unlink(missing_ok=True)
 
     def tidy(self, finished: Sequence[Path]) -> None:
         """Remove the staging files of inputs already finished (a kill between an input's
         record and the removal of its staging files leaves them)."""
         for source in finished:
-            for path in self._partial(source):
+            for path in self._state_files(source):
                 path.unlink(missing_ok=True)
 
     def finished_rasters(self) -> list[Path]:

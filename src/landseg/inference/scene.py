@@ -65,6 +65,8 @@ from landseg.runs.checkpoints import (
 NODATA_UINT8 = 255
 #: Lowest blending weight, relative to a tile's centre: keeps every weight sum positive.
 WEIGHT_FLOOR = 1e-3
+#: Rows read at a time from a piece's staging file when a scene is assembled (a COG tile row).
+ASSEMBLY_ROWS = 256
 #: Raster files a folder input is searched for.
 RASTER_SUFFIXES = (".tif", ".tiff")
 
@@ -580,11 +582,18 @@ def _describe_output(
 class StripProgress(Protocol):
     """Where a resumable prediction keeps its progress between launches
     (:class:`landseg.inference.job.ScenePart`): its staging file, the rows on disk in it, and
-    the tiles sent through the model so far."""
+    the tiles sent through the model so far.
+
+    A *piece* of a scene cut among processes holds rows ``first_row`` to ``stop_row``; the
+    whole scene has ``stop_row`` None. A piece's staging file is its product: the COG is made
+    from every piece at once by :func:`assemble_scene`.
+    """
 
     staging: Path
     rows_done: int
     tiles: int
+    first_row: int
+    stop_row: int | None
 
     def record(self, rows: int) -> None:
         """Called once ``rows`` rows are on disk in ``staging`` (closed and synced)."""
@@ -622,19 +631,41 @@ def write_prediction(
     :func:`_describe_output` say. A class raster gets its QGIS style ``<stem>.qml`` beside it.
     """
     destination = Path(destination)
-    profile = output_profile(grid, output_type, model.n_classes)
     if part is not None:
         _write_resumable(destination, grid, model, output_type, strips, settings, part, stop)
+        if part.stop_row is not None:  # a piece: the COG is made once every piece is in
+            return part.staging
     else:
-        with cog_writer(destination, profile, output_layout(output_type)) as out:
-            for first, probs, valid in strips:
-                out.write_rows(first, encode_strip(probs, valid, output_type))
-            _describe_output(out.dataset, model, output_type, settings)
+        encoded = (
+            (first, encode_strip(probs, valid, output_type)) for first, probs, valid in strips
+        )
+        _write_encoded(destination, grid, model, output_type, encoded, settings)
+    _write_style(destination, model, output_type)
+    return destination
+
+
+def _write_encoded(
+    destination: Path,
+    grid: Any,
+    model: LoadedModel,
+    output_type: str,
+    rows: Iterable[tuple[int, np.ndarray]],
+    settings: PixelSettings | None,
+) -> None:
+    """The COG of ``(first row, encoded (bands, rows, W))`` strips, described."""
+    profile = output_profile(grid, output_type, model.n_classes)
+    with cog_writer(destination, profile, output_layout(output_type)) as out:
+        for first, data in rows:
+            out.write_rows(first, data)
+        _describe_output(out.dataset, model, output_type, settings)
+
+
+def _write_style(destination: Path, model: LoadedModel, output_type: str) -> None:
+    """A class raster's QGIS style beside it; a probability raster's stale one removed."""
     if is_class_map(output_type):
         write_qml(destination, model.class_labels, prediction_colors(model))
     else:
         remove_stale_style(destination)
-    return destination
 
 
 def _write_resumable(
@@ -648,28 +679,40 @@ def _write_resumable(
     stop: StopCheck | None,
 ) -> None:
     """:func:`write_prediction` into ``part``'s staging file from its ``rows_done`` on
-    (``strips`` start at or before it: rows already on disk are not written again), its
-    progress recorded after each strip, and a stop asked honoured between two strips."""
+    (``strips`` start at or before it: rows already on disk are not written again) to its
+    ``stop_row``, its progress recorded after each strip, and a stop asked honoured between
+    two strips. A piece (``stop_row`` set) is not copied into a COG."""
     profile = output_profile(grid, output_type, model.n_classes)
     layout = output_layout(output_type)
+    end = grid.height if part.stop_row is None else part.stop_row
     with resumable_cog_writer(
-        destination, part.staging, profile, layout, part.rows_done, part.record
+        destination if part.stop_row is None else None,
+        part.staging,
+        profile,
+        layout,
+        part.rows_done,
+        part.record,
+        first_row=part.first_row,
     ) as out:
         for first, probs, valid in strips:
             cut = max(out.durable - first, 0)
-            if cut < probs.shape[1]:
-                rows = valid[cut:] if valid is not None else None
-                out.write_rows(first + cut, encode_strip(probs[:, cut:], rows, output_type))
+            keep = min(probs.shape[1], end - first)  # a piece ends inside a strip
+            if cut < keep:
+                rows = valid[cut:keep] if valid is not None else None
+                out.write_rows(first + cut, encode_strip(probs[:, cut:keep], rows, output_type))
             signum = stop() if stop is not None else None
             if signum is not None or valid is None or valid.any():
                 # a strip all nodata is not recorded on its own (closing and syncing the
                 # file costs more than computing it again after a kill): a run of them is
                 # recorded with the next strip that holds data, at a stop, or at the end
                 out.checkpoint()
-            if signum is not None and first + probs.shape[1] < grid.height:
+            if first + probs.shape[1] >= end:
+                break  # a piece's last strip (the whole scene's ends here anyway)
+            if signum is not None:
                 where = f"after {out.durable} of {grid.height} rows of {destination.stem}"
                 raise PredictionStopped(signum, where)
-        _describe_output(out.dataset, model, output_type, settings)
+        if part.stop_row is None:
+            _describe_output(out.dataset, model, output_type, settings)
 
 
 def valid_pixels(src: Any, bands: Sequence[int] | None = None) -> np.ndarray | None:
@@ -739,8 +782,12 @@ def predict_scene(
         anchor = grid_anchor(src.transform)
         task = None
         if progress is not None:
-            total = tile_count(src.height, src.width, tiling, anchor)
-            task = progress.add_task(source.name, total=total, unit="tiles")
+            if part is None or part.stop_row is None:
+                total = tile_count(src.height, src.width, tiling, anchor)
+                task = progress.add_task(source.name, total=total, unit="tiles")
+            else:  # a piece: its tiles are not counted ahead
+                name = f"{source.name} rows {part.first_row}-{part.stop_row}"
+                task = progress.add_task(name, total=None, unit="tiles")
 
         def advance(tiles: int) -> None:
             if task is not None:
@@ -765,6 +812,36 @@ def predict_scene(
         return write_prediction(
             destination, src, model, options.output_type, strips, settings, part, stop
         )
+
+
+def assemble_scene(
+    model: LoadedModel,
+    source: Path,
+    destination: Path,
+    options: PredictOptions,
+    pieces: Sequence[StripProgress],
+) -> Path:
+    """The COG of a scene predicted in pieces (rows cut among processes, each piece's staging
+    file written by :func:`predict_scene`), top to bottom: the same file, byte for byte, as
+    the scene predicted whole, since each strip's values are a pure function of its position
+    (:func:`blended_strips`) and the COG depends on the pixels, not on the staging files."""
+    with open_raster(source) as src:
+        normalize = Normalization.for_raster(
+            model.config, src.dtypes[0], source, options.pixel_range
+        )
+        settings = PixelSettings.of(model, normalize.pixel_range, options.tiling)
+
+        def rows() -> Iterator[tuple[int, np.ndarray]]:
+            for piece in sorted(pieces, key=lambda p: p.first_row):
+                stop = src.height if piece.stop_row is None else piece.stop_row
+                with open_raster(piece.staging) as staged:
+                    for first in range(piece.first_row, stop, ASSEMBLY_ROWS):
+                        window = Window(0, first, src.width, min(ASSEMBLY_ROWS, stop - first))
+                        yield first, staged.read(window=window)
+
+        _write_encoded(destination, src, model, options.output_type, rows(), settings)
+    _write_style(destination, model, options.output_type)
+    return destination
 
 
 def model_bands(model: LoadedModel, src: Any) -> list[int]:

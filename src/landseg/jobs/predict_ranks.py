@@ -1,13 +1,16 @@
 """``mpiexec -n N landseg predict ... --output DIR``: the inputs shared out among the ranks.
 
-Each rank predicts input k of the job's inputs sorted by path when k mod N = its rank
-(:func:`landseg.inference.job.shard_inputs`, as ``--shard rank/N``): no messages are needed to
-share the work, every rank records its own inputs in files of their own (safe for concurrent
-writers, see :mod:`landseg.inference.job`), and the rasters are those of one process. The ranks
-meet three times, each a collective that also carries failures, so that no rank waits for one
-that failed: once every rank has checked its inputs; after rank 0 alone has begun the job
-(written ``predict.json``, or with ``--overwrite`` removed the old state; the other ranks only
-read it); and at the end, when rank 0 alone writes the mosaics, once every rank is done.
+Each rank predicts unit k of the job's units of work sorted by path when k mod N = its rank
+(:func:`landseg.inference.job.share_pieces`, as ``--shard rank/N`` shares inputs): a unit is
+an input, or a piece of rows of a scene tall enough to be cut among the ranks
+(:func:`landseg.inference.job.cut_rows`). No messages are needed to share the work: every
+rank computes the same cut from the same inputs, and records its own units in files of their
+own (safe for concurrent writers, see :mod:`landseg.inference.job`); the rasters are those of
+one process. The ranks meet three times, each a collective that also carries failures, so
+that no rank waits for one that failed: once every rank has checked its inputs; after rank 0
+alone has begun the job (written ``predict.json`` and the cuts, or with ``--overwrite``
+removed the old state first; the other ranks only read them); and at the end, once every
+rank is done, when rank 0 alone assembles the cut scenes and writes the mosaics.
 
 mpi4py is imported only when the process was launched by an MPI launcher
 (:func:`landseg.jobs.mpi.launched_by_mpi`), so plain runs never initialise MPI.

@@ -197,6 +197,17 @@ def _staging(destination: Path) -> Iterator[Path]:
             leftover.unlink(missing_ok=True)
 
 
+def copy_as_cog(staging: Path, destination: Path, layout: CogLayout) -> None:
+    """GDAL's COG driver copies ``staging`` (with its overviews) onto ``destination``,
+    through a temporary name renamed once synced; GDAL's side files are removed."""
+    with atomic_path(destination) as final:
+        try:
+            rasterio.shutil.copy(staging, final, driver="COG", **layout.creation_options())
+        finally:
+            for leftover in (Path(f"{final}.ovr.tmp"), Path(f"{final}.aux.xml")):
+                leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def cog_writer(
     destination: str | os.PathLike[str],
@@ -220,12 +231,7 @@ def cog_writer(
             writer = CogWriter(dataset, layout.block)
             yield writer
             writer.flush()
-        with atomic_path(destination) as final:
-            try:
-                rasterio.shutil.copy(staging, final, driver="COG", **layout.creation_options())
-            finally:
-                for leftover in (Path(f"{final}.ovr.tmp"), Path(f"{final}.aux.xml")):
-                    leftover.unlink(missing_ok=True)
+        copy_as_cog(staging, destination, layout)
 
 
 #: Rows per block of a resumable staging file: its progress is kept a block row at a time, so
@@ -244,13 +250,20 @@ class ResumableWriter(CogWriter):
     """
 
     def __init__(
-        self, staging: Path, block: int, rows_done: int, record: Any, open_dataset: Any
+        self,
+        staging: Path,
+        block: int,
+        rows_done: int,
+        record: Any,
+        open_dataset: Any,
+        first_row: int = 0,
     ) -> None:
         self.staging = staging
         self.durable = rows_done
         self._record = record
         self._open = open_dataset
-        super().__init__(open_dataset("r+" if rows_done else "w"), block)
+        # nothing recorded past its first row: the file is made anew (a stale one replaced)
+        super().__init__(open_dataset("r+" if rows_done > first_row else "w"), block)
         self._start = rows_done
 
     def checkpoint(self) -> None:
@@ -271,25 +284,32 @@ class ResumableWriter(CogWriter):
 
 @contextlib.contextmanager
 def resumable_cog_writer(
-    destination: str | os.PathLike[str],
+    destination: str | os.PathLike[str] | None,
     staging: Path,
     profile: dict[str, Any],
     layout: CogLayout | None = None,
     rows_done: int = 0,
     record: Any = None,
     cache_mb: int = CACHE_MB,
+    first_row: int = 0,
 ) -> Iterator[ResumableWriter]:
     """:func:`cog_writer` whose staging file ``staging`` outlives a kill: written from row
-    ``rows_done`` (0: created anew), ``record(rows)`` called after each block row of rows is on
-    disk; on exit, the COG is copied onto ``destination`` (atomically). On error the staging
-    file is kept as it is: its recorded rows are intact, and a later call continues them.
+    ``rows_done`` (``first_row``: created anew), ``record(rows)`` called after each block row
+    of rows is on disk; on exit, the COG is copied onto ``destination`` (atomically). On error
+    the staging file is kept as it is: its recorded rows are intact, and a later call
+    continues them.
+
+    ``destination`` None: the staging file is the product, rows ``first_row`` on of a raster
+    cut among processes (its other rows sparse, never written); whoever holds every piece
+    copies them into the COG (:func:`landseg.inference.scene.assemble_scene`).
 
     Its blocks are ``layout.block`` wide and :data:`RESUME_BLOCK_ROWS` high, so progress is
     kept every few rows; the COG is copied with ``layout``'s own tiles, so its bytes do not
     depend on where a kill fell.
     """
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination is not None:
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
     layout = layout or CogLayout()
     content = _content_keys(profile)
@@ -302,16 +322,19 @@ def resumable_cog_writer(
 
     with rasterio.Env(GDAL_CACHEMAX=cache_mb):
         writer = ResumableWriter(
-            staging, RESUME_BLOCK_ROWS, rows_done, record or (lambda rows: None), open_dataset
+            staging,
+            RESUME_BLOCK_ROWS,
+            rows_done,
+            record or (lambda rows: None),
+            open_dataset,
+            first_row,
         )
         try:
             yield writer
             writer.finish()
+            if destination is None:  # a piece: its last rows recorded too (it is the product)
+                writer.checkpoint()
         finally:
             writer.dataset.close()
-        with atomic_path(destination) as final:
-            try:
-                rasterio.shutil.copy(staging, final, driver="COG", **layout.creation_options())
-            finally:
-                for leftover in (Path(f"{final}.ovr.tmp"), Path(f"{final}.aux.xml")):
-                    leftover.unlink(missing_ok=True)
+        if destination is not None:
+            copy_as_cog(staging, destination, layout)
