@@ -169,54 +169,98 @@ def test_a_scene_stopped_half_way_continues_from_its_strips_byte_for_byte(
     assert (job.folder / "big.tif").read_bytes() == whole.read_bytes()
 
 
+def aoi_file(path: Path, left: float, top: float, right: float, bottom: float) -> Path:
+    """A GeoJSON area of interest: one rectangle, in the scenes' CRS (EPSG:32631)."""
+    ring = [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]
+    feature = {"type": "Feature", "properties": {},
+               "geometry": {"type": "Polygon", "coordinates": [ring]}}  # fmt: skip
+    crs = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32631"}}
+    path.write_text(json.dumps({"type": "FeatureCollection", "crs": crs, "features": [feature]}))
+    return path
+
+
 @pytest.mark.slow
 def test_a_job_killed_twice_gives_the_same_maps_and_predicts_no_scene_twice(
     run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """SIGKILL once after two scenes are finished, once in the middle of a scene; the job
-    continued ends with the rasters of an uninterrupted job, byte for byte, and sent every
-    scene through the model once (the all-nodata one never)."""
-    import numpy as np
+    """12 scenes (two all nodata, two sharing a border, one outside the area of interest, one
+    tall), with polygons: SIGKILL once after a few scenes are finished (how many: drawn), once
+    in the middle of the tall scene; the job continued ends with the rasters, polygons,
+    mosaic and areas of an uninterrupted job, and sent every scene through the model once
+    (the tall one from the strips it had on disk, the nodata and outside ones never)."""
+    import random
 
-    sizes = [(64, 64), (80, 96), (300, 96), (64, 64), (96, 64)]
-    inputs = scenes(tmp_path / "scenes", sizes)
-    write_scene(inputs / "s05.tif", np.full((4, 64, 64), 255, np.uint8))  # all nodata
+    import numpy as np
+    import pyogrio.raw
+
+    inputs = tmp_path / "scenes"
+    layout = {  # name: (height, width, columns east of the grid's origin)
+        "s00": (40, 30, 0), "s01": (40, 20, 30),  # a border: one polygon in the mosaic
+        "s02": (48, 40, 100), "s03": (40, 56, 200), "s04": (36, 36, 300),
+        "s06": (300, 64, 500), "s07": (40, 44, 600), "s08": (44, 40, 700),
+        "s10": (40, 48, 900),
+    }  # fmt: skip
+    for name, (height, width, east) in layout.items():
+        pixels = scene_pixels(height, width, seed=int(name[1:]))
+        write_scene(inputs / f"{name}.tif", pixels, TRANSFORM @ Affine.translation(east, 0))
+    for name, east in (("s05", 400), ("s09", 800)):  # all nodata
+        write_scene(inputs / f"{name}.tif", np.full((4, 40, 40), 255, np.uint8),
+                    TRANSFORM @ Affine.translation(east, 0))  # fmt: skip
+    x0, y0 = TRANSFORM.c, TRANSFORM.f  # s11 is 10 km east, the others within 500 m
+    aoi = aoi_file(tmp_path / "aoi.geojson", x0 - 10, y0 + 10, x0 + 600, y0 - 600)
+    write_scene(inputs / "s11.tif", scene_pixels(40, 40, seed=11),
+                TRANSFORM @ Affine.translation(20_000, 0))  # fmt: skip
+    names = sorted(inputs.glob("*.tif"))
+    assert len(names) == 12
+
     reference = tmp_path / "reference"
-    common = ["--run", str(run), "--input", str(inputs), "--type", "float32", *COMMON]
+    common = ["--run", str(run), "--input", str(inputs), "--vectorize", "--aoi", str(aoi),
+              *COMMON]  # fmt: skip
     assert main(["predict", *common, "--output", str(reference)]) == 0
     out = tmp_path / "out"
     job = PredictJob(out)
     command = ["predict", *common, "--output", str(out)]
-    names = sorted(inputs.glob("*.tif"))
 
     def finished() -> int:
         return sum(job.is_done(p) for p in names)
 
-    assert sigkill_when(command, lambda: finished() >= 2) == -signal.SIGKILL
+    enough = random.Random(26).randint(2, 5)  # the first kill's moment, drawn (seeded)
+    assert sigkill_when(command, lambda: finished() >= enough) == -signal.SIGKILL
     early = {p.name: job.done_record(p) for p in names if job.is_done(p)}
-    assert 2 <= len(early) < len(names)
+    assert enough <= len(early) < len(names)
     rows_then = {p: job.rows_done(p) for p in names}
 
-    def half_way() -> bool:  # a scene of the second launch has rows on disk, not all
-        return any(rows_then[p] < job.rows_done(p) and not job.is_done(p) for p in names)
+    tall = inputs / "s06.tif"
+
+    def half_way() -> bool:  # the tall scene has rows on disk from the second launch, not all
+        return rows_then[tall] < job.rows_done(tall) and not job.is_done(tall)
 
     assert sigkill_when(command, half_way) == -signal.SIGKILL
     cut = {p.name: job.rows_done(p) for p in names if not job.is_done(p) and job.rows_done(p)}
-    assert cut, "killed in the middle of a scene"
+    assert list(cut) == ["s06.tif"], "killed in the middle of the tall scene"
 
     capsys.readouterr()
     assert main(command) == 0
     printed = capsys.readouterr().out
-    for name, rows in cut.items():
-        assert f"{name}: continued from row {rows} of " in printed
+    assert f"s06.tif: continued from row {cut['s06.tif']} of 300" in printed
     assert rasters(out) == rasters(reference)
+    for name in ("mosaic.vrt", "areas.csv"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert "(1 piece(s) joined)" in printed  # s00 and s01 across their border
+    for name in ["mosaic.gpkg", *(f"{p.stem}.gpkg" for p in names)]:
+        read = [pyogrio.raw.read(folder / name) for folder in (out, reference)]
+        assert list(read[0][2]) == list(read[1][2]), name  # the same polygons, in order
+        assert [list(f) for f in read[0][3]] == [list(f) for f in read[1][3]], name
     for name, record in early.items():  # not predicted again
         assert job.done_record(inputs / name) == record
     whole = PredictJob(reference)
     for source in names:  # every other scene sent through the model once, tile for tile
         if source.name not in cut and rows_then[source] == 0:
             assert job.done_record(source)["tiles"] == whole.done_record(source)["tiles"]
-    assert job.done_record(inputs / "s05.tif")["tiles"] == 0
+    replayed = job.done_record(tall)["tiles"] - whole.done_record(tall)["tiles"]
+    assert 0 < replayed <= 2 * 3  # the tile rows blending into the row continued from
+    for name in ("s05.tif", "s09.tif", "s11.tif"):  # nodata, outside: no model call
+        assert job.done_record(inputs / name)["tiles"] == 0
     assert not any(out.glob(".*.tmp")) and not list((out / ".predict" / "partial").iterdir())
 
 
