@@ -28,7 +28,8 @@ Where the 20 000 x 20 000 job takes too long (hours on a shared 2-core machine),
 makes the large scene the full width but ``H`` rows (every buffer of a prediction is a strip of
 the full width, so the peak is reached in the first strips), and ``--rss-only`` runs the two
 fresh jobs of the ``rss`` figure alone, ``--nodata-only`` the two in-process jobs of the
-``nodata`` figure alone.
+``nodata`` figure alone; ``--ranks N`` compares one process with ``mpiexec -n N`` on the large
+scene (cut among the ranks in pieces of rows).
 """
 
 from __future__ import annotations
@@ -114,16 +115,20 @@ def command(checkpoint: Path, source: Path, output: Path, args: argparse.Namespa
 
 
 def child_job(arguments: list[str], folder: Path, kill_at: float | None = None,
-              record: Path | None = None, height: int = 0) -> dict[str, Any]:  # fmt: skip
+              record: Path | None = None, height: int = 0,
+              launcher: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """``landseg predict`` in a fresh interpreter: wall seconds, peak RSS (MiB), exit status;
-    with ``kill_at``, SIGKILLed once ``record`` says that fraction of the rows is on disk."""
+    with ``kill_at``, SIGKILLed once ``record`` says that fraction of the rows is on disk;
+    ``launcher``: the command it runs under (``mpiexec -n 2``; the peak is then one rank's)."""
     env = bytecode_env(folder / "pycache")
+    if launcher:  # no MPI variables of an enclosing launch
+        env = {k: v for k, v in env.items() if not k.startswith(("PMI_", "OMPI_", "MPI_"))}
     start = time.perf_counter()
     hwm = folder / "vmhwm.txt"
     hwm.unlink(missing_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-c", PEAK_AT_EXIT, str(hwm), *arguments], env=env, cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [*launcher, sys.executable, "-c", PEAK_AT_EXIT, str(hwm), *arguments], env=env,
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     rows = 0
     if kill_at is not None and record is not None:
@@ -176,6 +181,13 @@ def main() -> None:
     parser.add_argument("--nodata-only", action="store_true",
                         help="only the nodata figure (the scene's and the all-nodata scene's "
                         "jobs in this process)")  # fmt: skip
+    parser.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        help="only the MPI figure: the large scene predicted by one process and by "
+        "mpiexec -n RANKS (cut in pieces of rows among the ranks)",
+    )
     parser.add_argument("--folder", type=Path, default=None, help="work folder (default: tmp)")
     add_threads_argument(parser)
     args = parser.parse_args()
@@ -208,6 +220,8 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     common = {"size": args.size, "height": args.height or args.size, "small": args.small,
               "tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size,
               "scenes_written_s": written}  # fmt: skip
+    if args.ranks:
+        return {**common, "ranks": ranks_figure(checkpoint, large, folder, args)}
     empty = inputs["empty"] / "empty.tif"
     if not args.rss_only:
         scene(empty, args.size, nodata_only=True, height=args.height)
@@ -267,6 +281,23 @@ def run(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
                    "ratio": round(resumed["seconds"] / large_child["seconds"], 3),
                    "same_raster": same, "target": "< 0.15"},
     }  # fmt: skip
+
+
+def ranks_figure(
+    checkpoint: Path, large: Path, folder: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The large scene by one process, then by ``mpiexec -n RANKS`` (the scene cut in pieces
+    of rows among the ranks, assembled by rank 0): wall times of the whole commands, their
+    ratio, and whether the rasters are the same bytes."""
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    one = child_job(command(checkpoint, large, folder / "one-rank", args), folder)
+    many = child_job(command(checkpoint, large, folder / "ranks", args), folder,
+                     launcher=(str(mpiexec), "-n", str(args.ranks)))  # fmt: skip
+    same = (folder / "one-rank" / "large.tif").read_bytes() == (
+        folder / "ranks" / "large.tif"
+    ).read_bytes()
+    return {"ranks": args.ranks, "one_process": one, "mpiexec": many,
+            "speedup": round(one["seconds"] / many["seconds"], 3), "same_bytes": same}  # fmt: skip
 
 
 if __name__ == "__main__":
