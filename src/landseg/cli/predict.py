@@ -837,39 +837,22 @@ def _part(plan: PredictPlan, source: Path) -> Any:
 
 
 def _predict_in_turn(plan: PredictPlan, stops: Any) -> list[Path]:
-    from landseg.inference.scene import (
-        PredictionStopped,
-        make_progress,
-        predict_scene,
-        prediction_path,
-    )
+    from landseg.inference.scene import PredictionStopped, make_progress
 
     written = []
     with make_progress(plan.progress) as progress:
         for number, source in enumerate(plan.todo, start=1):
+            raster: Path | None
             if source in plan.cut:
-                assembled = _predict_pieces(plan, source, progress, stops)
-                if assembled is not None:
-                    written.append(assembled)
-                if stops.requested is not None and number < len(plan.todo):
-                    raise PredictionStopped(
-                        stops.requested, f"after {number} of {len(plan.todo)} inputs"
-                    )
-                continue
-            part = _part(plan, source)
-            if part.rows_done:
-                print(f"{source.name}: continued from row {part.rows_done} of {part.height}")
-            raster = predict_scene(
-                plan.model,
-                source,
-                prediction_path(plan.output, source),
-                plan.options,
-                progress,
-                part,
-                lambda: stops.requested,
-            )
-            _finish(plan, source, raster, part.tiles)
-            written.append(raster)
+                raster = _predict_pieces(plan, source, progress, stops)
+            else:
+                part = _part(plan, source)
+                if part.rows_done:
+                    print(f"{source.name}: continued from row {part.rows_done} of {part.height}")
+                raster = _predict_part(plan, source, part, progress, stops)
+                _finish(plan, source, raster, part.tiles)
+            if raster is not None:
+                written.append(raster)
             if stops.requested is not None and number < len(plan.todo):
                 raise PredictionStopped(
                     stops.requested, f"after {number} of {len(plan.todo)} inputs"
@@ -877,10 +860,26 @@ def _predict_in_turn(plan: PredictPlan, stops: Any) -> list[Path]:
     return written
 
 
+def _predict_part(plan: PredictPlan, source: Path, part: Any, progress: Any, stops: Any) -> Path:
+    """``source`` (or the piece of it ``part`` holds) predicted into the job, ``part``'s
+    progress kept, a stop asked honoured at the next strip (see predict_scene)."""
+    from landseg.inference.scene import predict_scene, prediction_path
+
+    return predict_scene(
+        plan.model,
+        source,
+        prediction_path(plan.output, source),
+        plan.options,
+        progress,
+        part,
+        lambda: stops.requested,
+    )
+
+
 def _predict_pieces(plan: PredictPlan, source: Path, progress: Any, stops: Any) -> Path | None:
     """The pieces of a cut scene this launch predicts (under mpiexec, its rank's; else all,
     then assembled into the scene's COG, which is returned)."""
-    from landseg.inference.scene import PredictionStopped, predict_scene, prediction_path
+    from landseg.inference.scene import PredictionStopped
 
     parts = _pieces(plan, source)
     mine = plan.rows.get(source, plan.cut[source])  # under mpiexec, this rank's
@@ -889,15 +888,7 @@ def _predict_pieces(plan: PredictPlan, source: Path, progress: Any, stops: Any) 
         rows = f"rows {part.first_row}-{part.stop_row} of {part.height}"
         if part.rows_done > part.first_row:
             print(f"{source.name}: {rows}, continued from row {part.rows_done}")
-        predict_scene(
-            plan.model,
-            source,
-            prediction_path(plan.output, source),
-            plan.options,
-            progress,
-            part,
-            lambda: stops.requested,
-        )
+        _predict_part(plan, source, part, progress, stops)
         if stops.requested is not None and number < len(todo):
             raise PredictionStopped(stops.requested, f"after {rows} of {source.stem}")
     if plan.ranks is not None:
