@@ -13,13 +13,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from rasterio.transform import Affine
 
-from landseg.cli.main import main
+from landseg.cli.main import build_parser, main
+from landseg.cli.predict import _begin, plan_predict
 from landseg.inference.job import PredictJob, cut_rows, share_pieces
 from landseg.inference.scene import (
     LoadedModel,
@@ -542,6 +544,47 @@ def test_a_scene_cut_in_pieces_is_assembled_into_the_scene_predicted_whole(
     # the tile rows above each cut, and above the row it continued from, predicted again
     assert tiles_then < tiles <= whole + 4 * row_of_tiles
     assert not list((out / ".predict" / "partial").iterdir())
+
+
+@dataclass(frozen=True)
+class FakeRanks:
+    """Rank 0 of an ``mpiexec -n size`` launch, as plan_predict sees it (nothing collective)."""
+
+    size: int
+    rank: int = 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.rank, self.size
+
+
+def test_mpiexec_cuts_no_scene_begun_whole_and_no_cut_of_an_input_since_changed(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``mpiexec -n 2``: a scene that a plain launch left half way is continued whole
+    (cut, its rows on disk would be predicted again); a cut recorded when the input was 512
+    rows high is not kept once it is 1024 (its pieces would leave rows 512-1024 out of the
+    assembled raster, silently): the scene is cut again, the old pieces' files removed."""
+    inputs = scenes(tmp_path / "scenes", [(1024, 40), (1024, 40)])
+    begun, grown = inputs / "s00.tif", inputs / "s01.tif"
+    out = tmp_path / "out"
+    job = PredictJob(out)
+    job.part(begun, 1024, 40).record(480)
+    job.part(begun, 1024, 40).staging.write_bytes(b"rows on disk")
+    job.cut(grown, [(0, 256), (256, 512)])
+    job.part(grown, 512, 40, (256, 512)).record(384)
+    old = job.part(grown, 512, 40, (256, 512))
+    old.staging.write_bytes(b"old piece")
+    monkeypatch.setattr("landseg.cli.predict._ranks", lambda: FakeRanks(2))
+    args = build_parser().parse_args(["predict", "--run", str(run), "--input", str(inputs),
+                                      "--output", str(out), *COMMON])  # fmt: skip
+    plan = plan_predict(args)
+    assert plan.cut == {grown: [(0, 512), (512, 1024)]}
+    assert plan.inputs == [begun, grown] and plan.rows == {grown: [(512, 1024)]}
+    _begin(plan, alone=True)
+    assert job.pieces(grown) == [(0, 512), (512, 1024)]
+    assert not old.record_file.exists() and not old.staging.exists()
+    assert job.rows_done(begun) == 480
 
 
 # ---------------------------------------------------------------------------- shards

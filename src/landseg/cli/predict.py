@@ -604,9 +604,11 @@ def _cuts(
     job: Any, inputs: list[Path], args: argparse.Namespace, ranks: Any, stride: int
 ) -> dict[Path, list[tuple[int, int]]]:
     """The scenes predicted in pieces of rows: under ``mpiexec -n N`` (one process a rank),
-    each unfinished input tall enough (:func:`landseg.inference.job.cut_rows`); in any launch
-    predicting in turn, the scenes an earlier launch cut (their pieces' progress is kept in
-    those terms). With ``--workers``, none: a scene is one worker's, whole."""
+    each unfinished input tall enough (:func:`landseg.inference.job.cut_rows`) that no
+    launch has begun whole (its rows on disk would be lost); in any launch predicting in
+    turn, the scenes an earlier launch cut (their pieces' progress is kept in those terms),
+    unless the input's height has changed since. With ``--workers``, none: a scene is one
+    worker's, whole."""
     from landseg.data.raster import open_raster
     from landseg.inference.job import cut_rows
 
@@ -614,10 +616,17 @@ def _cuts(
         return {}
     cut = {}
     for source in inputs:
-        pieces = None if args.overwrite else job.pieces(source)
-        if pieces is None and ranks is not None and (args.overwrite or not job.is_done(source)):
-            with open_raster(source) as src:
-                pieces = cut_rows(src.height, ranks.size, stride)
+        earlier = not args.overwrite and job.pieces(source) is not None
+        fresh = ranks is not None and (
+            args.overwrite or not (job.is_done(source) or job.rows_done(source))
+        )
+        if not (earlier or fresh):
+            continue
+        with open_raster(source) as src:
+            height = src.height
+        pieces = job.pieces(source, height) if earlier else None
+        if pieces is None and fresh:
+            pieces = cut_rows(height, ranks.size, stride)
         if pieces is not None and len(pieces) > 1:
             cut[source] = pieces
     return cut

@@ -341,22 +341,35 @@ class PredictJob:
 
     # ------------------------------------------------------------------ pieces
 
-    def pieces(self, source: Path) -> list[tuple[int, int]] | None:
-        """The rows of the pieces ``source`` was cut into among ranks (None: not cut)."""
+    def pieces(self, source: Path, height: int | None = None) -> list[tuple[int, int]] | None:
+        """The rows of the pieces ``source`` was cut into among ranks (None: not cut). With
+        ``height``, None too when they do not cover rows 0 to ``height`` one after the other:
+        a cut of the input as it was before it changed (a VRT of a region grown), whose
+        pieces would leave its new rows out of the assembled raster."""
         try:
             data = json.loads(self._pieces_file(source).read_text())
-            return [(int(first), int(stop)) for first, stop in data["pieces"]]
+            pieces = [(int(first), int(stop)) for first, stop in data["pieces"]]
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        if height is not None:
+            edges = [0, *(stop for _, stop in pieces)]
+            if not pieces or [first for first, _ in pieces] != edges[:-1] or edges[-1] != height:
+                return None
+        return pieces
 
     def cut(self, source: Path, pieces: Sequence[tuple[int, int]]) -> None:
         """Record that ``source`` is predicted in ``pieces`` (rows), unless it already is: an
-        earlier cut stands, since its pieces' progress is kept in its terms."""
-        if self.pieces(source) is None:
-            atomic_write_json(
-                self._pieces_file(source),
-                {"input": str(source), "pieces": [list(rows) for rows in pieces]},
-            )
+        earlier cut of the same rows stands, since its pieces' progress is kept in its terms.
+        An earlier cut of other rows (the input changed) is replaced, its files removed."""
+        if self.pieces(source, pieces[-1][1]) is not None:
+            return
+        for rows in self.pieces(source) or []:
+            for path in self._partial(source, rows):
+                path.unlink(missing_ok=True)
+        atomic_write_json(
+            self._pieces_file(source),
+            {"input": str(source), "pieces": [list(rows) for rows in pieces]},
+        )
 
     def piece_parts(self, source: Path, height: int, width: int) -> list[ScenePart]:
         """The progress of each piece of a scene cut among ranks, top to bottom."""
