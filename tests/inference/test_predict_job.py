@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,8 @@ from rasterio.transform import Affine
 
 from landseg.cli.main import build_parser, main
 from landseg.cli.predict import _begin, plan_predict
+from landseg.core.errors import LandsegError
+from landseg.core.signals import StopSignals
 from landseg.inference.job import PredictJob, cut_rows, share_pieces
 from landseg.inference.scene import (
     LoadedModel,
@@ -548,10 +550,12 @@ def test_a_scene_cut_in_pieces_is_assembled_into_the_scene_predicted_whole(
 
 @dataclass(frozen=True)
 class FakeRanks:
-    """Rank 0 of an ``mpiexec -n size`` launch, as plan_predict sees it (nothing collective)."""
+    """A rank of an ``mpiexec -n size`` launch, in one process: ``agree(failure)`` is what
+    the meetings of the ranks do here (by default, every other rank is fine)."""
 
     size: int
     rank: int = 0
+    agree: Callable[[BaseException | None], None] = lambda failure: None
 
     @property
     def shard(self) -> tuple[int, int]:
@@ -585,6 +589,35 @@ def test_mpiexec_cuts_no_scene_begun_whole_and_no_cut_of_an_input_since_changed(
     assert job.pieces(grown) == [(0, 512), (512, 1024)]
     assert not old.record_file.exists() and not old.staging.exists()
     assert job.rows_done(begun) == 480
+
+
+def test_a_rank_waiting_for_the_others_is_stopped_as_they_are(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rank 1 of 2 has no unit (the one input is rank 0's) and waits for rank 0 at the end;
+    SIGTERM to the job then reaches it too: it must be stopped as rank 0 is (exit 128 + 15,
+    one line), not killed by the signal, which makes MPI kill the ranks still predicting
+    before their next strip (and SLURM's SIGUSR1 would requeue nothing)."""
+    inputs = scenes(tmp_path / "scenes", [(40, 40)])
+    meetings: list[BaseException | None] = []
+
+    def agree(failure: BaseException | None) -> None:
+        meetings.append(failure)
+        if len(meetings) == 3:  # the last: rank 0 is still at work when the signal comes
+            handler = signal.getsignal(signal.SIGTERM)
+            assert isinstance(getattr(handler, "__self__", None), StopSignals), (
+                "SIGTERM would kill this rank"
+            )
+            handler(signal.SIGTERM, None)
+            raise LandsegError("rank 0 of 2 failed: stopped by SIGTERM after 24 of 40 rows")
+
+    monkeypatch.setattr("landseg.cli.predict._ranks", lambda: FakeRanks(2, 1, agree))
+    command = ["predict", "--run", str(run), "--input", str(inputs), "--output",
+               str(tmp_path / "out"), *COMMON]  # fmt: skip
+    assert main(command) == 128 + signal.SIGTERM
+    assert meetings == [None, None, None]
+    assert "interrupted: stopped by SIGTERM while waiting for the other ranks; run the same " \
+        "command again to continue" in capsys.readouterr().err  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- shards

@@ -718,10 +718,10 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
             if ranks is not None:
                 ranks.agree(error)  # the others are not left waiting for this rank
             raise
-    if ranks is not None:
-        ranks.agree(None)  # every rank done: rank 0 alone assembles cut scenes, writes mosaics
-        if ranks.rank == 0:
-            written += _assemble_cut_scenes(plan)
+        if ranks is not None:  # every rank done: rank 0 alone assembles cut scenes, mosaics
+            _all_done(ranks, stops)
+    if ranks is not None and ranks.rank == 0:
+        written += _assemble_cut_scenes(plan)
     print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
     if ranks is not None and ranks.rank != 0:
         return written
@@ -739,6 +739,24 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
         print(f"mosaic: written when the {left} input(s) left are finished (or: landseg "
               f"predict --mosaic {plan.output})")  # fmt: skip
     return written
+
+
+def _all_done(ranks: Any, stops: Any) -> None:
+    """Wait for every rank, this rank's stop signals still handled: a rank whose share is
+    done waits for the others (pieces of a scene are seldom even), and a stop signal then
+    must not kill it by the signal's default action (MPI would kill the ranks still at work
+    before their next strip, and SLURM's SIGUSR1 would not requeue the job). Stopped by the
+    same signal as the others, it exits as they do, 128 + the signal."""
+    from landseg.inference.scene import PredictionStopped
+
+    try:
+        ranks.agree(None)
+    except LandsegError:
+        if stops.requested is None:
+            raise
+        stopped = PredictionStopped(stops.requested, "while waiting for the other ranks")
+        _mark_requeue(stopped)
+        raise stopped from None
 
 
 def _begin(plan: PredictPlan, alone: bool) -> None:
