@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -618,6 +619,21 @@ def test_a_rank_waiting_for_the_others_is_stopped_as_they_are(
     assert meetings == [None, None, None]
     assert "interrupted: stopped by SIGTERM while waiting for the other ranks; run the same " \
         "command again to continue" in capsys.readouterr().err  # fmt: skip
+
+    # rank 0 assembles the cut scenes once every rank is done: a signal then is not fatal
+    # either; the scenes are finished (as a launch without MPI finishes the one it is at)
+    def assemble(plan: Any) -> list[Path]:
+        handler = signal.getsignal(signal.SIGTERM)
+        assert isinstance(getattr(handler, "__self__", None), StopSignals), (
+            "SIGTERM would kill rank 0"
+        )
+        handler(signal.SIGTERM, None)
+        return []
+
+    monkeypatch.setattr("landseg.cli.predict._ranks", lambda: FakeRanks(2, 0))
+    monkeypatch.setattr("landseg.cli.predict._assemble_cut_scenes", assemble)
+    assert main(command) == 0
+    assert PredictJob(tmp_path / "out").is_done(inputs / "s00.tif")
 
 
 # ---------------------------------------------------------------------------- shards

@@ -720,8 +720,8 @@ def execute_predict(plan: PredictPlan) -> list[Path]:
             raise
         if ranks is not None:  # every rank done: rank 0 alone assembles cut scenes, mosaics
             _all_done(ranks, stops)
-    if ranks is not None and ranks.rank == 0:
-        written += _assemble_cut_scenes(plan)
+        if ranks is not None and ranks.rank == 0:  # a stop signal meanwhile: finished first,
+            written += _assemble_cut_scenes(plan)  # as a launch without MPI finishes a scene
     print(f"{len(written)} prediction(s) written to {plan.output} ({model.checkpoint.name})")
     if ranks is not None and ranks.rank != 0:
         return written
