@@ -495,10 +495,11 @@ def test_an_area_of_interest_limits_the_prediction(
 def test_a_tall_scene_is_cut_in_pieces_of_whole_tile_rows_and_shared_as_units() -> None:
     stride = Tiling(32, 8).stride  # 24: a piece holds at least 16 strides, in 256-row steps
     assert cut_rows(1024, 2, stride) == [(0, 512), (512, 1024)]
-    assert cut_rows(1100, 3, stride) == [(0, 768), (768, 1100)]  # not 3 pieces under 512
+    assert cut_rows(1100, 3, stride) == [(0, 512), (512, 1100)]  # not 3 pieces under 512
+    assert cut_rows(1537, 3, stride) == [(0, 512), (512, 1024), (1024, 1537)]  # even pieces
     assert cut_rows(1000, 2, stride) == [(0, 1000)]  # too small to cut
-    assert cut_rows(20_000, 16, 224) == [(0, 4096), (4096, 8192), (8192, 12288),
-                                         (12288, 16384), (16384, 20000)]  # fmt: skip
+    assert cut_rows(20_000, 16, 224) == [(0, 4096), (4096, 7936), (7936, 12032),
+                                         (12032, 15872), (15872, 20000)]  # fmt: skip
     a, b, v = Path("a.tif"), Path("b.tif"), Path("v.vrt")
     cut = {v: [(0, 512), (512, 1024), (1024, 1100)]}
     # units sorted by path and first row: a, b, v[0], v[512], v[1024]; unit k to rank k mod 2
@@ -590,6 +591,44 @@ def test_mpiexec_cuts_no_scene_begun_whole_and_no_cut_of_an_input_since_changed(
     assert job.pieces(grown) == [(0, 512), (512, 1024)]
     assert not old.record_file.exists() and not old.staging.exists()
     assert job.rows_done(begun) == 480
+
+
+def test_mpiexec_shares_the_work_left_and_keeps_the_most_rows_on_disk(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``mpiexec -n 2`` after a kill: the inputs finished are no unit of work (rank 0
+    alone tidies them and says they were skipped), so no rank idles on them; a scene cut by
+    an earlier launch, then put further on disk whole by a launch with ``--workers``, is
+    continued whole (its pieces would lose those rows)."""
+    inputs = scenes(tmp_path / "scenes", [(40, 40)] * 4 + [(1024, 40)])
+    s00, s01, s02, s03, tall = sorted(inputs.glob("*.tif"))
+    out = tmp_path / "out"
+    job = PredictJob(out)
+    for finished in (s00, s01):
+        job.finish(finished, [], 0)
+    job.cut(tall, [(0, 512), (512, 1024)])
+    piece = job.part(tall, 1024, 40, (0, 512))
+    piece.staging.parent.mkdir(parents=True, exist_ok=True)
+    piece.staging.write_bytes(b"a piece's rows")
+    piece.record(128)
+    whole = job.part(tall, 1024, 40)
+    whole.staging.write_bytes(b"whole rows")
+    whole.record(640)
+    args = build_parser().parse_args(["predict", "--run", str(run), "--input", str(inputs),
+                                      "--output", str(out), *COMMON])  # fmt: skip
+    plans = []
+    for rank in (0, 1):
+        monkeypatch.setattr("landseg.cli.predict._ranks", lambda r=rank: FakeRanks(2, r))
+        plans.append(plan_predict(args))
+    # the work left, s02, s03 and the tall scene whole, k mod 2
+    assert [plan.inputs for plan in plans] == [[s00, s01, s02, tall], [s03]]
+    assert [plan.todo for plan in plans] == [[s02, tall], [s03]]
+    assert plans[0].skip_line() == "2 of 4 inputs finished in an earlier launch: skipped"
+    assert plans[0].cut == plans[1].cut == {}  # 640 rows whole against 128 in pieces
+    other = job.part(tall, 1024, 40, (512, 1024))
+    other.staging.write_bytes(b"the other piece's rows")
+    other.record(1024)  # 128 + 512 rows in pieces, 640 whole: a tie keeps the cut
+    assert plan_predict(args).cut == {tall: [(0, 512), (512, 1024)]}
 
 
 def test_a_rank_waiting_for_the_others_is_stopped_as_they_are(

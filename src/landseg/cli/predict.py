@@ -567,10 +567,12 @@ def plan_predict(args: argparse.Namespace) -> PredictPlan:
     job, identity = _job(args, model, options, classes)
     cut = _cuts(job, inputs, args, ranks, options.tiling.stride)
     rows: dict[Path, list[tuple[int, int]]] = {}
-    if ranks is not None:
+    if ranks is not None:  # the work left is shared out; rank 0 also tidies what is finished
         from landseg.inference.job import share_pieces
 
-        inputs, rows = share_pieces(inputs, cut, ranks.shard)
+        left = [p for p in inputs if args.overwrite or not job.is_done(p)]
+        share, rows = share_pieces(left, cut, ranks.shard)
+        inputs = [p for p in inputs if p not in left and ranks.rank == 0] + share
     todo = list(inputs) if args.overwrite else [p for p in inputs if not job.is_done(p)]
     return PredictPlan(
         model=model,
@@ -607,8 +609,9 @@ def _cuts(
     each unfinished input tall enough (:func:`landseg.inference.job.cut_rows`) that no
     launch has begun whole (its rows on disk would be lost); in any launch predicting in
     turn, the scenes an earlier launch cut (their pieces' progress is kept in those terms),
-    unless the input's height has changed since. With ``--workers``, none: a scene is one
-    worker's, whole."""
+    unless the input's height has changed since, or a launch with ``--workers`` has since
+    put more of its rows on disk whole. With ``--workers``, none: a scene is one worker's,
+    whole."""
     from landseg.data.raster import open_raster
     from landseg.inference.job import cut_rows
 
@@ -623,8 +626,15 @@ def _cuts(
         if not (earlier or fresh):
             continue
         with open_raster(source) as src:
-            height = src.height
+            height, width = src.height, src.width
         pieces = job.pieces(source, height) if earlier else None
+        if pieces is not None and job.rows_done(source):  # begun whole since (--workers)
+            in_pieces = sum(
+                part.rows_done - part.first_row
+                for part in (job.part(source, height, width, rows) for rows in pieces)
+            )
+            if job.rows_done(source) > in_pieces:
+                continue  # the more rows on disk are kept: continued whole
         if pieces is None and fresh:
             pieces = cut_rows(height, ranks.size, stride)
         if pieces is not None and len(pieces) > 1:
@@ -779,7 +789,7 @@ def _assemble_cut_scenes(plan: PredictPlan) -> list[Path]:
 
 
 def _pieces(plan: PredictPlan, source: Path) -> list[Any]:
-    """The progress of each piece of a cut scene (see PredictJob.piece_parts)."""
+    """The progress of each piece of a cut scene (see PredictJob.part)."""
     from landseg.data.raster import open_raster
 
     with open_raster(source) as src:

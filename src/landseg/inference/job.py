@@ -40,6 +40,7 @@ once every piece is in, one process copies them, top to bottom, into the scene's
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 from collections.abc import Sequence
@@ -123,14 +124,14 @@ PIECE_ROWS = 256
 def cut_rows(height: int, ranks: int, stride: int) -> list[tuple[int, int]]:
     """The rows ``(first, stop)`` of the pieces a scene ``height`` rows high is cut into for
     ``ranks`` processes: as many pieces as ranks, fewer when a piece would be shorter than
-    :data:`PIECE_STRIDES` strides, each starting on a multiple of :data:`PIECE_ROWS`; one
-    piece (``[(0, height)]``) for a scene too small to cut."""
+    :data:`PIECE_STRIDES` strides; of even heights, each cut rounded to the nearest multiple of
+    :data:`PIECE_ROWS` (so a piece is within that many rows of the others); one piece
+    (``[(0, height)]``) for a scene too small to cut."""
     least = -(-max(PIECE_STRIDES * stride, PIECE_ROWS) // PIECE_ROWS) * PIECE_ROWS
     count = max(1, min(ranks, height // least))
-    size = -(-height // count)
-    size = -(-size // PIECE_ROWS) * PIECE_ROWS
-    starts = list(range(0, height, size))
-    return [(first, min(first + size, height)) for first in starts]
+    cuts = sorted({round(k * height / count / PIECE_ROWS) * PIECE_ROWS for k in range(1, count)})
+    edges = [0, *(row for row in cuts if 0 < row < height), height]
+    return list(itertools.pairwise(edges))
 
 
 @dataclass(frozen=True)
@@ -370,10 +371,6 @@ class PredictJob:
             self._pieces_file(source),
             {"input": str(source), "pieces": [list(rows) for rows in pieces]},
         )
-
-    def piece_parts(self, source: Path, height: int, width: int) -> list[ScenePart]:
-        """The progress of each piece of a scene cut among ranks, top to bottom."""
-        return [self.part(source, height, width, rows) for rows in self.pieces(source) or []]
 
     def rows_done(self, source: Path) -> int:
         """The rows of ``source`` on disk from an unfinished launch (0: none)."""
