@@ -114,8 +114,9 @@ def share_pieces(
     return mine, rows
 
 
-#: A piece of a scene cut among ranks holds at least this many strides of tiles: the tile
-#: rows recomputed above each cut (those reaching into it, about one) then cost at most ~6 %.
+#: A piece of a scene cut among ranks holds about this many strides of tiles or more (give or
+#: take the rounding of its cuts): the tile rows recomputed above each cut (those reaching
+#: into it, about one) then cost about 6 % at most.
 PIECE_STRIDES = 16
 #: Pieces start on multiples of this many rows: whole tile rows of the COG.
 PIECE_ROWS = 256
