@@ -346,6 +346,15 @@ def schedule(configs: list[str], round_index: int) -> list[tuple[str, str]]:
     return jobs
 
 
+def child_env(folder: Path, threads: int | None) -> dict[str, str]:
+    """The environment of both sides' processes: bytecode cached under ``folder``, and
+    ``threads`` OpenMP/MKL threads when given (else torch's own)."""
+    env = bytecode_env(folder / "pycache")
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -391,9 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     raw: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-process-") as tmp:
         folder = Path(tmp)
-        env = bytecode_env(folder / "pycache")
-        if args.threads:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+        env = child_env(folder, args.threads)
         base = base_config(folder, train_rows, val_rows, args)
         # a first pair warms the bytecode cache and the page cache; not counted
         run_landseg(folder, {**base, "train_setup": {**base["train_setup"], "epochs": 1}},

@@ -40,13 +40,14 @@ import torch
 from benchmarks.bench_process import (
     CONFIGS,
     base_config,
+    child_env,
     hand_spec,
     landseg_config,
     run_process,
     write_run_config,
 )
 from benchmarks.host import host, load_average
-from benchmarks.plain import bytecode_env, dubai_rows, median
+from benchmarks.plain import dubai_rows, median
 
 PROBE_OUT = "LANDSEG_PROBE_OUT"
 
@@ -242,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         folder = Path(tmp)
-        env = bytecode_env(folder / "pycache")
-        if args.threads:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+        env = child_env(folder, args.threads)
         base = base_config(folder, train_rows, val_rows, args)
         plain = hand_spec(train_rows, val_rows, args, "plain")
         # an untimed pair compiles and caches the bytecode of both sides
