@@ -620,20 +620,19 @@ def _cuts(
     cut = {}
     for source in inputs:
         earlier = not args.overwrite and job.pieces(source) is not None
-        fresh = ranks is not None and (
-            args.overwrite or not (job.is_done(source) or job.rows_done(source))
-        )
+        whole_rows = 0 if args.overwrite else job.rows_done(source)  # begun whole
+        fresh = ranks is not None and (args.overwrite or not (whole_rows or job.is_done(source)))
         if not (earlier or fresh):
             continue
         with open_raster(source) as src:
             height, width = src.height, src.width
         pieces = job.pieces(source, height) if earlier else None
-        if pieces is not None and job.rows_done(source):  # begun whole since (--workers)
+        if pieces is not None and whole_rows:  # begun whole since (--workers)
             in_pieces = sum(
                 part.rows_done - part.first_row
                 for part in (job.part(source, height, width, rows) for rows in pieces)
             )
-            if job.rows_done(source) > in_pieces:
+            if whole_rows > in_pieces:
                 continue  # the more rows on disk are kept: continued whole
         if pieces is None and fresh:
             pieces = cut_rows(height, ranks.size, stride)
